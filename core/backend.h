@@ -1,0 +1,105 @@
+// The interface each device backend implements. Internal to core/: the public API in core/ops.h
+// validates arguments, broadcasts, allocates outputs and then calls these primitives.
+//
+// Note [backend contract]
+// - Every tensor handed to a backend lives on that backend's device; dtype rules are already checked.
+// - Elementwise primitives get inputs already expanded (stride 0 where broadcast) to out's shape.
+//   Inputs and out may be non-contiguous; out may be the very same view as an input (in-place ops),
+//   but never partially overlap one.
+// - "Rows" primitives (reduce, softmax, index_select) get a contiguous input viewed as
+//   [outer, reduced, inner] and a contiguous output; the caller reshapes.
+// - CUDA primitives enqueue work on the device's compute stream and do not synchronise.
+#pragma once
+
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace flame {
+
+enum class UnaryOp {
+  Neg, Exp, Log, Sqrt, Rsqrt, Abs, Relu, Sigmoid, Tanh, Gelu, GeluTanh, Silu,
+  Pow,    // x ** p0
+  Clamp,  // min(max(x, p0), p1); p0 = -inf or p1 = +inf for one-sided clamps
+};
+
+enum class BinaryOp {
+  Add, Sub, Mul, Div, Pow, Maximum, Minimum,
+  Eq, Ne, Lt, Le, Gt, Ge,  // out is bool
+};
+
+/// Comparison ops write bool; the others write the inputs' dtype.
+inline bool is_comparison(BinaryOp op) { return op >= BinaryOp::Eq; }
+
+enum class ReduceOp {
+  Sum, Mean, Max, Min,
+  ArgMax,  // out is i64
+  Var,     // sum((x - mean)^2) / (n - correction)
+};
+
+enum class RandomKind { Uniform, Normal, Integer };
+
+/// One batched matrix product out[b] = A[b] @ B[b] in column-major terms that map onto cuBLAS and
+/// cblas directly. The operands are given row-major: a is [batch, m, k], b is [batch, k, n],
+/// out is [batch, m, n] contiguous. For a and b, the last two dims are either row-major
+/// (stride[-1] == 1, leading dimension = stride[-2]) or transposed (stride[-2] == 1, leading
+/// dimension = stride[-1]); the batch stride may be 0 (broadcast).
+struct MatmulArgs {
+  Tensor a, b, out;
+  int64_t batch = 1, m = 0, n = 0, k = 0;
+  bool a_transposed = false, b_transposed = false;  // stored column-major in the last two dims
+  int64_t lda = 0, ldb = 0;                          // leading dimensions in elements
+  int64_t batch_stride_a = 0, batch_stride_b = 0;    // in elements
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  /// out = op(in) elementwise; p0, p1 are the op's scalar parameters (see UnaryOp).
+  virtual void unary(UnaryOp op, const Tensor& in, const Tensor& out, double p0, double p1) = 0;
+  /// out = op(a, b) elementwise.
+  virtual void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+  /// out = op(a, scalar) elementwise.
+  virtual void binary_scalar(BinaryOp op, const Tensor& a, double scalar, const Tensor& out) = 0;
+  /// out = cond ? a : b elementwise; cond is bool.
+  virtual void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+  /// out = src, converting dtype; shapes equal (src already expanded). Same device.
+  virtual void copy(const Tensor& src, const Tensor& out) = 0;
+  /// Every element of out = value (converted to out's dtype).
+  virtual void fill(const Tensor& out, double value) = 0;
+  /// Contiguous 1-D out[i] = start + i * step.
+  virtual void arange(const Tensor& out, double start, double step) = 0;
+  /// Contiguous out filled per Note [random stream layout] from (seed, offset);
+  /// Uniform ignores a, b; Normal ignores a, b; Integer draws from [a, b).
+  virtual void random(const Tensor& out, RandomKind kind, uint64_t seed, uint64_t offset, int64_t a,
+                      int64_t b) = 0;
+  /// Contiguous in viewed as [outer, reduced, inner] -> contiguous out viewed as [outer, inner].
+  /// `correction` is used by Var only.
+  virtual void reduce(ReduceOp op, const Tensor& in, const Tensor& out, int64_t outer,
+                      int64_t reduced, int64_t inner, int64_t correction) = 0;
+  /// Contiguous in and out viewed as [outer, reduced, inner]; softmax (or log_softmax) over reduced.
+  virtual void softmax(const Tensor& in, const Tensor& out, int64_t outer, int64_t reduced,
+                       int64_t inner, bool log) = 0;
+  virtual void matmul(const MatmulArgs& args) = 0;
+  /// Contiguous in [outer, in_size, inner], index 1-D contiguous (i32/i64) of length n,
+  /// out contiguous [outer, n, inner]. Indices out of [0, in_size) raise flame::Error
+  /// (on CUDA: a device-side check reported at the next synchronisation).
+  virtual void index_select(const Tensor& in, const Tensor& index, const Tensor& out, int64_t outer,
+                            int64_t in_size, int64_t inner) = 0;
+  /// torch.gather on contiguous in, index (i64), out (shape of index) along dim.
+  virtual void gather(const Tensor& in, int64_t dim, const Tensor& index, const Tensor& out) = 0;
+  /// torch.scatter_add_ on contiguous out (in place), index (i64) and src (contiguous, shape of index).
+  virtual void scatter_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) = 0;
+  /// Waits until all work queued on this device is done (no-op on the CPU).
+  virtual void synchronize() = 0;
+};
+
+/// The backend of `device` (raises flame::Error for CUDA devices in a build without CUDA).
+Backend& backend_for(Device device);
+
+/// Copies contiguous `src` to contiguous `dst` of equal dtype and size on another device
+/// (host <-> CUDA, or CUDA <-> CUDA). Device-to-host copies complete before returning.
+void copy_across_devices(const Tensor& src, const Tensor& dst);
+
+}  // namespace flame

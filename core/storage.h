@@ -1,0 +1,44 @@
+// Ref-counted device buffers shared by Tensor views.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+
+#include "core/device.h"
+
+namespace flame {
+
+/// Hands out and takes back raw buffers for one device. Implementations live for the whole
+/// process (they are never destroyed, so buffers freed during static destruction stay valid).
+class Allocator {
+ public:
+  virtual ~Allocator() = default;
+  /// A buffer of at least `nbytes` bytes (nullptr for 0 bytes); raises flame::Error when out of memory.
+  virtual void* allocate(size_t nbytes) = 0;
+  /// Returns a buffer from allocate(); `nbytes` is the size that was asked for.
+  virtual void deallocate(void* ptr, size_t nbytes) = 0;
+};
+
+/// The allocator of `device` (the CUDA caching allocator for CUDA devices).
+Allocator& allocator_for(Device device);
+
+/// One buffer; freed through its allocator when the last Tensor viewing it goes away.
+class Storage {
+ public:
+  Storage(Device device, size_t nbytes);
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+
+  void* data() const { return data_; }
+  size_t nbytes() const { return nbytes_; }
+  Device device() const { return device_; }
+
+ private:
+  Device device_;
+  size_t nbytes_;
+  Allocator* allocator_;
+  void* data_;
+};
+
+}  // namespace flame

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs everything FLAME needs to build and test, from Debian/Ubuntu packages. Idempotent.
+# The CUDA toolkit (nvcc, cuBLAS, cuDNN, NVRTC, NCCL) is expected under /usr/local/cuda or as
+# system packages; without it FLAME builds its CPU backend only.
+set -euo pipefail
+packages=(
+  build-essential cmake ninja-build ccache pkg-config git
+  libopenmpi-dev openmpi-bin
+  libhdf5-dev
+  libspdlog-dev libfmt-dev
+  libgtest-dev
+  libopenblas-dev
+  nlohmann-json3-dev libcli11-dev libtomlplusplus-dev
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo_cmd apt-get update -qq
+  $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+echo "setup: all packages present"
