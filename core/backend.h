@@ -37,6 +37,11 @@ enum class ReduceOp {
   Var,     // sum((x - mean)^2) / (n - correction)
 };
 
+/// Lower-case op names for messages: "exp", "gelu(tanh)", "maximum", "argmax", ...
+const char* op_name(UnaryOp op);
+const char* op_name(BinaryOp op);
+const char* op_name(ReduceOp op);
+
 enum class RandomKind { Uniform, Normal, Integer };
 
 /// One batched matrix product out[b] = A[b] @ B[b] in column-major terms that map onto cuBLAS and

@@ -6,8 +6,9 @@
 // - Tensor operands of arithmetic ops share one dtype (no implicit promotion); convert with to().
 // - Binary and ternary elementwise ops broadcast like NumPy/PyTorch.
 // - Floating-point-only ops (exp, log, div, sigmoid, softmax, ...) reject integer and bool inputs.
-// - f16 and bf16 are computed in f32 and rounded once on store; reductions and matmul accumulate
-//   in f32 (f64 for f64 inputs).
+// - f16 and bf16 are stored as 16 bits and rounded once on store. CUDA computes them (and f32) in
+//   f32, accumulating reductions and matmul in f32 (f64 for f64 inputs); the CPU reference computes
+//   every floating type in f64 (matmul: f32 BLAS for f32/f16/bf16).
 #pragma once
 
 #include <cstdint>

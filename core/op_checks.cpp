@@ -1,0 +1,73 @@
+#include "core/op_checks.h"
+
+#include <algorithm>
+
+namespace flame::detail {
+
+void check_same_device(const char* op, std::initializer_list<const Tensor*> tensors) {
+  const Tensor* first = nullptr;
+  for (const Tensor* t : tensors) {
+    FLAME_CHECK(t->defined(), "{}: an operand is an undefined Tensor", op);
+    if (!first) {
+      first = t;
+      continue;
+    }
+    FLAME_CHECK(t->device() == first->device(),
+                "{}: operands on different devices ({} and {}); move them with .to(device) first", op,
+                first->describe(), t->describe());
+  }
+}
+
+void check_same_dtype(const char* op, std::initializer_list<const Tensor*> tensors) {
+  const Tensor* first = nullptr;
+  for (const Tensor* t : tensors) {
+    if (!first) {
+      first = t;
+      continue;
+    }
+    FLAME_CHECK(t->dtype() == first->dtype(),
+                "{}: operands of different dtypes ({} and {}); convert one with .to(dtype)", op,
+                first->describe(), t->describe());
+  }
+}
+
+void check_floating(const char* op, const Tensor& t) {
+  FLAME_CHECK(is_floating(t.dtype()), "{}: expects a floating-point tensor (f32, f64, f16, bf16), got {}", op,
+              t.describe());
+}
+
+Shape broadcast_shapes(const char* op, const Shape& a, const Shape& b) {
+  const size_t n = std::max(a.size(), b.size());
+  Shape out(n);
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t da = i < n - a.size() ? 1 : a[i - (n - a.size())];
+    const int64_t db = i < n - b.size() ? 1 : b[i - (n - b.size())];
+    FLAME_CHECK(da == db || da == 1 || db == 1, "{}: shapes {} and {} cannot broadcast (dim {}: {} vs {})", op,
+                shape_str(a), shape_str(b), i, da, db);
+    out[i] = da == 1 ? db : da;
+  }
+  return out;
+}
+
+void check_no_internal_overlap(const char* op, const Tensor& out) {
+  for (int64_t i = 0; i < out.dim(); ++i)
+    FLAME_CHECK(out.strides()[i] != 0 || out.shape()[i] <= 1,
+                "{}: cannot write in place to {}, whose elements share memory (an expanded view); "
+                "clone() it first", op, out.describe());
+}
+
+std::vector<int64_t> normalize_dims(const char* op, const std::vector<int64_t>& dims, int64_t ndim) {
+  std::vector<int64_t> out;
+  if (dims.empty()) {
+    for (int64_t d = 0; d < ndim; ++d) out.push_back(d);
+    return out;
+  }
+  for (int64_t d : dims) out.push_back(wrap_dim(d, ndim, op));
+  std::sort(out.begin(), out.end());
+  FLAME_CHECK(std::adjacent_find(out.begin(), out.end()) == out.end(), "{}: dim repeated in [{}]", op,
+              fmt::join(dims, ", "));
+  if (ndim == 0) out.clear();
+  return out;
+}
+
+}  // namespace flame::detail

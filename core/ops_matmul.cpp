@@ -1,0 +1,95 @@
+// Frontend of matmul: PyTorch's 1-D promotion and batch broadcasting, then one batched GEMM.
+#include "core/backend.h"
+#include "core/op_checks.h"
+#include "core/ops.h"
+
+namespace flame {
+
+namespace {
+
+/// One GEMM operand: a [batch, rows, cols] view whose matrices are row- or column-major with a
+/// single batch stride.
+struct Operand {
+  Tensor view;
+  bool transposed = false;
+  int64_t ld = 0;
+  int64_t batch_stride = 0;
+};
+
+Operand prepare_operand(const Tensor& t, const Shape& batch_shape, int64_t batch, int64_t rows, int64_t cols) {
+  Shape full = batch_shape;
+  full.push_back(rows);
+  full.push_back(cols);
+  Tensor x = t.expand(full);
+  Tensor v = detail::try_view(x, {batch, rows, cols}).value_or(Tensor());
+  if (!v.defined()) v = x.contiguous().view({batch, rows, cols});
+  auto layout = [&](const Tensor& m, Operand& op) {
+    const int64_t s_row = m.stride(1), s_col = m.stride(2);
+    if ((s_col == 1 || cols == 1) && (rows == 1 || s_row >= cols)) {
+      op.transposed = false;
+      op.ld = rows == 1 ? std::max<int64_t>(cols, 1) : s_row;
+      return true;
+    }
+    if ((s_row == 1 || rows == 1) && (cols == 1 || s_col >= rows)) {
+      op.transposed = true;
+      op.ld = cols == 1 ? std::max<int64_t>(rows, 1) : s_col;
+      return true;
+    }
+    return false;
+  };
+  Operand op;
+  if (!layout(v, op)) {
+    v = v.contiguous();
+    layout(v, op);
+  }
+  op.view = v;
+  op.batch_stride = batch == 1 ? 0 : v.stride(0);
+  return op;
+}
+
+}  // namespace
+
+Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
+  detail::check_same_device("matmul", {&a_in, &b_in});
+  detail::check_same_dtype("matmul", {&a_in, &b_in});
+  detail::check_floating("matmul", a_in);
+  FLAME_CHECK(a_in.dim() >= 1 && b_in.dim() >= 1, "matmul: both operands need at least 1 dim, got {} and {}",
+              a_in.describe(), b_in.describe());
+  const bool a_vector = a_in.dim() == 1, b_vector = b_in.dim() == 1;
+  const Tensor a = a_vector ? a_in.unsqueeze(0) : a_in;
+  const Tensor b = b_vector ? b_in.unsqueeze(1) : b_in;
+  const int64_t m = a.size(-2), k = a.size(-1), n = b.size(-1);
+  FLAME_CHECK(b.size(-2) == k, "matmul: inner dimensions differ: {} @ {} ({} vs {})", a_in.describe(),
+              b_in.describe(), k, b.size(-2));
+  const Shape batch_a(a.shape().begin(), a.shape().end() - 2), batch_b(b.shape().begin(), b.shape().end() - 2);
+  const Shape batch_shape = detail::broadcast_shapes("matmul", batch_a, batch_b);
+  const int64_t batch = shape_numel(batch_shape);
+
+  Shape out_shape = batch_shape;
+  if (!a_vector) out_shape.push_back(m);
+  if (!b_vector) out_shape.push_back(n);
+  Tensor out = Tensor::empty(out_shape, TensorOptions(a.dtype(), a.device()));
+  if (out.numel() == 0) return out;
+  if (k == 0) return out.zero_();
+
+  const Operand pa = prepare_operand(a, batch_shape, batch, m, k);
+  const Operand pb = prepare_operand(b, batch_shape, batch, k, n);
+  MatmulArgs args;
+  args.a = pa.view;
+  args.b = pb.view;
+  args.out = out.view({batch, m, n});
+  args.batch = batch;
+  args.m = m;
+  args.n = n;
+  args.k = k;
+  args.a_transposed = pa.transposed;
+  args.b_transposed = pb.transposed;
+  args.lda = pa.ld;
+  args.ldb = pb.ld;
+  args.batch_stride_a = pa.batch_stride;
+  args.batch_stride_b = pb.batch_stride;
+  backend_for(a.device()).matmul(args);
+  return out;
+}
+
+}  // namespace flame
