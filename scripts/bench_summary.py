@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Summarises bench.jsonl (the JSON lines of bench/*_bench and bench/torch_reference.py).
+
+Usage: bench_summary.py BENCH_JSONL
+
+Prints one table row per FLAME measurement: its figure, the baseline it is held against in the
+same program (raw cuBLAS for matmul, cudaMemcpy for add) with the ratio and its target, and the
+PyTorch figure from the same run with FLAME's speed relative to it (> 1: FLAME is faster). Then
+the correctness figures (relative L2 error against float64) of the matmuls. Only reports: the
+exit status is 0 unless the file cannot be read.
+"""
+import json
+import sys
+
+# (bench, baseline bench, baseline impl, target ratio flame / baseline); higher value is better
+# unless the unit is a time.
+ROWS = [
+    ("matmul", "matmul", "cublas", 0.95),
+    ("add", "copy", "cuda_memcpy", 0.85),
+    ("copy", None, None, None),
+    ("op_overhead", None, None, None),
+]
+TIME_UNITS = {"us/op", "ms"}
+
+
+def load(path):
+    records = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                print(f"bench_summary: skipping a malformed line: {line[:80]}", file=sys.stderr)
+    return records
+
+
+def fmt_value(value):
+    if value is None:
+        return "missing"
+    return f"{value:.4g}" if value < 1000 else f"{value:.0f}"
+
+
+def main(argv):
+    if len(argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    try:
+        records = load(argv[1])
+    except OSError as e:
+        print(f"bench_summary: cannot read {argv[1]}: {e}", file=sys.stderr)
+        return 2
+    if not records:
+        print("no benchmark figures (bench.jsonl is empty: see bench.log)")
+        return 0
+
+    index = {(r["bench"], r["impl"], r["dtype"], r["size"]): r for r in records}
+    devices = sorted({r.get("device", "?") for r in records})
+    print(f"device: {', '.join(devices)}")
+
+    header = ("benchmark", "flame", "baseline", "ratio", "target", "torch", "flame/torch speed")
+    rows = [header]
+    for bench, base_bench, base_impl, target in ROWS:
+        impl = "cuda_memcpy" if bench == "copy" else "flame"
+        keys = sorted({(r["dtype"], r["size"]) for r in records if r["bench"] == bench},
+                      key=lambda k: (k[0], len(k[1]), k[1]))
+        for dtype, size in keys:
+            mine = index.get((bench, impl, dtype, size))
+            torch = index.get((bench, "torch", dtype, size))
+            unit = (mine or torch)["unit"]
+            value = mine["value"] if mine else None
+            label = f"{bench} {dtype} {size}" + (" (cudaMemcpy)" if bench == "copy" else "")
+            base_cell = ratio_cell = target_cell = "-"
+            if base_bench:
+                base = index.get((base_bench, base_impl, dtype, size))
+                base_cell = f"{fmt_value(base['value'] if base else None)} ({base_impl})"
+                if value is not None and base:
+                    ratio = value / base["value"]
+                    ratio_cell = f"{ratio:.3f}"
+                    target_cell = f">={target} {'ok' if ratio >= target else 'BELOW'}"
+                else:
+                    target_cell = f">={target} n/a"
+            speed_cell = "-"
+            if value is not None and torch:
+                speed = torch["value"] / value if unit in TIME_UNITS else value / torch["value"]
+                speed_cell = f"{speed:.2f}x"
+            rows.append((label, f"{fmt_value(value)} {unit}", base_cell, ratio_cell, target_cell,
+                         f"{fmt_value(torch['value'] if torch else None)} {unit}", speed_cell))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+    errors = [r for r in records if r["bench"] == "matmul_rel_err"]
+    if errors:
+        cases = sorted({(r["dtype"], r["size"]) for r in errors}, key=lambda k: (k[0], len(k[1]), k[1]))
+        print("matmul relative L2 error vs float64:")
+        for dtype, size in cases:
+            parts = [f"{impl} {index[('matmul_rel_err', impl, dtype, size)]['value']:.2e}"
+                     for impl in ("flame", "cublas", "torch")
+                     if ("matmul_rel_err", impl, dtype, size) in index]
+            print(f"  {dtype} {size}: " + ", ".join(parts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# The one script run on the GPU machine (docs: ../shared/DEVICE.md, "How to work there"):
+# configure (Release, sm_90, Ninja), build with all cores, run the cuda and cpu tests, the mpi
+# tests when 2+ GPUs are present, then the benchmarks and the PyTorch reference in the same run.
+# Logs go to $OUT (./gpu-out when unset): build.log, test.log, bench.jsonl (every JSON line,
+# FLAME's and torch's), bench.log, device.txt, summary.txt. The summary is printed last.
+#
+# Debian packages missing on the GPU machine travel in .debs/ (carry it): each is unpacked with
+# dpkg -x into /tmp/flame-prefix, which CMake then searches.
+#
+# Environment: OUT; BUILD_DIR (default build-gpu); FLAME_GPU_CHECK_SLOW=1 also runs tests
+# labelled slow; FLAME_GPU_CHECK_SKIP_TESTS=1 goes straight to the benchmarks.
+# Exit status: 0 when the build, every test run and every benchmark program succeeded.
+set -uo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root" || exit 1
+out=${OUT:-$root/gpu-out}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+build=${BUILD_DIR:-$root/build-gpu}
+jobs=$(nproc)
+prefix=/tmp/flame-prefix
+tmp=$(mktemp -d /tmp/flame-gpu-check.XXXXXX)
+start_time=$(date +%s)
+
+# NVLink multicast stays off on the shared multi-GPU machines, for every process started here.
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export PYTHONUNBUFFERED=1
+if [ "$(id -u)" -eq 0 ]; then
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+fi
+
+: >"$out/build.log"
+: >"$out/test.log"
+: >"$out/bench.jsonl"
+: >"$out/bench.log"
+status=0
+summary=()
+note() { summary+=("$*"); }
+section() { printf '\n===== %s =====\n' "$*"; }
+
+# --- device ------------------------------------------------------------------------------
+gpu_count=0
+if command -v nvidia-smi >/dev/null 2>&1; then
+  gpu_count=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+  nvidia-smi --query-gpu=index,name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu,power.draw \
+    --format=csv >"$out/device.txt" 2>&1 || true
+fi
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "cores: $jobs"
+  command -v nvcc >/dev/null && nvcc --version | tail -n 2
+  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1 | tail -n 1
+} >>"$out/device.txt"
+gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
+note "device: ${gpu_name:-no GPU found} x${gpu_count}, $(date -u +%Y-%m-%d), $jobs cores"
+
+# --- carried packages --------------------------------------------------------------------
+prefix_path=""
+if [ -d "$root/.debs" ] && compgen -G "$root/.debs/*.deb" >/dev/null; then
+  mkdir -p "$prefix"
+  for deb in "$root"/.debs/*.deb; do
+    dpkg -x "$deb" "$prefix" || { echo "gpu_check: cannot unpack $deb" | tee -a "$out/build.log"; status=1; }
+  done
+  prefix_path="$prefix/usr;$prefix/usr/lib/x86_64-linux-gnu/cmake"
+  export LD_LIBRARY_PATH="$prefix/usr/lib/x86_64-linux-gnu:$prefix/usr/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  debs=("$root"/.debs/*.deb)
+  note "carried packages: ${#debs[@]} .deb unpacked into $prefix"
+fi
+
+# --- configure and build -----------------------------------------------------------------
+section "configure" | tee -a "$out/build.log"
+configure_args=(-S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90)
+[ -n "$prefix_path" ] && configure_args+=("-DCMAKE_PREFIX_PATH=$prefix_path")
+built=0
+if cmake "${configure_args[@]}" 2>&1 | tee -a "$out/build.log"; then
+  section "build (-j $jobs)" | tee -a "$out/build.log"
+  build_start=$(date +%s)
+  # -k 0: keep building the other targets past a failure, so what did build is still run.
+  if cmake --build "$build" -j "$jobs" -- -k 0 2>&1 | tee -a "$out/build.log"; then
+    note "build: ok ($(( $(date +%s) - build_start )) s)"
+  else
+    note "build: FAILED, partly built (see build.log)"
+    status=1
+  fi
+  built=1
+else
+  note "configure: FAILED (see build.log); nothing built, tested or benchmarked"
+  status=1
+fi
+
+# --- tests -------------------------------------------------------------------------------
+# run_label LABEL EXTRA_CTEST_ARGS...: runs the tests labelled exactly LABEL, adds a summary line.
+run_label() {
+  local label=$1
+  shift
+  local log="$tmp/ctest_$label.log"
+  section "ctest -L $label $*" | tee -a "$out/test.log"
+  ctest --test-dir "$build" -L "^${label}\$" --output-on-failure --timeout 300 "$@" 2>&1 | tee "$log" >>"$out/test.log"
+  local rc=$?
+  local total=0 failed=0 skipped
+  local line
+  line=$(grep -E '[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" | tail -n 1)
+  if [ -n "$line" ]; then
+    failed=$(sed -E 's/.* ([0-9]+) tests? failed out of.*/\1/' <<<"$line")
+    total=$(sed -E 's/.*failed out of ([0-9]+).*/\1/' <<<"$line")
+  fi
+  skipped=$(grep -c '(Skipped)' "$log" || true)
+  if [ "$total" -eq 0 ] && grep -q 'No tests were found' "$log"; then
+    note "tests $label: none registered"
+  else
+    note "tests $label: $((total - failed - skipped)) passed, $failed failed, $skipped skipped (of $total)"
+  fi
+  if [ $rc -ne 0 ]; then
+    status=1
+    local failures
+    local pattern='^\s+[0-9]+ - .* \((Failed|Timeout|Not Run|SEGFAULT|Subprocess aborted|Exception|Child aborted|'
+    pattern+='Bus error|ILLEGAL)\)'
+    mapfile -t failures < <(grep -E "$pattern" "$log" | head -n 10)
+    for line in "${failures[@]}"; do note "  failed: ${line#"${line%%[![:space:]]*}"}"; done
+  fi
+  return 0
+}
+
+if [ $built -eq 1 ] && [ "${FLAME_GPU_CHECK_SKIP_TESTS:-0}" != 1 ]; then
+  test_filter=()
+  [ "${FLAME_GPU_CHECK_SLOW:-0}" = 1 ] || test_filter=(-LE '^slow$')
+  tests_start=$(date +%s)
+  # GPU tests share the one card: a few at a time.
+  run_label cuda -j 4 "${test_filter[@]}"
+  run_label cpu -j "$jobs" "${test_filter[@]}"
+  mpi_count=$(ctest --test-dir "$build" -N -L '^mpi$' 2>/dev/null | sed -nE 's/^Total Tests: ([0-9]+)/\1/p')
+  if [ "${mpi_count:-0}" -eq 0 ]; then
+    note "tests mpi: none registered"
+  elif [ "$gpu_count" -lt 2 ]; then
+    note "tests mpi: not run ($mpi_count registered; they need 2+ GPUs, this machine has $gpu_count)"
+  else
+    run_label mpi -j 1 "${test_filter[@]}"
+  fi
+  slow_note=""
+  [ ${#test_filter[@]} -eq 0 ] || slow_note=" (label slow excluded; FLAME_GPU_CHECK_SLOW=1 runs it)"
+  note "tests took $(( $(date +%s) - tests_start )) s$slow_note"
+fi
+
+# --- benchmarks --------------------------------------------------------------------------
+# run_bench NAME COMMAND...: JSON lines to bench.jsonl, everything to bench.log.
+bench_results=()
+run_bench() {
+  local name=$1
+  shift
+  section "$name" | tee -a "$out/bench.log"
+  timeout 300 "$@" >"$tmp/$name.out" 2>"$tmp/$name.err"
+  local rc=$?
+  cat "$tmp/$name.out" "$tmp/$name.err"
+  cat "$tmp/$name.out" "$tmp/$name.err" >>"$out/bench.log"
+  grep '^{' "$tmp/$name.out" >>"$out/bench.jsonl"
+  if [ $rc -eq 0 ]; then
+    bench_results+=("$name ok")
+  else
+    bench_results+=("$name FAILED (rc $rc)")
+    status=1
+  fi
+}
+
+if [ $built -eq 1 ]; then
+  for program in matmul_bench elementwise_bench op_overhead_bench; do
+    if [ -x "$build/bench/$program" ]; then
+      run_bench "$program" "$build/bench/$program"
+    else
+      bench_results+=("$program NOT BUILT")
+      status=1
+    fi
+  done
+fi
+run_bench torch_reference python3 "$root/bench/torch_reference.py"
+bench_line=$(printf '%s, ' "${bench_results[@]}")
+note "benchmarks: ${bench_line%, }"
+
+# --- summary -----------------------------------------------------------------------------
+{
+  section "FLAME GPU check summary ($(( $(date +%s) - start_time )) s)"
+  printf '%s\n' "${summary[@]}"
+  echo
+  python3 "$root/scripts/bench_summary.py" "$out/bench.jsonl"
+  echo
+  echo "logs: $out/{build.log,test.log,bench.jsonl,bench.log,device.txt,summary.txt}"
+  echo "result: $([ $status -eq 0 ] && echo OK || echo FAILED)"
+} | tee "$out/summary.txt"
+rm -rf "$tmp"
+exit $status
