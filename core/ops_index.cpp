@@ -39,6 +39,8 @@ Tensor stack(const std::vector<Tensor>& tensors, int64_t dim) {
   std::vector<Tensor> expanded;
   expanded.reserve(tensors.size());
   for (size_t i = 0; i < tensors.size(); ++i) {
+    detail::check_same_device("stack", {&tensors.front(), &tensors[i]});
+    detail::check_same_dtype("stack", {&tensors.front(), &tensors[i]});
     FLAME_CHECK(tensors[i].shape() == tensors.front().shape(), "stack: tensor {} is {}, tensor 0 is {}", i,
                 shape_str(tensors[i].shape()), shape_str(tensors.front().shape()));
     expanded.push_back(tensors[i].unsqueeze(dim));

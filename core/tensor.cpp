@@ -47,7 +47,7 @@ void check_shape(const Shape& shape, const char* op) {
 /// (PyTorch's rule: each group of merged/split dims must be contiguous within itself).
 std::optional<Strides> view_strides(const Shape& shape, const Strides& strides, const Shape& new_shape) {
   Strides out(new_shape.size());
-  if (shape_numel(shape) == 0) return contiguous_strides(new_shape);
+  if (shape_numel(shape) == 0 || shape.empty()) return contiguous_strides(new_shape);
   int64_t view_d = static_cast<int64_t>(new_shape.size()) - 1;
   int64_t chunk_base_stride = strides.empty() ? 1 : strides.back();
   int64_t tensor_numel = 1, view_numel = 1;
@@ -257,7 +257,8 @@ Tensor Tensor::select(int64_t d, int64_t index) const {
 }
 
 Tensor Tensor::expand(const Shape& new_shape) const {
-  check_shape(new_shape, "expand");
+  FLAME_CHECK(new_shape.size() <= static_cast<size_t>(kMaxDims), "expand: shape {} has more than {} dims",
+              shape_str(new_shape), kMaxDims);
   const int64_t nd = static_cast<int64_t>(new_shape.size());
   FLAME_CHECK(nd >= dim(), "expand: cannot expand {} to fewer dims {}", describe(), shape_str(new_shape));
   Shape s(nd);
@@ -267,6 +268,7 @@ Tensor Tensor::expand(const Shape& new_shape) const {
     const int64_t want = new_shape[i];
     if (src >= 0) {
       const int64_t have = shape()[src];
+      FLAME_CHECK(want >= -1, "expand: invalid size {} in {}", want, shape_str(new_shape));
       if (want == -1 || want == have) {
         s[i] = have;
         st[i] = strides()[src];

@@ -17,7 +17,7 @@ namespace {
 struct SmokeConfig {
   flame::Device device = flame::kCPU;
   int steps = 200;
-  int64_t samples = 4096, features = 32, classes = 8;
+  int64_t samples = 4096, features = 16, classes = 8;
   double learning_rate = 0.5;
 };
 
@@ -51,7 +51,7 @@ int main(int argc, char** argv) try {
   flame::manual_seed(1234);
 
   // Blobs: class c is centred on a random point; samples are centre + unit noise.
-  const flame::Tensor centres = flame::randn({config.classes, config.features}, opts) * 3.0;
+  const flame::Tensor centres = flame::randn({config.classes, config.features}, opts) * 0.8;
   const flame::Tensor labels = flame::randint(0, config.classes, {config.samples, 1}, {flame::kI64, config.device});
   const flame::Tensor x = flame::index_select(centres, 0, labels.reshape({config.samples})) +
                           flame::randn({config.samples, config.features}, opts);
@@ -72,7 +72,7 @@ int main(int argc, char** argv) try {
   const double accuracy = flame::mean(flame::eq(predicted, labels).to(flame::kF32)).item();
   spdlog::info("device {}  first loss {:.4f}  final loss {:.4f}  accuracy {:.3f}", config.device.str(),
                first_loss, loss, accuracy);
-  if (!(loss < 0.5 * first_loss && accuracy > 0.9)) {
+  if (!(loss < 0.5 * first_loss && accuracy > 0.8)) {
     spdlog::error("flame-smoke: training did not converge");
     return 1;
   }
