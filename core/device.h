@@ -1,6 +1,7 @@
 // Where a Tensor's storage lives.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 

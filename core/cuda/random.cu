@@ -96,10 +96,14 @@ void launch_random(DeviceContext& ctx, const Tensor& out, RandomKind kind, uint6
     T* data = static_cast<T*>(out.data_ptr());
     switch (kind) {
       case RandomKind::Uniform:
-        if constexpr (!std::is_integral_v<T>) uniform_kernel<T><<<grid, kBlockSize, 0, ctx.stream>>>(data, n, seed, offset);
+        if constexpr (!std::is_integral_v<T>) {
+          uniform_kernel<T><<<grid, kBlockSize, 0, ctx.stream>>>(data, n, seed, offset);
+        }
         break;
       case RandomKind::Normal:
-        if constexpr (!std::is_integral_v<T>) normal_kernel<T><<<grid, kBlockSize, 0, ctx.stream>>>(data, n, seed, offset);
+        if constexpr (!std::is_integral_v<T>) {
+          normal_kernel<T><<<grid, kBlockSize, 0, ctx.stream>>>(data, n, seed, offset);
+        }
         break;
       case RandomKind::Integer:
         integer_kernel<T><<<grid, kBlockSize, 0, ctx.stream>>>(data, n, seed, offset, a, b);

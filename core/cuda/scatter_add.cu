@@ -43,8 +43,9 @@ void launch_scatter_add(DeviceContext& ctx, const Tensor& out, int64_t dim, cons
   FLAME_CHECK(src.is_contiguous() && src.shape() == index.shape(),
               "scatter_add: src {} must be contiguous with the index's shape {}", src.describe(),
               shape_str(index.shape()));
-  FLAME_CHECK(src.dtype() == out.dtype(), "scatter_add: src is {} but the updated tensor is {}; they must share a dtype",
-              dtype_name(src.dtype()), out.describe());
+  FLAME_CHECK(src.dtype() == out.dtype(),
+              "scatter_add: src is {} but the updated tensor is {}; they must share a dtype", dtype_name(src.dtype()),
+              out.describe());
   FLAME_CHECK(ctx.error_flag != nullptr, "scatter_add: the CUDA context of device {} has no error flag", ctx.device);
   const IndexedGeometry geometry = make_indexed_geometry("scatter_add", index, out, dim);
   const int64_t numel = index.numel();

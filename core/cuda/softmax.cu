@@ -175,7 +175,9 @@ __global__ void softmax_columns_kernel(const T* in, T* out, int64_t outer, int64
       for (int64_t j = 0; j < reduced; ++j) y[j * inner] = from_compute<T>((to_compute(x[j * inner]) - m) - log_sum);
     } else {
       const C scale = C(1) / s;
-      for (int64_t j = 0; j < reduced; ++j) y[j * inner] = from_compute<T>(exp_of(to_compute(x[j * inner]) - m) * scale);
+      for (int64_t j = 0; j < reduced; ++j) {
+        y[j * inner] = from_compute<T>(exp_of(to_compute(x[j * inner]) - m) * scale);
+      }
     }
   }
 }

@@ -69,8 +69,8 @@ TEST(Creation, ArangeCountsFromStartByStep) {
   EXPECT_TRUE(all_close(arange(-3, 3, 1, kI32), {6}, {-3, -2, -1, 0, 1, 2}, kExact));
   EXPECT_TRUE(all_close(arange(1.0, 2.0, 0.25, kF64), {4}, {1.0, 1.25, 1.5, 1.75}, kExact));
   // ceil((1 - 0) / 0.3) = 4 elements, each start + i * step.
-  EXPECT_TRUE(all_close(arange(0.0, 1.0, 0.3, kF64), {4}, {0.0, 0.3, 0.6, 0.3 * 3},
-                        test::tolerance_for(kF64)));
+  EXPECT_TRUE(
+      all_close(arange(0.0, 1.0, 0.3, kF64), {4}, {0.0, 0.3, 0.6, 0.3 * 3}, test::tolerance_for(kF64)));
   EXPECT_TRUE(all_close(arange(2.0, 12.0, 3.0, kF32), {4}, {2, 5, 8, 11}, kExact));
   const Tensor big = arange(0.0, 1000.0, 1.0, kF32);
   std::vector<double> expected(1000);
@@ -82,8 +82,8 @@ TEST(Creation, FromVectorOfEachElementType) {
   EXPECT_TRUE(all_close(from_vector(std::vector<float>{1.5f, -2.0f}, {2}, kF32), {2}, {1.5, -2.0}, kExact));
   EXPECT_TRUE(all_close(from_vector(std::vector<double>{0.1, 0.2, 0.3}, {3, 1}, kF64), {3, 1},
                         {0.1, 0.2, 0.3}, kExact));
-  EXPECT_TRUE(all_close(from_vector(std::vector<int32_t>{1, 2, 3, 4}, {2, 2}, kI32), {2, 2},
-                        {1, 2, 3, 4}, kExact));
+  EXPECT_TRUE(
+      all_close(from_vector(std::vector<int32_t>{1, 2, 3, 4}, {2, 2}, kI32), {2, 2}, {1, 2, 3, 4}, kExact));
   EXPECT_TRUE(all_close(from_vector(std::vector<int64_t>{-5, 1LL << 40}, {2}, kI64), {2},
                         {-5, static_cast<double>(1LL << 40)}, kExact));
   EXPECT_TRUE(all_close(from_vector(std::vector<uint8_t>{0, 255}, {2}, kU8), {2}, {0, 255}, kExact));
@@ -105,7 +105,7 @@ TEST(Conversion, FloatToHalfRoundsToNearestEven) {
                                65504.0,                         // largest half
                                70000.0,                         // overflow: inf
                                -70000.0,
-                               std::ldexp(1.0, -24)};           // smallest subnormal
+                               std::ldexp(1.0, -24)};  // smallest subnormal
   const std::vector<double> expected{1.0,
                                      one + std::ldexp(1.0, -9),
                                      1.0,

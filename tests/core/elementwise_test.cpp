@@ -129,14 +129,14 @@ TEST_P(BinaryOpTest, BroadcastsLikeNumpyInEveryLayout) {
       for (size_t l = 0; l < layouts.size(); ++l) {
         const auto& [shape_a, shape_b] = pairs[p];
         const Layout layout_a = layouts[l], layout_b = layouts[(l + p) % layouts.size()];
-        SCOPED_TRACE(fmt::format("{} {} {} ({}) with {} ({})", c.name, dtype_name(dtype),
-                                 shape_str(shape_a), test::layout_name(layout_a), shape_str(shape_b),
+        SCOPED_TRACE(fmt::format("{} {} {} ({}) with {} ({})", c.name, dtype_name(dtype), shape_str(shape_a),
+                                 test::layout_name(layout_a), shape_str(shape_b),
                                  test::layout_name(layout_b)));
         test::guarded([&] {
-          const auto va = test::case_inputs(rng, test::numel_of(shape_a), c.a_low, c.a_high, dtype,
-                                            c.small_integers);
-          const auto vb = test::case_inputs(rng, test::numel_of(shape_b), c.b_low, c.b_high, dtype,
-                                            c.small_integers);
+          const auto va =
+              test::case_inputs(rng, test::numel_of(shape_a), c.a_low, c.a_high, dtype, c.small_integers);
+          const auto vb =
+              test::case_inputs(rng, test::numel_of(shape_b), c.b_low, c.b_high, dtype, c.small_integers);
           const Tensor a = test::make_tensor(va, shape_a, dtype, kCPU, layout_a);
           const Tensor b = test::make_tensor(vb, shape_b, dtype, kCPU, layout_b);
           const Shape out_shape = test::broadcast_shapes(shape_a, shape_b);

@@ -31,31 +31,113 @@ Tensor index_of(const std::vector<double>& values) {
 
 std::vector<ErrorCase> shape_cases() {
   return {
-      {"add_does_not_broadcast", [] { add(f32({2, 3}), f32({4, 3})); }, {"add", "[2, 3]", "[4, 3]"}},
+      {"add_does_not_broadcast",
+       [] {
+         add(f32({2, 3}), f32({4, 3}));
+       },
+       {"add", "[2, 3]", "[4, 3]"}},
       {"mul_does_not_broadcast", [] { mul(f32({3}), f32({4})); }, {"mul", "[3]", "[4]"}},
-      {"where_does_not_broadcast", [] { where(zeros({2}, kBool), f32({3}), f32({3})); }, {"where", "[2]", "[3]"}},
-      {"inplace_cannot_grow_target", [] { f32({4}).add_(f32({3, 4})); }, {"[4]", "[3, 4]"}},
-      {"copy_does_not_broadcast", [] { f32({2, 3}).copy_(f32({3, 2})); }, {"[2, 3]", "[3, 2]"}},
-      {"matmul_inner_mismatch", [] { matmul(f32({2, 3}), f32({4, 5})); }, {"matmul", "[2, 3]", "[4, 5]"}},
-      {"matmul_batch_mismatch", [] { matmul(f32({2, 3, 4}), f32({3, 4, 5})); }, {"matmul"}},
+      {"where_does_not_broadcast",
+       [] { where(zeros({2}, kBool), f32({3}), f32({3})); },
+       {"where", "[2]", "[3]"}},
+      {"inplace_cannot_grow_target",
+       [] {
+         f32({4}).add_(f32({3, 4}));
+       },
+       {"[4]", "[3, 4]"}},
+      {"copy_does_not_broadcast",
+       [] {
+         f32({2, 3}).copy_(f32({3, 2}));
+       },
+       {"[2, 3]", "[3, 2]"}},
+      {"matmul_inner_mismatch",
+       [] {
+         matmul(f32({2, 3}), f32({4, 5}));
+       },
+       {"matmul", "[2, 3]", "[4, 5]"}},
+      {"matmul_batch_mismatch",
+       [] {
+         matmul(f32({2, 3, 4}), f32({3, 4, 5}));
+       },
+       {"matmul"}},
       {"matmul_zero_dim_operand", [] { matmul(f32({}), f32({3})); }, {"matmul"}},
-      {"cat_other_dims_differ", [] { cat({f32({2, 3}), f32({2, 4})}, 0); }, {"cat", "[2, 3]", "[2, 4]"}},
-      {"cat_rank_differs", [] { cat({f32({2, 3}), f32({3})}, 0); }, {"cat"}},
+      {"cat_other_dims_differ",
+       [] {
+         cat({f32({2, 3}), f32({2, 4})}, 0);
+       },
+       {"cat", "[2, 3]", "[2, 4]"}},
+      {"cat_rank_differs",
+       [] {
+         cat({f32({2, 3}), f32({3})}, 0);
+       },
+       {"cat"}},
       {"cat_no_tensors", [] { cat({}, 0); }, {"cat"}},
-      {"stack_shapes_differ", [] { stack({f32({2, 3}), f32({3, 2})}); }, {"stack", "[2, 3]", "[3, 2]"}},
-      {"view_numel_mismatch", [] { f32({2, 3}).view({5}); }, {"view", "[5]", "6"}},
-      {"view_two_inferred_dims", [] { f32({2, 3}).view({-1, -1}); }, {"view"}},
-      {"view_incompatible_layout", [] { f32({2, 3}).t().view({6}); }, {"view"}},
-      {"reshape_numel_mismatch", [] { f32({2, 3}).reshape({4}); }, {"reshape"}},
-      {"expand_non_singleton", [] { f32({3, 2}).expand({3, 4}); }, {"expand", "[3, 2]", "[3, 4]"}},
-      {"expand_fewer_dims", [] { f32({2, 3}).expand({3}); }, {"expand"}},
-      {"from_vector_size_mismatch", [] { from_vector(std::vector<double>{1, 2, 3}, {2, 2}); }, {"[2, 2]"}},
-      {"negative_size", [] { zeros({2, -1}); }, {"[2, -1]"}},
+      {"stack_shapes_differ",
+       [] {
+         stack({f32({2, 3}), f32({3, 2})});
+       },
+       {"stack", "[2, 3]", "[3, 2]"}},
+      {"view_numel_mismatch",
+       [] {
+         f32({2, 3}).view({5});
+       },
+       {"view", "[5]", "6"}},
+      {"view_two_inferred_dims",
+       [] {
+         f32({2, 3}).view({-1, -1});
+       },
+       {"view"}},
+      {"view_incompatible_layout",
+       [] {
+         f32({2, 3}).t().view({6});
+       },
+       {"view"}},
+      {"reshape_numel_mismatch",
+       [] {
+         f32({2, 3}).reshape({4});
+       },
+       {"reshape"}},
+      {"expand_non_singleton",
+       [] {
+         f32({3, 2}).expand({3, 4});
+       },
+       {"expand", "[3, 2]", "[3, 4]"}},
+      {"expand_fewer_dims",
+       [] {
+         f32({2, 3}).expand({3});
+       },
+       {"expand"}},
+      {"from_vector_size_mismatch",
+       [] {
+         from_vector(std::vector<double>{1, 2, 3}, {2, 2});
+       },
+       {"[2, 2]"}},
+      {"negative_size",
+       [] {
+         zeros({2, -1});
+       },
+       {"[2, -1]"}},
       {"too_many_dims", [] { zeros(Shape(kMaxDims + 1, 1)); }, {}},
-      {"index_select_index_not_1d", [] { index_select(f32({3, 4}), 0, i64({2, 2})); }, {"index_select"}},
-      {"gather_rank_mismatch", [] { gather(f32({3, 4}), 0, i64({3})); }, {"gather"}},
-      {"gather_index_too_large_in_other_dim", [] { gather(f32({3, 4}), 0, i64({2, 5})); }, {"gather"}},
-      {"scatter_add_src_shape", [] { scatter_add(f32({3, 4}), 0, i64({2, 4}), f32({2, 3})); }, {"scatter_add"}},
+      {"index_select_index_not_1d",
+       [] {
+         index_select(f32({3, 4}), 0, i64({2, 2}));
+       },
+       {"index_select"}},
+      {"gather_rank_mismatch",
+       [] {
+         gather(f32({3, 4}), 0, i64({3}));
+       },
+       {"gather"}},
+      {"gather_index_too_large_in_other_dim",
+       [] {
+         gather(f32({3, 4}), 0, i64({2, 5}));
+       },
+       {"gather"}},
+      {"scatter_add_src_shape",
+       [] {
+         scatter_add(f32({3, 4}), 0, i64({2, 4}), f32({2, 3}));
+       },
+       {"scatter_add"}},
       {"item_of_many_elements", [] { (void)f32({2}).item(); }, {"item"}},
       {"from_storage_outside_buffer",
        [] { Tensor::from_storage(std::make_shared<Storage>(kCPU, 16), {5}, {1}, 0, kF32); },
@@ -69,12 +151,28 @@ std::vector<ErrorCase> dtype_cases() {
       {"sub_dtype_mix", [] { sub(i32({2}), i64({2})); }, {"sub", "i32", "i64"}},
       {"eq_dtype_mix", [] { eq(f32({2}), f64({2})); }, {"eq", "f32", "f64"}},
       {"inplace_dtype_mix", [] { f32({2}).mul_(f64({2})); }, {"f32", "f64"}},
-      {"matmul_dtype_mix", [] { matmul(f32({2, 2}), f64({2, 2})); }, {"matmul", "f32", "f64"}},
-      {"matmul_integer", [] { matmul(i32({2, 2}), i32({2, 2})); }, {"matmul", "i32"}},
+      {"matmul_dtype_mix",
+       [] {
+         matmul(f32({2, 2}), f64({2, 2}));
+       },
+       {"matmul", "f32", "f64"}},
+      {"matmul_integer",
+       [] {
+         matmul(i32({2, 2}), i32({2, 2}));
+       },
+       {"matmul", "i32"}},
       {"where_operand_mix", [] { where(zeros({2}, kBool), f32({2}), f64({2})); }, {"where", "f32", "f64"}},
       {"where_condition_not_bool", [] { where(f32({2}), f32({2}), f32({2})); }, {"where", "f32"}},
-      {"cat_dtype_mix", [] { cat({f32({2}), f64({2})}); }, {"cat", "f32", "f64"}},
-      {"stack_dtype_mix", [] { stack({f32({2}), i64({2})}); }, {"stack", "f32", "i64"}},
+      {"cat_dtype_mix",
+       [] {
+         cat({f32({2}), f64({2})});
+       },
+       {"cat", "f32", "f64"}},
+      {"stack_dtype_mix",
+       [] {
+         stack({f32({2}), i64({2})});
+       },
+       {"stack", "f32", "i64"}},
       {"index_select_float_index", [] { index_select(f32({3}), 0, f32({2})); }, {"index_select", "f32"}},
       {"gather_float_index", [] { gather(f32({3}), 0, f32({2})); }, {"gather", "f32"}},
       {"scatter_add_src_dtype", [] { scatter_add(f32({3}), 0, i64({2}), f64({2})); }, {"scatter_add"}},
@@ -87,9 +185,21 @@ std::vector<ErrorCase> dtype_cases() {
       {"silu_of_integer", [] { silu(i32({2})); }, {"silu", "i32"}},
       {"div_of_integers", [] { div(i64({2}), i64({2})); }, {"div", "i64"}},
       {"div_scalar_of_integer", [] { div(i32({2}), 2.0); }, {"div", "i32"}},
-      {"softmax_of_integer", [] { softmax(i32({2, 2}), 1); }, {"softmax", "i32"}},
-      {"log_softmax_of_integer", [] { log_softmax(i64({2, 2}), 1); }, {"softmax", "i64"}},
-      {"mean_of_integer", [] { mean(i32({2, 2})); }, {"mean", "i32"}},
+      {"softmax_of_integer",
+       [] {
+         softmax(i32({2, 2}), 1);
+       },
+       {"softmax", "i32"}},
+      {"log_softmax_of_integer",
+       [] {
+         log_softmax(i64({2, 2}), 1);
+       },
+       {"softmax", "i64"}},
+      {"mean_of_integer",
+       [] {
+         mean(i32({2, 2}));
+       },
+       {"mean", "i32"}},
       {"rand_integer_dtype", [] { rand({2}, kI32); }, {"rand", "i32"}},
       {"randn_integer_dtype", [] { randn({2}, kI64); }, {"randn", "i64"}},
       {"data_wrong_type", [] { (void)f32({2}).data<double>(); }, {"f32"}},
@@ -98,49 +208,183 @@ std::vector<ErrorCase> dtype_cases() {
 
 std::vector<ErrorCase> dim_cases() {
   return {
-      {"sum_dim_too_large", [] { sum(f32({2, 3}), {2}); }, {"sum"}},
-      {"sum_dim_too_negative", [] { sum(f32({2, 3}), {-3}); }, {"sum"}},
-      {"mean_dim_out_of_range", [] { mean(f32({2, 3}), {5}); }, {"mean"}},
-      {"var_dim_out_of_range", [] { var(f32({2, 3}), {2}); }, {"var"}},
-      {"max_dim_out_of_range", [] { max(f32({2, 3}), 2); }, {"max"}},
-      {"min_dim_out_of_range", [] { min(f32({2, 3}), -3); }, {"min"}},
-      {"argmax_dim_out_of_range", [] { argmax(f32({2, 3}), 2); }, {"argmax"}},
-      {"softmax_dim_out_of_range", [] { softmax(f32({2, 3}), 2); }, {"softmax"}},
-      {"log_softmax_dim_out_of_range", [] { log_softmax(f32({2, 3}), -3); }, {"softmax"}},
-      {"transpose_dim_out_of_range", [] { f32({2, 3}).transpose(0, 2); }, {"transpose"}},
-      {"t_of_3d", [] { f32({2, 3, 4}).t(); }, {}},
-      {"permute_wrong_length", [] { f32({2, 3}).permute({0}); }, {"permute"}},
-      {"permute_repeated_dim", [] { f32({2, 3}).permute({0, 0}); }, {"permute"}},
-      {"narrow_past_end", [] { f32({2, 3}).narrow(1, 2, 2); }, {"narrow"}},
-      {"narrow_dim_out_of_range", [] { f32({2, 3}).narrow(2, 0, 1); }, {"narrow"}},
-      {"slice_dim_out_of_range", [] { f32({2, 3}).slice(2, 0, 1); }, {"slice"}},
-      {"slice_zero_step", [] { f32({2, 3}).slice(1, 0, 3, 0); }, {"slice"}},
-      {"select_index_out_of_range", [] { f32({2, 3}).select(1, 3); }, {"select"}},
-      {"select_negative_index_out_of_range", [] { f32({2, 3}).select(0, -3); }, {"select"}},
-      {"squeeze_dim_out_of_range", [] { f32({2, 1}).squeeze(2); }, {"squeeze"}},
-      {"unsqueeze_dim_out_of_range", [] { f32({2, 3}).unsqueeze(4); }, {"unsqueeze"}},
-      {"flatten_dim_out_of_range", [] { f32({2, 3}).flatten(0, 2); }, {"flatten"}},
-      {"size_dim_out_of_range", [] { (void)f32({2, 3}).size(2); }, {}},
-      {"stride_dim_out_of_range", [] { (void)f32({2, 3}).stride(-3); }, {}},
-      {"cat_dim_out_of_range", [] { cat({f32({2, 3}), f32({2, 3})}, 2); }, {"cat"}},
-      {"stack_dim_out_of_range", [] { stack({f32({2, 3}), f32({2, 3})}, 3); }, {"stack"}},
-      {"index_select_dim_out_of_range", [] { index_select(f32({2, 3}), 2, index_of({0})); }, {"index_select"}},
-      {"gather_dim_out_of_range", [] { gather(f32({2, 3}), 2, i64({2, 3})); }, {"gather"}},
-      {"scatter_add_dim_out_of_range", [] { scatter_add(f32({2, 3}), -3, i64({2, 3}), f32({2, 3})); }, {"scatter_add"}},
+      {"sum_dim_too_large",
+       [] {
+         sum(f32({2, 3}), {2});
+       },
+       {"sum"}},
+      {"sum_dim_too_negative",
+       [] {
+         sum(f32({2, 3}), {-3});
+       },
+       {"sum"}},
+      {"mean_dim_out_of_range",
+       [] {
+         mean(f32({2, 3}), {5});
+       },
+       {"mean"}},
+      {"var_dim_out_of_range",
+       [] {
+         var(f32({2, 3}), {2});
+       },
+       {"var"}},
+      {"max_dim_out_of_range",
+       [] {
+         max(f32({2, 3}), 2);
+       },
+       {"max"}},
+      {"min_dim_out_of_range",
+       [] {
+         min(f32({2, 3}), -3);
+       },
+       {"min"}},
+      {"argmax_dim_out_of_range",
+       [] {
+         argmax(f32({2, 3}), 2);
+       },
+       {"argmax"}},
+      {"softmax_dim_out_of_range",
+       [] {
+         softmax(f32({2, 3}), 2);
+       },
+       {"softmax"}},
+      {"log_softmax_dim_out_of_range",
+       [] {
+         log_softmax(f32({2, 3}), -3);
+       },
+       {"softmax"}},
+      {"transpose_dim_out_of_range",
+       [] {
+         f32({2, 3}).transpose(0, 2);
+       },
+       {"transpose"}},
+      {"t_of_3d",
+       [] {
+         f32({2, 3, 4}).t();
+       },
+       {}},
+      {"permute_wrong_length",
+       [] {
+         f32({2, 3}).permute({0});
+       },
+       {"permute"}},
+      {"permute_repeated_dim",
+       [] {
+         f32({2, 3}).permute({0, 0});
+       },
+       {"permute"}},
+      {"narrow_past_end",
+       [] {
+         f32({2, 3}).narrow(1, 2, 2);
+       },
+       {"narrow"}},
+      {"narrow_dim_out_of_range",
+       [] {
+         f32({2, 3}).narrow(2, 0, 1);
+       },
+       {"narrow"}},
+      {"slice_dim_out_of_range",
+       [] {
+         f32({2, 3}).slice(2, 0, 1);
+       },
+       {"slice"}},
+      {"slice_zero_step",
+       [] {
+         f32({2, 3}).slice(1, 0, 3, 0);
+       },
+       {"slice"}},
+      {"select_index_out_of_range",
+       [] {
+         f32({2, 3}).select(1, 3);
+       },
+       {"select"}},
+      {"select_negative_index_out_of_range",
+       [] {
+         f32({2, 3}).select(0, -3);
+       },
+       {"select"}},
+      {"squeeze_dim_out_of_range",
+       [] {
+         f32({2, 1}).squeeze(2);
+       },
+       {"squeeze"}},
+      {"unsqueeze_dim_out_of_range",
+       [] {
+         f32({2, 3}).unsqueeze(4);
+       },
+       {"unsqueeze"}},
+      {"flatten_dim_out_of_range",
+       [] {
+         f32({2, 3}).flatten(0, 2);
+       },
+       {"flatten"}},
+      {"size_dim_out_of_range",
+       [] {
+         (void)f32({2, 3}).size(2);
+       },
+       {}},
+      {"stride_dim_out_of_range",
+       [] {
+         (void)f32({2, 3}).stride(-3);
+       },
+       {}},
+      {"cat_dim_out_of_range",
+       [] {
+         cat({f32({2, 3}), f32({2, 3})}, 2);
+       },
+       {"cat"}},
+      {"stack_dim_out_of_range",
+       [] {
+         stack({f32({2, 3}), f32({2, 3})}, 3);
+       },
+       {"stack"}},
+      {"index_select_dim_out_of_range",
+       [] {
+         index_select(f32({2, 3}), 2, index_of({0}));
+       },
+       {"index_select"}},
+      {"gather_dim_out_of_range",
+       [] {
+         gather(f32({2, 3}), 2, i64({2, 3}));
+       },
+       {"gather"}},
+      {"scatter_add_dim_out_of_range",
+       [] {
+         scatter_add(f32({2, 3}), -3, i64({2, 3}), f32({2, 3}));
+       },
+       {"scatter_add"}},
   };
 }
 
 std::vector<ErrorCase> index_cases() {
   return {
-      {"index_select_index_too_large", [] { index_select(f32({3, 2}), 0, index_of({0, 3})); }, {"index_select"}},
-      {"index_select_negative_index", [] { index_select(f32({3, 2}), 0, index_of({-1})); }, {"index_select"}},
-      {"index_select_i32_index_too_large",
-       [] { index_select(f32({2, 3}), 1, test::make_tensor({5}, {1}, kI32)); },
+      {"index_select_index_too_large",
+       [] {
+         index_select(f32({3, 2}), 0, index_of({0, 3}));
+       },
        {"index_select"}},
-      {"gather_index_too_large", [] { gather(f32({3}), 0, index_of({1, 3})); }, {"gather"}},
+      {"index_select_negative_index",
+       [] {
+         index_select(f32({3, 2}), 0, index_of({-1}));
+       },
+       {"index_select"}},
+      {"index_select_i32_index_too_large",
+       [] {
+         index_select(f32({2, 3}), 1, test::make_tensor({5}, {1}, kI32));
+       },
+       {"index_select"}},
+      {"gather_index_too_large",
+       [] {
+         gather(f32({3}), 0, index_of({1, 3}));
+       },
+       {"gather"}},
       {"gather_negative_index", [] { gather(f32({3}), 0, index_of({-1})); }, {"gather"}},
-      {"scatter_add_index_too_large", [] { scatter_add(f32({3}), 0, index_of({3}), f32({1})); }, {"scatter_add"}},
-      {"scatter_add_negative_index", [] { scatter_add(f32({3}), 0, index_of({-2}), f32({1})); }, {"scatter_add"}},
+      {"scatter_add_index_too_large",
+       [] { scatter_add(f32({3}), 0, index_of({3}), f32({1})); },
+       {"scatter_add"}},
+      {"scatter_add_negative_index",
+       [] { scatter_add(f32({3}), 0, index_of({-2}), f32({1})); },
+       {"scatter_add"}},
       {"randint_empty_range", [] { randint(3, 3, {2}); }, {"randint"}},
       {"randint_reversed_range", [] { randint(5, 1, {2}); }, {"randint"}},
       {"randint_range_over_2_pow_32", [] { randint(0, (int64_t{1} << 32) + 1, {2}); }, {"randint"}},
@@ -197,7 +441,8 @@ TEST(Errors, NvrtcCompileFailureCarriesTheLog) {
     const std::string message = error.what();
     // The NVRTC log names the undefined identifier with its diagnostic.
     EXPECT_NE(message.find("identifier \"flame_no_such_symbol\" is undefined"), std::string::npos) << message;
-    EXPECT_NE(message.find("flame_broken_kernel"), std::string::npos) << "numbered source expected: " << message;
+    EXPECT_NE(message.find("flame_broken_kernel"), std::string::npos)
+        << "numbered source expected: " << message;
   }
 }
 
@@ -207,7 +452,9 @@ TEST(Errors, NvrtcCompilesValidSourceWithoutAGpu) {
       test::test_seed());
   const std::vector<char> cubin = cuda::compile_to_cubin(source, 90);
   ASSERT_GE(cubin.size(), 4u);
-  EXPECT_EQ(std::string(cubin.begin(), cubin.begin() + 4), "\x7f" "ELF");
+  EXPECT_EQ(std::string(cubin.begin(), cubin.begin() + 4),
+            "\x7f"
+            "ELF");
 }
 #endif
 

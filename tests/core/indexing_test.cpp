@@ -26,8 +26,8 @@ int64_t wrap(int64_t dim, int64_t nd) { return dim < 0 ? dim + nd : dim; }
 
 // --- cat / stack --------------------------------------------------------------------------------
 
-std::vector<double> cat_reference(const std::vector<std::vector<double>>& parts, const std::vector<Shape>& shapes,
-                                  int64_t dim, Shape& out_shape) {
+std::vector<double> cat_reference(const std::vector<std::vector<double>>& parts,
+                                  const std::vector<Shape>& shapes, int64_t dim, Shape& out_shape) {
   out_shape = shapes[0];
   out_shape[dim] = 0;
   for (const Shape& s : shapes) out_shape[dim] += s[dim];
@@ -57,7 +57,8 @@ TEST(Cat, JoinsAlongEveryDim) {
           std::vector<Tensor> tensors;
           for (size_t i = 0; i < shapes.size(); ++i) {
             parts.push_back(test::case_inputs(rng, test::numel_of(shapes[i]), -9, 9, dtype, false));
-            tensors.push_back(test::make_tensor(parts.back(), shapes[i], dtype, kCPU, layouts[(l + i) % layouts.size()]));
+            tensors.push_back(
+                test::make_tensor(parts.back(), shapes[i], dtype, kCPU, layouts[(l + i) % layouts.size()]));
           }
           Shape out_shape;
           const auto expected = cat_reference(parts, shapes, d, out_shape);
@@ -173,7 +174,8 @@ TEST(Gather, MatchesTorchGatherAlongEveryDim) {
           const Tensor index = test::make_tensor(idx, index_shape, kI64, kCPU, layout);
           std::vector<double> expected(idx.size());
           for (int64_t flat = 0; flat < test::numel_of(index_shape); ++flat) {
-            expected[flat] = v[test::ravel_index(addressed(test::unravel_index(flat, index_shape), d, idx, index_shape), shape)];
+            expected[flat] = v[test::ravel_index(
+                addressed(test::unravel_index(flat, index_shape), d, idx, index_shape), shape)];
           }
           const Tensor out = gather(x, dim, index);
           EXPECT_EQ(out.dtype(), dtype);

@@ -56,9 +56,9 @@ struct ShapePair {
 };
 
 const std::vector<ShapePair> kShapes{
-    {{5}, {5}},                 // dot: 0-d
-    {{5}, {5, 3}},              // vector @ matrix
-    {{4, 5}, {5}},              // matrix @ vector
+    {{5}, {5}},     // dot: 0-d
+    {{5}, {5, 3}},  // vector @ matrix
+    {{4, 5}, {5}},  // matrix @ vector
     {{4, 5}, {5, 3}},
     {{1, 1}, {1, 1}},
     {{33, 17}, {17, 9}},

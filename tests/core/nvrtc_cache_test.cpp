@@ -45,7 +45,8 @@ class RemoveCacheDir : public ::testing::Environment {
 };
 
 [[maybe_unused]] const std::string& kCacheDirAtStartup = cache_dir();
-[[maybe_unused]] ::testing::Environment* const kCleanup = ::testing::AddGlobalTestEnvironment(new RemoveCacheDir);
+[[maybe_unused]] ::testing::Environment* const kCleanup =
+    ::testing::AddGlobalTestEnvironment(new RemoveCacheDir);
 
 size_t files_under(const std::string& dir) {
   size_t n = 0;
@@ -100,7 +101,9 @@ TEST(NvrtcCache, ArchitectureIsPartOfTheKey) {
   const cuda::NvrtcStats after_80 = cuda::nvrtc_stats();
   EXPECT_EQ(after_80.compiles, after_90.compiles + 1) << "sm_80 must not reuse the sm_90 cubin";
   ASSERT_GE(sm80.size(), 4u);
-  EXPECT_EQ(std::string(sm80.begin(), sm80.begin() + 4), "\x7f" "ELF");
+  EXPECT_EQ(std::string(sm80.begin(), sm80.begin() + 4),
+            "\x7f"
+            "ELF");
 }
 
 TEST(NvrtcCache, SourceIsPartOfTheKey) {

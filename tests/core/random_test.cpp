@@ -27,7 +27,8 @@ std::vector<double> expected_rand(uint64_t seed, uint64_t offset, int64_t n) {
 
 std::vector<double> expected_randint(uint64_t seed, uint64_t offset, int64_t n, int64_t low, int64_t high) {
   std::vector<double> out(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<double>(randint_from_bits(word_for(seed, offset, i), low, high));
+  for (int64_t i = 0; i < n; ++i)
+    out[i] = static_cast<double>(randint_from_bits(word_for(seed, offset, i), low, high));
   return out;
 }
 
@@ -216,7 +217,8 @@ TEST(RandomStatistics, NormalMomentsAndTails) {
       EXPECT_NEAR(m.mean, 0.0, kSigmas / std::sqrt(static_cast<double>(n)));
       EXPECT_NEAR(m.var, 1.0, kSigmas * std::sqrt(2.0 / n));
       const double p1 = std::erf(1.0 / std::sqrt(2.0));  // P(|z| < 1) = 0.6827
-      const double inside = static_cast<double>(std::count_if(v.begin(), v.end(), [](double x) { return std::fabs(x) < 1.0; }));
+      const double inside =
+          static_cast<double>(std::count_if(v.begin(), v.end(), [](double x) { return std::fabs(x) < 1.0; }));
       EXPECT_NEAR(inside / n, p1, kSigmas * std::sqrt(p1 * (1 - p1) / n));
     });
   }
@@ -234,7 +236,8 @@ TEST(RandomStatistics, RandintCoversTheRangeUniformly) {
   }
   const double p = 1.0 / (high - low);
   for (int64_t k = 0; k < high - low; ++k) {
-    EXPECT_NEAR(static_cast<double>(counts[k]), n * p, kSigmas * std::sqrt(n * p * (1 - p))) << "value " << k + low;
+    EXPECT_NEAR(static_cast<double>(counts[k]), n * p, kSigmas * std::sqrt(n * p * (1 - p)))
+        << "value " << k + low;
   }
   const Moments m = moments(v);
   const double range = static_cast<double>(high - low);

@@ -87,7 +87,7 @@ struct ReductionCase {
   bool integer_ok = false;      // also run on i32 / i64
   bool small_integers = false;  // draw integer values so ties occur
   std::optional<DType> out_dtype;
-  int64_t min_group = 1;        // skip dim lists reducing fewer elements (var's correction)
+  int64_t min_group = 1;  // skip dim lists reducing fewer elements (var's correction)
 };
 
 ReductionCase make_case(std::string name, bool single_dim,
@@ -110,7 +110,9 @@ ReductionCase exact_case(ReductionCase c) {
 ReductionCase var_case(std::string name, int64_t correction) {
   ReductionCase c = make_case(
       std::move(name), false,
-      [correction](const Tensor& x, const std::vector<int64_t>& d, bool k) { return var(x, d, correction, k); },
+      [correction](const Tensor& x, const std::vector<int64_t>& d, bool k) {
+        return var(x, d, correction, k);
+      },
       [correction](const Group& g) { return var_of(g, correction); });
   c.min_group = correction + 1;
   return c;
@@ -119,17 +121,23 @@ ReductionCase var_case(std::string name, int64_t correction) {
 std::vector<ReductionCase> reduction_cases() {
   using Dims = const std::vector<int64_t>&;
   std::vector<ReductionCase> c;
-  c.push_back(make_case("sum", false, [](const Tensor& x, Dims d, bool k) { return sum(x, d, k); }, sum_of));
-  c.push_back(make_case("sum_member", false, [](const Tensor& x, Dims d, bool k) { return x.sum(d, k); }, sum_of));
-  c.push_back(make_case("mean", false, [](const Tensor& x, Dims d, bool k) { return mean(x, d, k); }, mean_of));
-  c.push_back(make_case("mean_member", false, [](const Tensor& x, Dims d, bool k) { return x.mean(d, k); }, mean_of));
+  c.push_back(make_case(
+      "sum", false, [](const Tensor& x, Dims d, bool k) { return sum(x, d, k); }, sum_of));
+  c.push_back(make_case(
+      "sum_member", false, [](const Tensor& x, Dims d, bool k) { return x.sum(d, k); }, sum_of));
+  c.push_back(make_case(
+      "mean", false, [](const Tensor& x, Dims d, bool k) { return mean(x, d, k); }, mean_of));
+  c.push_back(make_case(
+      "mean_member", false, [](const Tensor& x, Dims d, bool k) { return x.mean(d, k); }, mean_of));
   c.push_back(var_case("var", 1));
   c.push_back(var_case("var_correction_0", 0));
   c.push_back(var_case("var_correction_2", 2));
-  c.push_back(exact_case(make_case("max", true, [](const Tensor& x, Dims d, bool k) { return max(x, d[0], k); }, max_of)));
-  c.push_back(exact_case(make_case("min", true, [](const Tensor& x, Dims d, bool k) { return min(x, d[0], k); }, min_of)));
-  ReductionCase a = exact_case(
-      make_case("argmax", true, [](const Tensor& x, Dims d, bool k) { return argmax(x, d[0], k); }, argmax_of));
+  c.push_back(exact_case(make_case(
+      "max", true, [](const Tensor& x, Dims d, bool k) { return max(x, d[0], k); }, max_of)));
+  c.push_back(exact_case(make_case(
+      "min", true, [](const Tensor& x, Dims d, bool k) { return min(x, d[0], k); }, min_of)));
+  ReductionCase a = exact_case(make_case(
+      "argmax", true, [](const Tensor& x, Dims d, bool k) { return argmax(x, d[0], k); }, argmax_of));
   a.small_integers = true;
   a.out_dtype = kI64;
   c.push_back(a);
@@ -176,16 +184,15 @@ TEST_P(ReductionTest, MatchesFloat64ReferenceOverDimsAndLayouts) {
                                      shape_str(shape), fmt::join(dims, ", "), keepdim,
                                      test::layout_name(layout)));
             test::guarded([&] {
-              const auto v =
-                  test::case_inputs(rng, test::numel_of(shape), -3, 3, dtype, c.small_integers);
+              const auto v = test::case_inputs(rng, test::numel_of(shape), -3, 3, dtype, c.small_integers);
               const Tensor x = test::make_tensor(v, shape, dtype, kCPU, layout);
               const Reduced expected = reduce_reference(v, shape, dims, keepdim, c.reference);
               const Tensor y = c.op(x, dims, keepdim);
               ASSERT_TRUE(y.defined());
               EXPECT_EQ(y.dtype(), c.out_dtype.value_or(dtype));
-              const Tolerance tol =
-                  c.exact ? Tolerance{0, 0}
-                          : test::tolerance_for(dtype).scaled(std::sqrt(static_cast<double>(group_size(shape, dims))));
+              const Tolerance tol = c.exact ? Tolerance{0, 0}
+                                            : test::tolerance_for(dtype).scaled(
+                                                  std::sqrt(static_cast<double>(group_size(shape, dims))));
               EXPECT_TRUE(all_close(y, expected.shape, expected.values, tol));
             });
           }
@@ -242,7 +249,8 @@ TEST(Reduction, ExpandedInputCountsEveryRepeat) {
       EXPECT_TRUE(all_close(mean(x, dims, true), m.shape, m.values, test::tolerance_for(kF64)));
     });
   }
-  const Reduced vr = reduce_reference(full, {2, 3, 4}, {1}, false, [](const Group& g) { return var_of(g, 1); });
+  const Reduced vr =
+      reduce_reference(full, {2, 3, 4}, {1}, false, [](const Group& g) { return var_of(g, 1); });
   EXPECT_TRUE(all_close(var(x, {1}), vr.shape, vr.values, test::tolerance_for(kF64)));
 }
 

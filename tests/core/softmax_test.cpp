@@ -67,7 +67,8 @@ TEST_P(SoftmaxTest, MatchesFloat64ReferenceAlongEveryDim) {
             const Tensor x = test::make_tensor(v, shape, dtype, kCPU, layout);
             const Tensor y = run(c, x, dim);
             EXPECT_EQ(y.dtype(), dtype);
-            EXPECT_TRUE(all_close(y, shape, softmax_reference(v, shape, dim, c.log), test::tolerance_for(dtype)));
+            EXPECT_TRUE(
+                all_close(y, shape, softmax_reference(v, shape, dim, c.log), test::tolerance_for(dtype)));
           });
         }
       }
@@ -100,12 +101,17 @@ TEST_P(SoftmaxTest, ExpandedInput) {
   const auto v = rng.uniform(4, -2, 2);
   const Tensor x = test::make_tensor(v, {1, 4}, kF64).expand({3, 4});
   const auto full = test::broadcast_to(v, {1, 4}, {3, 4});
-  EXPECT_TRUE(all_close(run(c, x, 1), {3, 4}, softmax_reference(full, {3, 4}, 1, c.log), test::tolerance_for(kF64)));
-  EXPECT_TRUE(all_close(run(c, x, 0), {3, 4}, softmax_reference(full, {3, 4}, 0, c.log), test::tolerance_for(kF64)));
+  EXPECT_TRUE(
+      all_close(run(c, x, 1), {3, 4}, softmax_reference(full, {3, 4}, 1, c.log), test::tolerance_for(kF64)));
+  EXPECT_TRUE(
+      all_close(run(c, x, 0), {3, 4}, softmax_reference(full, {3, 4}, 0, c.log), test::tolerance_for(kF64)));
 }
 
-INSTANTIATE_TEST_SUITE_P(Cpu, SoftmaxTest, ::testing::Values(SoftmaxCase{"softmax", false}, SoftmaxCase{"log_softmax", true}),
-                         [](const ::testing::TestParamInfo<SoftmaxCase>& info) { return std::string(info.param.name); });
+INSTANTIATE_TEST_SUITE_P(Cpu, SoftmaxTest,
+                         ::testing::Values(SoftmaxCase{"softmax", false}, SoftmaxCase{"log_softmax", true}),
+                         [](const ::testing::TestParamInfo<SoftmaxCase>& info) {
+                           return std::string(info.param.name);
+                         });
 
 TEST(Softmax, RowsSumToOneAndMatchLogSoftmax) {
   HostRng rng;

@@ -283,9 +283,10 @@ TEST_F(ViewTest, ReshapeCopiesOnlyWhenNeeded) {
   const Tensor same = base_.reshape({6, 4});
   EXPECT_EQ(same.storage().get(), base_.storage().get());
   const Tensor t = base_.transpose(1, 2);  // [2, 4, 3]: cannot be viewed flat
-  const std::vector<double> t_values = view_reference(
-      values_, shape_, {2, 4, 3},
-      [](const std::vector<int64_t>& i) { return std::vector<int64_t>{i[0], i[2], i[1]}; });
+  const std::vector<double> t_values =
+      view_reference(values_, shape_, {2, 4, 3}, [](const std::vector<int64_t>& i) {
+        return std::vector<int64_t>{i[0], i[2], i[1]};
+      });
   Tensor r = t.reshape({8, 3});
   EXPECT_NE(r.storage().get(), base_.storage().get());
   EXPECT_TRUE(all_close(r, {8, 3}, t_values, kExact));
@@ -392,7 +393,8 @@ TEST(TensorEdgeCases, ZeroSizeTensorsFollowPyTorch) {
   EXPECT_EQ(empty_rows.numel(), 0);
   EXPECT_TRUE(all_close(add(empty_rows, ones({3}, kF64)), {0, 3}, {}, kExact));
   EXPECT_TRUE(all_close(sum(empty_rows, {0}), {3}, {0, 0, 0}, kExact));  // the empty sum is 0
-  EXPECT_TRUE(all_close(matmul(zeros({2, 0}, kF64), zeros({0, 3}, kF64)), {2, 3}, std::vector<double>(6, 0.0), kExact));
+  EXPECT_TRUE(all_close(matmul(zeros({2, 0}, kF64), zeros({0, 3}, kF64)), {2, 3}, std::vector<double>(6, 0.0),
+                        kExact));
   EXPECT_TRUE(all_close(cat({empty_rows, ones({2, 3}, kF64)}), {2, 3}, std::vector<double>(6, 1.0), kExact));
   EXPECT_EQ(zeros({2, 3}).narrow(1, 1, 0).shape(), (Shape{2, 0}));
   EXPECT_EQ(zeros({4}).slice(0, 3, 1).shape(), (Shape{0}));  // end before start: empty

@@ -64,11 +64,16 @@ const std::vector<Layout>& all_layouts() {
 
 std::string_view layout_name(Layout layout) {
   switch (layout) {
-    case Layout::Contiguous: return "contiguous";
-    case Layout::Transposed: return "transposed";
-    case Layout::Permuted: return "permuted";
-    case Layout::Strided: return "strided";
-    case Layout::Offset: return "offset";
+    case Layout::Contiguous:
+      return "contiguous";
+    case Layout::Transposed:
+      return "transposed";
+    case Layout::Permuted:
+      return "permuted";
+    case Layout::Strided:
+      return "strided";
+    case Layout::Offset:
+      return "offset";
   }
   return "unknown";
 }
@@ -99,8 +104,8 @@ Tensor scatter_into_base(const std::vector<double>& values, const Shape& shape, 
 Tensor make_tensor(const std::vector<double>& values, const Shape& shape, DType dtype, Device device,
                    Layout layout) {
   if (static_cast<int64_t>(values.size()) != numel_of(shape)) {
-    throw std::logic_error(fmt::format("make_tensor: {} values for shape {}", values.size(),
-                                       shape_str(shape)));
+    throw std::logic_error(
+        fmt::format("make_tensor: {} values for shape {}", values.size(), shape_str(shape)));
   }
   const int64_t nd = static_cast<int64_t>(shape.size());
   switch (layout) {
@@ -141,10 +146,11 @@ Tensor make_tensor(const std::vector<double>& values, const Shape& shape, DType 
         const int64_t n = shape.back();
         Shape base_shape = shape;
         base_shape.back() = 2 * n + 1;
-        Tensor base = scatter_into_base(values, shape, base_shape, dtype, device, [&](std::vector<int64_t> i) {
-          i.back() = 2 * i.back() + 1;
-          return i;
-        });
+        Tensor base =
+            scatter_into_base(values, shape, base_shape, dtype, device, [&](std::vector<int64_t> i) {
+              i.back() = 2 * i.back() + 1;
+              return i;
+            });
         return base.slice(nd - 1, 1, 2 * n + 1, 2);
       }
       Shape base_shape = shape;
@@ -164,14 +170,30 @@ std::vector<double> round_to_dtype(const std::vector<double>& values, DType dtyp
   for (size_t i = 0; i < values.size(); ++i) {
     const double v = values[i];
     switch (dtype) {
-      case DType::F64: out[i] = v; break;
-      case DType::F32: out[i] = static_cast<float>(v); break;
-      case DType::F16: out[i] = half_bits_to_float(float_to_half_bits(static_cast<float>(v))); break;
-      case DType::BF16: out[i] = bf16_bits_to_float(float_to_bf16_bits(static_cast<float>(v))); break;
-      case DType::I32: out[i] = static_cast<int32_t>(std::trunc(v)); break;
-      case DType::I64: out[i] = static_cast<double>(static_cast<int64_t>(std::trunc(v))); break;
-      case DType::U8: out[i] = static_cast<uint8_t>(static_cast<int64_t>(std::trunc(v))); break;
-      case DType::Bool: out[i] = v != 0.0 ? 1.0 : 0.0; break;
+      case DType::F64:
+        out[i] = v;
+        break;
+      case DType::F32:
+        out[i] = static_cast<float>(v);
+        break;
+      case DType::F16:
+        out[i] = half_bits_to_float(float_to_half_bits(static_cast<float>(v)));
+        break;
+      case DType::BF16:
+        out[i] = bf16_bits_to_float(float_to_bf16_bits(static_cast<float>(v)));
+        break;
+      case DType::I32:
+        out[i] = static_cast<int32_t>(std::trunc(v));
+        break;
+      case DType::I64:
+        out[i] = static_cast<double>(static_cast<int64_t>(std::trunc(v)));
+        break;
+      case DType::U8:
+        out[i] = static_cast<uint8_t>(static_cast<int64_t>(std::trunc(v)));
+        break;
+      case DType::Bool:
+        out[i] = v != 0.0 ? 1.0 : 0.0;
+        break;
     }
   }
   return out;
@@ -207,8 +229,7 @@ Shape broadcast_shapes(const Shape& a, const Shape& b) {
     const int64_t sa = i < nd - a.size() ? 1 : a[i - (nd - a.size())];
     const int64_t sb = i < nd - b.size() ? 1 : b[i - (nd - b.size())];
     if (sa != sb && sa != 1 && sb != 1) {
-      ADD_FAILURE() << "broadcast_shapes: " << shape_str(a) << " and " << shape_str(b)
-                    << " do not broadcast";
+      ADD_FAILURE() << "broadcast_shapes: " << shape_str(a) << " and " << shape_str(b) << " do not broadcast";
       return {};
     }
     out[i] = sa == 1 ? sb : sa;
@@ -230,11 +251,16 @@ std::vector<double> broadcast_to(const std::vector<double>& values, const Shape&
 
 Tolerance tolerance_for(DType dtype) {
   switch (dtype) {
-    case DType::F64: return {1e-12, 1e-12};
-    case DType::F32: return {1e-5, 1e-5};
-    case DType::F16: return {1e-3, 1e-3};
-    case DType::BF16: return {1e-2, 1e-2};
-    default: return {0.0, 0.0};
+    case DType::F64:
+      return {1e-12, 1e-12};
+    case DType::F32:
+      return {1e-5, 1e-5};
+    case DType::F16:
+      return {1e-3, 1e-3};
+    case DType::BF16:
+      return {1e-2, 1e-2};
+    default:
+      return {0.0, 0.0};
   }
 }
 
@@ -242,8 +268,8 @@ Tolerance tolerance_for(DType dtype) {
                                         const std::vector<double>& expected, Tolerance tol,
                                         const Shape& shape) {
   if (actual.size() != expected.size()) {
-    return ::testing::AssertionFailure() << "size mismatch: actual has " << actual.size()
-                                         << " elements, expected " << expected.size();
+    return ::testing::AssertionFailure()
+           << "size mismatch: actual has " << actual.size() << " elements, expected " << expected.size();
   }
   size_t mismatches = 0, worst = 0;
   double worst_ratio = -1.0;
@@ -275,16 +301,16 @@ Tolerance tolerance_for(DType dtype) {
   return ::testing::AssertionFailure()
          << mismatches << " of " << actual.size() << " elements differ "
          << fmt::format("(rtol {:.3g}, atol {:.3g})", tol.rtol, tol.atol) << "; worst at " << where
-         << fmt::format(": actual {:.17g}, expected {:.17g}, |diff| {:.3g}", actual[worst],
-                        expected[worst], std::fabs(actual[worst] - expected[worst]));
+         << fmt::format(": actual {:.17g}, expected {:.17g}, |diff| {:.3g}", actual[worst], expected[worst],
+                        std::fabs(actual[worst] - expected[worst]));
 }
 
 ::testing::AssertionResult all_close(const Tensor& actual, const Shape& expected_shape,
                                      const std::vector<double>& expected, Tolerance tol) {
   if (!actual.defined()) return ::testing::AssertionFailure() << "result tensor is undefined";
   if (actual.shape() != expected_shape) {
-    return ::testing::AssertionFailure() << "shape " << shape_str(actual.shape()) << ", expected "
-                                         << shape_str(expected_shape);
+    return ::testing::AssertionFailure()
+           << "shape " << shape_str(actual.shape()) << ", expected " << shape_str(expected_shape);
   }
   return values_close(host_values(actual), expected, tol, expected_shape);
 }
@@ -419,54 +445,158 @@ BinaryCase compare(std::string name, std::function<Tensor(const Tensor&, const T
 const std::vector<UnaryCase>& unary_cases() {
   static const std::vector<UnaryCase> cases = [] {
     std::vector<UnaryCase> c;
-    c.push_back(unary("neg", [](const Tensor& x) { return neg(x); }, [](double x) { return -x; }, -3, 3, true));
-    c.push_back(unary("operator_minus", [](const Tensor& x) { return -x; }, [](double x) { return -x; }, -3, 3, true));
-    c.push_back(unary("exp", [](const Tensor& x) { return exp(x); }, [](double x) { return std::exp(x); }, -3, 3, false));
-    c.push_back(unary("log", [](const Tensor& x) { return log(x); }, [](double x) { return std::log(x); }, 0.1, 5, false));
-    c.push_back(unary("sqrt", [](const Tensor& x) { return sqrt(x); }, [](double x) { return std::sqrt(x); }, 0.1, 5, false));
-    c.push_back(unary("rsqrt", [](const Tensor& x) { return rsqrt(x); }, [](double x) { return 1.0 / std::sqrt(x); }, 0.1, 5, false));
-    c.push_back(unary("abs", [](const Tensor& x) { return abs(x); }, [](double x) { return std::fabs(x); }, -3, 3, true));
-    c.push_back(unary("relu", [](const Tensor& x) { return relu(x); }, [](double x) { return std::max(x, 0.0); }, -3, 3, true));
-    c.push_back(unary("relu_inplace", [](const Tensor& x) { Tensor y = x; y.relu_(); return y; },
-                      [](double x) { return std::max(x, 0.0); }, -3, 3, true));
-    c.push_back(unary("sigmoid", [](const Tensor& x) { return sigmoid(x); }, sigmoid_ref, -6, 6, false));
-    c.push_back(unary("tanh", [](const Tensor& x) { return tanh(x); }, [](double x) { return std::tanh(x); }, -3, 3, false));
-    c.push_back(unary("gelu", [](const Tensor& x) { return gelu(x); }, gelu_ref, -4, 4, false));
-    c.push_back(unary("gelu_tanh", [](const Tensor& x) { return gelu(x, GeluApproximation::Tanh); }, gelu_tanh_ref, -4, 4, false));
-    c.push_back(unary("silu", [](const Tensor& x) { return silu(x); }, [](double x) { return x * sigmoid_ref(x); }, -6, 6, false));
-    c.push_back(unary("pow_2", [](const Tensor& x) { return pow(x, 2.0); }, [](double x) { return x * x; }, -3, 3, false));
-    c.push_back(unary("pow_3", [](const Tensor& x) { return pow(x, 3.0); }, [](double x) { return x * x * x; }, -2, 2, false));
-    c.push_back(unary("pow_0_5", [](const Tensor& x) { return pow(x, 0.5); }, [](double x) { return std::sqrt(x); }, 0.1, 5, false));
-    c.push_back(unary("pow_neg_1_5", [](const Tensor& x) { return pow(x, -1.5); }, [](double x) { return std::pow(x, -1.5); }, 0.2, 5, false));
-    c.push_back(unary("clamp", [](const Tensor& x) { return clamp(x, -1.0, 2.0); }, [](double x) { return clamp_ref(x, -1, 2); }, -3, 3, true));
-    c.push_back(unary("clamp_fraction", [](const Tensor& x) { return clamp(x, -0.75, 1.25); }, [](double x) { return clamp_ref(x, -0.75, 1.25); }, -3, 3, false));
-    c.push_back(unary("clamp_min", [](const Tensor& x) { return clamp_min(x, 0.5); }, [](double x) { return std::max(x, 0.5); }, -3, 3, false));
-    c.push_back(unary("clamp_max", [](const Tensor& x) { return clamp_max(x, -0.5); }, [](double x) { return std::min(x, -0.5); }, -3, 3, false));
-    c.push_back(unary("clamp_inplace", [](const Tensor& x) { Tensor y = x; y.clamp_(-1.0, 2.0); return y; },
-                      [](double x) { return clamp_ref(x, -1, 2); }, -3, 3, true));
+    c.push_back(unary(
+        "neg", [](const Tensor& x) { return neg(x); }, [](double x) { return -x; }, -3, 3, true));
+    c.push_back(unary(
+        "operator_minus", [](const Tensor& x) { return -x; }, [](double x) { return -x; }, -3, 3, true));
+    c.push_back(unary(
+        "exp", [](const Tensor& x) { return exp(x); }, [](double x) { return std::exp(x); }, -3, 3, false));
+    c.push_back(unary(
+        "log", [](const Tensor& x) { return log(x); }, [](double x) { return std::log(x); }, 0.1, 5, false));
+    c.push_back(unary(
+        "sqrt", [](const Tensor& x) { return sqrt(x); }, [](double x) { return std::sqrt(x); }, 0.1, 5,
+        false));
+    c.push_back(unary(
+        "rsqrt", [](const Tensor& x) { return rsqrt(x); }, [](double x) { return 1.0 / std::sqrt(x); }, 0.1,
+        5, false));
+    c.push_back(unary(
+        "abs", [](const Tensor& x) { return abs(x); }, [](double x) { return std::fabs(x); }, -3, 3, true));
+    c.push_back(unary(
+        "relu", [](const Tensor& x) { return relu(x); }, [](double x) { return std::max(x, 0.0); }, -3, 3,
+        true));
+    c.push_back(unary(
+        "relu_inplace",
+        [](const Tensor& x) {
+          Tensor y = x;
+          y.relu_();
+          return y;
+        },
+        [](double x) { return std::max(x, 0.0); }, -3, 3, true));
+    c.push_back(unary(
+        "sigmoid", [](const Tensor& x) { return sigmoid(x); }, sigmoid_ref, -6, 6, false));
+    c.push_back(unary(
+        "tanh", [](const Tensor& x) { return tanh(x); }, [](double x) { return std::tanh(x); }, -3, 3,
+        false));
+    c.push_back(unary(
+        "gelu", [](const Tensor& x) { return gelu(x); }, gelu_ref, -4, 4, false));
+    c.push_back(unary(
+        "gelu_tanh", [](const Tensor& x) { return gelu(x, GeluApproximation::Tanh); }, gelu_tanh_ref, -4, 4,
+        false));
+    c.push_back(unary(
+        "silu", [](const Tensor& x) { return silu(x); }, [](double x) { return x * sigmoid_ref(x); }, -6, 6,
+        false));
+    c.push_back(unary(
+        "pow_2", [](const Tensor& x) { return pow(x, 2.0); }, [](double x) { return x * x; }, -3, 3, false));
+    c.push_back(unary(
+        "pow_3", [](const Tensor& x) { return pow(x, 3.0); }, [](double x) { return x * x * x; }, -2, 2,
+        false));
+    c.push_back(unary(
+        "pow_0_5", [](const Tensor& x) { return pow(x, 0.5); }, [](double x) { return std::sqrt(x); }, 0.1, 5,
+        false));
+    c.push_back(unary(
+        "pow_neg_1_5", [](const Tensor& x) { return pow(x, -1.5); },
+        [](double x) { return std::pow(x, -1.5); }, 0.2, 5, false));
+    c.push_back(unary(
+        "clamp", [](const Tensor& x) { return clamp(x, -1.0, 2.0); },
+        [](double x) { return clamp_ref(x, -1, 2); }, -3, 3, true));
+    c.push_back(unary(
+        "clamp_fraction", [](const Tensor& x) { return clamp(x, -0.75, 1.25); },
+        [](double x) { return clamp_ref(x, -0.75, 1.25); }, -3, 3, false));
+    c.push_back(unary(
+        "clamp_min", [](const Tensor& x) { return clamp_min(x, 0.5); },
+        [](double x) { return std::max(x, 0.5); }, -3, 3, false));
+    c.push_back(unary(
+        "clamp_max", [](const Tensor& x) { return clamp_max(x, -0.5); },
+        [](double x) { return std::min(x, -0.5); }, -3, 3, false));
+    c.push_back(unary(
+        "clamp_inplace",
+        [](const Tensor& x) {
+          Tensor y = x;
+          y.clamp_(-1.0, 2.0);
+          return y;
+        },
+        [](double x) { return clamp_ref(x, -1, 2); }, -3, 3, true));
     // scalar variants of the binary ops
-    c.push_back(unary("add_scalar", [](const Tensor& x) { return add(x, 2.0); }, [](double x) { return x + 2; }, -3, 3, true));
-    c.push_back(unary("add_scalar_fraction", [](const Tensor& x) { return add(x, 0.75); }, [](double x) { return x + 0.75; }, -3, 3, false));
-    c.push_back(unary("sub_scalar", [](const Tensor& x) { return sub(x, 1.5); }, [](double x) { return x - 1.5; }, -3, 3, false));
-    c.push_back(unary("mul_scalar", [](const Tensor& x) { return mul(x, -3.0); }, [](double x) { return -3 * x; }, -3, 3, true));
-    c.push_back(unary("div_scalar", [](const Tensor& x) { return div(x, 0.8); }, [](double x) { return x / 0.8; }, -3, 3, false));
-    c.push_back(unary("maximum_scalar", [](const Tensor& x) { return maximum(x, 1.0); }, [](double x) { return std::max(x, 1.0); }, -3, 3, true));
-    c.push_back(unary("minimum_scalar", [](const Tensor& x) { return minimum(x, -1.0); }, [](double x) { return std::min(x, -1.0); }, -3, 3, true));
-    c.push_back(unary("operator_plus_scalar", [](const Tensor& x) { return x + 2.0; }, [](double x) { return x + 2; }, -3, 3, true));
-    c.push_back(unary("operator_minus_scalar", [](const Tensor& x) { return x - 1.0; }, [](double x) { return x - 1; }, -3, 3, true));
-    c.push_back(unary("operator_times_scalar", [](const Tensor& x) { return x * 0.5; }, [](double x) { return x * 0.5; }, -3, 3, false));
-    c.push_back(unary("operator_divide_scalar", [](const Tensor& x) { return x / 4.0; }, [](double x) { return x / 4; }, -3, 3, false));
-    c.push_back(unary("scalar_times_operator", [](const Tensor& x) { return 2.5 * x; }, [](double x) { return 2.5 * x; }, -3, 3, false));
-    c.push_back(unary("add_scalar_inplace", [](const Tensor& x) { Tensor y = x; y.add_(3.0); return y; }, [](double x) { return x + 3; }, -3, 3, true));
-    c.push_back(unary("sub_scalar_inplace", [](const Tensor& x) { Tensor y = x; y.sub_(2.0); return y; }, [](double x) { return x - 2; }, -3, 3, true));
-    c.push_back(unary("mul_scalar_inplace", [](const Tensor& x) { Tensor y = x; y.mul_(-0.5); return y; }, [](double x) { return -0.5 * x; }, -3, 3, false));
-    c.push_back(unary("div_scalar_inplace", [](const Tensor& x) { Tensor y = x; y.div_(4.0); return y; }, [](double x) { return x / 4; }, -3, 3, false));
-    c.push_back(compare_scalar("eq_scalar", [](const Tensor& x) { return eq(x, 1.0); }, [](double x) { return as_bool(x == 1); }));
-    c.push_back(compare_scalar("ne_scalar", [](const Tensor& x) { return ne(x, 1.0); }, [](double x) { return as_bool(x != 1); }));
-    c.push_back(compare_scalar("lt_scalar", [](const Tensor& x) { return lt(x, 0.0); }, [](double x) { return as_bool(x < 0); }));
-    c.push_back(compare_scalar("le_scalar", [](const Tensor& x) { return le(x, 0.0); }, [](double x) { return as_bool(x <= 0); }));
-    c.push_back(compare_scalar("gt_scalar", [](const Tensor& x) { return gt(x, -1.0); }, [](double x) { return as_bool(x > -1); }));
-    c.push_back(compare_scalar("ge_scalar", [](const Tensor& x) { return ge(x, -1.0); }, [](double x) { return as_bool(x >= -1); }));
+    c.push_back(unary(
+        "add_scalar", [](const Tensor& x) { return add(x, 2.0); }, [](double x) { return x + 2; }, -3, 3,
+        true));
+    c.push_back(unary(
+        "add_scalar_fraction", [](const Tensor& x) { return add(x, 0.75); },
+        [](double x) { return x + 0.75; }, -3, 3, false));
+    c.push_back(unary(
+        "sub_scalar", [](const Tensor& x) { return sub(x, 1.5); }, [](double x) { return x - 1.5; }, -3, 3,
+        false));
+    c.push_back(unary(
+        "mul_scalar", [](const Tensor& x) { return mul(x, -3.0); }, [](double x) { return -3 * x; }, -3, 3,
+        true));
+    c.push_back(unary(
+        "div_scalar", [](const Tensor& x) { return div(x, 0.8); }, [](double x) { return x / 0.8; }, -3, 3,
+        false));
+    c.push_back(unary(
+        "maximum_scalar", [](const Tensor& x) { return maximum(x, 1.0); },
+        [](double x) { return std::max(x, 1.0); }, -3, 3, true));
+    c.push_back(unary(
+        "minimum_scalar", [](const Tensor& x) { return minimum(x, -1.0); },
+        [](double x) { return std::min(x, -1.0); }, -3, 3, true));
+    c.push_back(unary(
+        "operator_plus_scalar", [](const Tensor& x) { return x + 2.0; }, [](double x) { return x + 2; }, -3,
+        3, true));
+    c.push_back(unary(
+        "operator_minus_scalar", [](const Tensor& x) { return x - 1.0; }, [](double x) { return x - 1; }, -3,
+        3, true));
+    c.push_back(unary(
+        "operator_times_scalar", [](const Tensor& x) { return x * 0.5; }, [](double x) { return x * 0.5; },
+        -3, 3, false));
+    c.push_back(unary(
+        "operator_divide_scalar", [](const Tensor& x) { return x / 4.0; }, [](double x) { return x / 4; }, -3,
+        3, false));
+    c.push_back(unary(
+        "scalar_times_operator", [](const Tensor& x) { return 2.5 * x; }, [](double x) { return 2.5 * x; },
+        -3, 3, false));
+    c.push_back(unary(
+        "add_scalar_inplace",
+        [](const Tensor& x) {
+          Tensor y = x;
+          y.add_(3.0);
+          return y;
+        },
+        [](double x) { return x + 3; }, -3, 3, true));
+    c.push_back(unary(
+        "sub_scalar_inplace",
+        [](const Tensor& x) {
+          Tensor y = x;
+          y.sub_(2.0);
+          return y;
+        },
+        [](double x) { return x - 2; }, -3, 3, true));
+    c.push_back(unary(
+        "mul_scalar_inplace",
+        [](const Tensor& x) {
+          Tensor y = x;
+          y.mul_(-0.5);
+          return y;
+        },
+        [](double x) { return -0.5 * x; }, -3, 3, false));
+    c.push_back(unary(
+        "div_scalar_inplace",
+        [](const Tensor& x) {
+          Tensor y = x;
+          y.div_(4.0);
+          return y;
+        },
+        [](double x) { return x / 4; }, -3, 3, false));
+    c.push_back(compare_scalar(
+        "eq_scalar", [](const Tensor& x) { return eq(x, 1.0); }, [](double x) { return as_bool(x == 1); }));
+    c.push_back(compare_scalar(
+        "ne_scalar", [](const Tensor& x) { return ne(x, 1.0); }, [](double x) { return as_bool(x != 1); }));
+    c.push_back(compare_scalar(
+        "lt_scalar", [](const Tensor& x) { return lt(x, 0.0); }, [](double x) { return as_bool(x < 0); }));
+    c.push_back(compare_scalar(
+        "le_scalar", [](const Tensor& x) { return le(x, 0.0); }, [](double x) { return as_bool(x <= 0); }));
+    c.push_back(compare_scalar(
+        "gt_scalar", [](const Tensor& x) { return gt(x, -1.0); }, [](double x) { return as_bool(x > -1); }));
+    c.push_back(compare_scalar(
+        "ge_scalar", [](const Tensor& x) { return ge(x, -1.0); }, [](double x) { return as_bool(x >= -1); }));
     return c;
   }();
   return cases;
@@ -476,33 +606,56 @@ const std::vector<BinaryCase>& binary_cases() {
   static const std::vector<BinaryCase> cases = [] {
     std::vector<BinaryCase> c;
     using T = const Tensor&;
-    c.push_back(binary("add", [](T a, T b) { return add(a, b); }, [](double a, double b) { return a + b; }, true));
-    c.push_back(binary("sub", [](T a, T b) { return sub(a, b); }, [](double a, double b) { return a - b; }, true));
-    c.push_back(binary("mul", [](T a, T b) { return mul(a, b); }, [](double a, double b) { return a * b; }, true));
-    BinaryCase d = binary("div", [](T a, T b) { return div(a, b); }, [](double a, double b) { return a / b; }, false);
+    c.push_back(binary(
+        "add", [](T a, T b) { return add(a, b); }, [](double a, double b) { return a + b; }, true));
+    c.push_back(binary(
+        "sub", [](T a, T b) { return sub(a, b); }, [](double a, double b) { return a - b; }, true));
+    c.push_back(binary(
+        "mul", [](T a, T b) { return mul(a, b); }, [](double a, double b) { return a * b; }, true));
+    BinaryCase d = binary(
+        "div", [](T a, T b) { return div(a, b); }, [](double a, double b) { return a / b; }, false);
     d.b_low = 0.5;
     c.push_back(d);
-    BinaryCase p = binary("pow", [](T a, T b) { return pow(a, b); }, [](double a, double b) { return std::pow(a, b); }, false);
+    BinaryCase p = binary(
+        "pow", [](T a, T b) { return pow(a, b); }, [](double a, double b) { return std::pow(a, b); }, false);
     p.a_low = 0.2;
     p.b_low = -2.0;
     p.b_high = 2.0;
     c.push_back(p);
-    c.push_back(binary("maximum", [](T a, T b) { return maximum(a, b); }, [](double a, double b) { return std::max(a, b); }, true));
-    c.push_back(binary("minimum", [](T a, T b) { return minimum(a, b); }, [](double a, double b) { return std::min(a, b); }, true));
-    c.push_back(binary("add_alpha", [](T a, T b) { return add(a, b, -0.75); }, [](double a, double b) { return a - 0.75 * b; }, false));
-    c.push_back(binary("add_alpha_integer", [](T a, T b) { return add(a, b, 2.0); }, [](double a, double b) { return a + 2 * b; }, true));
-    c.push_back(binary("operator_plus", [](T a, T b) { return a + b; }, [](double a, double b) { return a + b; }, true));
-    c.push_back(binary("operator_minus", [](T a, T b) { return a - b; }, [](double a, double b) { return a - b; }, true));
-    c.push_back(binary("operator_times", [](T a, T b) { return a * b; }, [](double a, double b) { return a * b; }, true));
-    BinaryCase q = binary("operator_divide", [](T a, T b) { return a / b; }, [](double a, double b) { return a / b; }, false);
+    c.push_back(binary(
+        "maximum", [](T a, T b) { return maximum(a, b); }, [](double a, double b) { return std::max(a, b); },
+        true));
+    c.push_back(binary(
+        "minimum", [](T a, T b) { return minimum(a, b); }, [](double a, double b) { return std::min(a, b); },
+        true));
+    c.push_back(binary(
+        "add_alpha", [](T a, T b) { return add(a, b, -0.75); },
+        [](double a, double b) { return a - 0.75 * b; }, false));
+    c.push_back(binary(
+        "add_alpha_integer", [](T a, T b) { return add(a, b, 2.0); },
+        [](double a, double b) { return a + 2 * b; }, true));
+    c.push_back(binary(
+        "operator_plus", [](T a, T b) { return a + b; }, [](double a, double b) { return a + b; }, true));
+    c.push_back(binary(
+        "operator_minus", [](T a, T b) { return a - b; }, [](double a, double b) { return a - b; }, true));
+    c.push_back(binary(
+        "operator_times", [](T a, T b) { return a * b; }, [](double a, double b) { return a * b; }, true));
+    BinaryCase q = binary(
+        "operator_divide", [](T a, T b) { return a / b; }, [](double a, double b) { return a / b; }, false);
     q.b_low = 0.5;
     c.push_back(q);
-    c.push_back(compare("eq", [](T a, T b) { return eq(a, b); }, [](double a, double b) { return as_bool(a == b); }));
-    c.push_back(compare("ne", [](T a, T b) { return ne(a, b); }, [](double a, double b) { return as_bool(a != b); }));
-    c.push_back(compare("lt", [](T a, T b) { return lt(a, b); }, [](double a, double b) { return as_bool(a < b); }));
-    c.push_back(compare("le", [](T a, T b) { return le(a, b); }, [](double a, double b) { return as_bool(a <= b); }));
-    c.push_back(compare("gt", [](T a, T b) { return gt(a, b); }, [](double a, double b) { return as_bool(a > b); }));
-    c.push_back(compare("ge", [](T a, T b) { return ge(a, b); }, [](double a, double b) { return as_bool(a >= b); }));
+    c.push_back(compare(
+        "eq", [](T a, T b) { return eq(a, b); }, [](double a, double b) { return as_bool(a == b); }));
+    c.push_back(compare(
+        "ne", [](T a, T b) { return ne(a, b); }, [](double a, double b) { return as_bool(a != b); }));
+    c.push_back(compare(
+        "lt", [](T a, T b) { return lt(a, b); }, [](double a, double b) { return as_bool(a < b); }));
+    c.push_back(compare(
+        "le", [](T a, T b) { return le(a, b); }, [](double a, double b) { return as_bool(a <= b); }));
+    c.push_back(compare(
+        "gt", [](T a, T b) { return gt(a, b); }, [](double a, double b) { return as_bool(a > b); }));
+    c.push_back(compare(
+        "ge", [](T a, T b) { return ge(a, b); }, [](double a, double b) { return as_bool(a >= b); }));
     return c;
   }();
   return cases;
@@ -510,9 +663,9 @@ const std::vector<BinaryCase>& binary_cases() {
 
 const std::vector<std::pair<Shape, Shape>>& broadcast_shape_pairs() {
   static const std::vector<std::pair<Shape, Shape>> pairs{
-      {{7}, {7}},          {{3, 4}, {3, 4}},       {{3, 4}, {4}},       {{4}, {3, 4}},
-      {{3, 1}, {1, 4}},    {{2, 3, 4}, {3, 1}},    {{}, {2, 3}},        {{2, 3}, {}},
-      {{2, 1, 4}, {2, 3, 1}}, {{5, 1, 3}, {4, 1}}, {{1}, {5}},          {{17, 33}, {33}},
+      {{7}, {7}},          {{3, 4}, {3, 4}}, {{3, 4}, {4}}, {{4}, {3, 4}},          {{3, 1}, {1, 4}},
+      {{2, 3, 4}, {3, 1}}, {{}, {2, 3}},     {{2, 3}, {}},  {{2, 1, 4}, {2, 3, 1}}, {{5, 1, 3}, {4, 1}},
+      {{1}, {5}},          {{17, 33}, {33}},
   };
   return pairs;
 }

@@ -67,8 +67,8 @@ std::string_view layout_name(Layout layout);
 /// A tensor of `shape` holding `values` (row-major) converted to `dtype`, on `device`, laid out as
 /// `layout`. Buffer elements the view does not cover hold NaN (floating) or a sentinel (integers),
 /// so an op reading outside the view shows up in the results.
-Tensor make_tensor(const std::vector<double>& values, const Shape& shape, DType dtype,
-                   Device device = kCPU, Layout layout = Layout::Contiguous);
+Tensor make_tensor(const std::vector<double>& values, const Shape& shape, DType dtype, Device device = kCPU,
+                   Layout layout = Layout::Contiguous);
 
 /// `values` as they read back after storing them in `dtype` (rounded to nearest even for
 /// f32/f16/bf16, truncated toward zero for integers, != 0 for bool).
@@ -168,9 +168,9 @@ std::vector<double> case_inputs(HostRng& rng, int64_t n, double low, double high
 }  // namespace flame::test
 
 /// Skips the current test, with the reason, when no CUDA device is usable.
-#define FLAME_SKIP_WITHOUT_CUDA()                                                   \
-  do {                                                                              \
-    if (!::flame::cuda::is_available()) {                                           \
+#define FLAME_SKIP_WITHOUT_CUDA()                                                     \
+  do {                                                                                \
+    if (!::flame::cuda::is_available()) {                                             \
       GTEST_SKIP() << "no CUDA device: " << ::flame::test::cuda_unavailable_reason(); \
-    }                                                                               \
+    }                                                                                 \
   } while (0)

@@ -100,7 +100,8 @@ TEST_F(CudaAllocator, EmptyCacheReturnsUnusedBlocks) {
   EXPECT_GE(cuda::memory_reserved(), cuda::memory_allocated());
   const uint64_t mallocs = cuda::malloc_count();
   { const Tensor again = zeros({elements}, TensorOptions(kF32, kGpu)); }
-  EXPECT_EQ(cuda::malloc_count(), mallocs + 1) << "after empty_cache the block must come from cudaMalloc again";
+  EXPECT_EQ(cuda::malloc_count(), mallocs + 1)
+      << "after empty_cache the block must come from cudaMalloc again";
 }
 
 }  // namespace

@@ -31,9 +31,11 @@ TEST_F(CudaErrors, MixingDevicesIsAnError) {
   EXPECT_TRUE(test::raises_error([&] { where(gpu({2}, kBool), cpu({2}), gpu({2})); }, {"where"}));
   EXPECT_TRUE(test::raises_error([&] { cat({cpu({2}), gpu({2})}); }, {"cat"}));
   EXPECT_TRUE(test::raises_error([&] { stack({gpu({2}), cpu({2})}); }, {"stack"}));
-  EXPECT_TRUE(test::raises_error([&] { index_select(gpu({3}), 0, test::make_tensor({0}, {1}, kI64)); }, {"index_select"}));
+  EXPECT_TRUE(test::raises_error([&] { index_select(gpu({3}), 0, test::make_tensor({0}, {1}, kI64)); },
+                                 {"index_select"}));
   EXPECT_TRUE(test::raises_error([&] { gather(cpu({3}), 0, gpu_index({0})); }, {"gather"}));
-  EXPECT_TRUE(test::raises_error([&] { scatter_add(gpu({3}), 0, gpu_index({0}), cpu({1})); }, {"scatter_add"}));
+  EXPECT_TRUE(
+      test::raises_error([&] { scatter_add(gpu({3}), 0, gpu_index({0}), cpu({1})); }, {"scatter_add"}));
 }
 
 TEST_F(CudaErrors, ExplicitCopiesAcrossDevicesAreAllowed) {
@@ -71,9 +73,16 @@ TEST_F(CudaErrors, OutOfRangeIndicesAreReportedAndTheDeviceRecovers) {
   const Tensor x = test::make_tensor(v, {3, 4}, kF32, kGpu);
   EXPECT_TRUE(raises_by_sync([&] { (void)index_select(x, 0, gpu_index({0, 3})); }, "index"));
   EXPECT_TRUE(raises_by_sync([&] { (void)index_select(x, 1, gpu_index({-1})); }, "index"));
-  EXPECT_TRUE(raises_by_sync([&] { (void)gather(x, 1, test::make_tensor({0, 4}, {1, 2}, kI64, kGpu)); }, "index"));
   EXPECT_TRUE(raises_by_sync(
-      [&] { (void)scatter_add(x, 0, test::make_tensor({5}, {1, 1}, kI64, kGpu), gpu({1, 1})); }, "index"));
+      [&] {
+        (void)gather(x, 1, test::make_tensor({0, 4}, {1, 2}, kI64, kGpu));
+      },
+      "index"));
+  EXPECT_TRUE(raises_by_sync(
+      [&] {
+        (void)scatter_add(x, 0, test::make_tensor({5}, {1, 1}, kI64, kGpu), gpu({1, 1}));
+      },
+      "index"));
   // The error flag was reset: the device keeps working and later syncs are clean.
   EXPECT_NO_THROW(cuda::synchronize());
   const Tensor picked = index_select(x, 0, gpu_index({2, 0}));

@@ -31,7 +31,8 @@ using MultiOp = std::function<Tensor(const std::vector<Tensor>&)>;
 
 std::vector<Tensor> build(const std::vector<Input>& inputs, Device device) {
   std::vector<Tensor> out;
-  for (const Input& in : inputs) out.push_back(test::make_tensor(in.values, in.shape, in.dtype, device, in.layout));
+  for (const Input& in : inputs)
+    out.push_back(test::make_tensor(in.values, in.shape, in.dtype, device, in.layout));
   return out;
 }
 
@@ -82,10 +83,11 @@ TEST_P(CudaUnary, MatchesCpu) {
   for (DType dtype : dtypes_for(c.integer_ok)) {
     for (const Shape& shape : shapes) {
       for (Layout layout : test::all_layouts()) {
-        SCOPED_TRACE(fmt::format("{} {} {} {}", c.name, dtype_name(dtype), shape_str(shape), test::layout_name(layout)));
+        SCOPED_TRACE(fmt::format("{} {} {} {}", c.name, dtype_name(dtype), shape_str(shape),
+                                 test::layout_name(layout)));
         test::guarded([&] {
-          const Input x{test::case_inputs(rng, test::numel_of(shape), c.low, c.high, dtype, c.small_integers), shape,
-                        dtype, layout};
+          const Input x{test::case_inputs(rng, test::numel_of(shape), c.low, c.high, dtype, c.small_integers),
+                        shape, dtype, layout};
           EXPECT_TRUE(matches_cpu([&](const std::vector<Tensor>& t) { return c.op(t[0]); }, {x},
                                   test::tolerance_for(dtype)));
         });
@@ -95,7 +97,9 @@ TEST_P(CudaUnary, MatchesCpu) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Cuda, CudaUnary, ::testing::ValuesIn(test::unary_cases()),
-                         [](const ::testing::TestParamInfo<test::UnaryCase>& info) { return info.param.name; });
+                         [](const ::testing::TestParamInfo<test::UnaryCase>& info) {
+                           return info.param.name;
+                         });
 
 class CudaBinary : public ::testing::TestWithParam<test::BinaryCase> {
  protected:
@@ -115,10 +119,12 @@ TEST_P(CudaBinary, MatchesCpuWithBroadcasting) {
                                  test::layout_name(layouts[l]), shape_str(sb),
                                  test::layout_name(layouts[(l + p) % layouts.size()])));
         test::guarded([&] {
-          const Input a{test::case_inputs(rng, test::numel_of(sa), c.a_low, c.a_high, dtype, c.small_integers), sa,
-                        dtype, layouts[l]};
-          const Input b{test::case_inputs(rng, test::numel_of(sb), c.b_low, c.b_high, dtype, c.small_integers), sb,
-                        dtype, layouts[(l + p) % layouts.size()]};
+          const Input a{
+              test::case_inputs(rng, test::numel_of(sa), c.a_low, c.a_high, dtype, c.small_integers), sa,
+              dtype, layouts[l]};
+          const Input b{
+              test::case_inputs(rng, test::numel_of(sb), c.b_low, c.b_high, dtype, c.small_integers), sb,
+              dtype, layouts[(l + p) % layouts.size()]};
           EXPECT_TRUE(matches_cpu([&](const std::vector<Tensor>& t) { return c.op(t[0], t[1]); }, {a, b},
                                   test::tolerance_for(dtype)));
         });
@@ -134,16 +140,23 @@ TEST_P(CudaBinary, MatchesCpuWithExpandedOperand) {
     SCOPED_TRACE(fmt::format("{} {}", c.name, dtype_name(dtype)));
     test::guarded([&] {
       const Input a{test::case_inputs(rng, 3, c.a_low, c.a_high, dtype, c.small_integers), {3, 1}, dtype};
-      const Input b{test::case_inputs(rng, 12, c.b_low, c.b_high, dtype, c.small_integers), {3, 4}, dtype,
+      const Input b{test::case_inputs(rng, 12, c.b_low, c.b_high, dtype, c.small_integers),
+                    {3, 4},
+                    dtype,
                     Layout::Transposed};
-      EXPECT_TRUE(matches_cpu([&](const std::vector<Tensor>& t) { return c.op(t[0].expand({2, 3, 4}), t[1]); },
-                              {a, b}, test::tolerance_for(dtype)));
+      EXPECT_TRUE(matches_cpu(
+          [&](const std::vector<Tensor>& t) {
+            return c.op(t[0].expand({2, 3, 4}), t[1]);
+          },
+          {a, b}, test::tolerance_for(dtype)));
     });
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(Cuda, CudaBinary, ::testing::ValuesIn(test::binary_cases()),
-                         [](const ::testing::TestParamInfo<test::BinaryCase>& info) { return info.param.name; });
+                         [](const ::testing::TestParamInfo<test::BinaryCase>& info) {
+                           return info.param.name;
+                         });
 
 TEST_F(CudaOps, InPlaceBinaryOnViews) {
   HostRng rng;
@@ -153,11 +166,41 @@ TEST_F(CudaOps, InPlaceBinaryOnViews) {
       const Input a{test::case_inputs(rng, 15, -3, 3, dtype, false), {3, 5}, dtype, Layout::Transposed};
       const Input b{test::case_inputs(rng, 5, 0.5, 3, dtype, false), {5}, dtype, Layout::Strided};
       const Tolerance tol = test::tolerance_for(dtype);
-      EXPECT_TRUE(matches_cpu([](const std::vector<Tensor>& t) { Tensor x = t[0]; x.add_(t[1]); return x; }, {a, b}, tol));
-      EXPECT_TRUE(matches_cpu([](const std::vector<Tensor>& t) { Tensor x = t[0]; x.sub_(t[1]); return x; }, {a, b}, tol));
-      EXPECT_TRUE(matches_cpu([](const std::vector<Tensor>& t) { Tensor x = t[0]; x.mul_(t[1]); return x; }, {a, b}, tol));
-      EXPECT_TRUE(matches_cpu([](const std::vector<Tensor>& t) { Tensor x = t[0]; x.div_(t[1]); return x; }, {a, b}, tol));
-      EXPECT_TRUE(matches_cpu([](const std::vector<Tensor>& t) { Tensor x = t[0]; x.mul_(x); return x; }, {a}, tol));
+      EXPECT_TRUE(matches_cpu(
+          [](const std::vector<Tensor>& t) {
+            Tensor x = t[0];
+            x.add_(t[1]);
+            return x;
+          },
+          {a, b}, tol));
+      EXPECT_TRUE(matches_cpu(
+          [](const std::vector<Tensor>& t) {
+            Tensor x = t[0];
+            x.sub_(t[1]);
+            return x;
+          },
+          {a, b}, tol));
+      EXPECT_TRUE(matches_cpu(
+          [](const std::vector<Tensor>& t) {
+            Tensor x = t[0];
+            x.mul_(t[1]);
+            return x;
+          },
+          {a, b}, tol));
+      EXPECT_TRUE(matches_cpu(
+          [](const std::vector<Tensor>& t) {
+            Tensor x = t[0];
+            x.div_(t[1]);
+            return x;
+          },
+          {a, b}, tol));
+      EXPECT_TRUE(matches_cpu(
+          [](const std::vector<Tensor>& t) {
+            Tensor x = t[0];
+            x.mul_(x);
+            return x;
+          },
+          {a}, tol));
     });
   }
 }
@@ -171,8 +214,8 @@ TEST_F(CudaOps, Where) {
         const Input cond{rng.integers(3, 0, 1), {3, 1}, kBool, layout};
         const Input a{test::case_inputs(rng, 4, -3, 3, dtype, false), {4}, dtype, layout};
         const Input b{test::case_inputs(rng, 24, -3, 3, dtype, false), {2, 3, 4}, dtype, layout};
-        EXPECT_TRUE(matches_cpu([](const std::vector<Tensor>& t) { return where(t[0], t[1], t[2]); }, {cond, a, b},
-                                Tolerance{0, 0}));
+        EXPECT_TRUE(matches_cpu([](const std::vector<Tensor>& t) { return where(t[0], t[1], t[2]); },
+                                {cond, a, b}, Tolerance{0, 0}));
       });
     }
   }
@@ -185,9 +228,17 @@ TEST_F(CudaOps, Matmul) {
     Shape a, b;
   };
   const std::vector<Shapes> cases{
-      {{5}, {5}},        {{5}, {5, 3}},       {{4, 5}, {5}},          {{4, 5}, {5, 3}},
-      {{64, 64}, {64, 64}}, {{33, 17}, {17, 9}}, {{2, 4, 5}, {2, 5, 3}}, {{3, 33, 17}, {17, 9}},
-      {{4, 5}, {3, 5, 2}}, {{2, 1, 4, 5}, {3, 5, 6}}, {{1, 1}, {1, 1}},
+      {{5}, {5}},
+      {{5}, {5, 3}},
+      {{4, 5}, {5}},
+      {{4, 5}, {5, 3}},
+      {{64, 64}, {64, 64}},
+      {{33, 17}, {17, 9}},
+      {{2, 4, 5}, {2, 5, 3}},
+      {{3, 33, 17}, {17, 9}},
+      {{4, 5}, {3, 5, 2}},
+      {{2, 1, 4, 5}, {3, 5, 6}},
+      {{1, 1}, {1, 1}},
   };
   HostRng rng;
   const auto& layouts = test::all_layouts();
@@ -196,8 +247,8 @@ TEST_F(CudaOps, Matmul) {
       for (size_t l = 0; l < layouts.size(); ++l) {
         const Shapes& c = cases[s];
         const Layout la = layouts[l], lb = layouts[(l + s) % layouts.size()];
-        SCOPED_TRACE(fmt::format("{} {} ({}) @ {} ({})", dtype_name(dtype), shape_str(c.a), test::layout_name(la),
-                                 shape_str(c.b), test::layout_name(lb)));
+        SCOPED_TRACE(fmt::format("{} {} ({}) @ {} ({})", dtype_name(dtype), shape_str(c.a),
+                                 test::layout_name(la), shape_str(c.b), test::layout_name(lb)));
         test::guarded([&] {
           const Input a{test::case_inputs(rng, test::numel_of(c.a), -1, 1, dtype, false), c.a, dtype, la};
           const Input b{test::case_inputs(rng, test::numel_of(c.b), -1, 1, dtype, false), c.b, dtype, lb};
@@ -211,8 +262,11 @@ TEST_F(CudaOps, Matmul) {
     test::guarded([&] {
       const Input a{test::case_inputs(rng, 20, -1, 1, dtype, false), {1, 4, 5}, dtype};
       const Input b{test::case_inputs(rng, 90, -1, 1, dtype, false), {3, 5, 6}, dtype, Layout::Transposed};
-      EXPECT_TRUE(matches_cpu([](const std::vector<Tensor>& t) { return matmul(t[0].expand({3, 4, 5}), t[1]); },
-                              {a, b}, test::tolerance_for(dtype).scaled(3)));
+      EXPECT_TRUE(matches_cpu(
+          [](const std::vector<Tensor>& t) {
+            return matmul(t[0].expand({3, 4, 5}), t[1]);
+          },
+          {a, b}, test::tolerance_for(dtype).scaled(3)));
     });
   }
 }
@@ -228,15 +282,20 @@ struct CudaReduction {
 };
 
 std::vector<CudaReduction> cuda_reductions() {
-  const auto dims_of = [](int64_t dim) { return dim < -100 ? std::vector<int64_t>{} : std::vector<int64_t>{dim}; };
+  const auto dims_of = [](int64_t dim) {
+    return dim < -100 ? std::vector<int64_t>{} : std::vector<int64_t>{dim};
+  };
   return {
       {"sum", [=](const Tensor& x, int64_t d, bool k) { return sum(x, dims_of(d), k); }},
       {"mean", [=](const Tensor& x, int64_t d, bool k) { return mean(x, dims_of(d), k); }},
       {"var", [=](const Tensor& x, int64_t d, bool k) { return var(x, dims_of(d), 1, k); }},
       {"var_correction_0", [=](const Tensor& x, int64_t d, bool k) { return var(x, dims_of(d), 0, k); }},
-      {"max", [](const Tensor& x, int64_t d, bool k) { return d < -100 ? max(x) : max(x, d, k); }, true, false, true},
-      {"min", [](const Tensor& x, int64_t d, bool k) { return d < -100 ? min(x) : min(x, d, k); }, true, false, true},
-      {"argmax", [](const Tensor& x, int64_t d, bool k) { return argmax(x, d < -100 ? 0 : d, k); }, true, true, true},
+      {"max", [](const Tensor& x, int64_t d, bool k) { return d < -100 ? max(x) : max(x, d, k); }, true,
+       false, true},
+      {"min", [](const Tensor& x, int64_t d, bool k) { return d < -100 ? min(x) : min(x, d, k); }, true,
+       false, true},
+      {"argmax", [](const Tensor& x, int64_t d, bool k) { return argmax(x, d < -100 ? 0 : d, k); }, true,
+       true, true},
       {"softmax", [](const Tensor& x, int64_t d, bool) { return softmax(x, d < -100 ? -1 : d); }},
       {"log_softmax", [](const Tensor& x, int64_t d, bool) { return log_softmax(x, d < -100 ? 0 : d); }},
   };
@@ -261,16 +320,18 @@ TEST_P(CudaReduce, MatchesCpu) {
       for (int64_t dim : dims) {
         for (bool keepdim : {false, true}) {
           for (Layout layout : test::all_layouts()) {
-            SCOPED_TRACE(fmt::format("{} {} {} dim {} keepdim {} {}", c.name, dtype_name(dtype), shape_str(shape),
-                                     dim < -100 ? std::string("all") : std::to_string(dim), keepdim,
-                                     test::layout_name(layout)));
+            SCOPED_TRACE(fmt::format("{} {} {} dim {} keepdim {} {}", c.name, dtype_name(dtype),
+                                     shape_str(shape), dim < -100 ? std::string("all") : std::to_string(dim),
+                                     keepdim, test::layout_name(layout)));
             test::guarded([&] {
-              const Input x{test::case_inputs(rng, test::numel_of(shape), -3, 3, dtype, c.small_integers), shape, dtype,
-                            layout};
+              const Input x{test::case_inputs(rng, test::numel_of(shape), -3, 3, dtype, c.small_integers),
+                            shape, dtype, layout};
               const double n = dim < -100 ? static_cast<double>(test::numel_of(shape))
                                           : static_cast<double>(shape[dim < 0 ? dim + nd : dim]);
-              const Tolerance tol = c.exact ? Tolerance{0, 0} : test::tolerance_for(dtype).scaled(std::sqrt(n));
-              EXPECT_TRUE(matches_cpu([&](const std::vector<Tensor>& t) { return c.op(t[0], dim, keepdim); }, {x}, tol));
+              const Tolerance tol =
+                  c.exact ? Tolerance{0, 0} : test::tolerance_for(dtype).scaled(std::sqrt(n));
+              EXPECT_TRUE(matches_cpu([&](const std::vector<Tensor>& t) { return c.op(t[0], dim, keepdim); },
+                                      {x}, tol));
             });
           }
         }
@@ -288,12 +349,16 @@ TEST_F(CudaOps, MaxMinPropagateNaNAndLargeSoftmaxIsStable) {
     SCOPED_TRACE(dtype_name(dtype));
     test::guarded([&] {
       const Input x{{1, nan, 3, -4, 2, 0}, {2, 3}, dtype};
-      EXPECT_TRUE(matches_cpu([](const std::vector<Tensor>& t) { return max(t[0], 1); }, {x}, Tolerance{0, 0}));
-      EXPECT_TRUE(matches_cpu([](const std::vector<Tensor>& t) { return min(t[0], 0); }, {x}, Tolerance{0, 0}));
+      EXPECT_TRUE(
+          matches_cpu([](const std::vector<Tensor>& t) { return max(t[0], 1); }, {x}, Tolerance{0, 0}));
+      EXPECT_TRUE(
+          matches_cpu([](const std::vector<Tensor>& t) { return min(t[0], 0); }, {x}, Tolerance{0, 0}));
       EXPECT_TRUE(matches_cpu([](const std::vector<Tensor>& t) { return max(t[0]); }, {x}, Tolerance{0, 0}));
       const Input big{test::round_to_dtype({1000, 1001, 999, 1000, -1000, 0, 50, 80}, dtype), {2, 4}, dtype};
-      EXPECT_TRUE(matches_cpu([](const std::vector<Tensor>& t) { return softmax(t[0], 1); }, {big}, test::tolerance_for(dtype)));
-      EXPECT_TRUE(matches_cpu([](const std::vector<Tensor>& t) { return log_softmax(t[0], 1); }, {big}, test::tolerance_for(dtype)));
+      EXPECT_TRUE(matches_cpu([](const std::vector<Tensor>& t) { return softmax(t[0], 1); }, {big},
+                              test::tolerance_for(dtype)));
+      EXPECT_TRUE(matches_cpu([](const std::vector<Tensor>& t) { return log_softmax(t[0], 1); }, {big},
+                              test::tolerance_for(dtype)));
     });
   }
 }
@@ -311,15 +376,22 @@ TEST_F(CudaOps, CatAndStack) {
         for (int64_t i = 0; i < 3; ++i) {
           Shape s{2, 3, 4};
           s[d] = 1 + 2 * i;
-          parts.push_back({test::case_inputs(rng, test::numel_of(s), -9, 9, dtype, false), s, dtype, test::all_layouts()[i + 1]});
+          parts.push_back({test::case_inputs(rng, test::numel_of(s), -9, 9, dtype, false), s, dtype,
+                           test::all_layouts()[i + 1]});
         }
-        EXPECT_TRUE(matches_cpu([&](const std::vector<Tensor>& t) { return cat(t, dim); }, parts, Tolerance{0, 0}));
+        EXPECT_TRUE(
+            matches_cpu([&](const std::vector<Tensor>& t) { return cat(t, dim); }, parts, Tolerance{0, 0}));
         std::vector<Input> same;
         for (int64_t i = 0; i < 3; ++i) {
-          same.push_back({test::case_inputs(rng, 24, -9, 9, dtype, false), {2, 3, 4}, dtype, test::all_layouts()[i + 1]});
+          same.push_back({test::case_inputs(rng, 24, -9, 9, dtype, false),
+                          {2, 3, 4},
+                          dtype,
+                          test::all_layouts()[i + 1]});
         }
-        EXPECT_TRUE(matches_cpu([&](const std::vector<Tensor>& t) { return stack(t, dim); }, same, Tolerance{0, 0}));
-        EXPECT_TRUE(matches_cpu([&](const std::vector<Tensor>& t) { return stack(t, 3); }, same, Tolerance{0, 0}));
+        EXPECT_TRUE(
+            matches_cpu([&](const std::vector<Tensor>& t) { return stack(t, dim); }, same, Tolerance{0, 0}));
+        EXPECT_TRUE(
+            matches_cpu([&](const std::vector<Tensor>& t) { return stack(t, 3); }, same, Tolerance{0, 0}));
       });
     }
   }
@@ -337,19 +409,22 @@ TEST_F(CudaOps, IndexSelectGatherScatterAdd) {
           const Input x{test::case_inputs(rng, 120, -3, 3, dtype, false), shape, dtype, layout};
           for (DType index_dtype : {kI64, kI32}) {
             const Input idx{rng.integers(9, 0, shape[d] - 1), {9}, index_dtype, layout};
-            EXPECT_TRUE(matches_cpu([&](const std::vector<Tensor>& t) { return index_select(t[0], dim, t[1]); }, {x, idx},
-                                    Tolerance{0, 0}));
+            EXPECT_TRUE(
+                matches_cpu([&](const std::vector<Tensor>& t) { return index_select(t[0], dim, t[1]); },
+                            {x, idx}, Tolerance{0, 0}));
           }
           Shape index_shape = shape;
           index_shape[d] = 7;
-          const Input gidx{rng.integers(test::numel_of(index_shape), 0, shape[d] - 1), index_shape, kI64, layout};
-          EXPECT_TRUE(matches_cpu([&](const std::vector<Tensor>& t) { return gather(t[0], dim, t[1]); }, {x, gidx},
-                                  Tolerance{0, 0}));
-          const Input src{test::case_inputs(rng, test::numel_of(index_shape), -3, 3, dtype, false), index_shape, dtype,
-                          layout};
+          const Input gidx{rng.integers(test::numel_of(index_shape), 0, shape[d] - 1), index_shape, kI64,
+                           layout};
+          EXPECT_TRUE(matches_cpu([&](const std::vector<Tensor>& t) { return gather(t[0], dim, t[1]); },
+                                  {x, gidx}, Tolerance{0, 0}));
+          const Input src{test::case_inputs(rng, test::numel_of(index_shape), -3, 3, dtype, false),
+                          index_shape, dtype, layout};
           const Tolerance tol = test::tolerance_for(dtype).scaled(4);  // atomics add in another order
-          EXPECT_TRUE(matches_cpu([&](const std::vector<Tensor>& t) { return scatter_add(t[0], dim, t[1], t[2]); },
-                                  {x, gidx, src}, tol));
+          EXPECT_TRUE(
+              matches_cpu([&](const std::vector<Tensor>& t) { return scatter_add(t[0], dim, t[1], t[2]); },
+                          {x, gidx, src}, tol));
           EXPECT_TRUE(matches_cpu(
               [&](const std::vector<Tensor>& t) {
                 Tensor target = t[0];
@@ -386,13 +461,15 @@ TEST_F(CudaOps, CreationOnTheDevice) {
       EXPECT_TRUE(test::tensors_close(arange(17.0, gpu), arange(17.0, cpu), Tolerance{0, 0}));
       const Tensor v = from_vector(std::vector<double>{1, -2, 3, 4, 5, 6}, {2, 3}, gpu);
       EXPECT_EQ(v.device(), kGpu);
-      EXPECT_TRUE(test::tensors_close(v, from_vector(std::vector<double>{1, -2, 3, 4, 5, 6}, {2, 3}, cpu), Tolerance{0, 0}));
+      EXPECT_TRUE(test::tensors_close(v, from_vector(std::vector<double>{1, -2, 3, 4, 5, 6}, {2, 3}, cpu),
+                                      Tolerance{0, 0}));
     });
   }
   EXPECT_TRUE(test::tensors_close(arange(0.0, 1.0, 0.1, TensorOptions(kF64, kGpu)),
-                                  arange(0.0, 1.0, 0.1, TensorOptions(kF64, kCPU)), test::tolerance_for(kF64)));
-  EXPECT_TRUE(test::tensors_close(full({7}, 0.1, TensorOptions(kF16, kGpu)), full({7}, 0.1, TensorOptions(kF16, kCPU)),
-                                  Tolerance{0, 0}));
+                                  arange(0.0, 1.0, 0.1, TensorOptions(kF64, kCPU)),
+                                  test::tolerance_for(kF64)));
+  EXPECT_TRUE(test::tensors_close(full({7}, 0.1, TensorOptions(kF16, kGpu)),
+                                  full({7}, 0.1, TensorOptions(kF16, kCPU)), Tolerance{0, 0}));
 }
 
 TEST_F(CudaOps, ConversionsBetweenEveryDtype) {
@@ -411,7 +488,8 @@ TEST_F(CudaOps, ConversionsBetweenEveryDtype) {
           v[0] = 0.0;
           v = test::round_to_dtype(v, from);
           const Input x{v, {4, 6}, from, layout};
-          EXPECT_TRUE(matches_cpu([to](const std::vector<Tensor>& t) { return t[0].to(to); }, {x}, Tolerance{0, 0}));
+          EXPECT_TRUE(
+              matches_cpu([to](const std::vector<Tensor>& t) { return t[0].to(to); }, {x}, Tolerance{0, 0}));
         });
       }
     }
@@ -437,7 +515,8 @@ TEST_F(CudaOps, ViewsCopiesAndCrossDeviceTransfers) {
   EXPECT_TRUE(test::tensors_close(view.reshape({-1}), host_view.reshape({-1}), Tolerance{0, 0}));
   EXPECT_TRUE(view.contiguous().is_contiguous());
   EXPECT_EQ(view.contiguous().device(), kGpu);
-  EXPECT_EQ(dev.select(0, 1).select(0, 2).select(0, 3).item(), host.select(0, 1).select(0, 2).select(0, 3).item());
+  EXPECT_EQ(dev.select(0, 1).select(0, 2).select(0, 3).item(),
+            host.select(0, 1).select(0, 2).select(0, 3).item());
 
   // Writes into CUDA views: fill_ and copy_ from the host (broadcast, dtype conversion).
   Tensor dev_target = zeros({4, 6}, TensorOptions(kF32, kGpu));
@@ -462,11 +541,17 @@ TEST_F(CudaOps, ViewsCopiesAndCrossDeviceTransfers) {
 TEST_F(CudaOps, ZeroSizeTensors) {
   const Input empty_rows{{}, {0, 3}, kF32};
   const Input row{{1, 2, 3}, {3}, kF32};
-  EXPECT_TRUE(matches_cpu([](const std::vector<Tensor>& t) { return add(t[0], t[1]); }, {empty_rows, row}, Tolerance{0, 0}));
-  EXPECT_TRUE(matches_cpu([](const std::vector<Tensor>& t) { return sum(t[0], {0}); }, {empty_rows}, Tolerance{0, 0}));
-  EXPECT_TRUE(matches_cpu([](const std::vector<Tensor>& t) { return matmul(t[0].t(), t[0]); }, {empty_rows}, Tolerance{0, 0}));
-  EXPECT_TRUE(matches_cpu([](const std::vector<Tensor>& t) { return cat({t[0], t[1].unsqueeze(0)}); }, {empty_rows, row},
+  EXPECT_TRUE(matches_cpu([](const std::vector<Tensor>& t) { return add(t[0], t[1]); }, {empty_rows, row},
                           Tolerance{0, 0}));
+  EXPECT_TRUE(matches_cpu([](const std::vector<Tensor>& t) { return sum(t[0], {0}); }, {empty_rows},
+                          Tolerance{0, 0}));
+  EXPECT_TRUE(matches_cpu([](const std::vector<Tensor>& t) { return matmul(t[0].t(), t[0]); }, {empty_rows},
+                          Tolerance{0, 0}));
+  EXPECT_TRUE(matches_cpu(
+      [](const std::vector<Tensor>& t) {
+        return cat({t[0], t[1].unsqueeze(0)});
+      },
+      {empty_rows, row}, Tolerance{0, 0}));
 }
 
 // --- random numbers --------------------------------------------------------------------------------
@@ -510,7 +595,8 @@ TEST_F(CudaOps, RandnMatchesCpuWithin1e6) {
         const Tensor a = randn(shape, TensorOptions(dtype, kCPU), &g_cpu);
         const Tensor b = randn(shape, TensorOptions(dtype, kGpu), &g_gpu);
         // f16 / bf16 round once on store: a 1e-6 difference before rounding may flip one ulp.
-        const Tolerance tol = dtype == kF32 || dtype == kF64 ? Tolerance{1e-6, 1e-6} : test::tolerance_for(dtype);
+        const Tolerance tol =
+            dtype == kF32 || dtype == kF64 ? Tolerance{1e-6, 1e-6} : test::tolerance_for(dtype);
         EXPECT_TRUE(test::tensors_close(b, a, tol));
         EXPECT_EQ(g_gpu.offset(), g_cpu.offset());
       });
