@@ -68,7 +68,8 @@ Tensor maximum(const Tensor& a, const Tensor& b);
 Tensor minimum(const Tensor& a, const Tensor& b);
 /// a + alpha * b (PyTorch's add with alpha).
 Tensor add(const Tensor& a, const Tensor& b, double alpha);
-// scalar variants: the scalar is converted to the tensor's dtype's compute type.
+// scalar variants: the scalar is converted to the tensor's compute type (f32 for f32, f16 and
+// bf16 tensors; f64 for f64; int64 for integer tensors, which need an integral scalar).
 Tensor add(const Tensor& a, double b);
 Tensor sub(const Tensor& a, double b);
 Tensor mul(const Tensor& a, double b);

@@ -52,6 +52,11 @@ FLAME_HOST_DEVICE inline float uniform_from_bits(uint32_t bits) {
   return static_cast<float>(bits >> 8) * (1.0f / 16777216.0f);
 }
 
+/// The largest f16 and bf16 values below 1. A uniform draw stored in those dtypes is first clamped
+/// to them, since rounding to nearest would otherwise turn draws near 1 into exactly 1.
+inline constexpr float kHalfBelowOne = 0.99951171875f;  // 1 - 2^-11
+inline constexpr float kBf16BelowOne = 0.99609375f;     // 1 - 2^-8
+
 /// Integer in [low, high) from one word: low + (bits % (high - low)). The modulo bias is below
 /// 2^-32 * range, negligible for the ranges tensors use; ranges over 2^32 are rejected by randint.
 FLAME_HOST_DEVICE inline int64_t randint_from_bits(uint32_t bits, int64_t low, int64_t high) {

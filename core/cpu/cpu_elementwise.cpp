@@ -195,6 +195,9 @@ void binary_impl(BinaryOp op, const Tensor& a, const Tensor* b, double scalar, c
               name, dtype_name(expected_out), dtype_name(dtype), out.describe());
 
   if (is_floating(dtype)) {
+    // A scalar takes the compute type of the tensor (f32 for f32/f16/bf16, f64 for f64), as on CUDA
+    // and in PyTorch: f32(0.1) == 0.1 holds.
+    if (b == nullptr && dtype != DType::F64) scalar = static_cast<double>(static_cast<float>(scalar));
     if (is_comparison(op)) {
       binary_loop(name, a, b, scalar, out, double_loader(dtype), compare_fn<double>(op),
                   store_bool);

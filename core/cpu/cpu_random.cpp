@@ -1,4 +1,5 @@
 // Philox draws laid out per Note [random stream layout] (core/random.h), as the CUDA backend does.
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 
@@ -41,9 +42,12 @@ void CpuBackend::random(const Tensor& out, RandomKind kind, uint64_t seed, uint6
       FLAME_CHECK(is_floating(out.dtype()), "rand: out must be a floating dtype, got {}",
                   out.describe());
       const StoreDouble store = double_storer(out.dtype());
+      const float below_one = out.dtype() == DType::F16    ? kHalfBelowOne
+                              : out.dtype() == DType::BF16 ? kBf16BelowOne
+                                                           : 1.0f;
       for (int64_t i = 0; i < n; ++i) {
         const Philox4x32 block = philox4x32_10(offset + static_cast<uint64_t>(i / 4), 0, seed);
-        store(element(i), uniform_from_bits(block.v[i % 4]));
+        store(element(i), std::min(uniform_from_bits(block.v[i % 4]), below_one));
       }
       return;
     }

@@ -12,6 +12,14 @@ namespace {
 
 constexpr double kTwoPi = 6.283185307179586476925286766559;
 
+// Uniform draws are clamped below 1 before rounding to 16 bits (see kHalfBelowOne in core/random.h).
+template <class T>
+__device__ __forceinline__ float uniform_limit() {
+  if constexpr (std::is_same_v<T, __half>) return kHalfBelowOne;
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return kBf16BelowOne;
+  else return 1.0f;
+}
+
 // out: [n] contiguous. Thread b draws Philox block offset + b and writes elements 4b .. 4b+3.
 template <class T>
 __global__ void uniform_kernel(T* out, int64_t n, uint64_t seed, uint64_t offset) {
@@ -21,7 +29,7 @@ __global__ void uniform_kernel(T* out, int64_t n, uint64_t seed, uint64_t offset
 #pragma unroll
     for (int w = 0; w < 4; ++w) {
       const int64_t i = 4 * b + w;
-      if (i < n) out[i] = from_compute<T>(uniform_from_bits(bits.v[w]));
+      if (i < n) out[i] = from_compute<T>(fminf(uniform_from_bits(bits.v[w]), uniform_limit<T>()));
     }
   }
 }

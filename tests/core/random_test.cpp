@@ -161,16 +161,12 @@ TEST(Random, EveryFloatingDtypeIsInRange) {
   for (DType dtype : test::floating_dtypes()) {
     SCOPED_TRACE(dtype_name(dtype));
     test::guarded([&] {
-      const Tensor u = rand({4000}, dtype, &gen);
+      // 40000 draws: in f16 about 10 of them lie within rounding distance of 1.
+      const Tensor u = rand({40000}, dtype, &gen);
       EXPECT_EQ(u.dtype(), dtype);
       const auto v = test::host_values(u);
       EXPECT_GE(*std::min_element(v.begin(), v.end()), 0.0);
-      // f16 / bf16 round the 24-bit uniform to nearest, which may reach 1.0 itself.
-      if (dtype == kF32 || dtype == kF64) {
-        EXPECT_LT(*std::max_element(v.begin(), v.end()), 1.0);
-      } else {
-        EXPECT_LE(*std::max_element(v.begin(), v.end()), 1.0);
-      }
+      EXPECT_LT(*std::max_element(v.begin(), v.end()), 1.0);
       const auto z = test::host_values(randn({4000}, dtype, &gen));
       for (double x : z) ASSERT_TRUE(std::isfinite(x));
     });
