@@ -101,10 +101,13 @@ run_label() {
   local rc=$?
   local total=0 failed=0 skipped
   local line
-  line=$(grep -E '[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" | tail -n 1)
+  # ctest ends with "100% tests passed out of N" or "P% tests passed, F tests failed out of N".
+  line=$(grep -E '[0-9]+% tests passed(, [0-9]+ tests? failed)? out of [0-9]+' "$log" | tail -n 1)
   if [ -n "$line" ]; then
-    failed=$(sed -E 's/.* ([0-9]+) tests? failed out of.*/\1/' <<<"$line")
-    total=$(sed -E 's/.*failed out of ([0-9]+).*/\1/' <<<"$line")
+    total=$(sed -E 's/.* out of ([0-9]+).*/\1/' <<<"$line")
+    if grep -qE 'tests? failed' <<<"$line"; then
+      failed=$(sed -E 's/.* ([0-9]+) tests? failed out of.*/\1/' <<<"$line")
+    fi
   fi
   skipped=$(grep -c '(Skipped)' "$log" || true)
   if [ "$total" -eq 0 ] && grep -q 'No tests were found' "$log"; then
