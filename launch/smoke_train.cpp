@@ -3,6 +3,7 @@
 // the loss falls and the classes are learned. Exits 1 otherwise.
 //
 //   flame-smoke [--device cpu|cuda[:N]] [--steps N]
+// Exit status: 0 converged, 1 did not converge, 2 error, 77 the requested GPU is absent.
 #include <spdlog/spdlog.h>
 
 #include <cstdlib>
@@ -45,8 +46,16 @@ std::pair<double, flame::Tensor> loss_and_logit_grad(const flame::Tensor& logits
 
 }  // namespace
 
+/// Exit status for "asked for a GPU, none here" (CTest's skip code).
+constexpr int kExitNoDevice = 77;
+
 int main(int argc, char** argv) try {
   const SmokeConfig config = parse_args(argc, argv);
+  if (config.device.is_cuda() && config.device.index >= flame::cuda::device_count()) {
+    spdlog::warn("flame-smoke: {} requested but this machine has {} CUDA devices", config.device.str(),
+                 flame::cuda::device_count());
+    return kExitNoDevice;
+  }
   const flame::TensorOptions opts(flame::kF32, config.device);
   flame::manual_seed(1234);
 
