@@ -22,6 +22,11 @@ void check_no_internal_overlap(const char* op, const Tensor& out);
 /// Sorted, de-duplicated, wrapped dims (all dims when `dims` is empty).
 std::vector<int64_t> normalize_dims(const char* op, const std::vector<int64_t>& dims, int64_t ndim);
 
+/// Before an in-place write to `self`: refuses when autograd would need the result or the
+/// overwritten values (grad mode on and self or a source requires grad; use NoGradGuard or the
+/// out-of-place op), and bumps self's storage version so saved copies of it are caught.
+void prepare_inplace(const char* op, const Tensor& self, std::initializer_list<const Tensor*> sources = {});
+
 /// x.view(shape) when the layout allows it without copying, else nothing.
 std::optional<Tensor> try_view(const Tensor& x, const Shape& shape);
 /// True when a and b share storage and their memory ranges intersect.

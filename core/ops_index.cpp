@@ -26,8 +26,9 @@ Tensor cat(const std::vector<Tensor>& tensors, int64_t dim) {
   }
   Tensor out = Tensor::empty(out_shape, TensorOptions(first.dtype(), first.device()));
   int64_t offset = 0;
+  Backend& backend = backend_for(first.device());
   for (const Tensor& t : tensors) {
-    out.narrow(dim, offset, t.size(dim)).copy_(t);
+    if (t.numel() > 0) backend.copy(t, out.narrow(dim, offset, t.size(dim)));
     offset += t.size(dim);
   }
   return out;
@@ -113,11 +114,12 @@ Tensor& scatter_add_(Tensor& x, int64_t dim, const Tensor& index, const Tensor& 
   check_index_fits("scatter_add", src, -1, index, "src");
   if (index.numel() == 0) return x;
   detail::check_no_internal_overlap("scatter_add_", x);
+  detail::prepare_inplace("scatter_add_", x, {&src});
   Tensor target = x.is_contiguous() ? x : x.contiguous();
   Tensor values = crop_to(src, index.shape()).contiguous();
   if (detail::may_overlap(values, target)) values = values.clone();
   backend_for(x.device()).scatter_add(target, dim, index.contiguous(), values);
-  if (!target.is_same(x)) x.copy_(target);
+  if (!target.is_same(x)) backend_for(x.device()).copy(target, x);
   return x;
 }
 

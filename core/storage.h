@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 
 #include "core/device.h"
@@ -33,12 +34,16 @@ class Storage {
   void* data() const { return data_; }
   size_t nbytes() const { return nbytes_; }
   Device device() const { return device_; }
+  /// Counts in-place writes, so autograd can tell a saved tensor was modified.
+  uint64_t version() const { return version_; }
+  void bump_version() { ++version_; }
 
  private:
   Device device_;
   size_t nbytes_;
   Allocator* allocator_;
   void* data_;
+  uint64_t version_ = 0;
 };
 
 }  // namespace flame

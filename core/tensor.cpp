@@ -394,6 +394,7 @@ bool same_layout(const Tensor& a, const Tensor& b) {
 
 Tensor& Tensor::copy_(const Tensor& src_in) {
   FLAME_CHECK(src_in.defined(), "copy_: source tensor is undefined");
+  detail::prepare_inplace("copy_", *this, {&src_in});
   Tensor src = src_in;
   if (src.device() != device()) src = src.to(device());
   src = src.expand(shape());
@@ -404,6 +405,7 @@ Tensor& Tensor::copy_(const Tensor& src_in) {
 }
 
 Tensor& Tensor::fill_(double value) {
+  detail::prepare_inplace("fill_", *this);
   if (numel() > 0) backend_for(device()).fill(*this, value);
   return *this;
 }

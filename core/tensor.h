@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <string>
@@ -32,6 +33,14 @@ struct TensorOptions {
   TensorOptions(DType d, Device dev) : dtype(d), device(dev) {}
 };
 
+namespace autograd {
+class Node;
+}
+class Tensor;
+struct AutogradMeta;
+/// Called with the leaf once its gradient is final in a backward pass (Note [autograd engine]).
+using GradReadyHook = std::function<void(const Tensor& leaf)>;
+
 /// The metadata a Tensor handle shares with its copies (not with its views: a view has its own).
 struct TensorImpl {
   std::shared_ptr<Storage> storage;
@@ -39,6 +48,7 @@ struct TensorImpl {
   Strides strides;
   int64_t offset = 0;  // in elements, from storage->data()
   DType dtype = DType::F32;
+  std::shared_ptr<AutogradMeta> autograd;  // null until autograd touches this tensor
 };
 
 /// A strided view of a typed, device-resident buffer. Copying a Tensor copies the handle, not the
@@ -141,6 +151,30 @@ class Tensor {
   Tensor& clamp_(double min, double max);
   Tensor& relu_();
   Tensor matmul(const Tensor& other) const;
+
+  // --- autograd (Note [autograd engine] in core/autograd.h) ----------------------------------
+  bool requires_grad() const;
+  /// Marks a leaf as requiring gradients (or not); raises for a non-leaf. Returns *this.
+  Tensor& requires_grad_(bool requires_grad = true);
+  /// True unless the tensor is the result of a recorded op (has a grad_fn).
+  bool is_leaf() const;
+  /// The gradient accumulated by backward (undefined until one reaches this leaf).
+  Tensor grad() const;
+  /// Replaces the gradient; an undefined tensor clears it (zero_grad with set_to_none).
+  void set_grad(const Tensor& grad) const;
+  /// The node that computes this tensor's gradient inputs (null for leaves).
+  std::shared_ptr<autograd::Node> grad_fn() const;
+  /// Computes gradients of this tensor with respect to the leaves that require grad and adds
+  /// them into their grad(). `gradient` defaults to 1 for a one-element tensor.
+  void backward(const Tensor& gradient = Tensor(), bool retain_graph = false) const;
+  /// The same data, cut from the graph (requires_grad false).
+  Tensor detach() const;
+  /// Runs `hook(leaf)` in every backward as soon as this leaf's gradient is final.
+  void register_grad_ready_hook(GradReadyHook hook) const;
+  /// Autograd's per-tensor record, created on first use (internal to core/).
+  AutogradMeta& autograd_meta() const;
+  /// The implementation handle (autograd keeps weak references to leaves).
+  const std::shared_ptr<TensorImpl>& impl_ptr() const { return impl_; }
   Tensor sum(const std::vector<int64_t>& dims, bool keepdim = false) const;
   Tensor sum() const;
   Tensor mean(const std::vector<int64_t>& dims, bool keepdim = false) const;
@@ -152,6 +186,15 @@ class Tensor {
     return *impl_;
   }
   std::shared_ptr<TensorImpl> impl_;
+};
+
+/// What autograd keeps per tensor.
+struct AutogradMeta {
+  bool requires_grad = false;
+  Tensor grad;
+  std::shared_ptr<autograd::Node> grad_fn;
+  std::weak_ptr<autograd::Node> grad_accumulator;  // a leaf's AccumulateGrad node, while a graph holds it
+  std::vector<GradReadyHook> ready_hooks;
 };
 
 /// Shape as "[2, 3, 4]".

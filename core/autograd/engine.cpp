@@ -1,0 +1,186 @@
+// The backward engine and the graph-building helpers (Note [autograd engine] in core/autograd.h).
+#include <atomic>
+#include <limits>
+#include <queue>
+#include <unordered_map>
+
+#include "core/autograd.h"
+#include "core/ops.h"
+
+namespace flame::autograd {
+
+namespace {
+
+thread_local bool t_grad_enabled = true;
+std::atomic<uint64_t> g_sequence_nr{0};
+
+/// A leaf's gradient sink: adds into .grad, then fires the leaf's gradient-ready hooks.
+class AccumulateGrad final : public Node {
+ public:
+  explicit AccumulateGrad(const std::shared_ptr<TensorImpl>& leaf) : leaf_(leaf) {
+    // Runs as soon as it is ready, ahead of every other ready node (hooks fire promptly).
+    sequence_nr = std::numeric_limits<uint64_t>::max();
+  }
+  std::vector<Tensor> apply(const Tensor& grad) override {
+    auto impl = leaf_.lock();
+    if (!impl || !grad.defined()) return {};
+    const Tensor leaf(impl);
+    AutogradMeta& meta = leaf.autograd_meta();
+    // A fresh buffer for the first gradient: `grad` may be shared with other leaves or nodes.
+    meta.grad = meta.grad.defined() ? add(meta.grad, grad) : grad.clone();
+    for (const GradReadyHook& hook : meta.ready_hooks) hook(leaf);
+    return {};
+  }
+  const char* name() const override { return "AccumulateGrad"; }
+
+ private:
+  std::weak_ptr<TensorImpl> leaf_;
+};
+
+std::shared_ptr<Node> accumulator_of(const Tensor& leaf) {
+  AutogradMeta& meta = leaf.autograd_meta();
+  if (auto existing = meta.grad_accumulator.lock()) return existing;
+  auto node = std::make_shared<AccumulateGrad>(leaf.impl_ptr());
+  meta.grad_accumulator = node;
+  return node;
+}
+
+/// Where the gradient of `t` goes: its grad_fn, its accumulator, or nowhere.
+std::shared_ptr<Node> gradient_edge(const Tensor& t) {
+  if (!t.defined() || !t.requires_grad()) return nullptr;
+  if (auto fn = t.grad_fn()) return fn;
+  return accumulator_of(t);
+}
+
+struct LaterFirst {
+  bool operator()(const Node* a, const Node* b) const { return a->sequence_nr < b->sequence_nr; }
+};
+
+void check_gradient(const Node& node, size_t input, const Tensor& grad) {
+  const InputMeta& meta = node.input_meta[input];
+  FLAME_CHECK(grad.shape() == meta.shape && grad.dtype() == meta.dtype && grad.device() == meta.device,
+              "backward of {}: gradient {} for input {} does not match the input ({} {} {})", node.name(),
+              grad.describe(), input, shape_str(meta.shape), dtype_name(meta.dtype), meta.device.str());
+}
+
+}  // namespace
+
+bool grad_enabled() { return t_grad_enabled; }
+void set_grad_enabled(bool enabled) { t_grad_enabled = enabled; }
+
+std::vector<Tensor> FunctionNode::apply(const Tensor& grad_output) {
+  FLAME_CHECK(fn_ != nullptr,
+              "backward through {} a second time: its saved tensors were freed after the first "
+              "backward; pass retain_graph=true to the first backward() to keep them", name_);
+  return fn_(grad_output);
+}
+
+SavedTensor::SavedTensor(const Tensor& t) : tensor_(t), version_(t.defined() ? t.storage()->version() : 0) {}
+
+const Tensor& SavedTensor::get() const {
+  FLAME_CHECK(!tensor_.defined() || tensor_.storage()->version() == version_,
+              "a tensor saved for backward ({}) was modified in place after it was saved; clone() it "
+              "before the in-place op", tensor_.describe());
+  return tensor_;
+}
+
+bool needs_grad(std::initializer_list<const Tensor*> inputs) {
+  if (!t_grad_enabled) return false;
+  for (const Tensor* t : inputs)
+    if (t->defined() && t->requires_grad()) return true;
+  return false;
+}
+
+bool needs_grad(const std::vector<Tensor>& inputs) {
+  if (!t_grad_enabled) return false;
+  for (const Tensor& t : inputs)
+    if (t.defined() && t.requires_grad()) return true;
+  return false;
+}
+
+void record(Tensor& out, const char* name, const std::vector<Tensor>& inputs, BackwardFn fn) {
+  auto node = std::make_shared<FunctionNode>(name, std::move(fn));
+  node->sequence_nr = g_sequence_nr.fetch_add(1);
+  node->next.reserve(inputs.size());
+  node->input_meta.reserve(inputs.size());
+  for (const Tensor& input : inputs) {
+    node->next.push_back(gradient_edge(input));
+    node->input_meta.push_back(input.defined() ? InputMeta{input.shape(), input.dtype(), input.device()}
+                                               : InputMeta{});
+  }
+  AutogradMeta& meta = out.autograd_meta();
+  meta.requires_grad = true;
+  meta.grad_fn = std::move(node);
+}
+
+void run_backward(const Tensor& root, const Tensor& grad_in, bool retain_graph) {
+  FLAME_CHECK(root.defined() && root.requires_grad(),
+              "backward: the tensor does not require grad and has no grad_fn (did an input call "
+              "requires_grad_()? was grad mode off?)");
+  Tensor grad = grad_in;
+  if (!grad.defined()) {
+    FLAME_CHECK(root.numel() == 1, "backward: a gradient can be implied only for one-element outputs, got {}; "
+                "pass the gradient explicitly", root.describe());
+    grad = ones(root.shape(), TensorOptions(root.dtype(), root.device()));
+  }
+  FLAME_CHECK(grad.shape() == root.shape() && grad.dtype() == root.dtype() && grad.device() == root.device(),
+              "backward: gradient {} does not match the output {}", grad.describe(), root.describe());
+  NoGradGuard no_grad;
+
+  const std::shared_ptr<Node> root_node = gradient_edge(root);
+  // Count, for every reachable node, the edges that lead into it.
+  std::unordered_map<Node*, int> dependencies;
+  std::vector<Node*> visited{root_node.get()};
+  std::vector<Node*> stack{root_node.get()};
+  dependencies[root_node.get()] = 0;
+  while (!stack.empty()) {
+    Node* node = stack.back();
+    stack.pop_back();
+    for (const auto& next : node->next) {
+      if (!next) continue;
+      auto [it, inserted] = dependencies.try_emplace(next.get(), 0);
+      ++it->second;
+      if (inserted) {
+        visited.push_back(next.get());
+        stack.push_back(next.get());
+      }
+    }
+  }
+
+  std::unordered_map<Node*, Tensor> pending;  // summed incoming gradient per node
+  pending[root_node.get()] = grad;
+  std::priority_queue<Node*, std::vector<Node*>, LaterFirst> ready;
+  ready.push(root_node.get());
+  while (!ready.empty()) {
+    Node* node = ready.top();
+    ready.pop();
+    auto entry = pending.extract(node);
+    std::vector<Tensor> input_grads;
+    if (!entry.empty() && entry.mapped().defined()) input_grads = node->apply(entry.mapped());
+    for (size_t i = 0; i < node->next.size(); ++i) {
+      Node* next = node->next[i].get();
+      if (!next) continue;
+      if (i < input_grads.size() && input_grads[i].defined()) {
+        check_gradient(*node, i, input_grads[i]);
+        Tensor& slot = pending[next];
+        slot = slot.defined() ? add(slot, input_grads[i]) : input_grads[i];
+      }
+      if (--dependencies[next] == 0) ready.push(next);
+    }
+  }
+  if (!retain_graph)
+    for (Node* node : visited) node->release();
+}
+
+Tensor sum_to(const Tensor& grad, const Shape& shape) {
+  if (grad.shape() == shape) return grad;
+  const int64_t lead = grad.dim() - static_cast<int64_t>(shape.size());
+  FLAME_CHECK(lead >= 0, "sum_to: cannot reduce {} to {}", grad.describe(), shape_str(shape));
+  std::vector<int64_t> dims;
+  for (int64_t d = 0; d < grad.dim(); ++d)
+    if (d < lead || (shape[d - lead] == 1 && grad.size(d) != 1)) dims.push_back(d);
+  Tensor reduced = dims.empty() ? grad : sum(grad, dims, true);
+  return reduced.reshape(shape);
+}
+
+}  // namespace flame::autograd
