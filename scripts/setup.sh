@@ -4,7 +4,7 @@
 # system packages; without it FLAME builds its CPU backend only.
 set -euo pipefail
 packages=(
-  build-essential cmake ninja-build ccache pkg-config git
+  build-essential cmake ninja-build ccache pkg-config git python3 python3-pip
   libopenmpi-dev openmpi-bin
   libhdf5-dev
   libspdlog-dev libfmt-dev
@@ -22,5 +22,11 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   $sudo_cmd apt-get update -qq
   $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# Python packages the tests use (safetensors interop checks).
+if ! python3 -c "import safetensors, numpy" >/dev/null 2>&1; then
+  pip_install=(python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore)
+  # A Debian-managed python3 refuses plain pip installs (PEP 668); pyenv's or a venv's does not.
+  "${pip_install[@]}" safetensors numpy 2>/dev/null || "${pip_install[@]}" --break-system-packages safetensors numpy
 fi
 echo "setup: all packages present"
