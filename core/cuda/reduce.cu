@@ -301,23 +301,11 @@ void run_reduce(DeviceContext& ctx, const R& r, const Tensor& in, const Tensor& 
   }
 }
 
-const char* reduce_name(ReduceOp op) {
-  switch (op) {
-    case ReduceOp::Sum: return "sum";
-    case ReduceOp::Mean: return "mean";
-    case ReduceOp::Max: return "max";
-    case ReduceOp::Min: return "min";
-    case ReduceOp::ArgMax: return "argmax";
-    case ReduceOp::Var: return "var";
-  }
-  return "reduce";
-}
-
 }  // namespace
 
 void launch_reduce(DeviceContext& ctx, ReduceOp op, const Tensor& in, const Tensor& out, int64_t outer,
                    int64_t reduced, int64_t inner, int64_t correction) {
-  const char* name = reduce_name(op);
+  const char* name = op_name(op);
   FLAME_CHECK(outer >= 0 && reduced >= 0 && inner >= 0, "{}: negative extents [{}, {}, {}]", name, outer,
               reduced, inner);
   FLAME_CHECK(in.is_contiguous() && in.numel() == outer * reduced * inner,
