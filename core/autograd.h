@@ -87,7 +87,8 @@ class FunctionNode final : public Node {
   BackwardFn fn_;
 };
 
-/// A tensor kept for backward that detects in-place changes made to it after it was saved.
+/// A tensor kept for backward that detects in-place changes made to it after it was saved. It keeps
+/// a detached handle (same data, no graph), so saving an op's own output makes no reference cycle.
 class SavedTensor {
  public:
   SavedTensor() = default;

@@ -2,6 +2,8 @@
 #include <cmath>
 #include <limits>
 
+#include "core/autograd.h"
+#include "core/autograd/elementwise_backward.h"
 #include "core/backend.h"
 #include "core/op_checks.h"
 #include "core/ops.h"
@@ -50,6 +52,7 @@ Tensor unary(UnaryOp op, const Tensor& x, double p0 = 0, double p1 = 0) {
   check_unary_dtype(op, x);
   Tensor out = Tensor::empty(x.shape(), TensorOptions(x.dtype(), x.device()));
   if (out.numel() > 0) backend_for(x.device()).unary(op, x, out, p0, p1);
+  if (autograd::needs_grad({&x})) autograd::record_unary(op, out, x, p0, p1);
   return out;
 }
 
@@ -60,7 +63,11 @@ Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
   check_binary_dtype(op, a);
   const Shape shape = broadcast_shapes(name, a.shape(), b.shape());
   Tensor out = Tensor::empty(shape, TensorOptions(is_comparison(op) ? kBool : a.dtype(), a.device()));
-  if (out.numel() > 0) backend_for(a.device()).binary(op, a.expand(shape), b.expand(shape), out);
+  if (out.numel() > 0) {
+    autograd::NoGradGuard no_grad;  // the expanded operands are internal views
+    backend_for(a.device()).binary(op, a.expand(shape), b.expand(shape), out);
+  }
+  if (!is_comparison(op) && autograd::needs_grad({&a, &b})) autograd::record_binary(op, out, a, b);
   return out;
 }
 
@@ -71,6 +78,7 @@ Tensor binary_scalar(BinaryOp op, const Tensor& a, double scalar) {
   check_scalar_fits(op, a, scalar);
   Tensor out = Tensor::empty(a.shape(), TensorOptions(is_comparison(op) ? kBool : a.dtype(), a.device()));
   if (out.numel() > 0) backend_for(a.device()).binary_scalar(op, a, scalar, out);
+  if (!is_comparison(op) && autograd::needs_grad({&a})) autograd::record_binary_scalar(op, out, a, scalar);
   return out;
 }
 
@@ -170,8 +178,11 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   check_same_dtype("where", {&a, &b});
   const Shape shape = broadcast_shapes("where", cond.shape(), broadcast_shapes("where", a.shape(), b.shape()));
   Tensor out = Tensor::empty(shape, TensorOptions(a.dtype(), a.device()));
-  if (out.numel() > 0)
+  if (out.numel() > 0) {
+    autograd::NoGradGuard no_grad;  // the expanded operands are internal views
     backend_for(a.device()).where(cond.expand(shape), a.expand(shape), b.expand(shape), out);
+  }
+  if (autograd::needs_grad({&a, &b})) autograd::record_where(out, cond, a, b);
   return out;
 }
 

@@ -75,7 +75,9 @@ std::vector<Tensor> FunctionNode::apply(const Tensor& grad_output) {
   return fn_(grad_output);
 }
 
-SavedTensor::SavedTensor(const Tensor& t) : tensor_(t), version_(t.defined() ? t.storage()->version() : 0) {}
+// Keeps a detached handle: saving a node's own output would otherwise make the node own itself.
+SavedTensor::SavedTensor(const Tensor& t)
+    : tensor_(t.defined() ? t.detach() : t), version_(t.defined() ? t.storage()->version() : 0) {}
 
 const Tensor& SavedTensor::get() const {
   FLAME_CHECK(!tensor_.defined() || tensor_.storage()->version() == version_,
