@@ -1,4 +1,5 @@
 // Frontend of matmul: PyTorch's 1-D promotion and batch broadcasting, then one batched GEMM.
+#include "core/autograd.h"
 #include "core/backend.h"
 #include "core/op_checks.h"
 #include "core/ops.h"
@@ -47,9 +48,7 @@ Operand prepare_operand(const Tensor& t, const Shape& batch_shape, int64_t batch
   return op;
 }
 
-}  // namespace
-
-Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
+Tensor matmul_forward(const Tensor& a_in, const Tensor& b_in) {
   detail::check_same_device("matmul", {&a_in, &b_in});
   detail::check_same_dtype("matmul", {&a_in, &b_in});
   detail::check_floating("matmul", a_in);
@@ -89,6 +88,65 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
   args.batch_stride_a = pa.batch_stride;
   args.batch_stride_b = pb.batch_stride;
   backend_for(a.device()).matmul(args);
+  return out;
+}
+
+/// The shape of a matmul operand after PyTorch's 1-D promotion: [k] -> [1, k] on the left,
+/// [k] -> [k, 1] on the right.
+Shape promoted(const Shape& shape, bool left) {
+  if (shape.size() != 1) return shape;
+  return left ? Shape{1, shape[0]} : Shape{shape[0], 1};
+}
+
+/// grad_a = g @ b^T and grad_b = a^T @ g on the promoted operands, each summed over the batch dims
+/// its operand was broadcast along, then shaped like the operand. `a` (`b`) is defined only when
+/// grad_b (grad_a) is wanted.
+std::vector<Tensor> matmul_backward(const Tensor& g, const Shape& a_shape, const Shape& b_shape, const Tensor& a_in,
+                                    const Tensor& b_in) {
+  const Shape pa = promoted(a_shape, true), pb = promoted(b_shape, false);
+  const int64_t m = pa[pa.size() - 2], k = pa.back(), n = pb.back();
+  // The output gradient with the dims that 1-D promotion removed put back: [batch..., m, n].
+  Shape g_shape(g.shape().begin(), g.shape().end() - (a_shape.size() == 1 ? 0 : 1) - (b_shape.size() == 1 ? 0 : 1));
+  g_shape.push_back(m);
+  g_shape.push_back(n);
+  const Tensor g2 = g.reshape(g_shape);
+  std::vector<Tensor> grads(2);
+  if (b_in.defined()) {
+    const Tensor b = b_in.reshape(pb);
+    grads[0] = autograd::sum_to(matmul(g2, b.transpose(-1, -2)), pa).reshape(a_shape);
+  }
+  if (a_in.defined()) {
+    const Tensor a = a_in.reshape(pa);
+    if (pb.size() == 2 && pa.size() > 2) {
+      // Batched a, one matrix b (a linear layer): fold the batch into the rows rather than
+      // forming a [batch, k, n] product and summing it.
+      const int64_t rows = shape_numel(Shape(pa.begin(), pa.end() - 1));  // batch * m
+      grads[1] = matmul(a.reshape({rows, k}).t(), g2.reshape({rows, n}));
+    } else {
+      grads[1] = autograd::sum_to(matmul(a.transpose(-1, -2), g2), pb);
+    }
+    grads[1] = grads[1].reshape(b_shape);
+  }
+  return grads;
+}
+
+}  // namespace
+
+Tensor matmul(const Tensor& a, const Tensor& b) {
+  Tensor out;
+  {
+    autograd::NoGradGuard no_grad;  // the forward's internal views and copies are not part of the graph
+    out = matmul_forward(a, b);
+  }
+  if (autograd::needs_grad({&a, &b})) {
+    // Each operand is saved only when the other's gradient needs it.
+    autograd::record(out, "MatmulBackward", {a, b},
+                     [a_shape = a.shape(), b_shape = b.shape(),
+                      saved_a = autograd::SavedTensor(b.requires_grad() ? a : Tensor()),
+                      saved_b = autograd::SavedTensor(a.requires_grad() ? b : Tensor())](const Tensor& g) {
+                       return matmul_backward(g, a_shape, b_shape, saved_a.get(), saved_b.get());
+                     });
+  }
   return out;
 }
 

@@ -5,6 +5,7 @@
 #include <numeric>
 #include <optional>
 
+#include "core/autograd.h"
 #include "core/backend.h"
 #include "core/op_checks.h"
 #include "core/ops.h"
@@ -103,6 +104,29 @@ Tensor make_view(const Tensor& base, Shape shape, Strides strides, int64_t offse
   return Tensor(std::move(impl));
 }
 
+/// Records `fn` (gradient of `out` -> gradient of `input`) as the backward of a one-input op.
+template <class F>
+void record_unary(Tensor& out, const Tensor& input, const char* name, F fn) {
+  autograd::record(out, name, {input},
+                   [fn = std::move(fn)](const Tensor& g) { return std::vector<Tensor>{fn(g)}; });
+}
+
+/// Backward of a view that picks part of its input (narrow, slice, select): zeros of the input's
+/// shape with `g` written where `pick` places it.
+template <class Pick>
+Tensor embed_in_zeros(const Tensor& g, const Shape& input_shape, Pick pick) {
+  Tensor out = zeros(input_shape, TensorOptions(g.dtype(), g.device()));
+  pick(out).copy_(g);
+  return out;
+}
+
+/// A contiguous copy, unrecorded (clone records; to(device) needs a plain copy).
+Tensor contiguous_copy(const Tensor& t) {
+  Tensor out = Tensor::empty(t.shape(), TensorOptions(t.dtype(), t.device()));
+  if (t.numel() > 0) backend_for(t.device()).copy(t, out);
+  return out;
+}
+
 }  // namespace
 
 Tensor Tensor::empty(const Shape& shape, TensorOptions options) {
@@ -172,14 +196,22 @@ Tensor Tensor::view(const Shape& shape_in) const {
   FLAME_CHECK(strides_out.has_value(),
               "view: cannot view {} with strides {} as {} without copying; use reshape() or contiguous()",
               describe(), shape_str(strides()), shape_str(new_shape));
-  return make_view(*this, new_shape, std::move(*strides_out), offset());
+  Tensor out = make_view(*this, new_shape, std::move(*strides_out), offset());
+  if (autograd::needs_grad({this}))
+    record_unary(out, *this, "ViewBackward", [in_shape = shape()](const Tensor& g) { return g.reshape(in_shape); });
+  return out;
 }
 
 Tensor Tensor::reshape(const Shape& shape_in) const {
   const Shape new_shape = infer_shape(shape_in, numel(), "reshape");
-  if (auto strides_out = view_strides(shape(), strides(), new_shape))
-    return make_view(*this, new_shape, std::move(*strides_out), offset());
-  return contiguous().view(new_shape);
+  if (auto strides_out = view_strides(shape(), strides(), new_shape)) {
+    Tensor out = make_view(*this, new_shape, std::move(*strides_out), offset());
+    if (autograd::needs_grad({this}))
+      record_unary(out, *this, "ReshapeBackward",
+                   [in_shape = shape()](const Tensor& g) { return g.reshape(in_shape); });
+    return out;
+  }
+  return contiguous().view(new_shape);  // records CloneBackward then ViewBackward
 }
 
 Tensor Tensor::transpose(int64_t dim0, int64_t dim1) const {
@@ -190,7 +222,10 @@ Tensor Tensor::transpose(int64_t dim0, int64_t dim1) const {
   Strides st = strides();
   std::swap(s[dim0], s[dim1]);
   std::swap(st[dim0], st[dim1]);
-  return make_view(*this, std::move(s), std::move(st), offset());
+  Tensor out = make_view(*this, std::move(s), std::move(st), offset());
+  if (autograd::needs_grad({this}))
+    record_unary(out, *this, "TransposeBackward", [dim0, dim1](const Tensor& g) { return g.transpose(dim0, dim1); });
+  return out;
 }
 
 Tensor Tensor::t() const {
@@ -204,14 +239,20 @@ Tensor Tensor::permute(const std::vector<int64_t>& dims) const {
   Shape s(dims.size());
   Strides st(dims.size());
   std::vector<bool> seen(dims.size(), false);
+  std::vector<int64_t> inverse(dims.size());
   for (size_t i = 0; i < dims.size(); ++i) {
     const int64_t d = wrap_dim(dims[i], dim(), "permute");
     FLAME_CHECK(!seen[d], "permute: dim {} repeated in [{}]", d, fmt::join(dims, ", "));
     seen[d] = true;
     s[i] = shape()[d];
     st[i] = strides()[d];
+    inverse[d] = static_cast<int64_t>(i);
   }
-  return make_view(*this, std::move(s), std::move(st), offset());
+  Tensor out = make_view(*this, std::move(s), std::move(st), offset());
+  if (autograd::needs_grad({this}))
+    record_unary(out, *this, "PermuteBackward",
+                 [inverse = std::move(inverse)](const Tensor& g) { return g.permute(inverse); });
+  return out;
 }
 
 Tensor Tensor::narrow(int64_t d, int64_t start, int64_t length) const {
@@ -223,7 +264,12 @@ Tensor Tensor::narrow(int64_t d, int64_t start, int64_t length) const {
               shape()[d], describe());
   Shape s = shape();
   s[d] = length;
-  return make_view(*this, std::move(s), strides(), offset() + start * strides()[d]);
+  Tensor out = make_view(*this, std::move(s), strides(), offset() + start * strides()[d]);
+  if (autograd::needs_grad({this}))
+    record_unary(out, *this, "NarrowBackward", [in_shape = shape(), d, start, length](const Tensor& g) {
+      return embed_in_zeros(g, in_shape, [&](const Tensor& z) { return z.narrow(d, start, length); });
+    });
+  return out;
 }
 
 Tensor Tensor::slice(int64_t d, int64_t start, int64_t end, int64_t step) const {
@@ -239,7 +285,12 @@ Tensor Tensor::slice(int64_t d, int64_t start, int64_t end, int64_t step) const 
   Strides st = strides();
   s[d] = (end - start + step - 1) / step;
   st[d] *= step;
-  return make_view(*this, std::move(s), std::move(st), offset() + start * strides()[d]);
+  Tensor out = make_view(*this, std::move(s), std::move(st), offset() + start * strides()[d]);
+  if (autograd::needs_grad({this}))
+    record_unary(out, *this, "SliceBackward", [in_shape = shape(), d, start, end, step](const Tensor& g) {
+      return embed_in_zeros(g, in_shape, [&](const Tensor& z) { return z.slice(d, start, end, step); });
+    });
+  return out;
 }
 
 Tensor Tensor::select(int64_t d, int64_t index) const {
@@ -253,7 +304,12 @@ Tensor Tensor::select(int64_t d, int64_t index) const {
   const int64_t new_offset = offset() + index * st[d];
   s.erase(s.begin() + d);
   st.erase(st.begin() + d);
-  return make_view(*this, std::move(s), std::move(st), new_offset);
+  Tensor out = make_view(*this, std::move(s), std::move(st), new_offset);
+  if (autograd::needs_grad({this}))
+    record_unary(out, *this, "SelectBackward", [in_shape = shape(), d, index](const Tensor& g) {
+      return embed_in_zeros(g, in_shape, [&](const Tensor& z) { return z.select(d, index); });
+    });
+  return out;
 }
 
 Tensor Tensor::expand(const Shape& new_shape) const {
@@ -284,7 +340,11 @@ Tensor Tensor::expand(const Shape& new_shape) const {
       st[i] = 0;
     }
   }
-  return make_view(*this, std::move(s), std::move(st), offset());
+  Tensor out = make_view(*this, std::move(s), std::move(st), offset());
+  if (autograd::needs_grad({this}))
+    record_unary(out, *this, "ExpandBackward",
+                 [in_shape = shape()](const Tensor& g) { return autograd::sum_to(g, in_shape); });
+  return out;
 }
 
 Tensor Tensor::squeeze() const {
@@ -295,7 +355,10 @@ Tensor Tensor::squeeze() const {
     s.push_back(shape()[i]);
     st.push_back(strides()[i]);
   }
-  return make_view(*this, std::move(s), std::move(st), offset());
+  Tensor out = make_view(*this, std::move(s), std::move(st), offset());
+  if (autograd::needs_grad({this}))
+    record_unary(out, *this, "SqueezeBackward", [in_shape = shape()](const Tensor& g) { return g.reshape(in_shape); });
+  return out;
 }
 
 Tensor Tensor::squeeze(int64_t d) const {
@@ -309,7 +372,10 @@ Tensor Tensor::squeeze(int64_t d) const {
   Strides st = strides();
   s.erase(s.begin() + d);
   st.erase(st.begin() + d);
-  return make_view(*this, std::move(s), std::move(st), offset());
+  Tensor out = make_view(*this, std::move(s), std::move(st), offset());
+  if (autograd::needs_grad({this}))
+    record_unary(out, *this, "SqueezeBackward", [in_shape = shape()](const Tensor& g) { return g.reshape(in_shape); });
+  return out;
 }
 
 Tensor Tensor::unsqueeze(int64_t d) const {
@@ -320,7 +386,10 @@ Tensor Tensor::unsqueeze(int64_t d) const {
   const int64_t stride = d < dim() ? strides()[d] * shape()[d] : 1;
   s.insert(s.begin() + d, 1);
   st.insert(st.begin() + d, stride);
-  return make_view(*this, std::move(s), std::move(st), offset());
+  Tensor out = make_view(*this, std::move(s), std::move(st), offset());
+  if (autograd::needs_grad({this}))
+    record_unary(out, *this, "UnsqueezeBackward", [d](const Tensor& g) { return g.squeeze(d); });
+  return out;
 }
 
 Tensor Tensor::flatten(int64_t start_dim, int64_t end_dim) const {
@@ -339,16 +408,18 @@ Tensor Tensor::flatten(int64_t start_dim, int64_t end_dim) const {
 Tensor Tensor::contiguous() const { return is_contiguous() ? *this : clone(); }
 
 Tensor Tensor::clone() const {
-  Tensor out = Tensor::empty(shape(), TensorOptions(dtype(), device()));
-  if (numel() > 0) backend_for(device()).copy(*this, out);
+  Tensor out = contiguous_copy(*this);
+  if (autograd::needs_grad({this})) record_unary(out, *this, "CloneBackward", [](const Tensor& g) { return g; });
   return out;
 }
 
 Tensor Tensor::to(Device target) const {
   if (target == device()) return *this;
-  Tensor src = contiguous();
+  Tensor src = is_contiguous() ? *this : contiguous_copy(*this);
   Tensor out = Tensor::empty(shape(), TensorOptions(dtype(), target));
   if (numel() > 0) copy_across_devices(src, out);
+  if (autograd::needs_grad({this}))
+    record_unary(out, *this, "ToCopyBackward", [source = device()](const Tensor& g) { return g.to(source); });
   return out;
 }
 
@@ -356,6 +427,9 @@ Tensor Tensor::to(DType target) const {
   if (target == dtype()) return *this;
   Tensor out = Tensor::empty(shape(), TensorOptions(target, device()));
   if (numel() > 0) backend_for(device()).copy(*this, out);
+  // A conversion to an integer or bool dtype ends the graph (its result cannot require grad).
+  if (is_floating(target) && autograd::needs_grad({this}))
+    record_unary(out, *this, "ToCopyBackward", [source = dtype()](const Tensor& g) { return g.to(source); });
   return out;
 }
 
@@ -412,7 +486,7 @@ Tensor& Tensor::fill_(double value) {
 
 template <class T>
 std::vector<T> Tensor::to_vector() const {
-  const Tensor host = to(kCPU).to(dtype_of<T>()).contiguous();
+  const Tensor host = detach().to(kCPU).to(dtype_of<T>()).contiguous();
   std::vector<T> out(static_cast<size_t>(host.numel()));
   if (!out.empty()) std::memcpy(out.data(), host.data_ptr(), out.size() * sizeof(T));
   return out;

@@ -1,0 +1,94 @@
+#include "nn/loss.h"
+
+#include <vector>
+
+#include "core/autograd.h"
+
+namespace flame::nn {
+namespace {
+
+/// logits [N, C] floating, target [N] i64, one device: what cross_entropy and accuracy accept.
+void check_classification(const char* op, const Tensor& logits, const Tensor& target) {
+  FLAME_CHECK(logits.defined() && target.defined(), "{}: logits and target must be defined", op);
+  FLAME_CHECK(logits.dim() == 2, "{}: logits {} must be 2-D [N, C] (batch, classes)", op, logits.describe());
+  FLAME_CHECK(is_floating(logits.dtype()), "{}: logits {} must be floating point", op, logits.describe());
+  FLAME_CHECK(target.dtype() == kI64, "{}: target {} must hold class indices as i64", op, target.describe());
+  FLAME_CHECK(target.dim() == 1 && target.size(0) == logits.size(0),
+              "{}: target {} must be 1-D with one class index per row of logits {} (shape [{}])", op, target.describe(),
+              logits.describe(), logits.size(0));
+  FLAME_CHECK(target.device() == logits.device(), "{}: target {} is on {} but logits {} are on {}", op,
+              target.describe(), target.device().str(), logits.describe(), logits.device().str());
+}
+
+/// CPU only (no device sync): every target is ignore_index or a class in [0, C).
+void check_targets_on_cpu(const Tensor& logits, const Tensor& target, int64_t ignore_index) {
+  const int64_t classes = logits.size(1);
+  const std::vector<int64_t> values = target.to_vector<int64_t>();
+  for (size_t i = 0; i < values.size(); ++i) {
+    FLAME_CHECK(values[i] == ignore_index || (values[i] >= 0 && values[i] < classes),
+                "cross_entropy: target[{}] = {} is not a class of logits {} (expected 0 <= target < {}, or "
+                "ignore_index {})",
+                i, values[i], logits.describe(), classes, ignore_index);
+  }
+}
+
+}  // namespace
+
+Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntropyOptions& options) {
+  check_classification("cross_entropy", logits, target);
+  const double eps = options.label_smoothing;
+  FLAME_CHECK(eps >= 0.0 && eps <= 1.0, "cross_entropy: label_smoothing must be in [0, 1], got {}", eps);
+  FLAME_CHECK(logits.size(1) > 0, "cross_entropy: logits {} have no classes", logits.describe());
+  if (target.device().is_cpu()) check_targets_on_cpu(logits, target, options.ignore_index);
+
+  const TensorOptions float_options(logits.dtype(), logits.device());
+  const Tensor kept = ne(target, static_cast<double>(options.ignore_index));  // [N] bool
+  // Ignored rows gather class 0 (always in range); their loss is masked out below.
+  const Tensor safe_target = where(kept, target, zeros({}, TensorOptions(kI64, target.device())));
+  const Tensor log_probs = log_softmax(logits, 1);                               // [N, C]
+  Tensor loss = neg(gather(log_probs, 1, safe_target.unsqueeze(1)).squeeze(1));  // [N]
+  if (eps > 0.0) loss = add(mul(loss, 1.0 - eps), mul(neg(mean(log_probs, {1})), eps));
+  loss = where(kept, loss, zeros({}, float_options));
+
+  switch (options.reduction) {
+    case Reduction::None:
+      return loss;
+    case Reduction::Sum:
+      return sum(loss);
+    case Reduction::Mean:
+      return div(sum(loss), sum(kept.to(logits.dtype())));
+  }
+  FLAME_FAIL("cross_entropy: unknown reduction {}", static_cast<int>(options.reduction));
+}
+
+Tensor mse_loss(const Tensor& input, const Tensor& target, Reduction reduction) {
+  FLAME_CHECK(input.defined() && target.defined(), "mse_loss: input and target must be defined");
+  FLAME_CHECK(input.shape() == target.shape(), "mse_loss: input {} and target {} must have the same shape",
+              input.describe(), target.describe());
+  FLAME_CHECK(is_floating(input.dtype()) && input.dtype() == target.dtype(),
+              "mse_loss: input {} and target {} must share one floating-point dtype", input.describe(),
+              target.describe());
+  FLAME_CHECK(input.device() == target.device(), "mse_loss: input {} is on {} but target {} is on {}", input.describe(),
+              input.device().str(), target.describe(), target.device().str());
+  const Tensor diff = sub(input, target);
+  const Tensor squared = mul(diff, diff);
+  switch (reduction) {
+    case Reduction::None:
+      return squared;
+    case Reduction::Sum:
+      return sum(squared);
+    case Reduction::Mean:
+      return mean(squared);
+  }
+  FLAME_FAIL("mse_loss: unknown reduction {}", static_cast<int>(reduction));
+}
+
+double accuracy(const Tensor& logits, const Tensor& target) {
+  check_classification("accuracy", logits, target);
+  FLAME_CHECK(logits.size(0) > 0 && logits.size(1) > 0, "accuracy: logits {} are empty", logits.describe());
+  autograd::NoGradGuard no_grad;
+  const Tensor correct = eq(argmax(logits, 1), target).to(kI64);
+  return sum(correct).item() / static_cast<double>(logits.size(0));
+}
+
+}  // namespace flame::nn
