@@ -53,7 +53,9 @@ struct InputMeta {
 /// One step of the backward graph.
 class Node {
  public:
-  virtual ~Node() = default;
+  /// Frees the chain of nodes only this one owns iteratively, so a long graph cannot overflow the
+  /// stack through nested shared_ptr destructors.
+  virtual ~Node();
   /// Gradients of the inputs (one per edge; undefined where an input gets none) from the
   /// gradient of this node's output.
   virtual std::vector<Tensor> apply(const Tensor& grad_output) = 0;

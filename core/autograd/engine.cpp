@@ -26,8 +26,10 @@ class AccumulateGrad final : public Node {
     if (!impl || !grad.defined()) return {};
     const Tensor leaf(impl);
     AutogradMeta& meta = leaf.autograd_meta();
-    // A fresh buffer for the first gradient: `grad` may be shared with other leaves or nodes.
-    meta.grad = meta.grad.defined() ? add(meta.grad, grad) : grad.clone();
+    // The first gradient gets a fresh buffer (`grad` may be shared with other leaves or nodes);
+    // later ones add into it in place, so a .grad that is a view (of a bucket) stays one.
+    if (meta.grad.defined()) meta.grad.add_(grad);
+    else meta.grad = grad.clone();
     for (const GradReadyHook& hook : meta.ready_hooks) hook(leaf);
     return {};
   }
@@ -64,6 +66,21 @@ void check_gradient(const Node& node, size_t input, const Tensor& grad) {
 }
 
 }  // namespace
+
+Node::~Node() {
+  std::vector<std::shared_ptr<Node>> orphans;
+  auto take_sole_owned = [&orphans](std::vector<std::shared_ptr<Node>>& edges) {
+    for (auto& edge : edges)
+      if (edge && edge.use_count() == 1) orphans.push_back(std::move(edge));
+    edges.clear();
+  };
+  take_sole_owned(next);
+  while (!orphans.empty()) {
+    std::shared_ptr<Node> node = std::move(orphans.back());
+    orphans.pop_back();
+    take_sole_owned(node->next);
+  }  // each node dies here with no edges left, so no destructor recurses
+}
 
 bool grad_enabled() { return t_grad_enabled; }
 void set_grad_enabled(bool enabled) { t_grad_enabled = enabled; }

@@ -1,0 +1,172 @@
+#include "nn/optim/optimizer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <utility>
+
+#include "core/autograd.h"
+
+namespace flame::optim {
+
+void check_option(const char* op, const char* option, double value, double lo, double hi) {
+  FLAME_CHECK(std::isfinite(value) && value >= lo && value <= hi, "{}: {} must be in [{}, {}], got {}", op, option, lo,
+              hi, value);
+}
+
+Optimizer::Optimizer(std::vector<Tensor> params, double lr, std::string type_name)
+    : params_(std::move(params)), state_(params_.size()), lr_(lr), type_name_(std::move(type_name)) {
+  const char* op = type_name_.c_str();
+  FLAME_CHECK(!params_.empty(), "{}: got an empty parameter list", op);
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const Tensor& p = params_[i];
+    FLAME_CHECK(p.defined(), "{}: parameter {} is undefined", op, i);
+    FLAME_CHECK(is_floating(p.dtype()), "{}: parameter {} is {}; only floating-point tensors can be optimized", op, i,
+                p.describe());
+    FLAME_CHECK(p.is_leaf(),
+                "{}: parameter {} ({}) is not a leaf tensor; optimize the leaf, not a result computed "
+                "from it",
+                op, i, p.describe());
+    for (size_t j = 0; j < i; ++j)
+      FLAME_CHECK(!params_[j].is_same(p), "{}: parameters {} and {} are the same tensor; pass each parameter once", op,
+                  j, i);
+  }
+  set_lr(lr);
+}
+
+void Optimizer::set_lr(double lr) {
+  check_option(type_name_.c_str(), "lr", lr, 0.0, HUGE_VAL);
+  lr_ = lr;
+}
+
+void Optimizer::step() {
+  autograd::NoGradGuard no_grad;
+  ++step_count_;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const Tensor grad = params_[i].grad();
+    if (!grad.defined()) continue;
+    ParamState& state = state_[i];
+    ++state.step;
+    update(params_[i], grad, state);
+  }
+}
+
+void Optimizer::zero_grad() {
+  for (const Tensor& p : params_) p.set_grad(Tensor());
+}
+
+namespace {
+
+Tensor host_scalar(int64_t value) { return from_vector<int64_t>({value}, {}, kI64); }
+
+/// A step count stored as a one-element integer tensor.
+int64_t read_count(const std::string& op, const std::string& name, const Tensor& t) {
+  FLAME_CHECK(t.numel() == 1 && is_integral(t.dtype()),
+              "{}.load_state_dict: '{}' must be a one-element integer "
+              "tensor, got {}",
+              op, name, t.describe());
+  const double value = t.item();
+  FLAME_CHECK(value >= 0, "{}.load_state_dict: '{}' is negative ({})", op, name, value);
+  return static_cast<int64_t>(value);
+}
+
+/// "state.<i>.<key>" -> (i, key); nullopt when the name has another form.
+std::optional<std::pair<size_t, std::string>> parse_state_name(const std::string& name) {
+  const std::string prefix = "state.";
+  if (name.rfind(prefix, 0) != 0) return std::nullopt;
+  const size_t dot = name.find('.', prefix.size());
+  if (dot == std::string::npos || dot == prefix.size() || dot + 1 == name.size()) return std::nullopt;
+  const std::string digits = name.substr(prefix.size(), dot - prefix.size());
+  if (!std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }) || digits.size() > 9)
+    return std::nullopt;
+  return std::pair{static_cast<size_t>(std::stoul(digits)), name.substr(dot + 1)};
+}
+
+/// "'step', 'exp_avg', 'exp_avg_sq'" for messages.
+std::string describe_keys(const std::vector<std::string>& keys) {
+  std::string out = "'step'";
+  for (const std::string& key : keys) out += ", '" + key + "'";
+  return out;
+}
+
+}  // namespace
+
+NamedTensors Optimizer::state_dict() const {
+  NamedTensors out;
+  out.emplace_back("step", host_scalar(step_count_));
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const ParamState& state = state_[i];
+    if (state.step == 0) continue;
+    const std::string prefix = "state." + std::to_string(i) + ".";
+    out.emplace_back(prefix + "step", host_scalar(state.step));
+    for (const auto& [key, t] : state.tensors) out.emplace_back(prefix + key, t);
+  }
+  return out;
+}
+
+void Optimizer::load_state_dict(const NamedTensors& state) {
+  const std::string& op = type_name_;
+  const std::vector<std::string> keys = state_keys();
+  std::optional<int64_t> step_count;
+  std::vector<std::map<std::string, const Tensor*>> given(params_.size());
+  for (const auto& [name, t] : state) {
+    FLAME_CHECK(t.defined(), "{}.load_state_dict: '{}' is undefined", op, name);
+    if (name == "step") {
+      FLAME_CHECK(!step_count, "{}.load_state_dict: 'step' appears twice", op);
+      step_count = read_count(op, name, t);
+      continue;
+    }
+    const auto parsed = parse_state_name(name);
+    FLAME_CHECK(parsed.has_value(),
+                "{}.load_state_dict: unexpected entry '{}' (expected 'step' or "
+                "'state.<parameter index>.<key>')",
+                op, name);
+    const auto& [index, key] = *parsed;
+    FLAME_CHECK(index < params_.size(),
+                "{}.load_state_dict: '{}' refers to parameter {}, but this optimizer has {} "
+                "parameters",
+                op, name, index, params_.size());
+    FLAME_CHECK(key == "step" || std::find(keys.begin(), keys.end(), key) != keys.end(),
+                "{}.load_state_dict: unexpected entry '{}' ({} with these options keeps {} per parameter)", op, name,
+                op, describe_keys(keys));
+    FLAME_CHECK(given[index].emplace(key, &t).second, "{}.load_state_dict: '{}' appears twice", op, name);
+  }
+  FLAME_CHECK(step_count.has_value(), "{}.load_state_dict: the state dict has no 'step' entry", op);
+
+  std::vector<ParamState> loaded(params_.size());
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (given[i].empty()) continue;
+    const std::string prefix = "state." + std::to_string(i) + ".";
+    const Tensor& param = params_[i];
+    auto step_it = given[i].find("step");
+    FLAME_CHECK(step_it != given[i].end(), "{}.load_state_dict: '{}step' is missing (parameter {} has other state)", op,
+                prefix, i);
+    loaded[i].step = read_count(op, prefix + "step", *step_it->second);
+    FLAME_CHECK(loaded[i].step > 0, "{}.load_state_dict: '{}step' is 0 but parameter {} has state", op, prefix, i);
+    for (const std::string& key : keys) {
+      auto it = given[i].find(key);
+      FLAME_CHECK(it != given[i].end(), "{}.load_state_dict: '{}{}' is missing", op, prefix, key);
+      const Tensor& source = *it->second;
+      FLAME_CHECK(source.shape() == param.shape(),
+                  "{}.load_state_dict: '{}{}' has shape {} but parameter {} has "
+                  "shape {}",
+                  op, prefix, key, shape_str(source.shape()), i, shape_str(param.shape()));
+      FLAME_CHECK(source.dtype() == param.dtype(), "{}.load_state_dict: '{}{}' is {} but parameter {} is {}", op,
+                  prefix, key, dtype_name(source.dtype()), i, dtype_name(param.dtype()));
+      loaded[i].tensors.emplace(key, Tensor());
+    }
+  }
+
+  autograd::NoGradGuard no_grad;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    for (auto& [key, slot] : loaded[i].tensors) {
+      const Tensor& param = params_[i];
+      slot = Tensor::empty(param.shape(), TensorOptions(param.dtype(), param.device()));
+      slot.copy_(*given[i].at(key));
+    }
+  }
+  state_ = std::move(loaded);
+  step_count_ = *step_count;
+}
+
+}  // namespace flame::optim

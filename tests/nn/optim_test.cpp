@@ -1,0 +1,501 @@
+// Optimizers (SGD, Adam, AdamW) against their update rules written out in double on the host for
+// three steps, optimizer state save / restore, gradient clipping and lr schedules in closed form.
+#include <cmath>
+#include <numbers>
+
+#include "core/autograd.h"
+#include "nn/optim/adam.h"
+#include "nn/optim/clip.h"
+#include "nn/optim/schedule.h"
+#include "nn/optim/sgd.h"
+#include "support/test_support.h"
+
+namespace flame::optim {
+namespace {
+
+using test::host_values;
+using test::raises_error;
+using test::Tolerance;
+using test::values_close;
+
+const std::vector<Shape> kShapes = {{2, 3}, {4}};
+constexpr int kSteps = 3;
+
+// --- host references (plain double arithmetic) -------------------------------------------------
+
+using Values = std::vector<double>;
+
+struct SgdReference {
+  SGDOptions o;
+  std::vector<Values> buffers;
+  void step(int t, std::vector<Values>& params, const std::vector<Values>& grads) {
+    buffers.resize(params.size());
+    for (size_t i = 0; i < params.size(); ++i) {
+      Values& p = params[i];
+      Values& b = buffers[i];
+      b.resize(p.size());
+      for (size_t k = 0; k < p.size(); ++k) {
+        double g = grads[i][k] + o.weight_decay * p[k];
+        if (o.momentum != 0.0) {
+          b[k] = t == 1 ? g : o.momentum * b[k] + (1.0 - o.dampening) * g;
+          g = o.kind == MomentumKind::Nesterov ? g + o.momentum * b[k] : b[k];
+        }
+        p[k] -= o.lr * g;
+      }
+    }
+  }
+};
+
+struct AdamReference {
+  AdamOptions o;
+  WeightDecayMode mode = WeightDecayMode::L2;
+  std::vector<Values> m, v;
+  void step(int t, std::vector<Values>& params, const std::vector<Values>& grads) {
+    m.resize(params.size());
+    v.resize(params.size());
+    const auto [b1, b2] = o.betas;
+    for (size_t i = 0; i < params.size(); ++i) {
+      Values& p = params[i];
+      m[i].resize(p.size(), 0.0);
+      v[i].resize(p.size(), 0.0);
+      for (size_t k = 0; k < p.size(); ++k) {
+        double g = grads[i][k];
+        if (mode == WeightDecayMode::L2) g += o.weight_decay * p[k];
+        if (mode == WeightDecayMode::Decoupled) p[k] *= 1.0 - o.lr * o.weight_decay;
+        m[i][k] = b1 * m[i][k] + (1.0 - b1) * g;
+        v[i][k] = b2 * v[i][k] + (1.0 - b2) * g * g;
+        const double m_hat = m[i][k] / (1.0 - std::pow(b1, t));
+        const double v_hat = v[i][k] / (1.0 - std::pow(b2, t));
+        p[k] -= o.lr * m_hat / (std::sqrt(v_hat) + o.eps);
+      }
+    }
+  }
+};
+
+// --- harness ------------------------------------------------------------------------------------
+
+/// Fresh parameters holding `values` (rounded to dtype), requiring grad.
+std::vector<Tensor> make_params(const std::vector<Values>& values, DType dtype, Device device = kCPU) {
+  std::vector<Tensor> params;
+  for (size_t i = 0; i < values.size(); ++i) {
+    Tensor p = test::make_tensor(values[i], kShapes[i], dtype, device);
+    p.requires_grad_(true);
+    params.push_back(p);
+  }
+  return params;
+}
+
+std::vector<Values> random_values(test::HostRng& rng, DType dtype) {
+  std::vector<Values> out;
+  for (const Shape& shape : kShapes)
+    out.push_back(test::round_to_dtype(rng.uniform(test::numel_of(shape), -1.0, 1.0), dtype));
+  return out;
+}
+
+/// Runs `optimizer` for kSteps steps with random gradients and compares each step's parameters
+/// with `reference` run on the same values in double.
+template <class Reference>
+void check_against_reference(const std::function<std::unique_ptr<Optimizer>(std::vector<Tensor>)>& make,
+                             Reference reference, DType dtype, Tolerance tol) {
+  SCOPED_TRACE(std::string(dtype_name(dtype)));
+  test::HostRng rng;
+  std::vector<Values> expected = random_values(rng, dtype);
+  std::vector<Tensor> params = make_params(expected, dtype);
+  std::unique_ptr<Optimizer> optimizer = make(params);
+  for (int t = 1; t <= kSteps; ++t) {
+    SCOPED_TRACE("step " + std::to_string(t));
+    const std::vector<Values> grads = random_values(rng, dtype);
+    for (size_t i = 0; i < params.size(); ++i) params[i].set_grad(test::make_tensor(grads[i], kShapes[i], dtype));
+    optimizer->step();
+    reference.step(t, expected, grads);
+    for (size_t i = 0; i < params.size(); ++i) EXPECT_TRUE(values_close(host_values(params[i]), expected[i], tol));
+  }
+  EXPECT_EQ(optimizer->step_count(), kSteps);
+}
+
+const Tolerance kF64Tol{1e-12, 1e-14};
+const Tolerance kF32Tol{1e-5, 1e-6};
+
+template <class Options>
+void check_sgd(Options options) {
+  auto make = [&](std::vector<Tensor> params) { return std::make_unique<SGD>(std::move(params), options); };
+  check_against_reference(make, SgdReference{options}, kF64, kF64Tol);
+  check_against_reference(make, SgdReference{options}, kF32, kF32Tol);
+}
+
+TEST(SGD, PlainMatchesReference) { check_sgd(SGDOptions{.lr = 0.1}); }
+
+TEST(SGD, MomentumMatchesReference) {
+  check_sgd(SGDOptions{.lr = 0.1, .momentum = 0.9});
+  check_sgd(SGDOptions{.lr = 0.05, .momentum = 0.8, .dampening = 0.3});
+}
+
+TEST(SGD, NesterovMatchesReference) {
+  check_sgd(SGDOptions{.lr = 0.1, .momentum = 0.9, .kind = MomentumKind::Nesterov});
+}
+
+TEST(SGD, WeightDecayMatchesReference) {
+  check_sgd(SGDOptions{.lr = 0.1, .weight_decay = 0.01});
+  check_sgd(SGDOptions{.lr = 0.1, .momentum = 0.9, .weight_decay = 0.05, .kind = MomentumKind::Nesterov});
+}
+
+TEST(SGD, ConstantGradientClosedForm) {
+  // Plain SGD: p_3 = p_0 - 3 lr g. With momentum 0.5: buffers g, 1.5 g, 1.75 g -> p_0 - 4.25 lr g.
+  for (const double momentum : {0.0, 0.5}) {
+    Tensor p = from_vector<double>({1.0, -2.0}, {2}, kF64);
+    p.requires_grad_(true);
+    SGD sgd({p}, SGDOptions{.lr = 0.1, .momentum = momentum});
+    for (int t = 0; t < 3; ++t) {
+      p.set_grad(from_vector<double>({0.5, 4.0}, {2}, kF64));
+      sgd.step();
+    }
+    const double total = momentum == 0.0 ? 3.0 : 4.25;
+    EXPECT_TRUE(values_close(host_values(p), {1.0 - total * 0.1 * 0.5, -2.0 - total * 0.1 * 4.0}, kF64Tol));
+  }
+}
+
+void check_adam(AdamOptions options, WeightDecayMode mode) {
+  auto make = [&](std::vector<Tensor> params) -> std::unique_ptr<Optimizer> {
+    if (mode == WeightDecayMode::L2) return std::make_unique<Adam>(std::move(params), options);
+    return std::make_unique<AdamW>(std::move(params),
+                                   AdamWOptions{options.lr, options.betas, options.eps, options.weight_decay});
+  };
+  check_against_reference(make, AdamReference{options, mode}, kF64, kF64Tol);
+  check_against_reference(make, AdamReference{options, mode}, kF32, kF32Tol);
+}
+
+TEST(Adam, MatchesReference) {
+  check_adam(AdamOptions{}, WeightDecayMode::L2);
+  check_adam(AdamOptions{.lr = 0.01, .betas = {0.8, 0.99}, .eps = 1e-6}, WeightDecayMode::L2);
+}
+
+TEST(Adam, L2WeightDecayMatchesReference) {
+  check_adam(AdamOptions{.lr = 0.01, .weight_decay = 0.1}, WeightDecayMode::L2);
+}
+
+TEST(AdamW, MatchesReference) {
+  check_adam(AdamOptions{.lr = 0.01, .weight_decay = 1e-2}, WeightDecayMode::Decoupled);
+  check_adam(AdamOptions{.lr = 0.02, .betas = {0.9, 0.95}, .weight_decay = 0.1}, WeightDecayMode::Decoupled);
+}
+
+TEST(AdamW, DefaultsAreTorchs) {
+  Tensor p = zeros({1}, kF32);
+  p.requires_grad_(true);
+  AdamW adamw({p});
+  EXPECT_EQ(adamw.options().weight_decay, 1e-2);
+  EXPECT_EQ(adamw.options().lr, 1e-3);
+  EXPECT_EQ(adamw.weight_decay_mode(), WeightDecayMode::Decoupled);
+  EXPECT_EQ(adamw.type_name(), "AdamW");
+  Adam adam({p});
+  EXPECT_EQ(adam.options().weight_decay, 0.0);
+  EXPECT_EQ(adam.weight_decay_mode(), WeightDecayMode::L2);
+}
+
+TEST(Adam, FirstStepClosedForm) {
+  // After one step m_hat = g and v_hat = g^2, so p_1 = p_0 - lr g / (|g| + eps).
+  Tensor p = from_vector<double>({1.0, 2.0, -3.0}, {3}, kF64);
+  p.requires_grad_(true);
+  Adam adam({p}, AdamOptions{.lr = 0.1, .eps = 1e-8});
+  const Values g = {0.25, -2.0, 1e-3};
+  p.set_grad(from_vector<double>(g, {3}, kF64));
+  adam.step();
+  Values expected = {1.0, 2.0, -3.0};
+  for (size_t k = 0; k < g.size(); ++k) expected[k] -= 0.1 * g[k] / (std::abs(g[k]) + 1e-8);
+  EXPECT_TRUE(values_close(host_values(p), expected, Tolerance{1e-10, 1e-12}));
+}
+
+TEST(Optimizer, StepsWithGradientsFromBackward) {
+  // loss = sum(p * p) gives grad 2 p; one SGD step gives p (1 - 2 lr).
+  Tensor p = from_vector<double>({1.0, -2.0, 3.0}, {3}, kF64);
+  p.requires_grad_(true);
+  SGD sgd({p}, SGDOptions{.lr = 0.1});
+  sum(mul(p, p)).backward();
+  sgd.step();
+  EXPECT_TRUE(values_close(host_values(p), {0.8, -1.6, 2.4}, kF64Tol));
+  EXPECT_TRUE(p.requires_grad());
+  EXPECT_TRUE(p.is_leaf());
+  sgd.zero_grad();
+  EXPECT_FALSE(p.grad().defined());
+}
+
+TEST(Optimizer, SkipsParametersWithoutGradient) {
+  // p1 gets a gradient only in step 2, so its Adam bias correction uses t = 1 there.
+  Tensor p0 = from_vector<double>({1.0}, {1}, kF64);
+  Tensor p1 = from_vector<double>({5.0}, {1}, kF64);
+  p0.requires_grad_(true);
+  p1.requires_grad_(true);
+  Adam adam({p0, p1}, AdamOptions{.lr = 0.1});
+  p0.set_grad(from_vector<double>({1.0}, {1}, kF64));
+  adam.step();
+  EXPECT_TRUE(values_close(host_values(p1), {5.0}, kF64Tol));
+  NamedTensors state = adam.state_dict();
+  std::vector<std::string> names;
+  for (const auto& [name, t] : state) names.push_back(name);
+  EXPECT_EQ(names, (std::vector<std::string>{"step", "state.0.step", "state.0.exp_avg", "state.0.exp_avg_sq"}));
+
+  p0.set_grad(Tensor());
+  p1.set_grad(from_vector<double>({-3.0}, {1}, kF64));
+  adam.step();
+  EXPECT_TRUE(values_close(host_values(p1), {5.0 + 0.1 * 3.0 / (3.0 + 1e-8)}, kF64Tol));
+  EXPECT_TRUE(values_close(host_values(p0), {1.0 - 0.1 / (1.0 + 1e-8)}, kF64Tol));
+  EXPECT_EQ(adam.step_count(), 2);
+  for (const auto& [name, t] : adam.state_dict()) {
+    if (name == "step") EXPECT_EQ(t.item(), 2.0);
+    if (name == "state.0.step" || name == "state.1.step") EXPECT_EQ(t.item(), 1.0) << name;
+  }
+}
+
+TEST(Optimizer, SetLrTakesEffect) {
+  Tensor p = from_vector<double>({1.0}, {1}, kF64);
+  p.requires_grad_(true);
+  SGD sgd({p}, SGDOptions{.lr = 0.1});
+  p.set_grad(from_vector<double>({1.0}, {1}, kF64));
+  sgd.step();
+  sgd.set_lr(0.5);
+  EXPECT_EQ(sgd.lr(), 0.5);
+  sgd.step();
+  EXPECT_TRUE(values_close(host_values(p), {1.0 - 0.1 - 0.5}, kF64Tol));
+  EXPECT_TRUE(raises_error([&] { sgd.set_lr(-1.0); }, {"SGD", "lr"}));
+  EXPECT_TRUE(raises_error([&] { sgd.set_lr(NAN); }, {"SGD", "lr"}));
+}
+
+TEST(Optimizer, RejectsBadParametersAndOptions) {
+  Tensor p = zeros({2}, kF32);
+  p.requires_grad_(true);
+  EXPECT_TRUE(raises_error([] { SGD({}, SGDOptions{}); }, {"SGD", "empty parameter list"}));
+  EXPECT_TRUE(raises_error([&] { SGD({p, p}, SGDOptions{}); }, {"parameters 0 and 1 are the same tensor"}));
+  EXPECT_TRUE(raises_error([] { SGD({zeros({2}, kI64)}, SGDOptions{}); }, {"parameter 0", "floating-point"}));
+  EXPECT_TRUE(raises_error([&] { SGD({mul(p, 2.0)}, SGDOptions{}); }, {"not a leaf"}));
+  EXPECT_TRUE(raises_error([] { SGD({Tensor()}, SGDOptions{}); }, {"parameter 0 is undefined"}));
+  EXPECT_TRUE(raises_error([&] { SGD({p}, SGDOptions{.lr = -0.1}); }, {"SGD", "lr"}));
+  EXPECT_TRUE(raises_error([&] { SGD({p}, SGDOptions{.momentum = -1}); }, {"momentum"}));
+  EXPECT_TRUE(raises_error([&] { SGD({p}, SGDOptions{.kind = MomentumKind::Nesterov}); }, {"Nesterov"}));
+  EXPECT_TRUE(
+      raises_error([&] { SGD({p}, SGDOptions{.momentum = 0.9, .dampening = 0.1, .kind = MomentumKind::Nesterov}); },
+                   {"Nesterov", "dampening"}));
+  EXPECT_TRUE(raises_error([&] { Adam({p}, AdamOptions{.betas = {1.0, 0.999}}); }, {"Adam", "betas"}));
+  EXPECT_TRUE(raises_error([&] { AdamW({p}, AdamWOptions{.betas = {0.9, -0.1}}); }, {"AdamW", "betas"}));
+  EXPECT_TRUE(raises_error([&] { Adam({p}, AdamOptions{.eps = -1}); }, {"eps"}));
+  EXPECT_TRUE(raises_error([&] { AdamW({p}, AdamWOptions{.weight_decay = -1}); }, {"weight_decay"}));
+}
+
+// --- state_dict / load_state_dict -----------------------------------------------------------------
+
+/// Two optimizers over copies of the same parameters: `a` runs 2 steps, its state goes to `b`,
+/// then both run one more step on the same gradients and must agree exactly.
+template <class Make>
+void check_state_round_trip(Make make) {
+  test::HostRng rng;
+  const std::vector<Values> initial = random_values(rng, kF64);
+  std::vector<Tensor> pa = make_params(initial, kF64);
+  std::unique_ptr<Optimizer> a = make(pa);
+  std::vector<std::vector<Values>> grads;
+  for (int t = 0; t < 3; ++t) grads.push_back(random_values(rng, kF64));
+  for (int t = 0; t < 2; ++t) {
+    for (size_t i = 0; i < pa.size(); ++i) pa[i].set_grad(test::make_tensor(grads[t][i], kShapes[i], kF64));
+    a->step();
+  }
+  std::vector<Values> after_two;
+  for (const Tensor& p : pa) after_two.push_back(host_values(p));
+  std::vector<Tensor> pb = make_params(after_two, kF64);
+  std::unique_ptr<Optimizer> b = make(pb);
+  b->load_state_dict(a->state_dict());
+  EXPECT_EQ(b->step_count(), 2);
+  for (size_t i = 0; i < pa.size(); ++i) {
+    pa[i].set_grad(test::make_tensor(grads[2][i], kShapes[i], kF64));
+    pb[i].set_grad(test::make_tensor(grads[2][i], kShapes[i], kF64));
+  }
+  a->step();
+  b->step();
+  for (size_t i = 0; i < pa.size(); ++i) EXPECT_TRUE(test::tensors_identical(pb[i], pa[i]));
+}
+
+TEST(OptimizerState, RoundTripResumesExactly) {
+  check_state_round_trip([](std::vector<Tensor> p) -> std::unique_ptr<Optimizer> {
+    return std::make_unique<SGD>(std::move(p), SGDOptions{.lr = 0.1, .momentum = 0.9});
+  });
+  check_state_round_trip([](std::vector<Tensor> p) -> std::unique_ptr<Optimizer> {
+    return std::make_unique<Adam>(std::move(p), AdamOptions{.lr = 0.01});
+  });
+  check_state_round_trip([](std::vector<Tensor> p) -> std::unique_ptr<Optimizer> {
+    return std::make_unique<AdamW>(std::move(p), AdamWOptions{.lr = 0.01});
+  });
+}
+
+TEST(OptimizerState, NamesAndLoadedCopiesAreIndependent) {
+  Tensor p = from_vector<double>({1.0, 2.0}, {2}, kF64);
+  p.requires_grad_(true);
+  SGD sgd({p}, SGDOptions{.lr = 0.1, .momentum = 0.9});
+  p.set_grad(from_vector<double>({1.0, -1.0}, {2}, kF64));
+  sgd.step();
+  const NamedTensors state = sgd.state_dict();
+  ASSERT_EQ(state.size(), 3u);
+  EXPECT_EQ(state[0].first, "step");
+  EXPECT_EQ(state[1].first, "state.0.step");
+  EXPECT_EQ(state[2].first, "state.0.momentum_buffer");
+  EXPECT_EQ(state[0].second.dtype(), kI64);
+  EXPECT_EQ(state[0].second.dim(), 0);
+  EXPECT_TRUE(values_close(host_values(state[2].second), {1.0, -1.0}, kF64Tol));
+
+  NamedTensors given = {{"step", from_vector<int64_t>({7}, {}, kI64)},
+                        {"state.0.step", from_vector<int64_t>({7}, {}, kI64)},
+                        {"state.0.momentum_buffer", from_vector<double>({0.5, 0.25}, {2}, kF64)}};
+  sgd.load_state_dict(given);
+  given[2].second.fill_(100.0);  // the optimizer holds a copy
+  EXPECT_EQ(sgd.step_count(), 7);
+  p.set_grad(from_vector<double>({0.0, 0.0}, {2}, kF64));
+  sgd.step();  // buffer 0.9 * [0.5, 0.25]
+  const double p0 = 1.0 - 0.1 * 1.0, p1 = 2.0 + 0.1 * 1.0;
+  EXPECT_TRUE(values_close(host_values(p), {p0 - 0.1 * 0.45, p1 - 0.1 * 0.225}, kF64Tol));
+}
+
+TEST(OptimizerState, LoadRejectsMismatchesAndChangesNothing) {
+  Tensor p = from_vector<double>({1.0, 2.0}, {2}, kF64);
+  p.requires_grad_(true);
+  Adam adam({p});
+  p.set_grad(from_vector<double>({1.0, 1.0}, {2}, kF64));
+  adam.step();
+  const NamedTensors good = adam.state_dict();
+  auto with = [&](const std::string& name, Tensor t) {
+    NamedTensors out;
+    for (const auto& [n, v] : good) out.emplace_back(n, n == name ? t : v.clone());
+    if (name.rfind("+", 0) == 0) out.emplace_back(name.substr(1), t);
+    return out;
+  };
+  auto without = [&](const std::string& name) {
+    NamedTensors out;
+    for (const auto& [n, v] : good)
+      if (n != name) out.emplace_back(n, v);
+    return out;
+  };
+  const Tensor vec2 = zeros({2}, kF64);
+  EXPECT_TRUE(raises_error([&] { adam.load_state_dict(without("step")); }, {"Adam", "no 'step' entry"}));
+  EXPECT_TRUE(
+      raises_error([&] { adam.load_state_dict(without("state.0.exp_avg_sq")); }, {"'state.0.exp_avg_sq' is missing"}));
+  EXPECT_TRUE(raises_error([&] { adam.load_state_dict(without("state.0.step")); }, {"'state.0.step' is missing"}));
+  EXPECT_TRUE(raises_error([&] { adam.load_state_dict(with("+state.0.momentum_buffer", vec2)); },
+                           {"unexpected entry 'state.0.momentum_buffer'", "'exp_avg'"}));
+  EXPECT_TRUE(raises_error([&] { adam.load_state_dict(with("+state.3.exp_avg", vec2)); },
+                           {"'state.3.exp_avg'", "parameter 3", "1 parameters"}));
+  EXPECT_TRUE(raises_error([&] { adam.load_state_dict(with("+lr", vec2)); }, {"unexpected entry 'lr'"}));
+  EXPECT_TRUE(raises_error([&] { adam.load_state_dict(with("state.0.exp_avg", zeros({3}, kF64))); },
+                           {"'state.0.exp_avg'", "shape [3]", "[2]"}));
+  EXPECT_TRUE(raises_error([&] { adam.load_state_dict(with("state.0.exp_avg", zeros({2}, kF32))); },
+                           {"'state.0.exp_avg'", "f32", "f64"}));
+  EXPECT_TRUE(raises_error([&] { adam.load_state_dict(with("step", zeros({}, kF64))); }, {"'step'", "integer"}));
+  // Nothing changed: the next step matches an untouched twin.
+  Tensor q = from_vector<double>({1.0, 2.0}, {2}, kF64);
+  q.requires_grad_(true);
+  Adam twin({q});
+  q.set_grad(from_vector<double>({1.0, 1.0}, {2}, kF64));
+  twin.step();
+  twin.step();
+  adam.step();
+  EXPECT_EQ(adam.step_count(), 2);
+  EXPECT_TRUE(test::tensors_identical(p, q));
+}
+
+// --- clip_grad_norm_ -----------------------------------------------------------------------------
+
+TEST(ClipGradNorm, ScalesToMaxNormClosedForm) {
+  for (DType dtype : {kF64, kF32}) {
+    SCOPED_TRACE(std::string(dtype_name(dtype)));
+    // Gradients [3, 4] and [[12]]: global norm 13.
+    Tensor a = zeros({2}, dtype), b = zeros({1, 1}, dtype), none = zeros({3}, dtype);
+    for (Tensor* t : {&a, &b, &none}) t->requires_grad_(true);
+    a.set_grad(from_vector<double>({3.0, 4.0}, {2}, dtype));
+    b.set_grad(from_vector<double>({12.0}, {1, 1}, dtype));
+    const Tensor norm = clip_grad_norm_({a, none, b}, 6.5);
+    EXPECT_EQ(norm.dim(), 0);
+    EXPECT_EQ(norm.dtype(), dtype);
+    const Tolerance tol = dtype == kF64 ? kF64Tol : kF32Tol;
+    EXPECT_TRUE(values_close(host_values(norm), {13.0}, tol));
+    const double scale = 6.5 / (13.0 + 1e-6);
+    EXPECT_TRUE(values_close(host_values(a.grad()), {3.0 * scale, 4.0 * scale}, tol));
+    EXPECT_TRUE(values_close(host_values(b.grad()), {12.0 * scale}, tol));
+    EXPECT_FALSE(none.grad().defined());
+
+    // Below the limit nothing changes (the scale is clamped to 1).
+    const Tensor again = clip_grad_norm_({a, b}, 100.0);
+    EXPECT_TRUE(values_close(host_values(again), {6.5 * 13.0 / (13.0 + 1e-6)}, tol));
+    EXPECT_TRUE(values_close(host_values(a.grad()), {3.0 * scale, 4.0 * scale}, tol));
+  }
+}
+
+TEST(ClipGradNorm, MixedDtypesAccumulateInF32) {
+  Tensor a = zeros({2}, kF64), b = zeros({2}, kBF16);
+  a.requires_grad_(true);
+  b.requires_grad_(true);
+  a.set_grad(from_vector<double>({1.0, 2.0}, {2}, kF64));
+  b.set_grad(from_vector<double>({2.0, 4.0}, {2}, kBF16));
+  const Tensor norm = clip_grad_norm_({a, b}, 1.0);  // sqrt(1 + 4 + 4 + 16) = 5
+  EXPECT_EQ(norm.dtype(), kF32);
+  EXPECT_TRUE(values_close(host_values(norm), {5.0}, kF32Tol));
+  EXPECT_TRUE(values_close(host_values(a.grad()), {0.2, 0.4}, kF32Tol));
+  EXPECT_TRUE(values_close(host_values(b.grad()), {0.4, 0.8}, test::tolerance_for(kBF16)));
+}
+
+TEST(ClipGradNorm, NoGradientsAndBadArguments) {
+  Tensor a = zeros({2}, kF32);
+  a.requires_grad_(true);
+  const Tensor norm = clip_grad_norm_({a}, 1.0);
+  EXPECT_EQ(norm.dim(), 0);
+  EXPECT_EQ(norm.item(), 0.0);
+  EXPECT_EQ(clip_grad_norm_({}, 1.0).item(), 0.0);
+  EXPECT_TRUE(raises_error([&] { clip_grad_norm_({a}, 0.0); }, {"clip_grad_norm_", "max_norm"}));
+  EXPECT_TRUE(raises_error([&] { clip_grad_norm_({a}, -1.0); }, {"max_norm"}));
+}
+
+// --- schedules -----------------------------------------------------------------------------------
+
+TEST(Schedule, ConstantAndStep) {
+  const LrSchedule constant = constant_schedule(0.3);
+  for (int64_t s : {0, 1, 1000}) EXPECT_EQ(scheduled_lr(constant, s), 0.3);
+  const LrSchedule step = step_schedule(1.0, 3, 0.5);
+  const double expected[] = {1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.125};
+  for (int64_t s = 0; s < 10; ++s) EXPECT_DOUBLE_EQ(scheduled_lr(step, s), expected[s]) << "step " << s;
+}
+
+TEST(Schedule, WarmupCosineClosedForm) {
+  const double lr = 1.0, min_lr = 0.1;
+  const LrSchedule s = warmup_cosine_schedule(lr, 4, 14, min_lr);
+  EXPECT_DOUBLE_EQ(scheduled_lr(s, 0), 0.25);
+  EXPECT_DOUBLE_EQ(scheduled_lr(s, 1), 0.5);
+  EXPECT_DOUBLE_EQ(scheduled_lr(s, 3), 1.0);
+  EXPECT_DOUBLE_EQ(scheduled_lr(s, 4), 1.0);                             // cosine phase starts at the peak
+  EXPECT_NEAR(scheduled_lr(s, 9), min_lr + 0.5 * (lr - min_lr), 1e-15);  // half way: cos(pi/2) = 0
+  for (int64_t step = 4; step < 14; ++step) {
+    const double ratio = (step - 4) / 10.0;
+    EXPECT_NEAR(scheduled_lr(s, step), min_lr + 0.5 * (lr - min_lr) * (1 + std::cos(std::numbers::pi * ratio)), 1e-15);
+  }
+  EXPECT_DOUBLE_EQ(scheduled_lr(s, 14), min_lr);
+  EXPECT_DOUBLE_EQ(scheduled_lr(s, 1000), min_lr);
+  // No warmup: the first step gets the peak.
+  EXPECT_DOUBLE_EQ(scheduled_lr(warmup_cosine_schedule(2.0, 0, 10), 0), 2.0);
+  EXPECT_NEAR(scheduled_lr(warmup_cosine_schedule(2.0, 0, 10), 5), 1.0, 1e-15);
+}
+
+TEST(Schedule, RejectsBadConfigurations) {
+  EXPECT_TRUE(raises_error([] { constant_schedule(-1.0); }, {"lr"}));
+  EXPECT_TRUE(raises_error([] { step_schedule(1.0, 0, 0.5); }, {"step_size"}));
+  EXPECT_TRUE(raises_error([] { step_schedule(1.0, 2, -0.5); }, {"gamma"}));
+  EXPECT_TRUE(raises_error([] { warmup_cosine_schedule(1.0, 10, 5); }, {"warmup_steps", "total_steps"}));
+  EXPECT_TRUE(raises_error([] { warmup_cosine_schedule(1.0, 1, 5, 2.0); }, {"min_lr"}));
+  EXPECT_TRUE(raises_error([] { scheduled_lr(constant_schedule(1.0), -1); }, {"step"}));
+}
+
+TEST(Schedule, DrivesTheOptimizerLr) {
+  Tensor p = from_vector<double>({0.0}, {1}, kF64);
+  p.requires_grad_(true);
+  SGD sgd({p}, SGDOptions{.lr = 0.0});
+  const LrSchedule schedule = step_schedule(1.0, 1, 0.5);
+  for (int64_t step = 0; step < 3; ++step) {
+    sgd.set_lr(scheduled_lr(schedule, step));
+    p.set_grad(from_vector<double>({1.0}, {1}, kF64));
+    sgd.step();
+  }
+  EXPECT_TRUE(values_close(host_values(p), {-(1.0 + 0.5 + 0.25)}, kF64Tol));
+}
+
+}  // namespace
+}  // namespace flame::optim
