@@ -57,6 +57,24 @@ struct MatmulArgs {
   int64_t batch_stride_a = 0, batch_stride_b = 0;    // in elements
 };
 
+/// Sizes of one 2-D convolution over contiguous NCHW tensors: input [batch, in_channels, in_h, in_w],
+/// weight [out_channels, in_channels / groups, kernel_h, kernel_w], output [batch, out_channels,
+/// out_h, out_w]; out = floor((in + 2 pad - dilation (kernel - 1) - 1) / stride) + 1.
+struct Conv2dGeometry {
+  int64_t batch = 0, in_channels = 0, out_channels = 0, groups = 1;
+  int64_t in_h = 0, in_w = 0, out_h = 0, out_w = 0, kernel_h = 0, kernel_w = 0;
+  int64_t stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dilation_h = 1, dilation_w = 1;
+};
+
+/// Sizes of one 2-D pooling over contiguous NCHW tensors (input [batch, channels, in_h, in_w] ->
+/// output [batch, channels, out_h, out_w]); padding counts as -inf for max, and for average it
+/// counts in the divisor only when count_include_pad (PyTorch's default: true).
+struct Pool2dGeometry {
+  int64_t batch = 0, channels = 0, in_h = 0, in_w = 0, out_h = 0, out_w = 0;
+  int64_t kernel_h = 0, kernel_w = 0, stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0;
+  bool count_include_pad = true;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -96,6 +114,23 @@ class Backend {
   virtual void gather(const Tensor& in, int64_t dim, const Tensor& index, const Tensor& out) = 0;
   /// torch.scatter_add_ on contiguous out (in place), index (i64) and src (contiguous, shape of index).
   virtual void scatter_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) = 0;
+  /// Convolution without bias, and its two backward passes (every tensor contiguous, one dtype).
+  virtual void conv2d_forward(const Conv2dGeometry& g, const Tensor& input, const Tensor& weight,
+                              const Tensor& out) = 0;
+  virtual void conv2d_backward_input(const Conv2dGeometry& g, const Tensor& grad_out, const Tensor& weight,
+                                     const Tensor& grad_input) = 0;
+  virtual void conv2d_backward_weight(const Conv2dGeometry& g, const Tensor& input, const Tensor& grad_out,
+                                      const Tensor& grad_weight) = 0;
+  /// Max pooling; `indices` (i64, shape of out) receives each maximum's flat index h * in_w + w
+  /// within its input plane (first maximum in the window; NaN counts as maximum).
+  virtual void max_pool2d_forward(const Pool2dGeometry& g, const Tensor& input, const Tensor& out,
+                                  const Tensor& indices) = 0;
+  /// grad_input (written whole) from grad_out routed through indices.
+  virtual void max_pool2d_backward(const Pool2dGeometry& g, const Tensor& grad_out, const Tensor& indices,
+                                   const Tensor& grad_input) = 0;
+  virtual void avg_pool2d_forward(const Pool2dGeometry& g, const Tensor& input, const Tensor& out) = 0;
+  /// grad_input (written whole) from grad_out.
+  virtual void avg_pool2d_backward(const Pool2dGeometry& g, const Tensor& grad_out, const Tensor& grad_input) = 0;
   /// Waits until all work queued on this device is done (no-op on the CPU).
   virtual void synchronize() = 0;
 };

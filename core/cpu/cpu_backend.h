@@ -46,6 +46,18 @@ class CpuBackend final : public Backend {
                     int64_t in_size, int64_t inner) override;
   void gather(const Tensor& in, int64_t dim, const Tensor& index, const Tensor& out) override;
   void scatter_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) override;
+  void conv2d_forward(const Conv2dGeometry& g, const Tensor& input, const Tensor& weight,
+                      const Tensor& out) override;                       // cpu_conv2d.cpp
+  void conv2d_backward_input(const Conv2dGeometry& g, const Tensor& grad_out, const Tensor& weight,
+                             const Tensor& grad_input) override;
+  void conv2d_backward_weight(const Conv2dGeometry& g, const Tensor& input, const Tensor& grad_out,
+                              const Tensor& grad_weight) override;
+  void max_pool2d_forward(const Pool2dGeometry& g, const Tensor& input, const Tensor& out,
+                          const Tensor& indices) override;               // cpu_pool2d.cpp
+  void max_pool2d_backward(const Pool2dGeometry& g, const Tensor& grad_out, const Tensor& indices,
+                           const Tensor& grad_input) override;
+  void avg_pool2d_forward(const Pool2dGeometry& g, const Tensor& input, const Tensor& out) override;
+  void avg_pool2d_backward(const Pool2dGeometry& g, const Tensor& grad_out, const Tensor& grad_input) override;
   void synchronize() override {}
 };
 

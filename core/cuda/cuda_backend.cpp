@@ -58,6 +58,32 @@ class CudaBackend final : public Backend {
     cuda::launch_scatter_add(ctx_of(out), out, dim, index, src);
   }
   /// One backend serves every device: waits for each device FLAME has used.
+  void conv2d_forward(const Conv2dGeometry& g, const Tensor& input, const Tensor& weight,
+                      const Tensor& out) override {
+    cuda::launch_conv2d_forward(ctx_of(out), g, input, weight, out);
+  }
+  void conv2d_backward_input(const Conv2dGeometry& g, const Tensor& grad_out, const Tensor& weight,
+                             const Tensor& grad_input) override {
+    cuda::launch_conv2d_backward_input(ctx_of(grad_input), g, grad_out, weight, grad_input);
+  }
+  void conv2d_backward_weight(const Conv2dGeometry& g, const Tensor& input, const Tensor& grad_out,
+                              const Tensor& grad_weight) override {
+    cuda::launch_conv2d_backward_weight(ctx_of(grad_weight), g, input, grad_out, grad_weight);
+  }
+  void max_pool2d_forward(const Pool2dGeometry& g, const Tensor& input, const Tensor& out,
+                          const Tensor& indices) override {
+    cuda::launch_max_pool2d_forward(ctx_of(out), g, input, out, indices);
+  }
+  void max_pool2d_backward(const Pool2dGeometry& g, const Tensor& grad_out, const Tensor& indices,
+                           const Tensor& grad_input) override {
+    cuda::launch_max_pool2d_backward(ctx_of(grad_input), g, grad_out, indices, grad_input);
+  }
+  void avg_pool2d_forward(const Pool2dGeometry& g, const Tensor& input, const Tensor& out) override {
+    cuda::launch_avg_pool2d_forward(ctx_of(out), g, input, out);
+  }
+  void avg_pool2d_backward(const Pool2dGeometry& g, const Tensor& grad_out, const Tensor& grad_input) override {
+    cuda::launch_avg_pool2d_backward(ctx_of(grad_input), g, grad_out, grad_input);
+  }
   void synchronize() override {
     const int count = cuda::device_count();
     for (int device = 0; device < count; ++device)

@@ -32,4 +32,19 @@ void launch_gather(DeviceContext& ctx, const Tensor& in, int64_t dim, const Tens
 void launch_scatter_add(DeviceContext& ctx, const Tensor& out, int64_t dim, const Tensor& index,
                         const Tensor& src);                                                 // scatter_add.cu
 
+// Convolution through cuDNN (conv2d.cpp) and pooling kernels (pool2d.cu).
+void launch_conv2d_forward(DeviceContext& ctx, const Conv2dGeometry& g, const Tensor& input, const Tensor& weight,
+                           const Tensor& out);
+void launch_conv2d_backward_input(DeviceContext& ctx, const Conv2dGeometry& g, const Tensor& grad_out,
+                                  const Tensor& weight, const Tensor& grad_input);
+void launch_conv2d_backward_weight(DeviceContext& ctx, const Conv2dGeometry& g, const Tensor& input,
+                                   const Tensor& grad_out, const Tensor& grad_weight);
+void launch_max_pool2d_forward(DeviceContext& ctx, const Pool2dGeometry& g, const Tensor& input, const Tensor& out,
+                               const Tensor& indices);
+void launch_max_pool2d_backward(DeviceContext& ctx, const Pool2dGeometry& g, const Tensor& grad_out,
+                                const Tensor& indices, const Tensor& grad_input);
+void launch_avg_pool2d_forward(DeviceContext& ctx, const Pool2dGeometry& g, const Tensor& input, const Tensor& out);
+void launch_avg_pool2d_backward(DeviceContext& ctx, const Pool2dGeometry& g, const Tensor& grad_out,
+                                const Tensor& grad_input);
+
 }  // namespace flame::cuda
