@@ -163,19 +163,41 @@ struct Dims {
         plane(g.in_h * g.in_w) {}
 };
 
+/// Element offsets of one (sample n, group gi) step: its image [Cg, H, W] in input / grad_input,
+/// its [Og, L] block in out / grad_out, and its weight_g [Og, K] in weight / grad_weight.
+struct GroupOffsets {
+  int64_t image, out, weight;
+};
+
+/// Calls step(offsets, columns) for every sample and group in order. `columns` is one scratch
+/// [K, L] reused by all steps, or null when the image is its own columns (columns_are_input).
+template <class T, class Step>
+void for_each_sample_group(const Conv2dGeometry& g, const Dims& d, Step&& step) {
+  const bool direct = columns_are_input(g);
+  std::vector<T> columns(direct ? 0 : static_cast<size_t>(d.k * d.l));  // [K, L]
+  for (int64_t n = 0; n < g.batch; ++n)
+    for (int64_t gi = 0; gi < g.groups; ++gi)
+      step(GroupOffsets{(n * g.in_channels + gi * d.cg) * d.plane, (n * g.out_channels + gi * d.og) * d.l,
+                        gi * d.og * d.k},
+           direct ? nullptr : columns.data());
+}
+
+/// The columns [K, L] of `image`: the image itself when `columns` is null, else im2col into `columns`.
+template <class T>
+const T* columns_of(const Conv2dGeometry& g, const T* image, T* columns) {
+  if (columns == nullptr) return image;
+  im2col(g, image, columns);
+  return columns;
+}
+
 // input [N, C, H, W], weight [O, Cg, kh, kw], out [N, O, oh, ow].
 template <class T>
 void forward_impl(const Conv2dGeometry& g, const T* input, const T* weight, T* out) {
   const Dims d(g);
-  const bool direct = columns_are_input(g);
-  std::vector<T> columns(direct ? 0 : static_cast<size_t>(d.k * d.l));  // [K, L]
-  for (int64_t n = 0; n < g.batch; ++n)
-    for (int64_t gi = 0; gi < g.groups; ++gi) {
-      const T* image = input + (n * g.in_channels + gi * d.cg) * d.plane;
-      if (!direct) im2col(g, image, columns.data());
-      gemm(false, false, d.og, d.l, d.k, weight + gi * d.og * d.k, d.k, direct ? image : columns.data(), d.l, T(0),
-           out + (n * g.out_channels + gi * d.og) * d.l, d.l);
-    }
+  for_each_sample_group<T>(g, d, [&](const GroupOffsets& at, T* columns) {
+    gemm(false, false, d.og, d.l, d.k, weight + at.weight, d.k, columns_of(g, input + at.image, columns), d.l, T(0),
+         out + at.out, d.l);
+  });
 }
 
 // grad_out [N, O, oh, ow], weight [O, Cg, kh, kw], grad_input [N, C, H, W] (written whole).
@@ -184,15 +206,12 @@ void backward_input_impl(const Conv2dGeometry& g, const T* grad_out, const T* we
   const Dims d(g);
   std::fill(grad_input, grad_input + g.batch * g.in_channels * d.plane, T(0));
   if (d.og == 0) return;
-  const bool direct = columns_are_input(g);
-  std::vector<T> columns(direct ? 0 : static_cast<size_t>(d.k * d.l));  // [K, L]
-  for (int64_t n = 0; n < g.batch; ++n)
-    for (int64_t gi = 0; gi < g.groups; ++gi) {
-      T* image = grad_input + (n * g.in_channels + gi * d.cg) * d.plane;
-      gemm(true, false, d.k, d.l, d.og, weight + gi * d.og * d.k, d.k,
-           grad_out + (n * g.out_channels + gi * d.og) * d.l, d.l, T(0), direct ? image : columns.data(), d.l);
-      if (!direct) col2im_add(g, columns.data(), image);
-    }
+  for_each_sample_group<T>(g, d, [&](const GroupOffsets& at, T* columns) {
+    T* image = grad_input + at.image;
+    gemm(true, false, d.k, d.l, d.og, weight + at.weight, d.k, grad_out + at.out, d.l, T(0),
+         columns == nullptr ? image : columns, d.l);
+    if (columns != nullptr) col2im_add(g, columns, image);
+  });
 }
 
 // input [N, C, H, W], grad_out [N, O, oh, ow], grad_weight [O, Cg, kh, kw] (written whole).
@@ -200,15 +219,10 @@ template <class T>
 void backward_weight_impl(const Conv2dGeometry& g, const T* input, const T* grad_out, T* grad_weight) {
   const Dims d(g);
   std::fill(grad_weight, grad_weight + g.out_channels * d.k, T(0));
-  const bool direct = columns_are_input(g);
-  std::vector<T> columns(direct ? 0 : static_cast<size_t>(d.k * d.l));  // [K, L]
-  for (int64_t n = 0; n < g.batch; ++n)
-    for (int64_t gi = 0; gi < g.groups; ++gi) {
-      const T* image = input + (n * g.in_channels + gi * d.cg) * d.plane;
-      if (!direct) im2col(g, image, columns.data());
-      gemm(false, true, d.og, d.k, d.l, grad_out + (n * g.out_channels + gi * d.og) * d.l, d.l,
-           direct ? image : columns.data(), d.l, T(1), grad_weight + gi * d.og * d.k, d.k);
-    }
+  for_each_sample_group<T>(g, d, [&](const GroupOffsets& at, T* columns) {
+    gemm(false, true, d.og, d.k, d.l, grad_out + at.out, d.l, columns_of(g, input + at.image, columns), d.l, T(1),
+         grad_weight + at.weight, d.k);
+  });
 }
 
 int64_t input_numel(const Conv2dGeometry& g) { return g.batch * g.in_channels * g.in_h * g.in_w; }

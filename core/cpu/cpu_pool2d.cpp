@@ -61,6 +61,31 @@ struct Elements {
   explicit Elements(const Tensor& t) : base(static_cast<char*>(t.data_ptr())), size(t.element_size()) {}
 };
 
+/// Calls visit(o, window) for every output element of `plane` in row-major order, `o` being its
+/// flat index in the output.
+template <class Visit>
+void for_each_window(const Pool2dGeometry& g, int64_t plane, Visit&& visit) {
+  const int64_t out_plane = g.out_h * g.out_w;
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    for (int64_t ow = 0; ow < g.out_w; ++ow) visit(plane * out_plane + oh * g.out_w + ow, window_of(g, oh, ow));
+  }
+}
+
+/// Writes grad_input one plane at a time: add_plane(plane, sums) accumulates the plane's gradient
+/// into `sums` [in_h, in_w] (zeroed first), which is then stored into the plane.
+template <class AddPlane>
+void backward_by_plane(const Pool2dGeometry& g, const Tensor& grad_input, AddPlane&& add_plane) {
+  const StoreDouble store = double_storer(grad_input.dtype());
+  const Elements dx(grad_input);
+  const int64_t in_plane = g.in_h * g.in_w;
+  std::vector<double> sums(static_cast<size_t>(in_plane));  // [in_h, in_w] of one plane
+  for (int64_t plane = 0; plane < g.batch * g.channels; ++plane) {
+    std::fill(sums.begin(), sums.end(), 0.0);
+    add_plane(plane, sums);
+    for (int64_t i = 0; i < in_plane; ++i) store(dx.at(plane * in_plane + i), sums[static_cast<size_t>(i)]);
+  }
+}
+
 }  // namespace
 
 void CpuBackend::max_pool2d_forward(const Pool2dGeometry& g, const Tensor& input, const Tensor& out,
@@ -72,27 +97,23 @@ void CpuBackend::max_pool2d_forward(const Pool2dGeometry& g, const Tensor& input
   const StoreDouble store = double_storer(out.dtype());
   const Elements x(input), y(out);
   int64_t* index = static_cast<int64_t*>(indices.data_ptr());
-  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+  const int64_t in_plane = g.in_h * g.in_w;
   for (int64_t plane = 0; plane < g.batch * g.channels; ++plane) {
-    for (int64_t oh = 0; oh < g.out_h; ++oh) {
-      for (int64_t ow = 0; ow < g.out_w; ++ow) {
-        const Window win = window_of(g, oh, ow);
-        double best = -std::numeric_limits<double>::infinity();
-        int64_t best_index = win.h_begin * g.in_w + win.w_begin;
-        for (int64_t h = win.h_begin; h < win.h_end; ++h) {
-          for (int64_t w = win.w_begin; w < win.w_end; ++w) {
-            const double v = load(x.at(plane * in_plane + h * g.in_w + w));
-            if (v > best || (std::isnan(v) && !std::isnan(best))) {  // the first NaN wins
-              best = v;
-              best_index = h * g.in_w + w;
-            }
+    for_each_window(g, plane, [&](int64_t o, const Window& win) {
+      double best = -std::numeric_limits<double>::infinity();
+      int64_t best_index = win.h_begin * g.in_w + win.w_begin;
+      for (int64_t h = win.h_begin; h < win.h_end; ++h) {
+        for (int64_t w = win.w_begin; w < win.w_end; ++w) {
+          const double v = load(x.at(plane * in_plane + h * g.in_w + w));
+          if (v > best || (std::isnan(v) && !std::isnan(best))) {  // the first NaN wins
+            best = v;
+            best_index = h * g.in_w + w;
           }
         }
-        const int64_t o = plane * out_plane + oh * g.out_w + ow;
-        store(y.at(o), best);
-        index[o] = best_index;
       }
-    }
+      store(y.at(o), best);
+      index[o] = best_index;
+    });
   }
 }
 
@@ -102,28 +123,19 @@ void CpuBackend::max_pool2d_backward(const Pool2dGeometry& g, const Tensor& grad
   FLAME_CHECK(indices.dtype() == DType::I64, "max_pool2d_backward: indices must be i64, got {}", indices.describe());
   check_contiguous("max_pool2d_backward", "indices", indices, grad_out.numel());
   const LoadDouble load = double_loader(grad_out.dtype());
-  const StoreDouble store = double_storer(grad_input.dtype());
-  const Elements dy(grad_out), dx(grad_input);
+  const Elements dy(grad_out);
   const int64_t* index = static_cast<const int64_t*>(indices.data_ptr());
-  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
-  std::vector<double> sums(static_cast<size_t>(in_plane));  // [in_h, in_w] of one plane
-  for (int64_t plane = 0; plane < g.batch * g.channels; ++plane) {
-    std::fill(sums.begin(), sums.end(), 0.0);
-    for (int64_t oh = 0; oh < g.out_h; ++oh) {
-      for (int64_t ow = 0; ow < g.out_w; ++ow) {
-        const int64_t o = plane * out_plane + oh * g.out_w + ow;
-        const int64_t i = index[o];
-        const Window win = window_of(g, oh, ow);
-        const int64_t h = i >= 0 ? i / g.in_w : -1, w = i >= 0 ? i % g.in_w : -1;
-        FLAME_CHECK(h >= win.h_begin && h < win.h_end && w >= win.w_begin && w < win.w_end,
-                    "max_pool2d_backward: index {} of output element {} lies outside its pooling window (rows [{}, "
-                    "{}), columns [{}, {})); the indices must come from max_pool2d_forward with the same geometry",
-                    i, o, win.h_begin, win.h_end, win.w_begin, win.w_end);
-        sums[static_cast<size_t>(i)] += load(dy.at(o));
-      }
-    }
-    for (int64_t i = 0; i < in_plane; ++i) store(dx.at(plane * in_plane + i), sums[static_cast<size_t>(i)]);
-  }
+  backward_by_plane(g, grad_input, [&](int64_t plane, std::vector<double>& sums) {
+    for_each_window(g, plane, [&](int64_t o, const Window& win) {
+      const int64_t i = index[o];
+      const int64_t h = i >= 0 ? i / g.in_w : -1, w = i >= 0 ? i % g.in_w : -1;
+      FLAME_CHECK(h >= win.h_begin && h < win.h_end && w >= win.w_begin && w < win.w_end,
+                  "max_pool2d_backward: index {} of output element {} lies outside its pooling window (rows [{}, "
+                  "{}), columns [{}, {})); the indices must come from max_pool2d_forward with the same geometry",
+                  i, o, win.h_begin, win.h_end, win.w_begin, win.w_end);
+      sums[static_cast<size_t>(i)] += load(dy.at(o));
+    });
+  });
 }
 
 void CpuBackend::avg_pool2d_forward(const Pool2dGeometry& g, const Tensor& input, const Tensor& out) {
@@ -131,39 +143,28 @@ void CpuBackend::avg_pool2d_forward(const Pool2dGeometry& g, const Tensor& input
   const LoadDouble load = double_loader(input.dtype());
   const StoreDouble store = double_storer(out.dtype());
   const Elements x(input), y(out);
-  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+  const int64_t in_plane = g.in_h * g.in_w;
   for (int64_t plane = 0; plane < g.batch * g.channels; ++plane) {
-    for (int64_t oh = 0; oh < g.out_h; ++oh) {
-      for (int64_t ow = 0; ow < g.out_w; ++ow) {
-        const Window win = window_of(g, oh, ow);
-        double sum = 0.0;
-        for (int64_t h = win.h_begin; h < win.h_end; ++h)
-          for (int64_t w = win.w_begin; w < win.w_end; ++w) sum += load(x.at(plane * in_plane + h * g.in_w + w));
-        store(y.at(plane * out_plane + oh * g.out_w + ow), sum / static_cast<double>(win.divisor));
-      }
-    }
+    for_each_window(g, plane, [&](int64_t o, const Window& win) {
+      double sum = 0.0;
+      for (int64_t h = win.h_begin; h < win.h_end; ++h)
+        for (int64_t w = win.w_begin; w < win.w_end; ++w) sum += load(x.at(plane * in_plane + h * g.in_w + w));
+      store(y.at(o), sum / static_cast<double>(win.divisor));
+    });
   }
 }
 
 void CpuBackend::avg_pool2d_backward(const Pool2dGeometry& g, const Tensor& grad_out, const Tensor& grad_input) {
   check_operands("avg_pool2d_backward", g, grad_input, "grad_input", grad_out, "grad_output");
   const LoadDouble load = double_loader(grad_out.dtype());
-  const StoreDouble store = double_storer(grad_input.dtype());
-  const Elements dy(grad_out), dx(grad_input);
-  const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
-  std::vector<double> sums(static_cast<size_t>(in_plane));  // [in_h, in_w] of one plane
-  for (int64_t plane = 0; plane < g.batch * g.channels; ++plane) {
-    std::fill(sums.begin(), sums.end(), 0.0);
-    for (int64_t oh = 0; oh < g.out_h; ++oh) {
-      for (int64_t ow = 0; ow < g.out_w; ++ow) {
-        const Window win = window_of(g, oh, ow);
-        const double share = load(dy.at(plane * out_plane + oh * g.out_w + ow)) / static_cast<double>(win.divisor);
-        for (int64_t h = win.h_begin; h < win.h_end; ++h)
-          for (int64_t w = win.w_begin; w < win.w_end; ++w) sums[static_cast<size_t>(h * g.in_w + w)] += share;
-      }
-    }
-    for (int64_t i = 0; i < in_plane; ++i) store(dx.at(plane * in_plane + i), sums[static_cast<size_t>(i)]);
-  }
+  const Elements dy(grad_out);
+  backward_by_plane(g, grad_input, [&](int64_t plane, std::vector<double>& sums) {
+    for_each_window(g, plane, [&](int64_t o, const Window& win) {
+      const double share = load(dy.at(o)) / static_cast<double>(win.divisor);
+      for (int64_t h = win.h_begin; h < win.h_end; ++h)
+        for (int64_t w = win.w_begin; w < win.w_end; ++w) sums[static_cast<size_t>(h * g.in_w + w)] += share;
+    });
+  });
 }
 
 }  // namespace flame

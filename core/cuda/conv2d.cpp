@@ -25,6 +25,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "core/cuda/launchers.h"
 
@@ -120,16 +121,25 @@ bool usable(const Perf& perf, DType dtype) {
   return true;
 }
 
-/// Picks the first usable heuristic result whose workspace (from `workspace_of`) fits, and gives
-/// `conv` (the pass's descriptor) the result's math type; fails naming the pass otherwise.
-template <class Perf, class Algo, class WorkspaceOf>
-void choose(const char* pass, cudnnConvolutionDescriptor_t conv, const Perf* results, int count, DType dtype,
-            const Conv2dGeometry& g, WorkspaceOf&& workspace_of, Algo& algo, size_t& bytes) {
-  for (int i = 0; i < count; ++i) {
+/// Plans one pass: asks cuDNN's heuristics for its algorithms, then keeps the first usable result
+/// whose workspace fits, giving `conv` (the pass's descriptor) the result's math type; fails naming
+/// the pass otherwise. `get_algorithms` and `get_workspace` are the pass's cudnnGet*Algorithm_v7 and
+/// cudnnGet*WorkspaceSize, which both take the handle and the descriptors `a`, `b`, `conv`, `c`.
+template <class A, class B, class C, class Perf, class Algo>
+void plan_pass(const char* pass, cudnnHandle_t handle, A a, B b, cudnnConvolutionDescriptor_t conv, C c,
+               cudnnStatus_t (*get_algorithms)(cudnnHandle_t, A, B, cudnnConvolutionDescriptor_t, C, int, int*, Perf*),
+               cudnnStatus_t (*get_workspace)(cudnnHandle_t, A, B, cudnnConvolutionDescriptor_t, C, Algo, size_t*),
+               int algorithm_count, DType dtype, const Conv2dGeometry& g, Algo& algo, size_t& bytes) {
+  std::vector<Perf> results(static_cast<size_t>(algorithm_count));
+  int returned = 0;
+  FLAME_CUDNN_CHECK(get_algorithms(handle, a, b, conv, c, algorithm_count, &returned, results.data()));
+  for (int i = 0; i < returned; ++i) {
     if (!usable(results[i], dtype)) continue;
     FLAME_CUDNN_CHECK(cudnnSetConvolutionMathType(conv, results[i].mathType));
     size_t needed = 0;
-    if (workspace_of(results[i].algo, &needed) != CUDNN_STATUS_SUCCESS || needed > kMaxWorkspaceBytes) continue;
+    if (get_workspace(handle, a, b, conv, c, results[i].algo, &needed) != CUDNN_STATUS_SUCCESS ||
+        needed > kMaxWorkspaceBytes)
+      continue;
     algo = results[i].algo;
     bytes = needed;
     return;
@@ -175,40 +185,15 @@ std::unique_ptr<ConvPlan> make_plan(cudnnHandle_t handle, const Conv2dGeometry& 
               "conv2d: cuDNN computes output [{}, {}, {}, {}] for {}, which disagrees with FLAME's geometry", n, c, h,
               w, geometry_str(g));
 
-  int returned = 0;
-  std::array<cudnnConvolutionFwdAlgoPerf_t, CUDNN_CONVOLUTION_FWD_ALGO_COUNT> forward{};
-  FLAME_CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(handle, plan->x, plan->w, plan->forward_conv, plan->y,
-                                                           static_cast<int>(forward.size()), &returned,
-                                                           forward.data()));
-  choose(
-      "forward", plan->forward_conv, forward.data(), returned, dtype, g,
-      [&](cudnnConvolutionFwdAlgo_t algo, size_t* bytes) {
-        return cudnnGetConvolutionForwardWorkspaceSize(handle, plan->x, plan->w, plan->forward_conv, plan->y, algo,
-                                                       bytes);
-      },
-      plan->forward_algo, plan->forward_bytes);
-
-  std::array<cudnnConvolutionBwdDataAlgoPerf_t, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT> data{};
-  FLAME_CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(handle, plan->w, plan->y, plan->data_conv, plan->x,
-                                                                static_cast<int>(data.size()), &returned, data.data()));
-  choose(
-      "backward-data", plan->data_conv, data.data(), returned, dtype, g,
-      [&](cudnnConvolutionBwdDataAlgo_t algo, size_t* bytes) {
-        return cudnnGetConvolutionBackwardDataWorkspaceSize(handle, plan->w, plan->y, plan->data_conv, plan->x, algo,
-                                                            bytes);
-      },
-      plan->data_algo, plan->data_bytes);
-
-  std::array<cudnnConvolutionBwdFilterAlgoPerf_t, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT> filter{};
-  FLAME_CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
-      handle, plan->x, plan->y, plan->filter_conv, plan->w, static_cast<int>(filter.size()), &returned, filter.data()));
-  choose(
-      "backward-filter", plan->filter_conv, filter.data(), returned, dtype, g,
-      [&](cudnnConvolutionBwdFilterAlgo_t algo, size_t* bytes) {
-        return cudnnGetConvolutionBackwardFilterWorkspaceSize(handle, plan->x, plan->y, plan->filter_conv, plan->w,
-                                                              algo, bytes);
-      },
-      plan->filter_algo, plan->filter_bytes);
+  plan_pass("forward", handle, plan->x, plan->w, plan->forward_conv, plan->y, cudnnGetConvolutionForwardAlgorithm_v7,
+            cudnnGetConvolutionForwardWorkspaceSize, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, dtype, g, plan->forward_algo,
+            plan->forward_bytes);
+  plan_pass("backward-data", handle, plan->w, plan->y, plan->data_conv, plan->x,
+            cudnnGetConvolutionBackwardDataAlgorithm_v7, cudnnGetConvolutionBackwardDataWorkspaceSize,
+            CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, dtype, g, plan->data_algo, plan->data_bytes);
+  plan_pass("backward-filter", handle, plan->x, plan->y, plan->filter_conv, plan->w,
+            cudnnGetConvolutionBackwardFilterAlgorithm_v7, cudnnGetConvolutionBackwardFilterWorkspaceSize,
+            CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, dtype, g, plan->filter_algo, plan->filter_bytes);
   return plan;
 }
 

@@ -33,22 +33,55 @@ __device__ __forceinline__ void covering_outputs(int64_t i, int64_t kernel, int6
   last = min((i + pad) / stride, out_size - 1);
 }
 
+/// The window of one output element: its plane, its first row and column (h0, w0) before
+/// clipping, and the input rows [h_begin, h_end) and columns [w_begin, w_end) it covers.
+struct Window {
+  int64_t plane, h0, w0, h_begin, h_end, w_begin, w_end;
+};
+
+/// The window of output element `e`, a flat index into [planes, out_h, out_w].
+__device__ __forceinline__ Window window_of_output(const Pool2dGeometry& g, int64_t e) {
+  Window win;
+  int64_t rest, ow, oh;
+  div_mod(e, g.out_w, rest, ow);
+  div_mod(rest, g.out_h, win.plane, oh);
+  win.h0 = window_start(oh, g.stride_h, g.pad_h);
+  win.w0 = window_start(ow, g.stride_w, g.pad_w);
+  win.h_begin = max(win.h0, int64_t{0});
+  win.h_end = min(win.h0 + g.kernel_h, g.in_h);
+  win.w_begin = max(win.w0, int64_t{0});
+  win.w_end = min(win.w0 + g.kernel_w, g.in_w);
+  return win;
+}
+
+/// One input element: its plane, its position (h, w) and the outputs whose windows cover it, rows
+/// [oh_first, oh_last] and columns [ow_first, ow_last] (empty when first > last).
+struct Covering {
+  int64_t plane, h, w, oh_first, oh_last, ow_first, ow_last;
+};
+
+/// The covering outputs of input element `e`, a flat index into [planes, in_h, in_w].
+__device__ __forceinline__ Covering covering_of_input(const Pool2dGeometry& g, int64_t e) {
+  Covering c;
+  int64_t rest;
+  div_mod(e, g.in_w, rest, c.w);
+  div_mod(rest, g.in_h, c.plane, c.h);
+  covering_outputs(c.h, g.kernel_h, g.stride_h, g.pad_h, g.out_h, c.oh_first, c.oh_last);
+  covering_outputs(c.w, g.kernel_w, g.stride_w, g.pad_w, g.out_w, c.ow_first, c.ow_last);
+  return c;
+}
+
 // in: [planes, in_h, in_w]; out, indices: [planes, out_h, out_w]; numel = planes * out_h * out_w.
 template <class T>
 __global__ void max_pool2d_forward_kernel(const T* in, T* out, int64_t* indices, int64_t numel, Pool2dGeometry g) {
   using C = compute_t<T>;
   for (int64_t e = global_thread(); e < numel; e += grid_threads()) {
-    int64_t rest, ow, plane, oh;
-    div_mod(e, g.out_w, rest, ow);
-    div_mod(rest, g.out_h, plane, oh);
-    const int64_t h0 = window_start(oh, g.stride_h, g.pad_h), w0 = window_start(ow, g.stride_w, g.pad_w);
-    const int64_t h_begin = max(h0, int64_t{0}), h_end = min(h0 + g.kernel_h, g.in_h);
-    const int64_t w_begin = max(w0, int64_t{0}), w_end = min(w0 + g.kernel_w, g.in_w);
-    const T* x = in + plane * g.in_h * g.in_w;
+    const Window win = window_of_output(g, e);
+    const T* x = in + win.plane * g.in_h * g.in_w;
     C best = -std::numeric_limits<C>::infinity();
-    int64_t best_index = h_begin * g.in_w + w_begin;
-    for (int64_t h = h_begin; h < h_end; ++h) {
-      for (int64_t w = w_begin; w < w_end; ++w) {
+    int64_t best_index = win.h_begin * g.in_w + win.w_begin;
+    for (int64_t h = win.h_begin; h < win.h_end; ++h) {
+      for (int64_t w = win.w_begin; w < win.w_end; ++w) {
         const C v = to_compute(x[h * g.in_w + w]);
         if (v > best || (is_nan(v) && !is_nan(best))) {  // the first NaN wins
           best = v;
@@ -67,17 +100,12 @@ __global__ void max_pool2d_backward_kernel(const T* grad_out, const int64_t* ind
                                            Pool2dGeometry g) {
   using C = compute_t<T>;
   for (int64_t e = global_thread(); e < numel; e += grid_threads()) {
-    int64_t rest, w, plane, h;
-    div_mod(e, g.in_w, rest, w);
-    div_mod(rest, g.in_h, plane, h);
-    int64_t oh_first, oh_last, ow_first, ow_last;
-    covering_outputs(h, g.kernel_h, g.stride_h, g.pad_h, g.out_h, oh_first, oh_last);
-    covering_outputs(w, g.kernel_w, g.stride_w, g.pad_w, g.out_w, ow_first, ow_last);
-    const int64_t self = h * g.in_w + w;
-    const int64_t out_base = plane * g.out_h * g.out_w;
+    const Covering cov = covering_of_input(g, e);
+    const int64_t self = cov.h * g.in_w + cov.w;
+    const int64_t out_base = cov.plane * g.out_h * g.out_w;
     C sum = 0;
-    for (int64_t oh = oh_first; oh <= oh_last; ++oh) {
-      for (int64_t ow = ow_first; ow <= ow_last; ++ow) {
+    for (int64_t oh = cov.oh_first; oh <= cov.oh_last; ++oh) {
+      for (int64_t ow = cov.ow_first; ow <= cov.ow_last; ++ow) {
         const int64_t o = out_base + oh * g.out_w + ow;
         if (indices[o] == self) sum += to_compute(grad_out[o]);
       }
@@ -91,17 +119,12 @@ template <class T>
 __global__ void avg_pool2d_forward_kernel(const T* in, T* out, int64_t numel, Pool2dGeometry g) {
   using C = compute_t<T>;
   for (int64_t e = global_thread(); e < numel; e += grid_threads()) {
-    int64_t rest, ow, plane, oh;
-    div_mod(e, g.out_w, rest, ow);
-    div_mod(rest, g.out_h, plane, oh);
-    const int64_t h0 = window_start(oh, g.stride_h, g.pad_h), w0 = window_start(ow, g.stride_w, g.pad_w);
-    const int64_t h_begin = max(h0, int64_t{0}), h_end = min(h0 + g.kernel_h, g.in_h);
-    const int64_t w_begin = max(w0, int64_t{0}), w_end = min(w0 + g.kernel_w, g.in_w);
-    const T* x = in + plane * g.in_h * g.in_w;
+    const Window win = window_of_output(g, e);
+    const T* x = in + win.plane * g.in_h * g.in_w;
     C sum = 0;
-    for (int64_t h = h_begin; h < h_end; ++h)
-      for (int64_t w = w_begin; w < w_end; ++w) sum += to_compute(x[h * g.in_w + w]);
-    out[e] = from_compute<T>(sum / static_cast<C>(avg_divisor(g, h0, w0)));
+    for (int64_t h = win.h_begin; h < win.h_end; ++h)
+      for (int64_t w = win.w_begin; w < win.w_end; ++w) sum += to_compute(x[h * g.in_w + w]);
+    out[e] = from_compute<T>(sum / static_cast<C>(avg_divisor(g, win.h0, win.w0)));
   }
 }
 
@@ -110,17 +133,12 @@ template <class T>
 __global__ void avg_pool2d_backward_kernel(const T* grad_out, T* grad_in, int64_t numel, Pool2dGeometry g) {
   using C = compute_t<T>;
   for (int64_t e = global_thread(); e < numel; e += grid_threads()) {
-    int64_t rest, w, plane, h;
-    div_mod(e, g.in_w, rest, w);
-    div_mod(rest, g.in_h, plane, h);
-    int64_t oh_first, oh_last, ow_first, ow_last;
-    covering_outputs(h, g.kernel_h, g.stride_h, g.pad_h, g.out_h, oh_first, oh_last);
-    covering_outputs(w, g.kernel_w, g.stride_w, g.pad_w, g.out_w, ow_first, ow_last);
-    const int64_t out_base = plane * g.out_h * g.out_w;
+    const Covering cov = covering_of_input(g, e);
+    const int64_t out_base = cov.plane * g.out_h * g.out_w;
     C sum = 0;
-    for (int64_t oh = oh_first; oh <= oh_last; ++oh) {
+    for (int64_t oh = cov.oh_first; oh <= cov.oh_last; ++oh) {
       const int64_t h0 = window_start(oh, g.stride_h, g.pad_h);
-      for (int64_t ow = ow_first; ow <= ow_last; ++ow) {
+      for (int64_t ow = cov.ow_first; ow <= cov.ow_last; ++ow) {
         const int64_t divisor = avg_divisor(g, h0, window_start(ow, g.stride_w, g.pad_w));
         sum += to_compute(grad_out[out_base + oh * g.out_w + ow]) / static_cast<C>(divisor);
       }

@@ -16,50 +16,22 @@
 #include "nn/flatten.h"
 #include "nn/linear.h"
 #include "nn/loss.h"
+#include "support/conv_pool_reference.h"
 #include "support/gradcheck.h"
 
 namespace flame {
 namespace {
 
+using test::ConvCase;
 using test::HostRng;
 using test::raises_error;
 
-/// One convolution: input [N, C, H, W], weight [O, C/groups, kh, kw], options, bias or not.
-struct ConvCase {
-  std::string name;
-  Shape input;
-  Shape weight;
-  Conv2dOptions options;
-  bool bias = true;
-};
-
-std::string case_str(const ConvCase& c) {
-  const Conv2dOptions& o = c.options;
-  return fmt::format("{}: input {} weight {} stride [{}, {}] padding [{}, {}] dilation [{}, {}] groups {} bias {}",
-                     c.name, shape_str(c.input), shape_str(c.weight), o.stride[0], o.stride[1], o.padding[0],
-                     o.padding[1], o.dilation[0], o.dilation[1], o.groups, c.bias);
-}
-
 const std::vector<ConvCase>& conv_cases() {
-  static const std::vector<ConvCase> cases{
-      {"plain 3x3", {2, 3, 6, 5}, {4, 3, 3, 3}, {}, true},
-      {"no bias", {2, 3, 6, 5}, {4, 3, 3, 3}, {}, false},
-      {"1x1", {2, 4, 3, 5}, {3, 4, 1, 1}, {}, true},
-      {"1x1 stride 2", {1, 4, 5, 5}, {3, 4, 1, 1}, {.stride = {2, 2}}, true},
-      {"stride 2 padding 1", {2, 2, 7, 6}, {3, 2, 3, 3}, {.stride = {2, 2}, .padding = {1, 1}}, true},
-      {"uneven stride and padding", {1, 2, 7, 8}, {2, 2, 3, 2}, {.stride = {2, 3}, .padding = {2, 1}}, true},
-      {"dilation 2", {2, 2, 7, 7}, {3, 2, 3, 3}, {.dilation = {2, 2}}, true},
-      {"dilation with padding", {1, 3, 6, 7}, {2, 3, 2, 3}, {.padding = {1, 2}, .dilation = {3, 2}}, true},
-      {"groups 2", {2, 4, 5, 5}, {6, 2, 3, 3}, {.padding = {1, 1}, .groups = 2}, true},
-      {"depthwise", {2, 3, 5, 6}, {3, 1, 3, 3}, {.stride = {1, 2}, .padding = {1, 1}, .groups = 3}, true},
-      {"depthwise multiplier 2", {1, 2, 5, 5}, {4, 1, 2, 2}, {.groups = 2}, false},
-      {"everything",
-       {2, 4, 8, 7},
-       {4, 2, 3, 2},
-       {.stride = {2, 1}, .padding = {1, 2}, .dilation = {2, 2}, .groups = 2},
-       true},
-      {"kernel covers the padded input", {1, 2, 3, 3}, {2, 2, 5, 5}, {.padding = {1, 1}}, true},
-  };
+  static const std::vector<ConvCase> cases = [] {
+    std::vector<ConvCase> c = test::shared_conv_cases();
+    c.push_back({"depthwise multiplier 2", {1, 2, 5, 5}, {4, 1, 2, 2}, {.groups = 2}, false});
+    return c;
+  }();
   return cases;
 }
 
@@ -100,7 +72,7 @@ TEST(Conv2d, MatchesFloat64ReferenceInEveryFloatingDtype) {
   for (const ConvCase& c : conv_cases()) {
     for (DType dtype : test::floating_dtypes()) {
       for (test::Layout layout : {test::Layout::Contiguous, test::Layout::Transposed, test::Layout::Strided}) {
-        SCOPED_TRACE(fmt::format("{} {} {}", case_str(c), dtype_name(dtype), test::layout_name(layout)));
+        SCOPED_TRACE(fmt::format("{} {} {}", test::case_str(c), dtype_name(dtype), test::layout_name(layout)));
         test::guarded([&] {
           const auto x = test::round_to_dtype(rng.uniform(test::numel_of(c.input), -1, 1), dtype);
           const auto w = test::round_to_dtype(rng.uniform(test::numel_of(c.weight), -1, 1), dtype);
@@ -161,7 +133,7 @@ TEST(Conv2d, EmptyBatchGivesEmptyOutputAndZeroWeightGradient) {
 TEST(Conv2d, GradientsMatchFiniteDifferences) {
   HostRng rng;
   for (const ConvCase& c : conv_cases()) {
-    SCOPED_TRACE(case_str(c));
+    SCOPED_TRACE(test::case_str(c));
     std::vector<Tensor> inputs{test::random_f64(rng, c.input, -1, 1), test::random_f64(rng, c.weight, -1, 1)};
     if (c.bias) inputs.push_back(test::random_f64(rng, {c.weight[0]}, -1, 1));
     const Conv2dOptions options = c.options;
@@ -221,7 +193,7 @@ TEST(Conv2d, OnlyTheInputsThatRequireGradGetOne) {
 TEST(Conv2d, Float32GradientsMatchFloat64) {
   HostRng rng;
   for (const ConvCase& c : conv_cases()) {
-    SCOPED_TRACE(case_str(c));
+    SCOPED_TRACE(test::case_str(c));
     const auto xv = rng.uniform(test::numel_of(c.input), -1, 1), wv = rng.uniform(test::numel_of(c.weight), -1, 1);
     std::vector<Tensor> grads[2];
     int slot = 0;
@@ -349,20 +321,9 @@ TEST(Conv2dModule, SmallCnnLearnsBarOrientationUnderSgd) {
   HostRng rng;
   manual_seed(test::test_seed());
   const int64_t n = 64, side = 8;
-  std::vector<double> pixels(static_cast<size_t>(n * side * side));
-  std::vector<int64_t> labels(static_cast<size_t>(n));
-  const auto noise = rng.uniform(n * side * side, -0.3, 0.3);
-  for (int64_t k = 0; k < n; ++k) {
-    labels[k] = k % 2;
-    const int64_t line = rng.integer(1, side - 2);
-    for (int64_t y = 0; y < side; ++y)
-      for (int64_t x = 0; x < side; ++x) {
-        const bool on = labels[k] == 0 ? y == line : x == line;
-        pixels[(k * side + y) * side + x] = (on ? 1.0 : 0.0) + noise[(k * side + y) * side + x];
-      }
-  }
-  const Tensor images = from_vector(pixels, {n, 1, side, side});
-  const Tensor targets = from_vector(labels, {n}, kI64);
+  const test::BarImages data = test::bar_images(rng, n, side);
+  const Tensor images = from_vector(data.pixels, {n, 1, side, side});
+  const Tensor targets = from_vector(data.labels, {n}, kI64);
 
   nn::Sequential cnn(
       {std::make_shared<nn::Conv2d>(1, 8, 3, Conv2dOptions{.padding = {1, 1}}), std::make_shared<nn::ReLU>(),

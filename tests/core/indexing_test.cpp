@@ -157,33 +157,46 @@ std::vector<int64_t> addressed(const std::vector<int64_t>& p, int64_t dim, const
   return target;
 }
 
-TEST(Gather, MatchesTorchGatherAlongEveryDim) {
-  HostRng rng;
-  const Shape shape{3, 4, 5};
+/// The shape gather and scatter_add read from and write into.
+const Shape kIndexedShape{3, 4, 5};
+
+/// Runs body(dtype, dim, d, layout, index_shape) as one traced, guarded sub-case for every value
+/// dtype, every dim of kIndexedShape (-1 included; `d` is dim wrapped to 0..2) and every layout.
+/// index_shape is kIndexedShape with 6 entries along d: more than its positions, so repeats are certain.
+template <class Body>
+void for_each_gather_case(Body&& body) {
   for (DType dtype : all_value_dtypes()) {
     for (int64_t dim = -1; dim < 3; ++dim) {
       for (Layout layout : test::all_layouts()) {
         SCOPED_TRACE(fmt::format("{} dim {} {}", dtype_name(dtype), dim, test::layout_name(layout)));
         test::guarded([&] {
           const int64_t d = wrap(dim, 3);
-          Shape index_shape = shape;
+          Shape index_shape = kIndexedShape;
           index_shape[d] = 6;
-          const auto v = test::case_inputs(rng, 60, -9, 9, dtype, false);
-          const auto idx = rng.integers(test::numel_of(index_shape), 0, shape[d] - 1);
-          const Tensor x = test::make_tensor(v, shape, dtype, kCPU, layout);
-          const Tensor index = test::make_tensor(idx, index_shape, kI64, kCPU, layout);
-          std::vector<double> expected(idx.size());
-          for (int64_t flat = 0; flat < test::numel_of(index_shape); ++flat) {
-            expected[flat] = v[test::ravel_index(
-                addressed(test::unravel_index(flat, index_shape), d, idx, index_shape), shape)];
-          }
-          const Tensor out = gather(x, dim, index);
-          EXPECT_EQ(out.dtype(), dtype);
-          EXPECT_TRUE(all_close(out, index_shape, expected, kExact));
+          body(dtype, dim, d, layout, index_shape);
         });
       }
     }
   }
+}
+
+TEST(Gather, MatchesTorchGatherAlongEveryDim) {
+  HostRng rng;
+  const Shape& shape = kIndexedShape;
+  for_each_gather_case([&](DType dtype, int64_t dim, int64_t d, Layout layout, const Shape& index_shape) {
+    const auto v = test::case_inputs(rng, 60, -9, 9, dtype, false);
+    const auto idx = rng.integers(test::numel_of(index_shape), 0, shape[d] - 1);
+    const Tensor x = test::make_tensor(v, shape, dtype, kCPU, layout);
+    const Tensor index = test::make_tensor(idx, index_shape, kI64, kCPU, layout);
+    std::vector<double> expected(idx.size());
+    for (int64_t flat = 0; flat < test::numel_of(index_shape); ++flat) {
+      expected[flat] =
+          v[test::ravel_index(addressed(test::unravel_index(flat, index_shape), d, idx, index_shape), shape)];
+    }
+    const Tensor out = gather(x, dim, index);
+    EXPECT_EQ(out.dtype(), dtype);
+    EXPECT_TRUE(all_close(out, index_shape, expected, kExact));
+  });
 }
 
 TEST(Gather, IndexMayBeSmallerThanInputInOtherDims) {
@@ -198,40 +211,30 @@ TEST(Gather, IndexMayBeSmallerThanInputInOtherDims) {
 
 TEST(ScatterAdd, AccumulatesRepeatedIndicesAlongEveryDim) {
   HostRng rng;
-  const Shape shape{3, 4, 5};
-  for (DType dtype : all_value_dtypes()) {
-    for (int64_t dim = -1; dim < 3; ++dim) {
-      for (Layout layout : test::all_layouts()) {
-        SCOPED_TRACE(fmt::format("{} dim {} {}", dtype_name(dtype), dim, test::layout_name(layout)));
-        test::guarded([&] {
-          const int64_t d = wrap(dim, 3);
-          Shape index_shape = shape;
-          index_shape[d] = 6;  // more entries than positions: repeats are certain
-          const auto v = test::case_inputs(rng, 60, -3, 3, dtype, false);
-          const auto idx = rng.integers(test::numel_of(index_shape), 0, shape[d] - 1);
-          const auto src = test::case_inputs(rng, test::numel_of(index_shape), -3, 3, dtype, false);
-          const Tensor x = test::make_tensor(v, shape, dtype, kCPU, layout);
-          const Tensor index = test::make_tensor(idx, index_shape, kI64, kCPU, layout);
-          const Tensor s = test::make_tensor(src, index_shape, dtype, kCPU, layout);
-          std::vector<double> expected = v;
-          for (int64_t flat = 0; flat < test::numel_of(index_shape); ++flat) {
-            const auto target = addressed(test::unravel_index(flat, index_shape), d, idx, index_shape);
-            expected[test::ravel_index(target, shape)] += src[flat];
-          }
-          const Tolerance tol = test::tolerance_for(dtype).scaled(4);  // a few roundings per element
-          const Tensor out = scatter_add(x, dim, index, s);
-          EXPECT_EQ(out.dtype(), dtype);
-          EXPECT_TRUE(all_close(out, shape, expected, tol));
-          EXPECT_TRUE(all_close(x, shape, v, kExact)) << "scatter_add must not modify its input";
-          Tensor target = x;
-          Tensor& same = scatter_add_(target, dim, index, s);
-          EXPECT_EQ(&same, &target);
-          EXPECT_TRUE(all_close(target, shape, expected, tol));
-          EXPECT_TRUE(all_close(x, shape, expected, tol)) << "scatter_add_ writes into x's storage";
-        });
-      }
+  const Shape& shape = kIndexedShape;
+  for_each_gather_case([&](DType dtype, int64_t dim, int64_t d, Layout layout, const Shape& index_shape) {
+    const auto v = test::case_inputs(rng, 60, -3, 3, dtype, false);
+    const auto idx = rng.integers(test::numel_of(index_shape), 0, shape[d] - 1);
+    const auto src = test::case_inputs(rng, test::numel_of(index_shape), -3, 3, dtype, false);
+    const Tensor x = test::make_tensor(v, shape, dtype, kCPU, layout);
+    const Tensor index = test::make_tensor(idx, index_shape, kI64, kCPU, layout);
+    const Tensor s = test::make_tensor(src, index_shape, dtype, kCPU, layout);
+    std::vector<double> expected = v;
+    for (int64_t flat = 0; flat < test::numel_of(index_shape); ++flat) {
+      const auto target = addressed(test::unravel_index(flat, index_shape), d, idx, index_shape);
+      expected[test::ravel_index(target, shape)] += src[flat];
     }
-  }
+    const Tolerance tol = test::tolerance_for(dtype).scaled(4);  // a few roundings per element
+    const Tensor out = scatter_add(x, dim, index, s);
+    EXPECT_EQ(out.dtype(), dtype);
+    EXPECT_TRUE(all_close(out, shape, expected, tol));
+    EXPECT_TRUE(all_close(x, shape, v, kExact)) << "scatter_add must not modify its input";
+    Tensor target = x;
+    Tensor& same = scatter_add_(target, dim, index, s);
+    EXPECT_EQ(&same, &target);
+    EXPECT_TRUE(all_close(target, shape, expected, tol));
+    EXPECT_TRUE(all_close(x, shape, expected, tol)) << "scatter_add_ writes into x's storage";
+  });
 }
 
 TEST(ScatterAdd, ClosedFormHistogram) {

@@ -11,6 +11,7 @@
 #include "core/autograd.h"
 #include "core/pool.h"
 #include "nn/pool2d.h"
+#include "support/conv_pool_reference.h"
 #include "support/gradcheck.h"
 
 namespace flame {
@@ -20,35 +21,22 @@ using test::all_close;
 using test::gradcheck;
 using test::HostRng;
 using test::Layout;
+using test::Pool;
+using test::pool_name;
+using test::PoolCase;
 using test::raises_error;
+using test::run_pool;
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-struct PoolCase {
-  Shape input;  // [N, C, H, W] or [C, H, W]
-  Pool2dOptions options;
-};
-
-std::string case_name(const PoolCase& c) {
-  const Pool2dOptions& o = c.options;
-  return fmt::format("input {} kernel {}x{} stride {}x{} padding {}x{}", shape_str(c.input), o.kernel[0], o.kernel[1],
-                     o.stride[0], o.stride[1], o.padding[0], o.padding[1]);
-}
-
 const std::vector<PoolCase>& pool_cases() {
-  static const std::vector<PoolCase> cases{
-      {{1, 1, 4, 4}, {{2, 2}}},                      // stride defaults to the kernel
-      {{2, 3, 5, 7}, {{3, 3}, {2, 2}, {1, 1}}},      // padded, odd sizes
-      {{2, 2, 6, 5}, {{3, 2}, {1, 2}, {1, 0}}},      // rectangular, overlapping rows
-      {{1, 2, 7, 7}, {{2, 3}, {3, 1}, {1, 1}}},      // stride larger than the kernel in h
-      {{3, 4, 4}, {{2, 2}, {1, 1}, {0, 0}}},         // unbatched
-      {{1, 1, 3, 3}, {{3, 3}, {1, 1}, {1, 1}}},      // every window padded
-      {{1, 2, 5, 5}, {{5, 5}, {1, 1}, {2, 2}}},      // padding = kernel / 2
-      {{2, 1, 1, 1}, {{1, 1}}},                      // 1x1
-      {{1, 1, 2, 9}, {{2, 4}, {1, 3}, {1, 2}}},      // wide
-      {{2, 3, 8, 6}, {{2, 2}, {2, 2}, {0, 0}}},      // the classic 2x2 / 2
-  };
+  static const std::vector<PoolCase> cases = [] {
+    std::vector<PoolCase> c = test::shared_pool_cases();
+    c.push_back({{1, 1, 2, 9}, {{2, 4}, {1, 3}, {1, 2}}});  // wide
+    c.push_back({{2, 3, 8, 6}, {{2, 2}, {2, 2}, {0, 0}}});  // the classic 2x2 / 2
+    return c;
+  }();
   return cases;
 }
 
@@ -63,8 +51,6 @@ struct Reference {
   std::vector<double> values;
   std::vector<double> indices;  // max only
 };
-
-enum class Pool { Max, AvgIncludePad, AvgExcludePad };
 
 /// Pooling of `x` (row-major, `shape` 3-D or 4-D) by visiting every kernel offset of every window;
 /// offsets that fall in the padding are skipped for max (they are -inf) and counted (as zeros) or
@@ -110,31 +96,13 @@ Reference pool_reference(Pool pool, const std::vector<double>& x, const Shape& s
   return ref;
 }
 
-/// Runs `pool` through the public ops; for max, `indices` receives the indices.
-Tensor run_pool(Pool pool, const Tensor& x, const Pool2dOptions& o, Tensor* indices = nullptr) {
-  if (pool == Pool::Max) {
-    MaxPool2dResult r = max_pool2d_with_indices(x, o);
-    if (indices != nullptr) *indices = r.indices;
-    return r.output;
-  }
-  return avg_pool2d(x, o, pool == Pool::AvgIncludePad);
-}
-
-const char* pool_name(Pool pool) {
-  switch (pool) {
-    case Pool::Max: return "max";
-    case Pool::AvgIncludePad: return "avg (count_include_pad)";
-    default: return "avg (exclude pad)";
-  }
-}
-
 TEST(Pool2d, MatchesFloat64ReferenceForEveryGeometryDtypeAndLayout) {
   HostRng rng;
   for (Pool pool : {Pool::Max, Pool::AvgIncludePad, Pool::AvgExcludePad}) {
     for (const PoolCase& c : pool_cases()) {
       for (DType dtype : test::floating_dtypes()) {
         for (Layout layout : {Layout::Contiguous, Layout::Permuted, Layout::Strided}) {
-          SCOPED_TRACE(fmt::format("{} {} {} {}", pool_name(pool), case_name(c), dtype_name(dtype),
+          SCOPED_TRACE(fmt::format("{} {} {} {}", pool_name(pool), test::case_str(c), dtype_name(dtype),
                                    test::layout_name(layout)));
           test::guarded([&] {
             const std::vector<double> values =
@@ -167,10 +135,7 @@ TEST(Pool2d, MaxPicksTheFirstOfTiedMaxima) {
 TEST(Pool2d, NaNPropagatesAndInfinitiesAreValues) {
   // 1x1x4x4, 2x2 windows with stride 2: window 0 holds two NaNs, window 1 only -inf, window 2 a
   // +inf, window 3 ordinary values.
-  const std::vector<double> values{1.0,  kNaN, -kInf, -kInf,  //
-                                   kNaN, 2.0,  -kInf, -kInf,  //
-                                   0.5,  kInf, 3.0,   -1.0,   //
-                                   7.0,  0.0,  4.0,   -2.0};
+  const std::vector<double> values = test::nan_and_inf_plane();
   for (DType dtype : test::floating_dtypes()) {
     SCOPED_TRACE(dtype_name(dtype));
     const Tensor x = test::make_tensor(values, {1, 1, 4, 4}, dtype);
@@ -247,7 +212,7 @@ TEST(Pool2dGrad, FiniteDifferencesFloat64) {
   for (Pool pool : {Pool::Max, Pool::AvgIncludePad, Pool::AvgExcludePad}) {
     for (const PoolCase& c : pool_cases()) {
       for (Layout layout : {Layout::Contiguous, Layout::Transposed}) {
-        SCOPED_TRACE(fmt::format("{} {} {}", pool_name(pool), case_name(c), test::layout_name(layout)));
+        SCOPED_TRACE(fmt::format("{} {} {}", pool_name(pool), test::case_str(c), test::layout_name(layout)));
         test::guarded([&] {
           // Distinct values (at least 0.25 apart) keep each maximum unique under the +-eps steps.
           const std::vector<double> values = pool == Pool::Max ? test::distinct_values(rng, test::numel_of(c.input))

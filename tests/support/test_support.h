@@ -174,3 +174,14 @@ std::vector<double> case_inputs(HostRng& rng, int64_t n, double low, double high
       GTEST_SKIP() << "no CUDA device: " << ::flame::test::cuda_unavailable_reason(); \
     }                                                                                 \
   } while (0)
+
+namespace flame::test {
+
+/// Fixture of the CUDA suites: skips each test, with the reason, when no CUDA device is usable.
+/// Value-parameterised suites derive from it and from ::testing::WithParamInterface<Param>.
+class CudaTest : public ::testing::Test {
+ protected:
+  void SetUp() override { FLAME_SKIP_WITHOUT_CUDA(); }
+};
+
+}  // namespace flame::test

@@ -92,10 +92,7 @@ Run run_on(Device device, const GraphFn& fn, const std::vector<Input>& inputs, c
   return ::testing::AssertionSuccess();
 }
 
-class CudaAutograd : public ::testing::Test {
- protected:
-  void SetUp() override { FLAME_SKIP_WITHOUT_CUDA(); }
-};
+class CudaAutograd : public test::CudaTest {};
 
 std::vector<double> away_from_zero(HostRng& rng, int64_t n) { return test::signed_away_from_zero(rng, n, 0.2, 2.0); }
 

@@ -19,56 +19,28 @@
 #include "nn/flatten.h"
 #include "nn/linear.h"
 #include "nn/loss.h"
-#include "support/test_support.h"
+#include "support/conv_pool_reference.h"
 
 namespace flame {
 namespace {
 
+using test::ConvCase;
 using test::HostRng;
 using test::Layout;
 using test::Tolerance;
 
 const Device kGpu = cuda_device(0);
 
-struct ConvCase {
-  std::string name;
-  Shape input;
-  Shape weight;
-  Conv2dOptions options;
-  bool bias = true;
-};
-
-std::string case_str(const ConvCase& c) {
-  const Conv2dOptions& o = c.options;
-  return fmt::format("{}: input {} weight {} stride [{}, {}] padding [{}, {}] dilation [{}, {}] groups {} bias {}",
-                     c.name, shape_str(c.input), shape_str(c.weight), o.stride[0], o.stride[1], o.padding[0],
-                     o.padding[1], o.dilation[0], o.dilation[1], o.groups, c.bias);
-}
-
 const std::vector<ConvCase>& conv_cases() {
-  static const std::vector<ConvCase> cases{
-      {"plain 3x3", {2, 3, 6, 5}, {4, 3, 3, 3}, {}, true},
-      {"no bias", {2, 3, 6, 5}, {4, 3, 3, 3}, {}, false},
-      {"1x1", {2, 4, 3, 5}, {3, 4, 1, 1}, {}, true},
-      {"1x1 stride 2", {1, 4, 5, 5}, {3, 4, 1, 1}, {.stride = {2, 2}}, true},
-      {"stride 2 padding 1", {2, 2, 7, 6}, {3, 2, 3, 3}, {.stride = {2, 2}, .padding = {1, 1}}, true},
-      {"uneven stride and padding", {1, 2, 7, 8}, {2, 2, 3, 2}, {.stride = {2, 3}, .padding = {2, 1}}, true},
-      {"dilation 2", {2, 2, 7, 7}, {3, 2, 3, 3}, {.dilation = {2, 2}}, true},
-      {"dilation with padding", {1, 3, 6, 7}, {2, 3, 2, 3}, {.padding = {1, 2}, .dilation = {3, 2}}, true},
-      {"groups 2", {2, 4, 5, 5}, {6, 2, 3, 3}, {.padding = {1, 1}, .groups = 2}, true},
-      {"depthwise", {2, 3, 5, 6}, {3, 1, 3, 3}, {.stride = {1, 2}, .padding = {1, 1}, .groups = 3}, true},
-      {"everything",
-       {2, 4, 8, 7},
-       {4, 2, 3, 2},
-       {.stride = {2, 1}, .padding = {1, 2}, .dilation = {2, 2}, .groups = 2},
-       true},
-      {"kernel covers the padded input", {1, 2, 3, 3}, {2, 2, 5, 5}, {.padding = {1, 1}}, true},
-      // Sizes where cuDNN's heuristics pick other algorithms (GEMM-based, Winograd, FFT, with workspace).
-      {"larger 3x3", {8, 16, 20, 20}, {32, 16, 3, 3}, {.padding = {1, 1}}, true},
-      {"larger depthwise", {4, 32, 16, 16}, {32, 1, 3, 3}, {.padding = {1, 1}, .groups = 32}, true},
-      {"5x5 stride 2", {4, 8, 17, 19}, {16, 8, 5, 5}, {.stride = {2, 2}, .padding = {2, 2}}, true},
-      {"1x1 many channels", {4, 64, 7, 7}, {128, 64, 1, 1}, {}, true},
-  };
+  static const std::vector<ConvCase> cases = [] {
+    std::vector<ConvCase> c = test::shared_conv_cases();
+    // Sizes where cuDNN's heuristics pick other algorithms (GEMM-based, Winograd, FFT, with workspace).
+    c.push_back({"larger 3x3", {8, 16, 20, 20}, {32, 16, 3, 3}, {.padding = {1, 1}}, true});
+    c.push_back({"larger depthwise", {4, 32, 16, 16}, {32, 1, 3, 3}, {.padding = {1, 1}, .groups = 32}, true});
+    c.push_back({"5x5 stride 2", {4, 8, 17, 19}, {16, 8, 5, 5}, {.stride = {2, 2}, .padding = {2, 2}}, true});
+    c.push_back({"1x1 many channels", {4, 64, 7, 7}, {128, 64, 1, 1}, {}, true});
+    return c;
+  }();
   return cases;
 }
 
@@ -149,17 +121,14 @@ double scale_tolerance(DType dtype) {
   }
 }
 
-class CudaConv2d : public ::testing::Test {
- protected:
-  void SetUp() override { FLAME_SKIP_WITHOUT_CUDA(); }
-};
+class CudaConv2d : public test::CudaTest {};
 
 TEST_F(CudaConv2d, ForwardAndGradientsMatchCpuFloat64) {
   HostRng rng;
   for (const ConvCase& c : conv_cases()) {
     for (DType dtype : test::floating_dtypes()) {
       for (Layout layout : {Layout::Contiguous, Layout::Transposed}) {
-        SCOPED_TRACE(fmt::format("{} {} {}", case_str(c), dtype_name(dtype), test::layout_name(layout)));
+        SCOPED_TRACE(fmt::format("{} {} {}", test::case_str(c), dtype_name(dtype), test::layout_name(layout)));
         test::guarded([&] {
           const CaseValues v = draw_values(rng, c, dtype);
           const ConvRun expected = run_conv(c, v, kF64, kCPU, Layout::Contiguous);
@@ -256,20 +225,9 @@ TEST_F(CudaConv2d, SmallCnnLearnsOnCuda) {
   HostRng rng;
   manual_seed(test::test_seed());
   const int64_t n = 64, side = 8;
-  std::vector<double> pixels(static_cast<size_t>(n * side * side));
-  std::vector<int64_t> labels(static_cast<size_t>(n));
-  const auto noise = rng.uniform(n * side * side, -0.3, 0.3);
-  for (int64_t k = 0; k < n; ++k) {
-    labels[k] = k % 2;
-    const int64_t line = rng.integer(1, side - 2);
-    for (int64_t y = 0; y < side; ++y)
-      for (int64_t x = 0; x < side; ++x) {
-        const bool on = labels[k] == 0 ? y == line : x == line;
-        pixels[(k * side + y) * side + x] = (on ? 1.0 : 0.0) + noise[(k * side + y) * side + x];
-      }
-  }
-  const Tensor images = from_vector(pixels, {n, 1, side, side}, TensorOptions(kF32, kGpu));
-  const Tensor targets = from_vector(labels, {n}, TensorOptions(kI64, kGpu));
+  const test::BarImages data = test::bar_images(rng, n, side);
+  const Tensor images = from_vector(data.pixels, {n, 1, side, side}, TensorOptions(kF32, kGpu));
+  const Tensor targets = from_vector(data.labels, {n}, TensorOptions(kI64, kGpu));
   const TensorOptions on_gpu(kF32, kGpu);
   nn::Sequential cnn({std::make_shared<nn::Conv2d>(1, 8, 3, Conv2dOptions{.padding = {1, 1}}, true, on_gpu),
                       std::make_shared<nn::ReLU>(),

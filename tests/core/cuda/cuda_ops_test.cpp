@@ -64,17 +64,11 @@ std::vector<DType> dtypes_for(bool integer_ok) {
 
 std::vector<DType> value_dtypes() { return dtypes_for(true); }
 
-class CudaOps : public ::testing::Test {
- protected:
-  void SetUp() override { FLAME_SKIP_WITHOUT_CUDA(); }
-};
+class CudaOps : public test::CudaTest {};
 
 // --- elementwise -----------------------------------------------------------------------------------
 
-class CudaUnary : public ::testing::TestWithParam<test::UnaryCase> {
- protected:
-  void SetUp() override { FLAME_SKIP_WITHOUT_CUDA(); }
-};
+class CudaUnary : public test::CudaTest, public ::testing::WithParamInterface<test::UnaryCase> {};
 
 TEST_P(CudaUnary, MatchesCpu) {
   const test::UnaryCase& c = GetParam();
@@ -101,10 +95,7 @@ INSTANTIATE_TEST_SUITE_P(Cuda, CudaUnary, ::testing::ValuesIn(test::unary_cases(
                            return info.param.name;
                          });
 
-class CudaBinary : public ::testing::TestWithParam<test::BinaryCase> {
- protected:
-  void SetUp() override { FLAME_SKIP_WITHOUT_CUDA(); }
-};
+class CudaBinary : public test::CudaTest, public ::testing::WithParamInterface<test::BinaryCase> {};
 
 TEST_P(CudaBinary, MatchesCpuWithBroadcasting) {
   const test::BinaryCase& c = GetParam();
@@ -303,10 +294,7 @@ std::vector<CudaReduction> cuda_reductions() {
 
 void PrintTo(const CudaReduction& c, std::ostream* os) { *os << c.name; }
 
-class CudaReduce : public ::testing::TestWithParam<CudaReduction> {
- protected:
-  void SetUp() override { FLAME_SKIP_WITHOUT_CUDA(); }
-};
+class CudaReduce : public test::CudaTest, public ::testing::WithParamInterface<CudaReduction> {};
 
 TEST_P(CudaReduce, MatchesCpu) {
   const CudaReduction& c = GetParam();

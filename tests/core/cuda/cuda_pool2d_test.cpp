@@ -5,75 +5,37 @@
 // unbatched inputs; run-to-run determinism of the backward kernels. Skips without a CUDA device.
 #include <fmt/format.h>
 
-#include <cmath>
-#include <limits>
+#include <utility>
 
 #include "core/autograd.h"
 #include "core/pool.h"
 #include "nn/pool2d.h"
-#include "support/test_support.h"
+#include "support/conv_pool_reference.h"
 
 namespace flame {
 namespace {
 
 using test::HostRng;
 using test::Layout;
+using test::Pool;
+using test::pool_name;
+using test::PoolCase;
+using test::run_pool;
 using test::Tolerance;
 
 const Device kGpu = cuda_device(0);
-constexpr double kInf = std::numeric_limits<double>::infinity();
-constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-class CudaPool2d : public ::testing::Test {
- protected:
-  void SetUp() override { FLAME_SKIP_WITHOUT_CUDA(); }
-};
-
-enum class Pool { Max, AvgIncludePad, AvgExcludePad };
-
-const char* pool_name(Pool pool) {
-  switch (pool) {
-    case Pool::Max: return "max";
-    case Pool::AvgIncludePad: return "avg (count_include_pad)";
-    default: return "avg (exclude pad)";
-  }
-}
-
-struct PoolCase {
-  Shape input;
-  Pool2dOptions options;
-};
-
-std::string case_name(const PoolCase& c) {
-  const Pool2dOptions& o = c.options;
-  return fmt::format("input {} kernel {}x{} stride {}x{} padding {}x{}", shape_str(c.input), o.kernel[0], o.kernel[1],
-                     o.stride[0], o.stride[1], o.padding[0], o.padding[1]);
-}
+class CudaPool2d : public test::CudaTest {};
 
 const std::vector<PoolCase>& pool_cases() {
-  static const std::vector<PoolCase> cases{
-      {{1, 1, 4, 4}, {{2, 2}}},
-      {{2, 3, 5, 7}, {{3, 3}, {2, 2}, {1, 1}}},
-      {{2, 2, 6, 5}, {{3, 2}, {1, 2}, {1, 0}}},
-      {{1, 2, 7, 7}, {{2, 3}, {3, 1}, {1, 1}}},
-      {{3, 4, 4}, {{2, 2}, {1, 1}, {0, 0}}},  // unbatched
-      {{1, 1, 3, 3}, {{3, 3}, {1, 1}, {1, 1}}},
-      {{1, 2, 5, 5}, {{5, 5}, {1, 1}, {2, 2}}},
-      {{2, 1, 1, 1}, {{1, 1}}},
-      {{4, 16, 33, 31}, {{3, 3}, {2, 2}, {1, 1}}},  // a ResNet stem pooling, odd sizes
-      {{8, 32, 28, 28}, {{2, 2}}},
-      {{2, 8, 17, 19}, {{4, 3}, {1, 1}, {2, 1}}},  // heavy overlap: up to 12 windows per input element
-  };
+  static const std::vector<PoolCase> cases = [] {
+    std::vector<PoolCase> c = test::shared_pool_cases();
+    c.push_back({{4, 16, 33, 31}, {{3, 3}, {2, 2}, {1, 1}}});  // a ResNet stem pooling, odd sizes
+    c.push_back({{8, 32, 28, 28}, {{2, 2}}});
+    c.push_back({{2, 8, 17, 19}, {{4, 3}, {1, 1}, {2, 1}}});  // heavy overlap: up to 12 windows per input element
+    return c;
+  }();
   return cases;
-}
-
-Tensor run_pool(Pool pool, const Tensor& x, const Pool2dOptions& o, Tensor* indices = nullptr) {
-  if (pool == Pool::Max) {
-    MaxPool2dResult r = max_pool2d_with_indices(x, o);
-    if (indices != nullptr) *indices = r.indices;
-    return r.output;
-  }
-  return avg_pool2d(x, o, pool == Pool::AvgIncludePad);
 }
 
 /// CUDA computes f16/bf16/f32 in float, the CPU in double (each rounded once to the dtype): the
@@ -98,22 +60,28 @@ Result run_on(Device device, Pool pool, const std::vector<double>& values, const
   return result;
 }
 
+/// Runs `pool` on the same random inputs and projection on both devices: the CPU with a contiguous
+/// input, CUDA with one laid out as `gpu_layout`.
+std::pair<Result, Result> run_on_both(HostRng& rng, Pool pool, const PoolCase& c, DType dtype, Layout gpu_layout) {
+  const std::vector<double> values = rng.uniform(test::numel_of(c.input), -3.0, 3.0);
+  Shape out_shape;
+  {
+    autograd::NoGradGuard no_grad;
+    out_shape = run_pool(pool, test::make_tensor(values, c.input, dtype), c.options).shape();
+  }
+  const std::vector<double> r = rng.uniform(test::numel_of(out_shape), -1.0, 1.0);
+  return {run_on(kCPU, pool, values, c, dtype, Layout::Contiguous, r),
+          run_on(kGpu, pool, values, c, dtype, gpu_layout, r)};
+}
+
 TEST_F(CudaPool2d, MatchesCpuForwardIndicesAndGradients) {
   HostRng rng;
   for (Pool pool : {Pool::Max, Pool::AvgIncludePad, Pool::AvgExcludePad}) {
     for (const PoolCase& c : pool_cases()) {
       for (DType dtype : test::floating_dtypes()) {
-        SCOPED_TRACE(fmt::format("{} {} {}", pool_name(pool), case_name(c), dtype_name(dtype)));
+        SCOPED_TRACE(fmt::format("{} {} {}", pool_name(pool), test::case_str(c), dtype_name(dtype)));
         test::guarded([&] {
-          const std::vector<double> values = rng.uniform(test::numel_of(c.input), -3.0, 3.0);
-          Shape out_shape;
-          {
-            autograd::NoGradGuard no_grad;
-            out_shape = run_pool(pool, test::make_tensor(values, c.input, dtype), c.options).shape();
-          }
-          const std::vector<double> r = rng.uniform(test::numel_of(out_shape), -1.0, 1.0);
-          const Result cpu = run_on(kCPU, pool, values, c, dtype, Layout::Contiguous, r);
-          const Result gpu = run_on(kGpu, pool, values, c, dtype, Layout::Contiguous, r);
+          const auto [cpu, gpu] = run_on_both(rng, pool, c, dtype, Layout::Contiguous);
           cuda::synchronize();
           EXPECT_EQ(gpu.out.device(), kGpu);
           ASSERT_TRUE(gpu.grad.defined());
@@ -139,18 +107,10 @@ TEST_F(CudaPool2d, NonContiguousAndUnbatchedInputs) {
     for (const PoolCase& c : cases) {
       for (Layout layout : {Layout::Transposed, Layout::Permuted, Layout::Strided}) {
         for (DType dtype : {kF32, kBF16}) {
-          SCOPED_TRACE(fmt::format("{} {} {} {}", pool_name(pool), case_name(c), test::layout_name(layout),
+          SCOPED_TRACE(fmt::format("{} {} {} {}", pool_name(pool), test::case_str(c), test::layout_name(layout),
                                    dtype_name(dtype)));
           test::guarded([&] {
-            const std::vector<double> values = rng.uniform(test::numel_of(c.input), -3.0, 3.0);
-            Shape out_shape;
-            {
-              autograd::NoGradGuard no_grad;
-              out_shape = run_pool(pool, test::make_tensor(values, c.input, dtype), c.options).shape();
-            }
-            const std::vector<double> r = rng.uniform(test::numel_of(out_shape), -1.0, 1.0);
-            const Result cpu = run_on(kCPU, pool, values, c, dtype, Layout::Contiguous, r);
-            const Result gpu = run_on(kGpu, pool, values, c, dtype, layout, r);
+            const auto [cpu, gpu] = run_on_both(rng, pool, c, dtype, layout);
             EXPECT_TRUE(test::tensors_close(gpu.out, cpu.out, tolerance(dtype)));
             if (pool == Pool::Max) EXPECT_TRUE(test::tensors_identical(gpu.indices, cpu.indices));
             EXPECT_TRUE(test::tensors_close(gpu.grad, cpu.grad, tolerance(dtype)));
@@ -162,10 +122,7 @@ TEST_F(CudaPool2d, NonContiguousAndUnbatchedInputs) {
 }
 
 TEST_F(CudaPool2d, NaNAndInfinityWindowsMatchCpu) {
-  const std::vector<double> values{1.0,  kNaN, -kInf, -kInf,  //
-                                   kNaN, 2.0,  -kInf, -kInf,  //
-                                   0.5,  kInf, 3.0,   -1.0,   //
-                                   7.0,  0.0,  4.0,   -2.0};
+  const std::vector<double> values = test::nan_and_inf_plane();
   for (DType dtype : test::floating_dtypes()) {
     for (const Pool2dOptions& o : {Pool2dOptions{{2, 2}}, Pool2dOptions{{3, 3}, {1, 1}, {1, 1}}}) {
       SCOPED_TRACE(fmt::format("{} kernel {}", dtype_name(dtype), o.kernel[0]));
