@@ -8,10 +8,15 @@ Prints one JSON line per measurement in the format of bench/bench_util.h (impl "
 - add / copy: torch.add of two 256 MiB f32 tensors (3 x 256 MiB moved) and a 256 MiB
   device-to-device copy_ (2 x 256 MiB), GB/s, median of 50;
 - op_overhead: microseconds per torch.add of two 16-element f32 tensors, a host clock around
-  10000 asynchronous ops and one synchronize, median of 7.
+  10000 asynchronous ops and one synchronize, median of 7;
+- cnn_step: milliseconds per training step (forward, F.cross_entropy, backward, AdamW step with
+  the default foreach implementation, zero_grad) of bench/cnn_step_bench.cpp's CNN on a fixed
+  batch of 256 1x28x28 inputs, CUDA events around each step, median of 100 after 10 warm-up
+  steps; "f32" (no TF32) and "bf16" (f32 weights under torch.autocast(bfloat16)).
 Exits 1 with a message when no CUDA device is present.
 """
 import json
+import math
 import statistics
 import sys
 import time
@@ -23,6 +28,7 @@ ADD_WARMUP, ADD_RUNS = 5, 50
 ADD_ELEMENTS = 64 << 20
 OVERHEAD_ELEMENTS, OVERHEAD_WARMUP, OVERHEAD_OPS, OVERHEAD_REPEATS = 16, 1000, 10000, 7
 CHECK_ROWS = 64
+CNN_BATCH, CNN_SIDE, CNN_CLASSES, CNN_WARMUP, CNN_RUNS = 256, 28, 10, 10, 100
 
 DEVICE_NAME = ""
 
@@ -34,11 +40,17 @@ def emit(bench, dtype, size, value, unit, impl="torch"):
 
 
 def disable_tf32():
+    """FLAME's f32 matmuls and convolutions never use TF32; neither do PyTorch's here."""
     matmul = torch.backends.cuda.matmul
     if hasattr(matmul, "fp32_precision"):  # PyTorch 2.9+: setting allow_tf32 too would mix APIs
         matmul.fp32_precision = "ieee"
     else:
         matmul.allow_tf32 = False
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        conv.fp32_precision = "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32 = False
 
 
 def time_events(fn, warmup, runs):
@@ -112,6 +124,47 @@ def bench_op_overhead():
     emit("op_overhead", "f32", "16", statistics.median(us_per_op), "us/op")
 
 
+def make_cnn():
+    """bench/cnn_step_bench.cpp's model, with PyTorch's default initialisation."""
+    nn = torch.nn
+    side = CNN_SIDE // 4
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(8 * side * side, CNN_CLASSES)).cuda()
+
+
+def bench_cnn_step():
+    ok = True
+    for name, autocast in (("f32", False), ("bf16", True)):
+        torch.manual_seed(0)
+        model = make_cnn()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        x = torch.randn(CNN_BATCH, 1, CNN_SIDE, CNN_SIDE, device="cuda")
+        y = torch.randint(0, CNN_CLASSES, (CNN_BATCH,), device="cuda")
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return loss
+
+        first = step().item()
+        ms = time_events(step, CNN_WARMUP - 1, CNN_RUNS)
+        last = step().item()
+        print(f"torch_reference: cnn_step {name} loss {first:.4f} after the first step, {last:.4f} after "
+              f"{CNN_WARMUP + CNN_RUNS + 1} steps", file=sys.stderr)
+        emit("cnn_step", name, f"b{CNN_BATCH}", ms, "ms/step")
+        if not (math.isfinite(last) and last < first):
+            print(f"torch_reference: cnn_step {name}: the loss did not fall ({first} -> {last})",
+                  file=sys.stderr)
+            ok = False
+        del model, optimizer, x, y
+    return ok
+
+
 def main():
     global DEVICE_NAME
     if not torch.cuda.is_available():
@@ -124,6 +177,7 @@ def main():
     ok = bench_matmul()
     ok = bench_add() and ok
     bench_op_overhead()
+    ok = bench_cnn_step() and ok
     return 0 if ok else 1
 
 

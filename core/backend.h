@@ -12,7 +12,9 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
+#include "core/fused.h"
 #include "core/tensor.h"
 
 namespace flame {
@@ -131,6 +133,26 @@ class Backend {
   virtual void avg_pool2d_forward(const Pool2dGeometry& g, const Tensor& input, const Tensor& out) = 0;
   /// grad_input (written whole) from grad_out.
   virtual void avg_pool2d_backward(const Pool2dGeometry& g, const Tensor& grad_out, const Tensor& grad_input) = 0;
+  /// Per-row cross entropy (Note [fused cross entropy] in core/fused.h). logits [N, C] (N, C > 0)
+  /// and target [N] (i64) are contiguous; writes losses [N] (the logits' dtype, 0 for ignored
+  /// rows) and row_stats [N, 2] (f32, or f64 for f64 logits) = {max_j x_ij, log sum_j exp(x_ij -
+  /// max)} per row for the backward. A target outside [0, C) other than ignore_index raises on
+  /// the CPU and sets the device error flag on CUDA (writing a NaN loss, never reading out of
+  /// bounds).
+  virtual void cross_entropy_forward(const Tensor& logits, const Tensor& target, const Tensor& losses,
+                                     const Tensor& row_stats, int64_t ignore_index, double label_smoothing) = 0;
+  /// grad_logits [N, C] (contiguous, the logits' dtype) = grad_losses[i] * (softmax(logits)_ij -
+  /// (1 - eps) [j == target_i] - eps / C), 0 for ignored rows, from the row_stats of the forward;
+  /// grad_losses [N] is contiguous, of the logits' dtype.
+  virtual void cross_entropy_backward(const Tensor& logits, const Tensor& target, const Tensor& row_stats,
+                                      const Tensor& grad_losses, const Tensor& grad_logits, int64_t ignore_index,
+                                      double label_smoothing) = 0;
+  /// One Adam step over every entry of the lists (Note [fused adam] in core/fused.h), in place on
+  /// params, exp_avg and exp_avg_sq. Already checked by adam_step_: equal list lengths, every
+  /// tensor contiguous on this device, and per entry one shape and one floating dtype.
+  virtual void adam_step(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
+                         const std::vector<Tensor>& exp_avg, const std::vector<Tensor>& exp_avg_sq,
+                         const AdamStepArgs& args) = 0;
   /// Waits until all work queued on this device is done (no-op on the CPU).
   virtual void synchronize() = 0;
 };

@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "core/autograd.h"
+#include "core/fused.h"
 
 namespace flame::nn {
 namespace {
@@ -20,18 +21,6 @@ void check_classification(const char* op, const Tensor& logits, const Tensor& ta
               target.describe(), target.device().str(), logits.describe(), logits.device().str());
 }
 
-/// CPU only (no device sync): every target is ignore_index or a class in [0, C).
-void check_targets_on_cpu(const Tensor& logits, const Tensor& target, int64_t ignore_index) {
-  const int64_t classes = logits.size(1);
-  const std::vector<int64_t> values = target.to_vector<int64_t>();
-  for (size_t i = 0; i < values.size(); ++i) {
-    FLAME_CHECK(values[i] == ignore_index || (values[i] >= 0 && values[i] < classes),
-                "cross_entropy: target[{}] = {} is not a class of logits {} (expected 0 <= target < {}, or "
-                "ignore_index {})",
-                i, values[i], logits.describe(), classes, ignore_index);
-  }
-}
-
 }  // namespace
 
 Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntropyOptions& options) {
@@ -39,24 +28,18 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntr
   const double eps = options.label_smoothing;
   FLAME_CHECK(eps >= 0.0 && eps <= 1.0, "cross_entropy: label_smoothing must be in [0, 1], got {}", eps);
   FLAME_CHECK(logits.size(1) > 0, "cross_entropy: logits {} have no classes", logits.describe());
-  if (target.device().is_cpu()) check_targets_on_cpu(logits, target, options.ignore_index);
 
-  const TensorOptions float_options(logits.dtype(), logits.device());
-  const Tensor kept = ne(target, static_cast<double>(options.ignore_index));  // [N] bool
-  // Ignored rows gather class 0 (always in range); their loss is masked out below.
-  const Tensor safe_target = where(kept, target, zeros({}, TensorOptions(kI64, target.device())));
-  const Tensor log_probs = log_softmax(logits, 1);                               // [N, C]
-  Tensor loss = neg(gather(log_probs, 1, safe_target.unsqueeze(1)).squeeze(1));  // [N]
-  if (eps > 0.0) loss = add(mul(loss, 1.0 - eps), mul(neg(mean(log_probs, {1})), eps));
-  loss = where(kept, loss, zeros({}, float_options));
-
+  const Tensor loss = cross_entropy_rows(logits, target, options.ignore_index, eps);  // [N]
   switch (options.reduction) {
     case Reduction::None:
       return loss;
     case Reduction::Sum:
       return sum(loss);
-    case Reduction::Mean:
-      return div(sum(loss), sum(kept.to(logits.dtype())));
+    case Reduction::Mean: {
+      // The count of rows that are not ignored stays on the device (no host sync).
+      const Tensor counted = ne(target, static_cast<double>(options.ignore_index)).to(logits.dtype());
+      return div(sum(loss), sum(counted));
+    }
   }
   FLAME_FAIL("cross_entropy: unknown reduction {}", static_cast<int>(options.reduction));
 }

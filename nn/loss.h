@@ -1,5 +1,6 @@
 // Loss functions and metrics, as PyTorch's torch.nn.functional.cross_entropy and mse_loss.
-// Built from public ops only, so autograd differentiates them on every device.
+// Built from public ops (cross_entropy on the fused cross_entropy_rows), so autograd
+// differentiates them on every device.
 #pragma once
 
 #include <cstdint>
@@ -24,11 +25,13 @@ struct CrossEntropyOptions {
 };
 
 /// Cross entropy of `logits` [N, C] (floating point) against class indices `target` [N] (i64),
-/// computed through log_softmax (numerically stable for large logits). Returns a 0-d tensor of the
-/// logits' dtype, or [N] for Reduction::None (0 where the target is ignored). The mean of a batch
-/// whose targets are all ignored is NaN (0 / 0), as in PyTorch.
+/// computed by the fused cross_entropy_rows op (core/fused.h: one stable kernel for the per-row
+/// losses, one for their gradient) and then reduced. Returns a 0-d tensor of the logits' dtype,
+/// or [N] for Reduction::None (0 where the target is ignored). The mean divides by the number of
+/// targets that are not ignored, counted on the device; the mean of a batch whose targets are all
+/// ignored is NaN (0 / 0), as in PyTorch.
 /// A target outside [0, C) other than ignore_index raises flame::Error on the CPU; on CUDA it is
-/// never read out of bounds and is reported by the gather kernel's device-side check at the next
+/// never read out of bounds and is reported by the kernel's device-side check at the next
 /// synchronisation (no host sync is added to check targets here).
 /// Shape, dtype and device mismatches raise flame::Error naming cross_entropy and the shapes.
 Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntropyOptions& options = {});

@@ -167,7 +167,7 @@ run_bench() {
 }
 
 if [ $built -eq 1 ]; then
-  for program in matmul_bench elementwise_bench op_overhead_bench; do
+  for program in matmul_bench elementwise_bench op_overhead_bench cnn_step_bench; do
     if [ -x "$build/bench/$program" ]; then
       run_bench "$program" "$build/bench/$program"
     else

@@ -58,6 +58,15 @@ class CpuBackend final : public Backend {
                            const Tensor& grad_input) override;
   void avg_pool2d_forward(const Pool2dGeometry& g, const Tensor& input, const Tensor& out) override;
   void avg_pool2d_backward(const Pool2dGeometry& g, const Tensor& grad_out, const Tensor& grad_input) override;
+  void cross_entropy_forward(const Tensor& logits, const Tensor& target, const Tensor& losses,
+                             const Tensor& row_stats, int64_t ignore_index,
+                             double label_smoothing) override;  // cpu_cross_entropy.cpp
+  void cross_entropy_backward(const Tensor& logits, const Tensor& target, const Tensor& row_stats,
+                              const Tensor& grad_losses, const Tensor& grad_logits, int64_t ignore_index,
+                              double label_smoothing) override;
+  void adam_step(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
+                 const std::vector<Tensor>& exp_avg, const std::vector<Tensor>& exp_avg_sq,
+                 const AdamStepArgs& args) override;  // cpu_adam.cpp
   void synchronize() override {}
 };
 

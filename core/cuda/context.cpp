@@ -119,7 +119,7 @@ void check_device_errors(int device) {
   FLAME_CUDA_CHECK(cudaMemsetAsync(ctx.error_flag, 0, sizeof(int), ctx.stream));
   FLAME_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
   FLAME_CHECK(code != static_cast<int>(DeviceError::IndexOutOfRange),
-              "index out of range in an indexing op (index_select/gather/scatter_add) on cuda:{}: an "
+              "index out of range in an indexing op (index_select/gather/scatter_add/cross_entropy) on cuda:{}: an "
               "index was negative or not below the indexed dimension's size (found at synchronisation; "
               "the op that wrote it was queued earlier)", device);
   FLAME_FAIL("unknown device error code {} reported on cuda:{}", code, device);

@@ -84,6 +84,23 @@ class CudaBackend final : public Backend {
   void avg_pool2d_backward(const Pool2dGeometry& g, const Tensor& grad_out, const Tensor& grad_input) override {
     cuda::launch_avg_pool2d_backward(ctx_of(grad_input), g, grad_out, grad_input);
   }
+  void cross_entropy_forward(const Tensor& logits, const Tensor& target, const Tensor& losses,
+                             const Tensor& row_stats, int64_t ignore_index, double label_smoothing) override {
+    cuda::launch_cross_entropy_forward(ctx_of(losses), logits, target, losses, row_stats, ignore_index,
+                                       label_smoothing);
+  }
+  void cross_entropy_backward(const Tensor& logits, const Tensor& target, const Tensor& row_stats,
+                              const Tensor& grad_losses, const Tensor& grad_logits, int64_t ignore_index,
+                              double label_smoothing) override {
+    cuda::launch_cross_entropy_backward(ctx_of(grad_logits), logits, target, row_stats, grad_losses, grad_logits,
+                                        ignore_index, label_smoothing);
+  }
+  void adam_step(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
+                 const std::vector<Tensor>& exp_avg, const std::vector<Tensor>& exp_avg_sq,
+                 const AdamStepArgs& args) override {
+    if (params.empty()) return;
+    cuda::launch_adam_step(ctx_of(params[0]), params, grads, exp_avg, exp_avg_sq, args);
+  }
   void synchronize() override {
     const int count = cuda::device_count();
     for (int device = 0; device < count; ++device)

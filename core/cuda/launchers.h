@@ -47,4 +47,16 @@ void launch_avg_pool2d_forward(DeviceContext& ctx, const Pool2dGeometry& g, cons
 void launch_avg_pool2d_backward(DeviceContext& ctx, const Pool2dGeometry& g, const Tensor& grad_out,
                                 const Tensor& grad_input);
 
+
+// Fused training ops (Note [fused cross entropy] and Note [fused adam] in core/fused.h).
+void launch_cross_entropy_forward(DeviceContext& ctx, const Tensor& logits, const Tensor& target,
+                                  const Tensor& losses, const Tensor& row_stats, int64_t ignore_index,
+                                  double label_smoothing);                                  // cross_entropy.cu
+void launch_cross_entropy_backward(DeviceContext& ctx, const Tensor& logits, const Tensor& target,
+                                   const Tensor& row_stats, const Tensor& grad_losses, const Tensor& grad_logits,
+                                   int64_t ignore_index, double label_smoothing);
+void launch_adam_step(DeviceContext& ctx, const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
+                      const std::vector<Tensor>& exp_avg, const std::vector<Tensor>& exp_avg_sq,
+                      const AdamStepArgs& args);                                            // adam_step.cu
+
 }  // namespace flame::cuda

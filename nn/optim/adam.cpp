@@ -1,6 +1,11 @@
 #include "nn/optim/adam.h"
 
+#include <algorithm>
 #include <cmath>
+#include <utility>
+#include <vector>
+
+#include "core/fused.h"
 
 namespace flame::optim {
 
@@ -17,31 +22,59 @@ Adam::Adam(std::vector<Tensor> params, AdamOptions options, WeightDecayMode mode
 }
 
 void Adam::update(Tensor& param, const Tensor& grad, ParamState& state) {
-  const auto [beta1, beta2] = options_.betas;
-  const double lr = this->lr();
-  const double weight_decay = options_.weight_decay;
-  Tensor g = grad;
-  if (weight_decay != 0.0 && mode_ == WeightDecayMode::L2) g = add(g, param, weight_decay);
-  if (weight_decay != 0.0 && mode_ == WeightDecayMode::Decoupled) param.mul_(1.0 - lr * weight_decay);
+  update_all({PendingUpdate{&param, grad, &state}});
+}
 
-  if (state.tensors.empty()) {
-    const TensorOptions like(param.dtype(), param.device());
-    state.tensors["exp_avg"] = zeros(param.shape(), like);
-    state.tensors["exp_avg_sq"] = zeros(param.shape(), like);
+void Adam::update_all(const std::vector<PendingUpdate>& updates) {
+  // Parameters on one device with one step count share the bias corrections: one fused call each.
+  struct Group {
+    Device device;
+    int64_t step = 0;
+    std::vector<Tensor> params, grads, exp_avg, exp_avg_sq;
+  };
+  std::vector<Group> groups;
+  std::vector<std::pair<Tensor*, Tensor>> copy_back;  // non-contiguous parameter, its updated copy
+  for (const PendingUpdate& u : updates) {
+    Tensor& param = *u.param;
+    const Tensor& grad = u.grad;
+    FLAME_CHECK(grad.shape() == param.shape() && grad.dtype() == param.dtype() && grad.device() == param.device(),
+                "{}: the gradient {} of parameter {} must have the parameter's shape, dtype and device", type_name(),
+                grad.describe(), param.describe());
+    ParamState& state = *u.state;
+    if (state.tensors.empty()) {
+      const TensorOptions like(param.dtype(), param.device());
+      state.tensors["exp_avg"] = zeros(param.shape(), like);
+      state.tensors["exp_avg_sq"] = zeros(param.shape(), like);
+    }
+    auto group = std::find_if(groups.begin(), groups.end(),
+                              [&](const Group& g) { return g.device == param.device() && g.step == state.step; });
+    if (group == groups.end()) group = groups.insert(groups.end(), Group{param.device(), state.step, {}, {}, {}, {}});
+    Tensor target = param;
+    if (!param.is_contiguous()) {
+      target = param.contiguous();
+      copy_back.emplace_back(&param, target);
+    }
+    group->params.push_back(target);
+    group->grads.push_back(grad);
+    group->exp_avg.push_back(state.tensors.at("exp_avg"));
+    group->exp_avg_sq.push_back(state.tensors.at("exp_avg_sq"));
   }
-  Tensor& exp_avg = state.tensors.at("exp_avg");
-  Tensor& exp_avg_sq = state.tensors.at("exp_avg_sq");
-  exp_avg.mul_(beta1).add_(mul(g, 1.0 - beta1));
-  Tensor g_squared = mul(g, g);
-  exp_avg_sq.mul_(beta2).add_(g_squared.mul_(1.0 - beta2));
 
-  const double t = static_cast<double>(state.step);
-  const double bias_correction1 = 1.0 - std::pow(beta1, t);
-  const double bias_correction2 = 1.0 - std::pow(beta2, t);
-  Tensor denom = sqrt(exp_avg_sq);
-  denom.div_(std::sqrt(bias_correction2)).add_(options_.eps);
-  Tensor step = div(exp_avg, denom);
-  param.sub_(step.mul_(lr / bias_correction1));
+  const auto [beta1, beta2] = options_.betas;
+  for (const Group& g : groups) {
+    const double t = static_cast<double>(g.step);
+    AdamStepArgs args;
+    args.lr = lr();
+    args.beta1 = beta1;
+    args.beta2 = beta2;
+    args.eps = options_.eps;
+    args.weight_decay = options_.weight_decay;
+    args.decay = mode_ == WeightDecayMode::L2 ? AdamWeightDecay::L2 : AdamWeightDecay::Decoupled;
+    args.bias_correction1 = 1.0 - std::pow(beta1, t);
+    args.bias_correction2 = 1.0 - std::pow(beta2, t);
+    adam_step_(g.params, g.grads, g.exp_avg, g.exp_avg_sq, args);
+  }
+  for (auto& [param, updated] : copy_back) param->copy_(updated);
 }
 
 AdamW::AdamW(std::vector<Tensor> params, AdamWOptions options)

@@ -35,7 +35,10 @@ struct AdamWOptions {
 ///   m = beta1 * m + (1 - beta1) * g                 ("exp_avg", zero before the first update)
 ///   v = beta2 * v + (1 - beta2) * g * g             ("exp_avg_sq")
 ///   p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
-/// The bias corrections are host doubles computed from the host step count t.
+/// The bias corrections are host doubles computed from the host step count t. A step updates all
+/// parameters that share a device and a step count with one fused adam_step_ call (core/fused.h:
+/// one kernel launch on CUDA; each element computed in f32, or f64 for f64 parameters, and
+/// rounded once).
 class Adam : public Optimizer {
  public:
   Adam(std::vector<Tensor> params, AdamOptions options = {});
@@ -45,6 +48,7 @@ class Adam : public Optimizer {
  protected:
   Adam(std::vector<Tensor> params, AdamOptions options, WeightDecayMode mode, const char* type_name);
   void update(Tensor& param, const Tensor& grad, ParamState& state) override;
+  void update_all(const std::vector<PendingUpdate>& updates) override;
   std::vector<std::string> state_keys() const override { return {"exp_avg", "exp_avg_sq"}; }
 
  private:

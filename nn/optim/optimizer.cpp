@@ -42,13 +42,18 @@ void Optimizer::set_lr(double lr) {
 void Optimizer::step() {
   autograd::NoGradGuard no_grad;
   ++step_count_;
+  std::vector<PendingUpdate> updates;
   for (size_t i = 0; i < params_.size(); ++i) {
-    const Tensor grad = params_[i].grad();
+    Tensor grad = params_[i].grad();
     if (!grad.defined()) continue;
-    ParamState& state = state_[i];
-    ++state.step;
-    update(params_[i], grad, state);
+    ++state_[i].step;
+    updates.push_back({&params_[i], std::move(grad), &state_[i]});
   }
+  update_all(updates);
+}
+
+void Optimizer::update_all(const std::vector<PendingUpdate>& updates) {
+  for (const PendingUpdate& u : updates) update(*u.param, u.grad, *u.state);
 }
 
 void Optimizer::zero_grad() {

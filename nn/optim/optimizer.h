@@ -67,6 +67,17 @@ class Optimizer {
   /// Updates `param` in place from `grad` (grad mode is off). `state.step` already counts this
   /// update; on the first one (state.step == 1) `state.tensors` is empty and must be filled.
   virtual void update(Tensor& param, const Tensor& grad, ParamState& state) = 0;
+
+  /// One parameter due for an update in this step (it has a gradient).
+  struct PendingUpdate {
+    Tensor* param;
+    Tensor grad;
+    ParamState* state;  // state->step already counts this update
+  };
+  /// Applies every update of one step() (in parameter order, grad mode off). The default calls
+  /// update() on each; an optimizer that updates many parameters at once (Adam's fused kernel)
+  /// overrides it.
+  virtual void update_all(const std::vector<PendingUpdate>& updates);
   /// The names of the state tensors every parameter with state holds (may be empty).
   virtual std::vector<std::string> state_keys() const = 0;
 

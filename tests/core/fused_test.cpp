@@ -1,0 +1,335 @@
+// Fused training ops on the CPU (core/fused.h): cross_entropy_rows (losses and gradients against
+// float64 references, finite-difference gradients in float64, ignore_index, label smoothing,
+// stability, NaN rows, errors) and adam_step_ (against the update rule written out in double,
+// several tensors and dtypes in one call, both weight-decay modes, errors).
+#include "core/fused.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <limits>
+
+#include "core/autograd.h"
+#include "support/gradcheck.h"
+
+namespace flame {
+namespace {
+
+using test::all_close;
+using test::HostRng;
+using test::Layout;
+using test::raises_error;
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// --- cross_entropy_rows -----------------------------------------------------------------------
+
+struct CeCase {
+  int64_t ignore_index;
+  double smoothing;
+};
+
+const std::vector<CeCase>& ce_cases() {
+  static const std::vector<CeCase> cases{{-100, 0.0}, {-100, 0.1}, {2, 0.0}, {2, 0.3}, {-100, 1.0}};
+  return cases;
+}
+
+/// Per-row losses and d(sum_i g_i loss_i)/dx in double (Note [fused cross entropy]).
+struct CeReference {
+  std::vector<double> losses, grad;
+};
+
+CeReference ce_reference(const std::vector<double>& x, int64_t n, int64_t c, const std::vector<int64_t>& target,
+                         const CeCase& o, const std::vector<double>& g) {
+  CeReference ref{std::vector<double>(n, 0.0), std::vector<double>(n * c, 0.0)};
+  for (int64_t i = 0; i < n; ++i) {
+    if (target[i] == o.ignore_index) continue;
+    const double* row = &x[static_cast<size_t>(i * c)];
+    double m = -kInf;
+    for (int64_t j = 0; j < c; ++j) m = std::max(m, row[j]);
+    double s = 0.0, mean = 0.0;
+    for (int64_t j = 0; j < c; ++j) {
+      s += std::exp(row[j] - m);
+      mean += row[j] / static_cast<double>(c);
+    }
+    const double lse = m + std::log(s);
+    // Terms of weight 0 are left out (an infinite logit would make them 0 * inf).
+    if (o.smoothing != 1.0) ref.losses[i] += (1.0 - o.smoothing) * (lse - row[target[i]]);
+    if (o.smoothing != 0.0) ref.losses[i] += o.smoothing * (lse - mean);
+    for (int64_t j = 0; j < c; ++j) {
+      const double q = (j == target[i] ? 1.0 - o.smoothing : 0.0) + o.smoothing / static_cast<double>(c);
+      ref.grad[i * c + j] = g[i] * (std::exp(row[j] - lse) - q);
+    }
+  }
+  return ref;
+}
+
+/// Targets in [0, c) with row 1 ignored under the default ignore_index and row 3 set to class 2
+/// (ignored when ignore_index is 2).
+std::vector<int64_t> make_targets(HostRng& rng, int64_t n, int64_t c, const CeCase& o) {
+  std::vector<int64_t> t;
+  for (int64_t i = 0; i < n; ++i) t.push_back(rng.integer(0, c - 1));
+  if (n > 3) {
+    t[1] = o.ignore_index == -100 ? -100 : 0;
+    t[3] = 2;
+  }
+  return t;
+}
+
+std::string ce_name(DType dtype, const CeCase& o, int64_t n, int64_t c) {
+  return fmt::format("{} [{}, {}] ignore_index {} smoothing {}", dtype_name(dtype), n, c, o.ignore_index, o.smoothing);
+}
+
+TEST(CrossEntropyRows, LossesAndGradientsMatchFloat64Reference) {
+  HostRng rng;
+  for (DType dtype : test::floating_dtypes()) {
+    for (const auto& [n, c] : std::vector<std::pair<int64_t, int64_t>>{{6, 5}, {9, 3}, {4, 17}}) {
+      for (const CeCase& o : ce_cases()) {
+        SCOPED_TRACE(ce_name(dtype, o, n, c));
+        test::guarded([&] {
+          const std::vector<int64_t> target = make_targets(rng, n, c, o);
+          const auto x = test::round_to_dtype(rng.uniform(n * c, -4, 4), dtype);
+          const auto g = test::round_to_dtype(rng.uniform(n, -2, 2), dtype);
+          Tensor logits = test::make_tensor(x, {n, c}, dtype, kCPU, Layout::Transposed);
+          logits.requires_grad_();
+          const Tensor losses = cross_entropy_rows(logits, from_vector(target, {n}, kI64), o.ignore_index, o.smoothing);
+          EXPECT_EQ(losses.dtype(), dtype);
+          EXPECT_TRUE(losses.requires_grad());
+          losses.backward(test::make_tensor(g, {n}, dtype));
+          const CeReference ref = ce_reference(x, n, c, target, o, g);
+          const test::Tolerance tol = test::tolerance_for(dtype).scaled(dtype == kF64 ? 10 : 2);
+          EXPECT_TRUE(all_close(losses, {n}, ref.losses, tol));
+          EXPECT_TRUE(all_close(logits.grad(), {n, c}, ref.grad, tol));
+        });
+      }
+    }
+  }
+}
+
+TEST(CrossEntropyRows, GradientsMatchFiniteDifferences) {
+  HostRng rng;
+  const int64_t n = 6, c = 4;
+  for (const CeCase& o : ce_cases()) {
+    SCOPED_TRACE(ce_name(kF64, o, n, c));
+    const Tensor target = from_vector(make_targets(rng, n, c, o), {n}, kI64);
+    EXPECT_TRUE(test::gradcheck(
+        [o, target](const std::vector<Tensor>& in) {
+          return cross_entropy_rows(in[0], target, o.ignore_index, o.smoothing);
+        },
+        {test::random_f64(rng, {n, c}, -3, 3, Layout::Strided)}, rng));
+  }
+}
+
+TEST(CrossEntropyRows, LargeLogitsStayAccurate) {
+  // The row statistics keep the maximum apart from log sum exp(x - max), so shifting every logit
+  // by a large constant changes neither the losses nor the gradients.
+  const std::vector<double> base{0.5, -1.25, 2.0, 0.0, 1.0, -3.0};
+  const std::vector<int64_t> target{2, 0};
+  const CeCase o{-100, 0.1};
+  const std::vector<double> g{1.0, -0.5};
+  const CeReference ref = ce_reference(base, 2, 3, target, o, g);
+  for (DType dtype : {kF64, kF32}) {
+    for (double shift : {0.0, 1000.0, -30000.0}) {
+      SCOPED_TRACE(fmt::format("{} shift {}", dtype_name(dtype), shift));
+      std::vector<double> x = base;
+      for (double& v : x) v += shift;
+      Tensor logits = test::make_tensor(x, {2, 3}, dtype);
+      logits.requires_grad_();
+      const Tensor losses = cross_entropy_rows(logits, from_vector(target, {2}, kI64), o.ignore_index, o.smoothing);
+      losses.backward(test::make_tensor(g, {2}, dtype));
+      const test::Tolerance tol = test::tolerance_for(dtype).scaled(10);
+      EXPECT_TRUE(all_close(losses, {2}, ref.losses, tol));
+      EXPECT_TRUE(all_close(logits.grad(), {2, 3}, ref.grad, tol));
+    }
+  }
+}
+
+TEST(CrossEntropyRows, NonFiniteLogitsStayInTheirRow) {
+  // Row 0 holds NaN, row 1 +inf (both NaN, as log_softmax gives), row 2 a -inf logit that is not
+  // the target (finite), row 3 is clean.
+  const std::vector<double> x{0.0, kNaN, 1.0, 2.0, kInf, 0.0, -kInf, 1.0, 0.5, 0.25, -0.5, 1.5};
+  const std::vector<int64_t> target{0, 1, 1, 2};
+  Tensor logits = from_vector(x, {4, 3}, kF64);
+  logits.requires_grad_();
+  const Tensor losses = cross_entropy_rows(logits, from_vector(target, {4}, kI64));
+  losses.backward(ones({4}, kF64));
+  const std::vector<double> l = test::host_values(losses);
+  EXPECT_TRUE(std::isnan(l[0]));
+  EXPECT_TRUE(std::isnan(l[1]));
+  const CeReference ref = ce_reference({-kInf, 1.0, 0.5, 0.25, -0.5, 1.5}, 2, 3, {1, 2}, {-100, 0.0}, {1.0, 1.0});
+  EXPECT_NEAR(l[2], ref.losses[0], 1e-12);
+  EXPECT_NEAR(l[3], ref.losses[1], 1e-12);
+  const std::vector<double> grad = test::host_values(logits.grad());
+  for (int j = 0; j < 6; ++j) EXPECT_TRUE(std::isnan(grad[j])) << j;
+  for (int j = 0; j < 6; ++j) EXPECT_NEAR(grad[6 + j], ref.grad[j], 1e-12) << j;
+}
+
+TEST(CrossEntropyRows, IgnoredRowsGiveZeroAndEmptyBatchesWork) {
+  Tensor logits = rand({3, 4}, kF64);
+  logits.requires_grad_();
+  const Tensor losses = cross_entropy_rows(logits, full({3}, 7, kI64), 7, 0.2);
+  EXPECT_TRUE(all_close(losses, {3}, {0, 0, 0}, {}));
+  losses.sum().backward();
+  EXPECT_TRUE(all_close(logits.grad(), {3, 4}, std::vector<double>(12, 0.0), {}));
+  EXPECT_TRUE(all_close(cross_entropy_rows(zeros({0, 4}), zeros({0}, kI64)), {0}, {}, {}));
+  EXPECT_TRUE(all_close(cross_entropy_rows(zeros({0, 0}), zeros({0}, kI64)), {0}, {}, {}));
+  Tensor empty_logits = zeros({0, 4}, kF64);
+  empty_logits.requires_grad_();
+  cross_entropy_rows(empty_logits, zeros({0}, kI64)).backward(zeros({0}, kF64));
+  EXPECT_EQ(empty_logits.grad().shape(), Shape({0, 4}));
+}
+
+TEST(CrossEntropyRows, BadArgumentsRaise) {
+  const Tensor logits = zeros({4, 3});
+  const Tensor target = zeros({4}, kI64);
+  EXPECT_TRUE(raises_error([&] { cross_entropy_rows(zeros({4}), target); }, {"cross_entropy_rows", "[4]", "2-D"}));
+  EXPECT_TRUE(raises_error([&] { cross_entropy_rows(zeros({4, 3}, kI32), target); }, {"cross_entropy_rows", "i32"}));
+  EXPECT_TRUE(raises_error([&] { cross_entropy_rows(logits, zeros({4}, kI32)); }, {"cross_entropy_rows", "i64"}));
+  EXPECT_TRUE(raises_error([&] { cross_entropy_rows(logits, zeros({5}, kI64)); }, {"cross_entropy_rows", "[5]"}));
+  EXPECT_TRUE(raises_error([&] { cross_entropy_rows(zeros({4, 0}), target); }, {"cross_entropy_rows", "[4, 0]"}));
+  EXPECT_TRUE(raises_error([&] { cross_entropy_rows(logits, target, -100, -0.1); }, {"label_smoothing", "-0.1"}));
+  EXPECT_TRUE(raises_error(
+      [&] {
+        cross_entropy_rows(logits, from_vector<int64_t>({0, 3, 1, 2}, {4}, kI64));
+      },
+      {"cross_entropy", "target[1] = 3", "[4, 3]", "< 3"}));
+  EXPECT_TRUE(raises_error(
+      [&] {
+        cross_entropy_rows(logits, from_vector<int64_t>({0, 1, 1, -1}, {4}, kI64), 5);
+      },
+      {"target[3] = -1", "ignore_index 5"}));
+}
+
+// --- adam_step_ -----------------------------------------------------------------------------------
+
+const std::vector<Shape> kAdamShapes{{3, 5}, {7}, {0}, {1}, {2, 2, 3}};
+
+struct AdamState {
+  std::vector<std::vector<double>> p, g, m, v;
+};
+
+/// The update rule of Note [fused adam] in double, on every entry.
+void adam_reference(AdamState& s, const AdamStepArgs& a) {
+  const bool l2 = a.weight_decay != 0.0 && a.decay == AdamWeightDecay::L2;
+  const bool decoupled = a.weight_decay != 0.0 && a.decay == AdamWeightDecay::Decoupled;
+  for (size_t i = 0; i < s.p.size(); ++i) {
+    for (size_t k = 0; k < s.p[i].size(); ++k) {
+      double g = s.g[i][k], p = s.p[i][k];
+      if (l2) g += a.weight_decay * p;
+      if (decoupled) p *= 1.0 - a.lr * a.weight_decay;
+      s.m[i][k] = a.beta1 * s.m[i][k] + (1.0 - a.beta1) * g;
+      s.v[i][k] = a.beta2 * s.v[i][k] + (1.0 - a.beta2) * g * g;
+      const double m_hat = s.m[i][k] / a.bias_correction1, v_hat = s.v[i][k] / a.bias_correction2;
+      s.p[i][k] = p - a.lr * m_hat / (std::sqrt(v_hat) + a.eps);
+    }
+  }
+}
+
+AdamStepArgs adam_args(AdamWeightDecay decay, double weight_decay, int step) {
+  AdamStepArgs a;
+  a.lr = 0.05;
+  a.beta1 = 0.8;
+  a.beta2 = 0.95;
+  a.eps = 1e-6;
+  a.weight_decay = weight_decay;
+  a.decay = decay;
+  a.bias_correction1 = 1.0 - std::pow(a.beta1, step);
+  a.bias_correction2 = 1.0 - std::pow(a.beta2, step);
+  return a;
+}
+
+std::vector<Tensor> to_tensors(const std::vector<std::vector<double>>& values, DType dtype,
+                               Layout layout = Layout::Contiguous) {
+  std::vector<Tensor> out;
+  for (size_t i = 0; i < values.size(); ++i)
+    out.push_back(test::make_tensor(values[i], kAdamShapes[i], dtype, kCPU, layout));
+  return out;
+}
+
+std::vector<double> random_rounded(HostRng& rng, int64_t n, double lo, double hi, DType dtype) {
+  return test::round_to_dtype(rng.uniform(n, lo, hi), dtype);
+}
+
+TEST(AdamStep, ThreeStepsMatchTheUpdateRuleInDouble) {
+  HostRng rng;
+  for (DType dtype : test::floating_dtypes()) {
+    for (const auto& [decay, wd] : std::vector<std::pair<AdamWeightDecay, double>>{
+             {AdamWeightDecay::L2, 0.0}, {AdamWeightDecay::L2, 0.1}, {AdamWeightDecay::Decoupled, 0.1}}) {
+      SCOPED_TRACE(fmt::format("{} {} weight_decay {}", dtype_name(dtype),
+                               decay == AdamWeightDecay::L2 ? "L2" : "decoupled", wd));
+      test::guarded([&] {
+        AdamState s;
+        for (const Shape& shape : kAdamShapes) {
+          s.p.push_back(random_rounded(rng, test::numel_of(shape), -1, 1, dtype));
+          s.m.emplace_back(s.p.back().size(), 0.0);
+          s.v.emplace_back(s.p.back().size(), 0.0);
+        }
+        const std::vector<Tensor> params = to_tensors(s.p, dtype), m = to_tensors(s.m, dtype),
+                                  v = to_tensors(s.v, dtype);
+        for (int step = 1; step <= 3; ++step) {
+          s.g.clear();
+          for (const Shape& shape : kAdamShapes)
+            s.g.push_back(random_rounded(rng, test::numel_of(shape), -1, 1, dtype));
+          const AdamStepArgs args = adam_args(decay, wd, step);
+          // Gradients in a strided layout: adam_step_ takes any layout for them.
+          adam_step_(params, to_tensors(s.g, dtype, Layout::Strided), m, v, args);
+          adam_reference(s, args);
+          // f16/bf16 are rounded once per step, so the reference drifts from them by an ulp per step.
+          const test::Tolerance tol = dtype == kF64   ? test::Tolerance{1e-12, 1e-13}
+                                      : dtype == kF32 ? test::Tolerance{2e-6, 2e-7}
+                                                      : test::tolerance_for(dtype).scaled(4);
+          for (size_t i = 0; i < params.size(); ++i) {
+            SCOPED_TRACE(fmt::format("step {} entry {}", step, i));
+            EXPECT_TRUE(all_close(params[i], kAdamShapes[i], s.p[i], tol));
+            EXPECT_TRUE(all_close(m[i], kAdamShapes[i], s.m[i], tol));
+            EXPECT_TRUE(all_close(v[i], kAdamShapes[i], s.v[i], tol));
+            // Round the reference's state to what the tensors hold, so later steps start alike.
+            s.p[i] = test::host_values(params[i]);
+            s.m[i] = test::host_values(m[i]);
+            s.v[i] = test::host_values(v[i]);
+          }
+        }
+      });
+    }
+  }
+}
+
+TEST(AdamStep, EntriesOfDifferentDtypesShareOneCall) {
+  const Tensor p32 = from_vector<double>({1.0, -2.0}, {2}, kF32), p64 = from_vector<double>({0.5}, {1}, kF64);
+  const Tensor g32 = from_vector<double>({0.5, 0.25}, {2}, kF32), g64 = from_vector<double>({-1.0}, {1}, kF64);
+  const Tensor m32 = zeros({2}, kF32), v32 = zeros({2}, kF32), m64 = zeros({1}, kF64), v64 = zeros({1}, kF64);
+  AdamStepArgs args = adam_args(AdamWeightDecay::L2, 0.0, 1);
+  adam_step_({p32, p64}, {g32, g64}, {m32, m64}, {v32, v64}, args);
+  // First step without weight decay: p -= lr * sign(g) (up to eps).
+  EXPECT_TRUE(all_close(p32, {2}, {1.0 - args.lr, -2.0 - args.lr}, {1e-5, 1e-5}));
+  EXPECT_TRUE(all_close(p64, {1}, {0.5 + args.lr}, {1e-5, 1e-6}));
+}
+
+TEST(AdamStep, BadArgumentsRaiseAndWriteNothing) {
+  const Tensor p = ones({2, 3}), g = ones({2, 3}), m = zeros({2, 3}), v = zeros({2, 3});
+  const AdamStepArgs args = adam_args(AdamWeightDecay::Decoupled, 0.1, 1);
+  EXPECT_TRUE(raises_error([&] { adam_step_({p}, {g, g}, {m}, {v}, args); }, {"adam_step_", "one length"}));
+  EXPECT_TRUE(raises_error([&] { adam_step_({p}, {ones({3})}, {m}, {v}, args); }, {"adam_step_", "entry 0", "shape"}));
+  EXPECT_TRUE(raises_error([&] { adam_step_({p}, {ones({2, 3}, kF64)}, {m}, {v}, args); }, {"adam_step_", "f64"}));
+  EXPECT_TRUE(raises_error([&] { adam_step_({ones({3, 2}).t()}, {g}, {m}, {v}, args); }, {"adam_step_", "contiguous"}));
+  AdamStepArgs bad = args;
+  bad.bias_correction1 = 0.0;
+  EXPECT_TRUE(raises_error([&] { adam_step_({p}, {g}, {m}, {v}, bad); }, {"adam_step_", "bias correction"}));
+  bad = args;
+  bad.beta2 = 1.0;
+  EXPECT_TRUE(raises_error([&] { adam_step_({p}, {g}, {m}, {v}, bad); }, {"adam_step_", "betas"}));
+  Tensor leaf = ones({2, 3});
+  leaf.requires_grad_();
+  EXPECT_TRUE(raises_error([&] { adam_step_({leaf}, {g}, {m}, {v}, args); }, {"adam_step_", "NoGradGuard"}));
+  EXPECT_TRUE(all_close(p, {2, 3}, std::vector<double>(6, 1.0), {}));
+  EXPECT_TRUE(all_close(m, {2, 3}, std::vector<double>(6, 0.0), {}));
+  {
+    autograd::NoGradGuard no_grad;
+    EXPECT_NO_THROW(adam_step_({leaf}, {g}, {m}, {v}, args));
+  }
+  EXPECT_LT(leaf.to_vector<double>()[0], 1.0);
+}
+
+}  // namespace
+}  // namespace flame
