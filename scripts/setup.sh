@@ -6,7 +6,8 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build ccache pkg-config git python3 python3-pip
   libopenmpi-dev openmpi-bin
-  libhdf5-dev
+  libhdf5-dev libssl-dev
+  dataset-fashion-mnist
   libspdlog-dev libfmt-dev
   libgtest-dev
   libopenblas-dev
@@ -23,10 +24,10 @@ if ((${#missing[@]})); then
   $sudo_cmd apt-get update -qq
   $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-# Python packages the tests use (safetensors interop checks).
-if ! python3 -c "import safetensors, numpy" >/dev/null 2>&1; then
+# Python packages the tests use (safetensors and h5py interop checks).
+if ! python3 -c "import safetensors, numpy, h5py" >/dev/null 2>&1; then
   pip_install=(python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore)
   # A Debian-managed python3 refuses plain pip installs (PEP 668); pyenv's or a venv's does not.
-  "${pip_install[@]}" safetensors numpy 2>/dev/null || "${pip_install[@]}" --break-system-packages safetensors numpy
+  "${pip_install[@]}" safetensors numpy h5py 2>/dev/null || "${pip_install[@]}" --break-system-packages safetensors numpy h5py
 fi
 echo "setup: all packages present"
