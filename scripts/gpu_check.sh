@@ -65,6 +65,9 @@ if [ -d "$root/.debs" ] && compgen -G "$root/.debs/*.deb" >/dev/null; then
   done
   prefix_path="$prefix/usr;$prefix/usr/lib/x86_64-linux-gnu/cmake"
   export LD_LIBRARY_PATH="$prefix/usr/lib/x86_64-linux-gnu:$prefix/usr/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  # Debian's multiarch headers (e.g. openssl/configuration.h) sit under include/x86_64-linux-gnu.
+  export CPATH="$prefix/usr/include/x86_64-linux-gnu:$prefix/usr/include${CPATH:+:$CPATH}"
+  export LIBRARY_PATH="$prefix/usr/lib/x86_64-linux-gnu${LIBRARY_PATH:+:$LIBRARY_PATH}"
   debs=("$root"/.debs/*.deb)
   note "carried packages: ${#debs[@]} .deb unpacked into $prefix"
 fi
@@ -153,7 +156,8 @@ run_bench() {
   local name=$1
   shift
   section "$name" | tee -a "$out/bench.log"
-  timeout 300 "$@" >"$tmp/$name.out" 2>"$tmp/$name.err"
+  # bench_timeout: seconds allowed (300 unless a caller sets it, e.g. as a local).
+  timeout "${bench_timeout:-300}" "$@" >"$tmp/$name.out" 2>"$tmp/$name.err"
   local rc=$?
   cat "$tmp/$name.out" "$tmp/$name.err"
   cat "$tmp/$name.out" "$tmp/$name.err" >>"$out/bench.log"
@@ -166,7 +170,46 @@ run_bench() {
   fi
 }
 
+# Loader throughput (issue 4): flame-prep converts Fashion-MNIST (the idx files carried in
+# .data/fashion-mnist) and writes a synthetic 2 GiB token stream (2^30 u16 tokens, windows of 1024)
+# into /tmp/flame-data; loader_bench measures each (workers 1, 2, 4 x disk, memory; 2 s each).
+# The whole step is time-boxed to loader_budget seconds: each command gets what is left of it.
+loader_budget=150
+loader_step() {
+  local name=$1
+  shift
+  local bench_timeout=$((loader_deadline - $(date +%s)))
+  if [ "$bench_timeout" -le 0 ]; then
+    bench_results+=("$name NOT RUN (the loader step's ${loader_budget} s were spent)")
+    status=1
+    return 1
+  fi
+  local before=${#bench_results[@]}
+  run_bench "$name" "$@"
+  [[ "${bench_results[$before]}" == *" ok" ]]
+}
+run_loader_benches() {
+  local prep="$build/launch/prep/flame-prep" bench="$build/bench/loader_bench" data=/tmp/flame-data
+  if [ ! -x "$prep" ] || [ ! -x "$bench" ]; then
+    bench_results+=("loader_bench NOT BUILT (flame-prep or loader_bench missing)")
+    status=1
+    return
+  fi
+  loader_deadline=$(($(date +%s) + loader_budget))
+  rm -rf "$data"
+  if compgen -G "$root/.data/fashion-mnist/*.gz" >/dev/null; then
+    loader_step prep_fashion_mnist "$prep" fashion-mnist --source "$root/.data/fashion-mnist" --out "$data/fmnist" &&
+      loader_step loader_fashion_mnist "$bench" --data "$data/fmnist/train" --name fashion-mnist --seconds 2
+  else
+    bench_results+=("loader_bench fashion-mnist NOT RUN (no $root/.data/fashion-mnist/*.gz)")
+  fi
+  loader_step prep_tokens "$prep" synthetic --kind tokens --tokens 1073741824 --window 1024 --out "$data/tokens" &&
+    loader_step loader_tokens "$bench" --data "$data/tokens" --name tokens-2GB --seconds 2
+  note "loader step: $(($(date +%s) + loader_budget - loader_deadline)) s of its ${loader_budget} s budget"
+}
+
 if [ $built -eq 1 ]; then
+  run_loader_benches
   for program in matmul_bench elementwise_bench op_overhead_bench cnn_step_bench; do
     if [ -x "$build/bench/$program" ]; then
       run_bench "$program" "$build/bench/$program"

@@ -1,6 +1,7 @@
 // flame-prep: Fashion-MNIST conversion checked against the idx files read independently here,
 // text round trips, synthetic datasets against their closed form (Note [synthetic content]), and
 // verify on good and damaged datasets, through the library and through the flame-prep binary.
+#include <cstdlib>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -28,7 +29,11 @@ namespace {
 
 namespace fs = std::filesystem;
 
-const char* kFashionMnistDir = "/usr/share/datasets/fashion-mnist";
+/// Debian's dataset-fashion-mnist package (scripts/setup.sh installs it), or $FLAME_FASHION_MNIST_DIR.
+std::string fashion_mnist_dir() {
+  const char* env = std::getenv("FLAME_FASHION_MNIST_DIR");
+  return env && *env ? env : "/usr/share/datasets/fashion-mnist";
+}
 
 /// A fresh directory under the system temp dir, removed at the end of the test.
 class TempDir {
@@ -114,13 +119,17 @@ int run_prep(const std::string& args, std::string* output) {
 // --- Fashion-MNIST -----------------------------------------------------------------------------
 
 TEST(PrepFashionMnist, TestSplitMatchesIdxFiles) {
-  const std::vector<uint8_t> raw_images = gunzip(std::string(kFashionMnistDir) + "/t10k-images-idx3-ubyte.gz");
-  const std::vector<uint8_t> raw_labels = gunzip(std::string(kFashionMnistDir) + "/t10k-labels-idx1-ubyte.gz");
+  const std::string source = fashion_mnist_dir();
+  if (!fs::exists(source + "/t10k-images-idx3-ubyte.gz"))
+    GTEST_SKIP() << "Fashion-MNIST idx files not found in " << source
+                 << ": install Debian's dataset-fashion-mnist (scripts/setup.sh) or set FLAME_FASHION_MNIST_DIR";
+  const std::vector<uint8_t> raw_images = gunzip(source + "/t10k-images-idx3-ubyte.gz");
+  const std::vector<uint8_t> raw_labels = gunzip(source + "/t10k-labels-idx1-ubyte.gz");
   ASSERT_EQ(raw_images.size(), 16u + 10000u * 784u);
   ASSERT_EQ(raw_labels.size(), 8u + 10000u);
 
   TempDir tmp;
-  FashionMnistOptions options{kFashionMnistDir, tmp.path().string(), 3000, 1};
+  FashionMnistOptions options{source, tmp.path().string(), 3000, 1};
   const data::Manifest manifest = convert_fashion_mnist_split(options, fashion_mnist_splits()[1]);
   ASSERT_EQ(manifest.shards.size(), 4u);
   EXPECT_EQ(manifest.shards[0].samples, 3000);
