@@ -23,24 +23,6 @@ constexpr int64_t kWarpRowLimit = 1024;
 
 enum class RowGroup { Warp, Block };
 
-template <class C>
-__device__ __forceinline__ C exp_of(C x) {
-  if constexpr (std::is_same_v<C, double>) {
-    return exp(x);
-  } else {
-    return expf(x);
-  }
-}
-
-template <class C>
-__device__ __forceinline__ C log_of(C x) {
-  if constexpr (std::is_same_v<C, double>) {
-    return log(x);
-  } else {
-    return logf(x);
-  }
-}
-
 // Running maximum and sum of exp(x - max) of part of a row. Gives what the two-pass reference
 // gives: a NaN anywhere makes the sum NaN, and so does +inf (its own term is exp(inf - inf));
 // -inf terms add 0 once a finite maximum is known, and a row of only -inf sums to NaN.

@@ -109,6 +109,25 @@ __device__ __forceinline__ bool is_nan(C value) {
   }
 }
 
+// exp and log in the compute type's precision (precise expf/logf for float, exp/log for double).
+template <class C>
+__device__ __forceinline__ C exp_of(C x) {
+  if constexpr (std::is_same_v<C, double>) {
+    return exp(x);
+  } else {
+    return expf(x);
+  }
+}
+
+template <class C>
+__device__ __forceinline__ C log_of(C x) {
+  if constexpr (std::is_same_v<C, double>) {
+    return log(x);
+  } else {
+    return logf(x);
+  }
+}
+
 // --- host-side dtype dispatch --------------------------------------------------------------
 
 template <class T>

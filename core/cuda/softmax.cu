@@ -27,24 +27,6 @@ __device__ __forceinline__ C nan_max(C a, C b) {
   return (is_nan(a) || a >= b) ? a : b;
 }
 
-template <class C>
-__device__ __forceinline__ C exp_of(C x) {
-  if constexpr (std::is_same_v<C, double>) {
-    return exp(x);
-  } else {
-    return expf(x);
-  }
-}
-
-template <class C>
-__device__ __forceinline__ C log_of(C x) {
-  if constexpr (std::is_same_v<C, double>) {
-    return log(x);
-  } else {
-    return logf(x);
-  }
-}
-
 // How the threads of a block share rows: a warp per row (short rows) or the whole block per row.
 enum class RowGroup { Warp, Block };
 
