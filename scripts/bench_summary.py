@@ -7,8 +7,9 @@ Prints one table row per FLAME measurement: its figure, the baseline it is held 
 same program (raw cuBLAS for matmul, cudaMemcpy for add) with the ratio and its target (for
 cnn_step, an absolute target: at most 1.0 ms per training step), and the PyTorch figure from the
 same run with FLAME's speed relative to it (> 1: FLAME is faster). Then
-the correctness figures (relative L2 error against float64) of the matmuls. Only reports: the
-exit status is 0 unless the file cannot be read.
+the correctness figures (relative L2 error against float64) of the matmuls, then the loader
+throughput rows (bench/loader_bench: samples/s, MB/s, tokens/s per rank, held against issue 4's
+targets when delivered on a GPU). Only reports: the exit status is 0 unless the file cannot be read.
 """
 import json
 import sys
@@ -26,6 +27,9 @@ ROWS = [
 # bench -> (unit, most allowed).
 TIME_TARGETS = {"cnn_step": ("ms/step", 1.0)}
 TIME_UNITS = {"us/op", "ms", "ms/step"}
+# Loader targets per rank, delivered on the GPU (issue 4): dataset name prefix -> (JSON key, least
+# allowed, what it counts).
+LOADER_TARGETS = {"fashion-mnist": ("value", 800e3, "images/s"), "tokens": ("tokens_per_s", 1.5e6, "tokens/s")}
 
 
 def load(path):
@@ -61,8 +65,10 @@ def main(argv):
         print("no benchmark figures (bench.jsonl is empty: see bench.log)")
         return 0
 
+    loader = [r for r in records if r["bench"] == "loader"]
+    records = [r for r in records if r["bench"] != "loader"]
     index = {(r["bench"], r["impl"], r["dtype"], r["size"]): r for r in records}
-    devices = sorted({r.get("device", "?") for r in records})
+    devices = sorted({r.get("device", "?") for r in records + loader})
     print(f"device: {', '.join(devices)}")
 
     header = ("benchmark", "flame", "baseline", "ratio", "target", "torch", "flame/torch speed")
@@ -99,9 +105,7 @@ def main(argv):
                 speed_cell = f"{speed:.2f}x"
             rows.append((label, f"{fmt_value(value)} {unit}", base_cell, ratio_cell, target_cell,
                          f"{fmt_value(torch['value'] if torch else None)} {unit}", speed_cell))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print_table(rows)
 
     errors = [r for r in records if r["bench"] == "matmul_rel_err"]
     if errors:
@@ -112,7 +116,41 @@ def main(argv):
                      for impl in ("flame", "cublas", "torch")
                      if ("matmul_rel_err", impl, dtype, size) in index]
             print(f"  {dtype} {size}: " + ", ".join(parts))
+    print_loader(loader)
     return 0
+
+
+def loader_target(record):
+    """The target cell of one loader row: met, missed, or n/a (no target, or not on a GPU)."""
+    for prefix, (key, least, what) in LOADER_TARGETS.items():
+        if record["dataset"].startswith(prefix):
+            if record.get("device", "cpu").startswith("cpu"):
+                return f">={least:.3g} {what} n/a (cpu)"
+            value = record.get(key)
+            return f">={least:.3g} {what} " + ("n/a" if value is None else "ok" if value >= least else "BELOW")
+    return "-"
+
+
+def print_loader(records):
+    if not records:
+        return
+    header = ("loader (per rank)", "samples/s", "MB/s", "tokens/s", "target")
+    rows = [header]
+    for r in sorted(records, key=lambda r: (r["dataset"], r["mode"], r["workers"])):
+        tokens = r.get("tokens_per_s")
+        rows.append((f"{r['dataset']} {r['mode']} {r['workers']} workers b{r.get('batch', '?')}",
+                     fmt_value(r["value"]), fmt_value(r["mb_per_s"]), "-" if tokens is None else fmt_value(tokens),
+                     loader_target(r)))
+    print_table(rows)
+
+
+def print_table(rows):
+    """Prints rows[0] (the header) and the other rows in aligned columns; nothing without data rows."""
+    if len(rows) < 2:
+        return
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
 if __name__ == "__main__":

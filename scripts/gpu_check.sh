@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one script run on the GPU machine (docs: ../shared/DEVICE.md, "How to work there"):
 # configure (Release, sm_90, Ninja), build with all cores, run the cuda and cpu tests, the mpi
-# tests when 2+ GPUs are present, then the benchmarks and the PyTorch reference in the same run.
+# tests when 2+ GPUs are present, then the benchmarks (the data loader's first, on Fashion-MNIST from
+# .data/fashion-mnist and a synthetic 2 GiB token set) and the PyTorch reference in the same run.
 # Logs go to $OUT (./gpu-out when unset): build.log, test.log, bench.jsonl (every JSON line,
 # FLAME's and torch's), bench.log, device.txt, summary.txt. The summary is printed last.
 #
