@@ -1,0 +1,81 @@
+// Process groups and collective communication across MPI ranks (DESIGN.md, dist/).
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace flame::dist {
+
+/// Where this process sits in the job. Read from MPI (rank, world size) and from the launcher's
+/// environment for the local rank (OMPI_COMM_WORLD_LOCAL_RANK under mpirun, SLURM_LOCALID under
+/// srun). A plain process with no launcher is rank 0 of 1 and needs no MPI daemon.
+struct ProcessGroup {
+  int rank = 0;
+  int world_size = 1;
+  int local_rank = 0;
+  int local_world_size = 1;
+
+  /// Initialises MPI once per process (MPI_Init_thread, funneled) when launched under mpirun or
+  /// srun, or when FLAME_FORCE_MPI=1; otherwise returns the single-process group. Thread-safe.
+  static const ProcessGroup& init();
+  /// The CUDA device this rank uses: cuda:local_rank. Raises flame::Error when the node has fewer
+  /// GPUs than local ranks.
+  Device cuda_device() const;
+  bool is_distributed() const { return world_size > 1; }
+};
+
+/// Finalises MPI if init() started it (call once at the end of main; safe to call when not).
+void finalize();
+
+/// Brings the whole job down (MPI_Abort) after logging `reason`; used when a rank fails so that
+/// the others never wait forever.
+[[noreturn]] void abort_job(const std::string& reason, int exit_code = 1);
+
+enum class ReduceOp { Sum, Avg };
+
+/// Collectives over all ranks of the process group. Every rank must call the same collectives in
+/// the same order with tensors of the same shape and dtype. Failures (an NCCL error, a timeout)
+/// raise flame::Error naming the collective, `what` (e.g. "bucket 3") and the rank.
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  /// In place; Avg divides by the world size.
+  virtual void all_reduce(const Tensor& tensor, ReduceOp op, const std::string& what = "") = 0;
+  /// In place: every rank receives root's values.
+  virtual void broadcast(const Tensor& tensor, int root, const std::string& what = "") = 0;
+  /// output = concatenation of every rank's input along dim 0 (output is [W * n, ...]).
+  virtual void all_gather(const Tensor& input, const Tensor& output, const std::string& what = "") = 0;
+  /// output (shape input / W along dim 0) = this rank's share of the reduction of input.
+  virtual void reduce_scatter(const Tensor& input, const Tensor& output, ReduceOp op,
+                              const std::string& what = "") = 0;
+  virtual void barrier() = 0;
+  /// Waits until every collective issued so far has finished (for NCCL: the communication stream
+  /// is drained, polling for asynchronous errors and the timeout).
+  virtual void synchronize() = 0;
+
+  const ProcessGroup& group() const { return group_; }
+
+ protected:
+  explicit Communicator(const ProcessGroup& group) : group_(group) {}
+  ProcessGroup group_;
+};
+
+struct CommunicatorOptions {
+  /// A collective that has not completed after this long raises (and the job is aborted).
+  std::chrono::milliseconds timeout{std::chrono::minutes(5)};
+};
+
+/// MPI collectives on CPU tensors (the backend the whole distributed path is tested with on CI).
+std::unique_ptr<Communicator> make_mpi_communicator(const ProcessGroup& group, CommunicatorOptions options = {});
+/// NCCL collectives on CUDA tensors of group.cuda_device(), on their own stream; the unique id is
+/// broadcast over MPI. Raises flame::Error in a build without CUDA.
+std::unique_ptr<Communicator> make_nccl_communicator(const ProcessGroup& group, CommunicatorOptions options = {});
+/// The communicator for tensors on `device`: NCCL for CUDA, MPI for the CPU.
+std::unique_ptr<Communicator> make_communicator(const ProcessGroup& group, Device device,
+                                                CommunicatorOptions options = {});
+
+}  // namespace flame::dist

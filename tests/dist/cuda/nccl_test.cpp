@@ -1,0 +1,114 @@
+// NCCL collectives on CUDA tensors, run under mpirun -np 2 on a machine with two GPUs (skipped,
+// with the reason, on fewer). Closed forms of the rank and world size W, as in collectives_test.
+#include <gtest/gtest.h>
+
+#include <chrono>
+
+#include "core/cuda_device.h"
+#include "core/ops.h"
+#include "dist/communicator.h"
+#include "support/test_support.h"
+
+namespace flame::test {
+namespace {
+
+using dist::ReduceOp;
+
+class Nccl : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    const auto& group = dist::ProcessGroup::init();
+    if (cuda::device_count() < 2 || cuda::device_count() < group.local_world_size) return;
+    comm_ = dist::make_nccl_communicator(group, {std::chrono::seconds(30)}).release();
+  }
+  static void TearDownTestSuite() {
+    delete comm_;
+    comm_ = nullptr;
+  }
+  void SetUp() override {
+    if (comm_ == nullptr) {
+      GTEST_SKIP() << "needs at least 2 CUDA devices and one per local rank, found " << cuda::device_count()
+                   << (cuda::device_count() == 0 ? " (" + cuda_unavailable_reason() + ")" : "");
+    }
+  }
+  static const dist::ProcessGroup& group() { return dist::ProcessGroup::init(); }
+  int rank() const { return group().rank; }
+  int world() const { return group().world_size; }
+  Device device() const { return group().cuda_device(); }
+  static dist::Communicator* comm_;
+};
+dist::Communicator* Nccl::comm_ = nullptr;
+
+std::vector<double> iota(int64_t n, double start = 0.0) {
+  std::vector<double> v(n);
+  for (int64_t i = 0; i < n; ++i) v[i] = start + static_cast<double>(i);
+  return v;
+}
+
+TEST_F(Nccl, AllReduceSumIsTriangularNumber) {
+  for (DType dtype : {kF32, kF64, kF16, kBF16, kI32, kI64, kU8}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    // Computed on the compute stream right before the collective, consumed right after it.
+    Tensor t = full({1000}, rank() + 1, {dtype, device()});
+    comm_->all_reduce(t, ReduceOp::Sum, "sum");
+    Tensor doubled = t.to(kF64).mul_(2.0);
+    EXPECT_TRUE(all_close(doubled, {1000}, std::vector<double>(1000, world() * (world() + 1.0)), tolerance_for(dtype)));
+  }
+}
+
+TEST_F(Nccl, AllReduceAvg) {
+  for (DType dtype : floating_dtypes()) {
+    SCOPED_TRACE(dtype_name(dtype));
+    Tensor t = full({33}, rank() + 1, {dtype, device()});
+    comm_->all_reduce(t, ReduceOp::Avg);
+    EXPECT_TRUE(all_close(t, {33}, std::vector<double>(33, (world() + 1) / 2.0), tolerance_for(dtype)));
+  }
+}
+
+TEST_F(Nccl, AllReduceNonContiguousView) {
+  Tensor base = full({4, 6}, -1.0, {kF32, device()});
+  Tensor view = base.slice(1, 0, 6, 2);
+  view.fill_(rank() + 1);
+  comm_->all_reduce(view, ReduceOp::Sum);
+  std::vector<double> expected(24);
+  for (int64_t i = 0; i < 24; ++i) expected[i] = (i % 2 == 0) ? world() * (world() + 1) / 2.0 : -1.0;
+  EXPECT_TRUE(all_close(base, {4, 6}, expected, tolerance_for(kF32)));
+}
+
+TEST_F(Nccl, BroadcastFromRootOne) {
+  Tensor t = make_tensor(iota(6, 10.0 * rank()), {2, 3}, kF32, device());
+  comm_->broadcast(t, 1, "weights");
+  EXPECT_TRUE(all_close(t, {2, 3}, iota(6, 10.0), tolerance_for(kF32)));
+}
+
+TEST_F(Nccl, AllGatherAndReduceScatter) {
+  Tensor input = make_tensor(iota(6, 6.0 * rank()), {2, 3}, kI64, device());
+  Tensor output = full({2 * world(), 3}, -1.0, {kI64, device()});
+  comm_->all_gather(input, output);
+  EXPECT_TRUE(all_close(output, {2 * world(), 3}, iota(6 * world()), tolerance_for(kI64)));
+
+  Tensor big = make_tensor(iota(6 * world(), 1.0), {2 * world(), 3}, kF64, device());
+  big.mul_(rank() + 1.0);
+  Tensor share = empty({2, 3}, {kF64, device()});
+  comm_->reduce_scatter(big, share, ReduceOp::Sum);
+  std::vector<double> expected(6);
+  for (int64_t i = 0; i < 6; ++i) expected[i] = (6.0 * rank() + i + 1) * world() * (world() + 1) / 2.0;
+  EXPECT_TRUE(all_close(share, {2, 3}, expected, tolerance_for(kF64)));
+}
+
+TEST_F(Nccl, BarrierAndSynchronize) {
+  comm_->barrier();
+  comm_->synchronize();
+  SUCCEED();
+}
+
+TEST_F(Nccl, WrongDeviceRaises) {
+  Tensor cpu = ones({4});
+  EXPECT_TRUE(raises_error([&] { comm_->all_reduce(cpu, ReduceOp::Sum, "bucket 1"); },
+                           {"all_reduce", "cpu", "make_mpi_communicator"}));
+  Tensor ints = ones({4}, {kI32, device()});
+  EXPECT_TRUE(raises_error([&] { comm_->all_reduce(ints, ReduceOp::Avg); }, {"all_reduce", "Avg"}));
+}
+
+}  // namespace
+}  // namespace flame::test
