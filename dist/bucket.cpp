@@ -1,0 +1,195 @@
+#include "dist/bucket.h"
+
+#include <fmt/format.h>
+
+#include <map>
+#include <utility>
+
+#include "core/autograd.h"
+
+namespace flame::dist {
+
+std::vector<std::vector<size_t>> assign_buckets(const std::vector<Tensor>& params, const BucketOptions& options) {
+  FLAME_CHECK(options.first_bucket_bytes > 0 && options.bucket_cap_bytes > 0,
+              "DistributedDataParallel: bucket caps must be positive (first_bucket_bytes {}, bucket_cap_bytes {})",
+              options.first_bucket_bytes, options.bucket_cap_bytes);
+  struct Open {
+    size_t bucket;
+    size_t bytes;
+    size_t cap;
+  };
+  std::vector<std::vector<size_t>> buckets;
+  std::map<std::pair<int, std::string>, Open> open;  // (dtype, device) -> the bucket being filled
+  for (size_t k = params.size(); k-- > 0;) {
+    const Tensor& p = params[k];
+    const auto key = std::make_pair(static_cast<int>(p.dtype()), p.device().str());
+    auto it = open.find(key);
+    if (it != open.end() && it->second.bytes > 0 && it->second.bytes + p.nbytes() > it->second.cap) {
+      open.erase(it);
+      it = open.end();
+    }
+    if (it == open.end()) {
+      const size_t cap = buckets.empty() ? options.first_bucket_bytes : options.bucket_cap_bytes;
+      it = open.emplace(key, Open{buckets.size(), 0, cap}).first;
+      buckets.emplace_back();
+    }
+    buckets[it->second.bucket].push_back(k);
+    it->second.bytes += p.nbytes();
+  }
+  return buckets;
+}
+
+std::shared_ptr<Reducer> Reducer::make(nn::NamedTensors params, Communicator& communicator, BucketOptions options,
+                                       UnusedParameters unused) {
+  auto reducer = std::make_shared<Reducer>(std::move(params), communicator, options, unused);
+  reducer->register_hooks();
+  return reducer;
+}
+
+Reducer::Reducer(nn::NamedTensors params, Communicator& communicator, BucketOptions options, UnusedParameters unused)
+    : params_(std::move(params)), communicator_(communicator), unused_(unused) {
+  FLAME_CHECK(!params_.empty(), "DistributedDataParallel: the module has no parameters to synchronise");
+  std::vector<Tensor> tensors;
+  const Device device = params_.front().second.device();
+  for (const auto& [name, p] : params_) {
+    FLAME_CHECK(p.is_leaf() && p.requires_grad() && is_floating(p.dtype()) && p.is_contiguous(),
+                "DistributedDataParallel: parameter '{}' ({}) must be a contiguous floating-point leaf that "
+                "requires grad",
+                name, p.describe());
+    FLAME_CHECK(p.device() == device,
+                "DistributedDataParallel: parameter '{}' is on {} but '{}' is on {}; every parameter must be on "
+                "the communicator's device (call module->to(device) first)",
+                name, p.device().str(), params_.front().first, device.str());
+    tensors.push_back(p);
+  }
+  bucket_of_.resize(params_.size());
+  slot_of_.resize(params_.size());
+  param_ready_.assign(params_.size(), false);
+  for (const std::vector<size_t>& members : assign_buckets(tensors, options)) {
+    Bucket bucket;
+    int64_t numel = 0;
+    for (size_t k : members) numel += tensors[k].numel();
+    const Tensor& first = tensors[members.front()];
+    bucket.flat = zeros({numel}, TensorOptions(first.dtype(), first.device()));
+    int64_t offset = 0;
+    for (size_t k : members) {
+      bucket_of_[k] = buckets_.size();
+      slot_of_[k] = bucket.params.size();
+      bucket.params.push_back(k);
+      bucket.views.push_back(bucket.flat.narrow(0, offset, tensors[k].numel()).view(tensors[k].shape()));
+      offset += tensors[k].numel();
+    }
+    bucket.pending = members.size();
+    buckets_.push_back(std::move(bucket));
+  }
+}
+
+void Reducer::register_hooks() {
+  std::weak_ptr<Reducer> weak = weak_from_this();
+  for (size_t k = 0; k < params_.size(); ++k) {
+    params_[k].second.register_grad_ready_hook([weak, k](const Tensor&) {
+      if (auto reducer = weak.lock()) reducer->on_grad_ready(k);
+    });
+  }
+}
+
+void Reducer::on_grad_ready(size_t param) {
+  adopt_grad(param);
+  if (sync_ == GradSync::AccumulateLocally) return;
+  FLAME_CHECK(!param_ready_[param],
+              "DistributedDataParallel: parameter '{}' got a gradient twice without synchronize_gradients() in "
+              "between. Call synchronize_gradients() after every backward outside no_sync() (before the "
+              "optimizer step), or run accumulation steps inside no_sync()",
+              params_[param].first);
+  mark_ready(param);
+}
+
+void Reducer::adopt_grad(size_t param) {
+  const Tensor& p = params_[param].second;
+  Tensor view = buckets_[bucket_of_[param]].views[slot_of_[param]];  // a handle: copy_ is non-const
+  autograd::NoGradGuard no_grad;
+  const Tensor grad = p.grad();
+  if (grad.defined() && grad.is_same(view)) return;
+  if (grad.defined()) {
+    view.copy_(grad);
+    p.set_grad(view);
+  } else {
+    view.zero_();
+  }
+}
+
+void Reducer::mark_ready(size_t param) {
+  param_ready_[param] = true;
+  ++ready_params_;
+  Bucket& bucket = buckets_[bucket_of_[param]];
+  if (--bucket.pending == 0) {
+    bucket.ready = true;
+    launch_ready_buckets();
+  }
+}
+
+void Reducer::launch_ready_buckets() {
+  // Note [ddp buckets]: strictly in index order on every rank.
+  const double scale = 1.0 / communicator_.group().world_size;
+  autograd::NoGradGuard no_grad;
+  while (next_launch_ < buckets_.size() && buckets_[next_launch_].ready) {
+    Bucket& bucket = buckets_[next_launch_];
+    if (scale != 1.0) bucket.flat.mul_(scale);
+    communicator_.all_reduce(bucket.flat, ReduceOp::Sum, fmt::format("DDP bucket {}", next_launch_));
+    launch_log_.push_back(next_launch_);
+    ++next_launch_;
+  }
+}
+
+void Reducer::finish() {
+  std::vector<int32_t> used(params_.size(), 0);  // [P]: 1 where this rank produced a gradient
+  for (size_t k = 0; k < params_.size(); ++k) used[k] = param_ready_[k] ? 1 : 0;
+  for (size_t k = 0; k < params_.size(); ++k) {
+    if (param_ready_[k]) continue;
+    adopt_grad(k);
+    mark_ready(k);
+  }
+  const Device device = params_.front().second.device();
+  Tensor counts = from_vector(used, {static_cast<int64_t>(used.size())}, TensorOptions(DType::I32, device));
+  communicator_.all_reduce(counts, ReduceOp::Sum, "DDP used-parameter counts");
+  communicator_.synchronize();
+  const std::vector<int32_t> global = counts.to_vector<int32_t>();  // [P]: ranks that used each
+  reset_round();
+
+  const int world = communicator_.group().world_size;
+  for (size_t k = 0; k < params_.size(); ++k) {
+    if (global[k] == world) continue;
+    const std::string& name = params_[k].first;
+    FLAME_CHECK(unused_ == UnusedParameters::Ignore,
+                "DistributedDataParallel: parameter '{}' received no gradient on {} of {} ranks{} in this "
+                "backward. Likely causes: it is not used by forward() for every input, or its output does not "
+                "reach the loss. Make every parameter take part in the loss, or construct DDP with "
+                "DdpOptions::unused_parameters = UnusedParameters::Ignore",
+                name, world - global[k], world, used[k] ? "" : " (including this one)");
+    const Tensor& p = params_[k].second;
+    if (used[k] == 0 && !p.grad().defined() && global[k] > 0) p.set_grad(buckets_[bucket_of_[k]].views[slot_of_[k]]);
+  }
+}
+
+void Reducer::zero_grads() {
+  FLAME_CHECK(!round_in_progress(),
+              "DistributedDataParallel: zero_grad() while a backward's reduction is unfinished; call "
+              "synchronize_gradients() first");
+  autograd::NoGradGuard no_grad;
+  for (Bucket& bucket : buckets_) {
+    bucket.flat.zero_();
+    for (size_t k = 0; k < bucket.params.size(); ++k) params_[bucket.params[k]].second.set_grad(bucket.views[k]);
+  }
+}
+
+void Reducer::reset_round() {
+  for (Bucket& bucket : buckets_) {
+    bucket.pending = bucket.params.size();
+    bucket.ready = false;
+  }
+  param_ready_.assign(params_.size(), false);
+  ready_params_ = 0;
+  next_launch_ = 0;
+}
+
+}  // namespace flame::dist

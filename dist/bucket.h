@@ -1,0 +1,134 @@
+// The gradient reducer behind DistributedDataParallel: flat buckets, gradient-ready hooks, and
+// all-reduces launched in bucket order during backward (DESIGN.md dist/, STYLE.md point 5).
+//
+// Note [ddp buckets]
+// Parameters are assigned to buckets in reverse registration order (the order backward roughly
+// produces their gradients), one open bucket per (dtype, device); a bucket is closed when the next
+// parameter would take it past its cap: first_bucket_bytes for the first bucket created,
+// bucket_cap_bytes for every later one (a parameter larger than the cap gets a bucket of its own).
+// Bucket indices follow creation order. Each bucket is one flat contiguous tensor
+//   flat: [numel of its parameters, summed]   (the parameters' dtype, on their device)
+// and each of its parameters owns a view of it, view(i) = flat[offset_i : offset_i + numel_i]
+// shaped like the parameter.
+//
+// Gradient as bucket view. A parameter's gradient-ready hook (Note [autograd engine]) first makes
+// sure the parameter's .grad is its bucket view: when .grad is some other tensor (the first
+// backward, or any backward after zero_grad(set_to_none), which gives AccumulateGrad a fresh
+// buffer), the hook copies it into the view and calls set_grad(view). From then on autograd adds
+// later gradients into the view in place, so accumulation under no_sync() happens in the bucket
+// and the reduced result is already in .grad: there is no copy back after the all-reduce.
+// DDP's zero_grad() zeroes the buckets and keeps the views as gradients (PyTorch's
+// zero_grad(set_to_none=False) with gradient_as_bucket_view), so then even the first copy is
+// skipped; the optimizer's zero_grad() (set_to_none) costs one copy per parameter per step.
+//
+// Reduction. Outside no_sync(), the hook then counts the parameter ready in its bucket. When a
+// bucket's pending count reaches 0 it is marked ready, and every ready bucket from the lowest
+// index not yet launched upwards is launched: flat *= 1/W, then communicator.all_reduce(flat, Sum).
+// So buckets are launched strictly in index order on every rank (if bucket 2 is ready before
+// bucket 1, it waits for 1), and each rank issues the same collectives in the same order. With
+// NCCL the communicator orders its stream after the compute stream (an event, no host sync), so
+// the hook never blocks; with MPI the all-reduce runs in the hook.
+// Scaling the local sum by 1/W before the sum-reduction gives the mean over ranks; a .grad that
+// already held a gradient (synchronised in an earlier step, so equal on every rank) keeps it:
+// old + mean(new), as PyTorch.
+//
+// Finishing. A hook cannot know that backward has ended, so the user calls finish() (DDP's
+// synchronize_gradients()) after backward. finish() launches the buckets still pending, in order,
+// with a parameter that got no gradient on this rank contributing its current .grad (zeros when it
+// has none); then all-reduces a small "used" count per parameter [P] (i32) so that every rank
+// learns which parameters some rank left without a gradient; then waits for the communicator.
+// With UnusedParameters::Error every rank raises, naming the first such parameter; with Ignore a
+// parameter some rank used gets the mean (its bucket view) as .grad, and one no rank used keeps
+// no gradient. Because the collectives stay matched, a rank's missing gradient never leaves the
+// others waiting. Cost: one extra tiny all-reduce and a [P] i32 read back to the host per step,
+// after the communicator has been drained (finish() waits for the reductions anyway).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dist/communicator.h"
+#include "nn/module.h"
+
+namespace flame::dist {
+
+/// What DDP does when a parameter gets no gradient in a backward on some rank.
+enum class UnusedParameters {
+  Error,   // synchronize_gradients() raises on every rank, naming the parameter
+  Ignore,  // it contributes nothing; it keeps no gradient unless another rank produced one
+};
+
+/// Whether gradient-ready hooks reduce (the default) or only accumulate locally (no_sync()).
+enum class GradSync { Reduce, AccumulateLocally };
+
+/// How parameters are packed into buckets (Note [ddp buckets]).
+struct BucketOptions {
+  size_t first_bucket_bytes = size_t{1} << 20;
+  size_t bucket_cap_bytes = size_t{25} << 20;
+};
+
+/// One flat bucket: its tensor and the parameters it holds (indices into the reducer's list).
+struct Bucket {
+  Tensor flat;                 // [sum of numel], the parameters' dtype and device
+  std::vector<size_t> params;  // in bucket order (reverse registration order)
+  std::vector<Tensor> views;   // views[k]: flat's slice for params[k], shaped like it
+  size_t pending = 0;          // parameters not yet ready in the current round
+  bool ready = false;
+};
+
+/// Assigns parameters to buckets (Note [ddp buckets]): returns, per bucket, the parameter indices
+/// in bucket order. Pure function of the shapes, dtypes and devices, so identical on every rank.
+std::vector<std::vector<size_t>> assign_buckets(const std::vector<Tensor>& params, const BucketOptions& options);
+
+/// The reducer. Registers one gradient-ready hook per parameter; the hooks hold only a weak
+/// reference, so they do nothing once the reducer is gone.
+class Reducer : public std::enable_shared_from_this<Reducer> {
+ public:
+  /// Use make(); the parameters must be distinct contiguous leaves, in registration order.
+  static std::shared_ptr<Reducer> make(nn::NamedTensors params, Communicator& communicator, BucketOptions options,
+                                       UnusedParameters unused);
+  Reducer(nn::NamedTensors params, Communicator& communicator, BucketOptions options, UnusedParameters unused);
+
+  /// See Note [ddp buckets]: launches what is pending, resolves unused parameters, waits for the
+  /// communicator and starts a new round. Raises for unused parameters under Error (on every rank).
+  void finish();
+  /// Zeroes every bucket and makes each parameter's .grad its (zero) bucket view, so the next
+  /// backward accumulates straight into the buckets with no copy (Note [ddp buckets]).
+  void zero_grads();
+  /// True between the first reducing hook of a backward and finish().
+  bool round_in_progress() const { return ready_params_ > 0; }
+
+  void set_grad_sync(GradSync sync) { sync_ = sync; }
+  GradSync grad_sync() const { return sync_; }
+
+  const std::vector<Bucket>& buckets() const { return buckets_; }
+  /// Bucket indices in the order their all-reduces were launched, since construction.
+  const std::vector<size_t>& launch_log() const { return launch_log_; }
+  const nn::NamedTensors& params() const { return params_; }
+
+ private:
+  void register_hooks();
+  void on_grad_ready(size_t param);
+  /// Makes the parameter's .grad its bucket view (copying a foreign gradient in, or zeroing the
+  /// view when there is none).
+  void adopt_grad(size_t param);
+  void mark_ready(size_t param);
+  void launch_ready_buckets();
+  void reset_round();
+
+  nn::NamedTensors params_;
+  Communicator& communicator_;
+  UnusedParameters unused_;
+  GradSync sync_ = GradSync::Reduce;
+  std::vector<Bucket> buckets_;
+  std::vector<size_t> bucket_of_;  // per parameter
+  std::vector<size_t> slot_of_;    // per parameter: its index within its bucket
+  std::vector<bool> param_ready_;  // per parameter, this round
+  size_t ready_params_ = 0;
+  size_t next_launch_ = 0;
+  std::vector<size_t> launch_log_;
+};
+
+}  // namespace flame::dist

@@ -1,0 +1,148 @@
+#include "dist/checksum.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/autograd.h"
+
+namespace flame::dist {
+namespace {
+
+constexpr size_t kDescriptionBytes = 192;  // one entry's description, gathered when ranks differ
+
+std::string describe_entry(const nn::NamedTensors& tensors, size_t index) {
+  if (index >= tensors.size()) return fmt::format("nothing (it has only {} entries)", tensors.size());
+  const auto& [name, t] = tensors[index];
+  return fmt::format("'{}' {} {}", name, shape_str(t.shape()), dtype_name(t.dtype()));
+}
+
+/// All-gathers one fixed-size string per rank.
+std::vector<std::string> gather_strings(const std::string& mine, Communicator& communicator, Device device) {
+  const int world = communicator.group().world_size;
+  std::vector<uint8_t> bytes(kDescriptionBytes, 0);  // [kDescriptionBytes], NUL-padded
+  std::memcpy(bytes.data(), mine.data(), std::min(mine.size(), kDescriptionBytes - 1));
+  Tensor input = from_vector(bytes, {static_cast<int64_t>(kDescriptionBytes)}, TensorOptions(DType::U8, device));
+  Tensor output = zeros({world * static_cast<int64_t>(kDescriptionBytes)}, TensorOptions(DType::U8, device));
+  communicator.all_gather(input, output, "DDP signature description");
+  communicator.synchronize();
+  const std::vector<uint8_t> all = output.to_vector<uint8_t>();  // [W * kDescriptionBytes]
+  std::vector<std::string> out;
+  for (int r = 0; r < world; ++r) out.emplace_back(reinterpret_cast<const char*>(all.data() + r * kDescriptionBytes));
+  return out;
+}
+
+std::vector<int64_t> gather_i64(const std::vector<int64_t>& mine, Communicator& communicator, Device device,
+                                const std::string& what) {
+  const int64_t n = static_cast<int64_t>(mine.size());
+  Tensor input = from_vector(mine, {n}, TensorOptions(DType::I64, device));
+  Tensor output = zeros({communicator.group().world_size * n}, TensorOptions(DType::I64, device));
+  communicator.all_gather(input, output, what);
+  communicator.synchronize();
+  return output.to_vector<int64_t>();  // [W * n]
+}
+
+bool agree(double a, double b, double rtol) {
+  if (std::isnan(a) || std::isnan(b)) return std::isnan(a) && std::isnan(b);
+  if (a == b) return true;
+  return std::abs(a - b) <= rtol * std::max(std::abs(a), std::abs(b));
+}
+
+}  // namespace
+
+uint64_t parameter_signature(const std::string& name, const Tensor& tensor) {
+  const std::string text = fmt::format("{}|{}|{}", name, shape_str(tensor.shape()), dtype_name(tensor.dtype()));
+  uint64_t hash = 14695981039346656037ull;
+  for (unsigned char c : text) {
+    hash ^= c;
+    hash *= 1099511628211ull;
+  }
+  return hash;
+}
+
+void verify_same_signatures(const nn::NamedTensors& tensors, Communicator& communicator, const std::string& what) {
+  const int world = communicator.group().world_size;
+  const Device device = tensors.empty() ? kCPU : tensors.front().second.device();
+  std::vector<int64_t> hashes;  // [P]
+  uint64_t combined = 0;
+  for (const auto& [name, t] : tensors) {
+    const uint64_t h = parameter_signature(name, t);
+    hashes.push_back(static_cast<int64_t>(h));
+    combined = combined * 31 + h;
+  }
+  const std::vector<int64_t> summary =  // [W * 2]: (count, combined hash) per rank
+      gather_i64({static_cast<int64_t>(tensors.size()), static_cast<int64_t>(combined)}, communicator, device,
+                 "DDP " + what + " signature");
+  bool same = true;
+  int64_t max_count = 0;
+  std::string counts;
+  for (int r = 0; r < world; ++r) {
+    same = same && summary[2 * r] == summary[0] && summary[2 * r + 1] == summary[1];
+    max_count = std::max(max_count, summary[2 * r]);
+    counts += fmt::format("{}{}", r ? ", " : "", summary[2 * r]);
+  }
+  if (same) return;
+
+  hashes.resize(static_cast<size_t>(max_count), 0);
+  const std::vector<int64_t> all = gather_i64(hashes, communicator, device, "DDP " + what + " signatures");
+  size_t index = 0;
+  int rank = 0;
+  for (size_t i = 0; i < static_cast<size_t>(max_count) && rank == 0; ++i) {
+    for (int r = 1; r < world; ++r) {
+      if (all[r * max_count + i] != all[i]) {
+        index = i;
+        rank = r;
+        break;
+      }
+    }
+  }
+  const std::vector<std::string> descriptions = gather_strings(describe_entry(tensors, index), communicator, device);
+  FLAME_CHECK(
+      false,
+      "DistributedDataParallel: the ranks hold different {}s. {} #{} (registration order) is {} on rank 0 but {} "
+      "on rank {} ({} counts per rank: [{}]). Every rank must construct the same model with the same "
+      "configuration before wrapping it",
+      what, what, index, descriptions[0], descriptions[rank], rank, what, counts);
+}
+
+Tensor parameter_checksums(const nn::NamedTensors& tensors) {
+  FLAME_CHECK(!tensors.empty(), "parameter_checksums: no tensors");
+  autograd::NoGradGuard no_grad;
+  std::vector<Tensor> rows;
+  for (const auto& [name, t] : tensors) {
+    const Tensor x = t.detach().to(DType::F64);
+    rows.push_back(stack({sum(x), sum(x * x)}));
+  }
+  return stack(rows);  // [P, 2]
+}
+
+void check_in_sync(const nn::NamedTensors& tensors, Communicator& communicator, const std::string& when, double rtol) {
+  const int world = communicator.group().world_size;
+  const int64_t count = static_cast<int64_t>(tensors.size());
+  const Tensor local = parameter_checksums(tensors);
+  Tensor gathered = zeros({world * count, 2}, TensorOptions(DType::F64, local.device()));
+  communicator.all_gather(local, gathered, "DDP parameter checksums");
+  communicator.synchronize();
+  const std::vector<double> all = gathered.to_vector<double>();  // [W * P * 2]
+  for (int64_t i = 0; i < count; ++i) {
+    const double s0 = all[2 * i], q0 = all[2 * i + 1];
+    std::string diverging;
+    for (int r = 1; r < world; ++r) {
+      const double s = all[2 * (r * count + i)], q = all[2 * (r * count + i) + 1];
+      if (agree(s, s0, rtol) && agree(q, q0, rtol)) continue;
+      diverging +=
+          fmt::format("{}rank {} has (sum {:.17g}, sum of squares {:.17g})", diverging.empty() ? "" : "; ", r, s, q);
+    }
+    FLAME_CHECK(diverging.empty(),
+                "DistributedDataParallel: parameters diverged across ranks {}: '{}' has (sum {:.17g}, sum of "
+                "squares {:.17g}) on rank 0 but {}. Every rank must apply the same update: look for a rank-"
+                "dependent random draw, an optimizer step skipped or repeated on some rank, or a gradient or "
+                "parameter changed outside DDP",
+                when, tensors[i].first, s0, q0, diverging);
+  }
+}
+
+}  // namespace flame::dist

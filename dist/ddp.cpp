@@ -1,0 +1,67 @@
+#include "dist/ddp.h"
+
+#include <fmt/format.h>
+
+#include <utility>
+
+#include "core/autograd.h"
+#include "dist/checksum.h"
+
+namespace flame::dist {
+
+DistributedDataParallel::DistributedDataParallel(std::shared_ptr<nn::Module> module, Communicator& communicator,
+                                                 DdpOptions options)
+    : module_(std::move(module)), communicator_(communicator), options_(options) {
+  FLAME_CHECK(module_ != nullptr, "DistributedDataParallel: the module is null");
+  FLAME_CHECK(options_.check_every_n_steps >= 0 && options_.checksum_rtol >= 0,
+              "DistributedDataParallel: check_every_n_steps ({}) and checksum_rtol ({}) must be >= 0",
+              options_.check_every_n_steps, options_.checksum_rtol);
+  const nn::NamedTensors params = module_->named_parameters();
+  const nn::NamedTensors buffers = module_->named_buffers();
+  verify_same_signatures(params, communicator_, "parameter");
+  if (!buffers.empty()) verify_same_signatures(buffers, communicator_, "buffer");
+  {
+    autograd::NoGradGuard no_grad;
+    for (const auto& [name, p] : params) communicator_.broadcast(p, 0, "DDP parameter " + name);
+    for (const auto& [name, b] : buffers) communicator_.broadcast(b, 0, "DDP buffer " + name);
+  }
+  reducer_ = Reducer::make(params, communicator_, BucketOptions{options_.first_bucket_bytes, options_.bucket_cap_bytes},
+                           options_.unused_parameters);
+  communicator_.synchronize();
+}
+
+Tensor DistributedDataParallel::forward(const Tensor& input) {
+  FLAME_CHECK(!reducer_->round_in_progress(),
+              "DistributedDataParallel: forward() while the previous backward's gradients are still being "
+              "reduced; call synchronize_gradients() after backward (before the optimizer step)");
+  return module_->forward(input);
+}
+
+void DistributedDataParallel::synchronize_gradients() {
+  if (reducer_->grad_sync() == GradSync::AccumulateLocally) return;
+  reducer_->finish();
+}
+
+DistributedDataParallel::NoSyncGuard::NoSyncGuard(Reducer& reducer) : reducer_(reducer) {
+  FLAME_CHECK(reducer_.grad_sync() == GradSync::Reduce, "DistributedDataParallel: no_sync() is already active");
+  FLAME_CHECK(!reducer_.round_in_progress(),
+              "DistributedDataParallel: no_sync() while a backward's reduction is unfinished; call "
+              "synchronize_gradients() first");
+  reducer_.set_grad_sync(GradSync::AccumulateLocally);
+}
+
+DistributedDataParallel::NoSyncGuard::~NoSyncGuard() { reducer_.set_grad_sync(GradSync::Reduce); }
+
+DistributedDataParallel::NoSyncGuard DistributedDataParallel::no_sync() { return NoSyncGuard(*reducer_); }
+
+void DistributedDataParallel::check_parameters_in_sync(const std::string& when) {
+  check_in_sync(module_->named_parameters(), communicator_, when, options_.checksum_rtol);
+}
+
+void DistributedDataParallel::after_step() {
+  ++steps_;
+  if (options_.check_every_n_steps > 0 && steps_ % options_.check_every_n_steps == 0)
+    check_parameters_in_sync(fmt::format("after step {}", steps_));
+}
+
+}  // namespace flame::dist

@@ -1,0 +1,112 @@
+// DistributedDataParallel: data-parallel training of one Module replicated on every rank
+// (DESIGN.md dist/; the reducer is in dist/bucket.h, Note [ddp buckets]).
+//
+// Usage, per rank:
+//   auto comm = make_communicator(ProcessGroup::init(), device);
+//   DistributedDataParallel ddp(model, *comm);          // broadcasts rank 0's parameters
+//   AdamW opt(ddp.parameters());
+//   for (...) {
+//     ddp.zero_grad();                                  // or opt.zero_grad()
+//     Tensor loss = loss_fn(ddp.forward(x_local), y_local);
+//     loss.backward();                                  // buckets are all-reduced as they fill
+//     ddp.synchronize_gradients();                      // .grad = mean over ranks
+//     opt.step();
+//     ddp.after_step();                                 // periodic desynchronisation check
+//   }
+// Gradient accumulation: run the first micro-steps' backward inside `auto guard = ddp.no_sync();`
+// and the last one outside it; that backward reduces the accumulated sum.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dist/bucket.h"
+#include "dist/communicator.h"
+#include "nn/module.h"
+
+namespace flame::dist {
+
+struct DdpOptions {
+  /// Cap of the first bucket (small, so the first all-reduce starts early in backward).
+  size_t first_bucket_bytes = size_t{1} << 20;
+  /// Cap of every later bucket.
+  size_t bucket_cap_bytes = size_t{25} << 20;
+  UnusedParameters unused_parameters = UnusedParameters::Error;
+  /// after_step() runs check_parameters_in_sync() every this many steps (0: never).
+  int64_t check_every_n_steps = 0;
+  /// Relative tolerance of the checksum comparison (0: bitwise-equal checksums, as identical
+  /// updates give).
+  double checksum_rtol = 0.0;
+};
+
+class DistributedDataParallel {
+ public:
+  /// Collective: checks that every rank holds the same parameter and buffer names, shapes and
+  /// dtypes (raising on every rank, naming the first mismatch), broadcasts rank 0's parameters and
+  /// buffers, builds the buckets and registers the gradient-ready hooks. Every parameter must be
+  /// on the communicator's device. `communicator` must outlive this object.
+  DistributedDataParallel(std::shared_ptr<nn::Module> module, Communicator& communicator, DdpOptions options = {});
+  DistributedDataParallel(const DistributedDataParallel&) = delete;
+  DistributedDataParallel& operator=(const DistributedDataParallel&) = delete;
+
+  /// The module's forward. Raises if the previous backward's reduction was never finished with
+  /// synchronize_gradients() (it would mix two steps' gradients).
+  Tensor forward(const Tensor& input);
+  Tensor operator()(const Tensor& input) { return forward(input); }
+
+  /// Collective, after every backward outside no_sync() and before the optimizer step: launches
+  /// the buckets still pending, waits for every all-reduce, and leaves each parameter's .grad the
+  /// mean over ranks (a view into its bucket). Parameters without a gradient on some rank are
+  /// handled by DdpOptions::unused_parameters (Note [ddp buckets]). Inside no_sync() it does
+  /// nothing.
+  void synchronize_gradients();
+
+  /// Sets every parameter's gradient to zero in place: each .grad becomes its zeroed bucket view,
+  /// so backward accumulates straight into the buckets (no copy, no allocation). Unlike the
+  /// optimizer's zero_grad() (set_to_none), every parameter then has a gradient, so under
+  /// UnusedParameters::Ignore a parameter no rank uses gets a zero gradient (and AdamW still
+  /// decays it). Raises while a reduction is unfinished.
+  void zero_grad() { reducer_->zero_grads(); }
+
+  /// While alive, gradient-ready hooks only accumulate locally (no communication); the first
+  /// backward after it ends reduces everything accumulated. Not nestable.
+  class NoSyncGuard {
+   public:
+    explicit NoSyncGuard(Reducer& reducer);
+    ~NoSyncGuard();
+    NoSyncGuard(const NoSyncGuard&) = delete;
+    NoSyncGuard& operator=(const NoSyncGuard&) = delete;
+
+   private:
+    Reducer& reducer_;
+  };
+  [[nodiscard]] NoSyncGuard no_sync();
+
+  /// Collective and synchronising (read back to the host): raises flame::Error on every rank when
+  /// some parameter's checksum differs from rank 0's, naming `when`, the parameter and the ranks
+  /// (dist/checksum.h).
+  void check_parameters_in_sync(const std::string& when);
+  /// Counts optimizer steps; every DdpOptions::check_every_n_steps-th call runs
+  /// check_parameters_in_sync("after step N").
+  void after_step();
+
+  nn::Module& module() { return *module_; }
+  const std::shared_ptr<nn::Module>& module_ptr() const { return module_; }
+  std::vector<Tensor> parameters() const { return module_->parameters(); }
+  Communicator& communicator() { return communicator_; }
+  const DdpOptions& options() const { return options_; }
+  int64_t steps() const { return steps_; }
+  /// The buckets (Note [ddp buckets]) and the order their all-reduces were launched in.
+  const Reducer& reducer() const { return *reducer_; }
+
+ private:
+  std::shared_ptr<nn::Module> module_;
+  Communicator& communicator_;
+  DdpOptions options_;
+  std::shared_ptr<Reducer> reducer_;
+  int64_t steps_ = 0;
+};
+
+}  // namespace flame::dist

@@ -1,0 +1,360 @@
+// DistributedDataParallel on the CPU with the MPI communicator (run under mpirun -np 2 / -np 4; also
+// runs as one process, world size 1). Every rank also trains the single-process reference on the
+// whole global batch and compares: data parallelism must not change the result.
+#include "dist/ddp.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/autograd.h"
+#include "core/ops.h"
+#include "dist/communicator.h"
+#include "nn/activation.h"
+#include "nn/linear.h"
+#include "nn/loss.h"
+#include "nn/module.h"
+#include "nn/optim/adam.h"
+
+namespace flame::dist {
+namespace {
+
+constexpr int64_t kIn = 6, kHidden = 16, kOut = 3;
+
+/// One communicator for the whole test program, released before main() (tests/dist/mpi_test_main.cpp)
+/// finalises MPI.
+class MpiEnvironment : public ::testing::Environment {
+ public:
+  void TearDown() override { communicator.reset(); }
+  std::unique_ptr<Communicator> communicator;
+};
+MpiEnvironment* const g_env = static_cast<MpiEnvironment*>(::testing::AddGlobalTestEnvironment(new MpiEnvironment));
+
+Communicator& comm() {
+  if (!g_env->communicator) g_env->communicator = make_mpi_communicator(ProcessGroup::init());
+  return *g_env->communicator;
+}
+int rank() { return comm().group().rank; }
+int world() { return comm().group().world_size; }
+
+/// Linear(6,16) - Tanh - Linear(16,16) - Tanh - Linear(16,3), initialised from `seed`.
+std::shared_ptr<nn::Sequential> make_mlp(uint64_t seed, int64_t hidden = kHidden) {
+  manual_seed(seed);
+  return std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+      std::make_shared<nn::Linear>(kIn, hidden), std::make_shared<nn::Tanh>(),
+      std::make_shared<nn::Linear>(hidden, kHidden), std::make_shared<nn::Tanh>(),
+      std::make_shared<nn::Linear>(kHidden, kOut)});
+}
+
+/// A copy of `source`'s architecture and values (the single-process reference).
+std::shared_ptr<nn::Sequential> clone_mlp(const nn::Module& source) {
+  auto copy = make_mlp(999);
+  nn::NamedTensors values;
+  for (const auto& [name, t] : source.state_dict()) values.emplace_back(name, t.clone());
+  copy->load_state_dict(values);
+  return copy;
+}
+
+/// The global batch, identical on every rank: x [n, 6], y [n, 3].
+struct Batch {
+  Tensor x, y;
+  Batch slice(int64_t start, int64_t length) const {
+    return {x.narrow(0, start, length).contiguous(), y.narrow(0, start, length).contiguous()};
+  }
+};
+Batch global_batch(int64_t n, uint64_t seed) {
+  Generator gen(seed);
+  Tensor x = randn({n, kIn}, {}, &gen);
+  Tensor y = randn({n, kOut}, {}, &gen);
+  return {x, y};
+}
+
+double max_abs_diff(const Tensor& a, const Tensor& b) {
+  const std::vector<double> va = a.to(DType::F64).to_vector<double>();
+  const std::vector<double> vb = b.to(DType::F64).to_vector<double>();
+  EXPECT_EQ(va.size(), vb.size());
+  double worst = 0;
+  for (size_t i = 0; i < va.size(); ++i) worst = std::max(worst, std::abs(va[i] - vb[i]));
+  return worst;
+}
+
+void expect_same_parameters(const nn::Module& got, const nn::Module& want, double tolerance, const std::string& at) {
+  const nn::NamedTensors g = got.named_parameters(), w = want.named_parameters();
+  ASSERT_EQ(g.size(), w.size());
+  for (size_t i = 0; i < g.size(); ++i)
+    EXPECT_LE(max_abs_diff(g[i].second, w[i].second), tolerance) << g[i].first << " " << at << " rank " << rank();
+}
+
+void expect_same_grads(const nn::Module& got, const nn::Module& want, double tolerance, const std::string& at) {
+  const nn::NamedTensors g = got.named_parameters(), w = want.named_parameters();
+  for (size_t i = 0; i < g.size(); ++i) {
+    ASSERT_TRUE(g[i].second.grad().defined()) << g[i].first;
+    EXPECT_LE(max_abs_diff(g[i].second.grad(), w[i].second.grad()), tolerance)
+        << "grad of " << g[i].first << " " << at << " rank " << rank();
+  }
+}
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+DdpOptions small_buckets() {
+  DdpOptions options;
+  options.first_bucket_bytes = 64;  // the last layer's bias and part of its weight
+  options.bucket_cap_bytes = 512;
+  return options;
+}
+
+TEST(Ddp, BroadcastsRankZerosParametersAndBucketsInReverseOrder) {
+  auto model = make_mlp(100 + rank());  // every rank starts different
+  DistributedDataParallel ddp(model, comm(), small_buckets());
+  auto expected = make_mlp(100);  // rank 0's initialisation
+  expect_same_parameters(*model, *expected, 0.0, "after construction");
+
+  const auto& buckets = ddp.reducer().buckets();
+  ASSERT_GE(buckets.size(), 3u);
+  // Reverse registration order across buckets: the flattened bucket order is P-1, ..., 0.
+  size_t expect = model->named_parameters().size();
+  for (const Bucket& bucket : buckets) {
+    for (size_t k : bucket.params) EXPECT_EQ(k, --expect);
+    EXPECT_EQ(bucket.flat.numel(), [&] {
+      int64_t n = 0;
+      for (const Tensor& v : bucket.views) n += v.numel();
+      return n;
+    }());
+  }
+  EXPECT_EQ(expect, 0u);
+  EXPECT_LE(buckets[0].flat.nbytes(), 64u);
+}
+
+TEST(Ddp, MatchesSingleProcessTrainingOnTheGlobalBatch) {
+  constexpr int64_t kLocal = 5;
+  const int64_t global = kLocal * world();
+  auto model = make_mlp(200 + rank());
+  DistributedDataParallel ddp(model, comm(), small_buckets());
+  auto reference = clone_mlp(*model);
+  optim::AdamW opt(ddp.parameters(), {.lr = 1e-2});
+  optim::AdamW ref_opt(reference->parameters(), {.lr = 1e-2});
+  const size_t n_buckets = ddp.reducer().buckets().size();
+
+  for (int step = 0; step < 3; ++step) {
+    const Batch batch = global_batch(global, 7 + step);
+    const Batch mine = batch.slice(rank() * kLocal, kLocal);
+    opt.zero_grad();
+    nn::mse_loss(ddp.forward(mine.x), mine.y).backward();
+    ddp.synchronize_gradients();
+    ref_opt.zero_grad();
+    nn::mse_loss(reference->forward(batch.x), batch.y).backward();
+    expect_same_grads(*model, *reference, 2e-6, "step " + std::to_string(step));
+    opt.step();
+    ref_opt.step();
+    ddp.after_step();
+
+    // Every bucket was all-reduced exactly once, in index order.
+    const std::vector<size_t>& log = ddp.reducer().launch_log();
+    ASSERT_EQ(log.size(), (step + 1) * n_buckets);
+    for (size_t b = 0; b < n_buckets; ++b) EXPECT_EQ(log[step * n_buckets + b], b);
+  }
+  expect_same_parameters(*model, *reference, 1e-5, "after 3 AdamW steps");
+  ddp.check_parameters_in_sync("after the equivalence test");
+  // The gradient is the bucket's view: accumulation happens in the bucket.
+  const Tensor& last_bias = model->named_parameters().back().second;
+  EXPECT_EQ(last_bias.grad().storage(), ddp.reducer().buckets()[0].flat.storage());
+}
+
+TEST(Ddp, NoSyncAccumulatesLocallyThenReducesTheSum) {
+  constexpr int64_t kMicro = 3, kMicroBatch = 4;
+  const int64_t global = kMicro * kMicroBatch * world();
+  auto model = make_mlp(300 + rank());
+  DistributedDataParallel ddp(model, comm(), small_buckets());
+  auto reference = clone_mlp(*model);
+  optim::AdamW opt(ddp.parameters(), {.lr = 1e-2});
+  optim::AdamW ref_opt(reference->parameters(), {.lr = 1e-2});
+
+  for (int step = 0; step < 2; ++step) {
+    const Batch batch = global_batch(global, 40 + step);
+    ddp.zero_grad();  // gradients stay bucket views: accumulation happens in the buckets
+    for (const auto& [name, p] : model->named_parameters())
+      ASSERT_EQ(p.grad().to_vector<float>(), std::vector<float>(p.numel(), 0.0f));
+    const size_t launched = ddp.reducer().launch_log().size();
+    for (int64_t m = 0; m < kMicro; ++m) {
+      const Batch mine = batch.slice((rank() * kMicro + m) * kMicroBatch, kMicroBatch);
+      auto run = [&] { (nn::mse_loss(ddp.forward(mine.x), mine.y) * (1.0 / kMicro)).backward(); };
+      if (m + 1 < kMicro) {
+        auto guard = ddp.no_sync();
+        run();
+        ddp.synchronize_gradients();  // a no-op inside no_sync()
+        EXPECT_EQ(ddp.reducer().launch_log().size(), launched) << "no_sync() must not communicate";
+      } else {
+        run();
+      }
+    }
+    ddp.synchronize_gradients();
+    EXPECT_GT(ddp.reducer().launch_log().size(), launched);
+    ref_opt.zero_grad();
+    nn::mse_loss(reference->forward(batch.x), batch.y).backward();
+    expect_same_grads(*model, *reference, 2e-6, "accumulated step " + std::to_string(step));
+    opt.step();
+    ref_opt.step();
+  }
+  expect_same_parameters(*model, *reference, 1e-5, "after 2 accumulated AdamW steps");
+}
+
+TEST(Ddp, DesyncCheckNamesTheDivergingParameterOnEveryRank) {
+  auto model = make_mlp(400);
+  DdpOptions options;
+  options.check_every_n_steps = 2;
+  DistributedDataParallel ddp(model, comm(), options);
+  EXPECT_NO_THROW(ddp.check_parameters_in_sync("before perturbing"));
+  if (world() == 1) GTEST_SKIP() << "needs at least two ranks";
+  if (rank() == world() - 1) {
+    autograd::NoGradGuard no_grad;
+    Tensor bias = model->named_parameters()[3].second;  // "2.bias"
+    bias.add_(1e-3);
+  }
+  EXPECT_NO_THROW(ddp.after_step());  // step 1: no check
+  const std::string message = error_of([&] { ddp.after_step(); });
+  EXPECT_NE(message.find("'2.bias'"), std::string::npos) << message;
+  EXPECT_NE(message.find("after step 2"), std::string::npos) << message;
+  EXPECT_NE(message.find("rank " + std::to_string(world() - 1)), std::string::npos) << message;
+  EXPECT_EQ(message.find("'2.weight'"), std::string::npos) << message;
+}
+
+TEST(Ddp, ParameterMismatchAtConstructionRaisesOnEveryRank) {
+  if (world() == 1) GTEST_SKIP() << "needs at least two ranks";
+  auto model = make_mlp(500, rank() == 1 ? kHidden + 1 : kHidden);
+  const std::string message = error_of([&] { DistributedDataParallel ddp(model, comm()); });
+  EXPECT_NE(message.find("'0.weight' [16, 6]"), std::string::npos) << message;
+  EXPECT_NE(message.find("'0.weight' [17, 6] f32 on rank 1"), std::string::npos) << message;
+
+  // A different number of parameters: rank 1 has a bias-free last layer.
+  manual_seed(501);
+  auto other = std::make_shared<nn::Sequential>(
+      std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(kIn, kOut, /*bias=*/rank() != 1)});
+  const std::string count_message = error_of([&] { DistributedDataParallel ddp(other, comm()); });
+  EXPECT_NE(count_message.find("nothing (it has only 1 entries) on rank 1"), std::string::npos) << count_message;
+}
+
+/// Two heads; forward uses the second only where `use_second` says so.
+class TwoHeads : public nn::Module {
+ public:
+  explicit TwoHeads(bool use_second) : use_second_(use_second) {
+    first_ = register_module("first", std::make_shared<nn::Linear>(kIn, kOut));
+    second_ = register_module("second", std::make_shared<nn::Linear>(kIn, kOut));
+  }
+  Tensor forward(const Tensor& x) override {
+    return use_second_ ? first_->forward(x) + second_->forward(x) : first_->forward(x);
+  }
+  std::string type_name() const override { return "TwoHeads"; }
+
+ private:
+  bool use_second_;
+  std::shared_ptr<nn::Linear> first_, second_;
+};
+
+TEST(Ddp, UnusedParameterRaisesOnEveryRankUnderErrorPolicy) {
+  manual_seed(600);
+  auto model = std::make_shared<TwoHeads>(/*use_second=*/rank() != 0);
+  DistributedDataParallel ddp(model, comm());
+  const Batch batch = global_batch(4, 61);
+  nn::mse_loss(ddp.forward(batch.x), batch.y).backward();
+  const std::string message = error_of([&] { ddp.synchronize_gradients(); });
+  EXPECT_NE(message.find("'second.weight' received no gradient on 1 of"), std::string::npos) << message;
+  EXPECT_NE(message.find("UnusedParameters::Ignore"), std::string::npos) << message;
+  // The reducer starts a fresh round: a next, complete step works.
+}
+
+TEST(Ddp, UnusedParameterIsIgnoredUnderIgnorePolicy) {
+  manual_seed(700);
+  auto model = std::make_shared<TwoHeads>(/*use_second=*/rank() == world() - 1 && world() > 1);
+  DdpOptions options;
+  options.unused_parameters = UnusedParameters::Ignore;
+  DistributedDataParallel ddp(model, comm(), options);
+  const Batch batch = global_batch(4, 71);
+  nn::mse_loss(ddp.forward(batch.x), batch.y).backward();
+  ASSERT_NO_THROW(ddp.synchronize_gradients());
+  const nn::NamedTensors params = model->named_parameters();  // first.weight, first.bias, second.*
+  for (size_t i = 0; i < 4; ++i) {
+    const bool used_somewhere = i < 2 || world() > 1;
+    ASSERT_EQ(params[i].second.grad().defined(), used_somewhere) << params[i].first;
+  }
+  if (world() == 1) return;
+  // second.* got a gradient on the last rank only: the mean is that gradient / W, the same everywhere.
+  const std::vector<double> grad = params[3].second.grad().to(DType::F64).to_vector<double>();
+  Tensor all = zeros({world() * kOut}, TensorOptions(DType::F64));
+  comm().all_gather(params[3].second.grad().to(DType::F64), all);
+  const std::vector<double> gathered = all.to_vector<double>();
+  for (int r = 0; r < world(); ++r)
+    for (int64_t j = 0; j < kOut; ++j) EXPECT_EQ(gathered[r * kOut + j], grad[j]);
+  double norm = 0;
+  for (double g : grad) norm += std::abs(g);
+  EXPECT_GT(norm, 0.0);
+}
+
+/// Registers its output layer first, so backward finishes the later buckets first.
+class OutputFirst : public nn::Module {
+ public:
+  OutputFirst() {
+    out_ = register_module("out", std::make_shared<nn::Linear>(kHidden, kOut));
+    in_ = register_module("in", std::make_shared<nn::Linear>(kIn, kHidden));
+  }
+  Tensor forward(const Tensor& x) override { return out_->forward(tanh(in_->forward(x))); }
+  std::string type_name() const override { return "OutputFirst"; }
+
+ private:
+  std::shared_ptr<nn::Linear> out_, in_;
+};
+
+TEST(Ddp, BucketsReadyOutOfOrderAreLaunchedInIndexOrder) {
+  manual_seed(900 + rank());
+  auto model = std::make_shared<OutputFirst>();
+  DdpOptions options;
+  options.first_bucket_bytes = 1;  // one parameter per bucket
+  options.bucket_cap_bytes = 1;
+  DistributedDataParallel ddp(model, comm(), options);
+  auto reference = std::make_shared<OutputFirst>();
+  nn::NamedTensors values;
+  for (const auto& [name, t] : model->state_dict()) values.emplace_back(name, t.clone());
+  reference->load_state_dict(values);
+  // Buckets: 0 in.bias, 1 in.weight, 2 out.bias, 3 out.weight; out.* get their gradients first.
+  ASSERT_EQ(ddp.reducer().buckets().size(), 4u);
+  std::vector<size_t> launched_when_out_ready;
+  for (const auto& [name, p] : model->named_parameters()) {
+    if (name.rfind("out.", 0) != 0) continue;
+    p.register_grad_ready_hook(
+        [&](const Tensor&) { launched_when_out_ready.push_back(ddp.reducer().launch_log().size()); });
+  }
+  const Batch batch = global_batch(3 * world(), 91);
+  const Batch mine = batch.slice(3 * rank(), 3);
+  nn::mse_loss(ddp.forward(mine.x), mine.y).backward();
+  ddp.synchronize_gradients();
+  ASSERT_EQ(launched_when_out_ready.size(), 2u);
+  EXPECT_EQ(launched_when_out_ready[0], 0u) << "bucket 3 or 2 was launched before buckets 0 and 1";
+  EXPECT_EQ(launched_when_out_ready[1], 0u);
+  EXPECT_EQ(ddp.reducer().launch_log(), (std::vector<size_t>{0, 1, 2, 3}));
+  nn::mse_loss(reference->forward(batch.x), batch.y).backward();
+  expect_same_grads(*model, *reference, 2e-6, "out-of-order buckets");
+}
+
+TEST(Ddp, ForwardBeforeSynchronizeRaises) {
+  auto model = make_mlp(800);
+  DistributedDataParallel ddp(model, comm());
+  const Batch batch = global_batch(4, 81);
+  nn::mse_loss(ddp.forward(batch.x), batch.y).backward();
+  const std::string message = error_of([&] { ddp.forward(batch.x); });
+  EXPECT_NE(message.find("synchronize_gradients()"), std::string::npos) << message;
+  ddp.synchronize_gradients();
+  EXPECT_NO_THROW(ddp.forward(batch.x));
+}
+
+}  // namespace
+}  // namespace flame::dist
