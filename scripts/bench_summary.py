@@ -9,7 +9,8 @@ cnn_step, an absolute target: at most 1.0 ms per training step), and the PyTorch
 same run with FLAME's speed relative to it (> 1: FLAME is faster). Then
 the correctness figures (relative L2 error against float64) of the matmuls, then the loader
 throughput rows (bench/loader_bench: samples/s, MB/s, tokens/s per rank, held against issue 4's
-targets when delivered on a GPU). Only reports: the exit status is 0 unless the file cannot be read.
+targets when delivered on a GPU), then the all-reduce bus bandwidth per size (bench/allreduce_bench,
+2 ranks: FLAME's NCCL communicator against raw NCCL, held against ALLREDUCE_TARGET). Only reports: the exit status is 0 unless the file cannot be read.
 """
 import json
 import sys
@@ -29,6 +30,8 @@ TIME_TARGETS = {"cnn_step": ("ms/step", 1.0)}
 TIME_UNITS = {"us/op", "ms", "ms/step"}
 # Loader targets per rank, delivered on the GPU (issue 4): dataset name prefix -> (JSON key, least
 # allowed, what it counts).
+# Least allowed flame/nccl all-reduce bus bandwidth ratio (issue 5).
+ALLREDUCE_TARGET = 0.95
 LOADER_TARGETS = {"fashion-mnist": ("value", 800e3, "images/s"), "tokens": ("tokens_per_s", 1.5e6, "tokens/s")}
 
 
@@ -117,7 +120,34 @@ def main(argv):
                      if ("matmul_rel_err", impl, dtype, size) in index]
             print(f"  {dtype} {size}: " + ", ".join(parts))
     print_loader(loader)
+    print_allreduce([r for r in records if r["bench"] == "allreduce"])
     return 0
+
+
+def size_order(size):
+    """Sort key of a size label such as "64MiB": its number, then the label."""
+    digits = "".join(c for c in size if c.isdigit())
+    return (int(digits) if digits else 0, size)
+
+
+def print_allreduce(records):
+    if not records:
+        return
+    by_case = {}
+    for r in records:
+        by_case.setdefault((r["dtype"], r["size"]), {})[r["impl"]] = r["value"]
+    header = ("allreduce (bus bandwidth)", "flame GB/s", "nccl GB/s", "ratio", "target")
+    rows = [header]
+    for dtype, size in sorted(by_case, key=lambda k: (k[0], size_order(k[1]))):
+        impls = by_case[(dtype, size)]
+        flame, nccl = impls.get("flame"), impls.get("nccl")
+        ratio = impls.get("flame/nccl")
+        if ratio is None and flame is not None and nccl:
+            ratio = flame / nccl
+        target = f">={ALLREDUCE_TARGET} " + ("n/a" if ratio is None else "ok" if ratio >= ALLREDUCE_TARGET else "BELOW")
+        rows.append((f"allreduce {dtype} {size}", fmt_value(flame), fmt_value(nccl),
+                     "missing" if ratio is None else f"{ratio:.3f}", target))
+    print_table(rows)
 
 
 def loader_target(record):

@@ -2,7 +2,8 @@
 # The one script run on the GPU machine (docs: ../shared/DEVICE.md, "How to work there"):
 # configure (Release, sm_90, Ninja), build with all cores, run the cuda and cpu tests, the mpi
 # tests when 2+ GPUs are present, then the benchmarks (the data loader's first, on Fashion-MNIST from
-# .data/fashion-mnist and a synthetic 2 GiB token set) and the PyTorch reference in the same run.
+# .data/fashion-mnist and a synthetic 2 GiB token set; allreduce_bench under mpirun -np 2 when 2+
+# GPUs are present) and the PyTorch reference in the same run.
 # Logs go to $OUT (./gpu-out when unset): build.log, test.log, bench.jsonl (every JSON line,
 # FLAME's and torch's), bench.log, device.txt, summary.txt. The summary is printed last.
 #
@@ -134,8 +135,11 @@ if [ $built -eq 1 ] && [ "${FLAME_GPU_CHECK_SKIP_TESTS:-0}" != 1 ]; then
   test_filter=()
   [ "${FLAME_GPU_CHECK_SLOW:-0}" = 1 ] || test_filter=(-LE '^slow$')
   tests_start=$(date +%s)
-  # GPU tests share the one card: a few at a time.
-  run_label cuda -j 4 "${test_filter[@]}"
+  # GPU tests share the one card: a few at a time. The multi-rank CUDA suites (labels mpi;cuda,
+  # tests/dist/cuda) run with the mpi label below, one at a time, not next to these.
+  cuda_exclude='^mpi$'
+  [ "${FLAME_GPU_CHECK_SLOW:-0}" = 1 ] || cuda_exclude='^(slow|mpi)$'
+  run_label cuda -j 4 -LE "$cuda_exclude"
   run_label cpu -j "$jobs" "${test_filter[@]}"
   mpi_count=$(ctest --test-dir "$build" -N -L '^mpi$' 2>/dev/null | sed -nE 's/^Total Tests: ([0-9]+)/\1/p')
   if [ "${mpi_count:-0}" -eq 0 ]; then
@@ -143,6 +147,7 @@ if [ $built -eq 1 ] && [ "${FLAME_GPU_CHECK_SKIP_TESTS:-0}" != 1 ]; then
   elif [ "$gpu_count" -lt 2 ]; then
     note "tests mpi: not run ($mpi_count registered; they need 2+ GPUs, this machine has $gpu_count)"
   else
+    # Label mpi includes the NCCL suites (labels mpi;cuda: nccl_test, ddp_nccl_test).
     run_label mpi -j 1 "${test_filter[@]}"
   fi
   slow_note=""
@@ -219,6 +224,15 @@ if [ $built -eq 1 ]; then
       status=1
     fi
   done
+  # All-reduce bus bandwidth (issue 5): FLAME's NCCL communicator against raw NCCL, one rank per GPU.
+  if [ "$gpu_count" -lt 2 ]; then
+    bench_results+=("allreduce_bench NOT RUN (needs 2+ GPUs, this machine has $gpu_count)")
+  elif [ -x "$build/bench/allreduce_bench" ]; then
+    run_bench allreduce_bench mpirun --allow-run-as-root -np 2 -x NCCL_NVLS_ENABLE=0 "$build/bench/allreduce_bench"
+  else
+    bench_results+=("allreduce_bench NOT BUILT")
+    status=1
+  fi
 fi
 run_bench torch_reference python3 "$root/bench/torch_reference.py"
 bench_line=$(printf '%s, ' "${bench_results[@]}")

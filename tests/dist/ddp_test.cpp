@@ -5,8 +5,6 @@
 
 #include <gtest/gtest.h>
 
-#include <algorithm>
-#include <cmath>
 #include <memory>
 #include <string>
 #include <vector>
@@ -14,6 +12,7 @@
 #include "core/autograd.h"
 #include "core/ops.h"
 #include "dist/communicator.h"
+#include "dist/ddp_test_support.h"
 #include "nn/activation.h"
 #include "nn/linear.h"
 #include "nn/loss.h"
@@ -23,7 +22,7 @@
 namespace flame::dist {
 namespace {
 
-constexpr int64_t kIn = 6, kHidden = 16, kOut = 3;
+using namespace ddp_testing;
 
 /// One communicator for the whole test program, released before main() (tests/dist/mpi_test_main.cpp)
 /// finalises MPI.
@@ -40,79 +39,6 @@ Communicator& comm() {
 }
 int rank() { return comm().group().rank; }
 int world() { return comm().group().world_size; }
-
-/// Linear(6,16) - Tanh - Linear(16,16) - Tanh - Linear(16,3), initialised from `seed`.
-std::shared_ptr<nn::Sequential> make_mlp(uint64_t seed, int64_t hidden = kHidden) {
-  manual_seed(seed);
-  return std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
-      std::make_shared<nn::Linear>(kIn, hidden), std::make_shared<nn::Tanh>(),
-      std::make_shared<nn::Linear>(hidden, kHidden), std::make_shared<nn::Tanh>(),
-      std::make_shared<nn::Linear>(kHidden, kOut)});
-}
-
-/// A copy of `source`'s architecture and values (the single-process reference).
-std::shared_ptr<nn::Sequential> clone_mlp(const nn::Module& source) {
-  auto copy = make_mlp(999);
-  nn::NamedTensors values;
-  for (const auto& [name, t] : source.state_dict()) values.emplace_back(name, t.clone());
-  copy->load_state_dict(values);
-  return copy;
-}
-
-/// The global batch, identical on every rank: x [n, 6], y [n, 3].
-struct Batch {
-  Tensor x, y;
-  Batch slice(int64_t start, int64_t length) const {
-    return {x.narrow(0, start, length).contiguous(), y.narrow(0, start, length).contiguous()};
-  }
-};
-Batch global_batch(int64_t n, uint64_t seed) {
-  Generator gen(seed);
-  Tensor x = randn({n, kIn}, {}, &gen);
-  Tensor y = randn({n, kOut}, {}, &gen);
-  return {x, y};
-}
-
-double max_abs_diff(const Tensor& a, const Tensor& b) {
-  const std::vector<double> va = a.to(DType::F64).to_vector<double>();
-  const std::vector<double> vb = b.to(DType::F64).to_vector<double>();
-  EXPECT_EQ(va.size(), vb.size());
-  double worst = 0;
-  for (size_t i = 0; i < va.size(); ++i) worst = std::max(worst, std::abs(va[i] - vb[i]));
-  return worst;
-}
-
-void expect_same_parameters(const nn::Module& got, const nn::Module& want, double tolerance, const std::string& at) {
-  const nn::NamedTensors g = got.named_parameters(), w = want.named_parameters();
-  ASSERT_EQ(g.size(), w.size());
-  for (size_t i = 0; i < g.size(); ++i)
-    EXPECT_LE(max_abs_diff(g[i].second, w[i].second), tolerance) << g[i].first << " " << at << " rank " << rank();
-}
-
-void expect_same_grads(const nn::Module& got, const nn::Module& want, double tolerance, const std::string& at) {
-  const nn::NamedTensors g = got.named_parameters(), w = want.named_parameters();
-  for (size_t i = 0; i < g.size(); ++i) {
-    ASSERT_TRUE(g[i].second.grad().defined()) << g[i].first;
-    EXPECT_LE(max_abs_diff(g[i].second.grad(), w[i].second.grad()), tolerance)
-        << "grad of " << g[i].first << " " << at << " rank " << rank();
-  }
-}
-
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
-
-DdpOptions small_buckets() {
-  DdpOptions options;
-  options.first_bucket_bytes = 64;  // the last layer's bias and part of its weight
-  options.bucket_cap_bytes = 512;
-  return options;
-}
 
 TEST(Ddp, BroadcastsRankZerosParametersAndBucketsInReverseOrder) {
   auto model = make_mlp(100 + rank());  // every rank starts different

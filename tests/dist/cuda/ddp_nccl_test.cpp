@@ -1,0 +1,148 @@
+// DistributedDataParallel on CUDA with the NCCL communicator, run under mpirun -np 2 on a machine
+// with two GPUs (skipped, with the reason, on fewer): each rank trains on group.cuda_device() and
+// must end where one process training on the whole global batch on its GPU ends (the CPU suite,
+// tests/dist/ddp_test.cpp, checks the same with MPI).
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/autograd.h"
+#include "core/cuda_device.h"
+#include "core/ops.h"
+#include "dist/communicator.h"
+#include "dist/ddp.h"
+#include "dist/ddp_test_support.h"
+#include "nn/loss.h"
+#include "nn/optim/adam.h"
+#include "support/test_support.h"
+
+namespace flame::dist {
+namespace {
+
+using namespace ddp_testing;
+
+class DdpNccl : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    const ProcessGroup& group = ProcessGroup::init();
+    if (cuda::device_count() < group.world_size || cuda::device_count() < group.local_world_size) return;
+    comm_ = make_nccl_communicator(group, {std::chrono::seconds(30)}).release();
+  }
+  static void TearDownTestSuite() {
+    delete comm_;
+    comm_ = nullptr;
+  }
+  void SetUp() override {
+    if (comm_ == nullptr) {
+      GTEST_SKIP() << "needs one CUDA device per rank (" << ProcessGroup::init().world_size << "), found "
+                   << cuda::device_count()
+                   << (cuda::device_count() == 0 ? " (" + test::cuda_unavailable_reason() + ")" : "");
+    }
+  }
+  static Communicator& comm() { return *comm_; }
+  static int rank() { return ProcessGroup::init().rank; }
+  static int world() { return ProcessGroup::init().world_size; }
+  static Device device() { return ProcessGroup::init().cuda_device(); }
+  static Communicator* comm_;
+};
+Communicator* DdpNccl::comm_ = nullptr;
+
+TEST_F(DdpNccl, MatchesSingleProcessTrainingOnTheGlobalBatch) {
+  constexpr int64_t kLocal = 5;
+  const int64_t global = kLocal * world();
+  auto model = make_mlp(200 + rank(), kHidden, device());  // every rank starts different
+  DistributedDataParallel ddp(model, comm(), small_buckets());
+  expect_same_parameters(*model, *make_mlp(200, kHidden, device()), 0.0, "after construction");
+  auto reference = clone_mlp(*model, device());
+  optim::AdamW opt(ddp.parameters(), {.lr = 1e-2});
+  optim::AdamW ref_opt(reference->parameters(), {.lr = 1e-2});
+  const size_t n_buckets = ddp.reducer().buckets().size();
+  ASSERT_GE(n_buckets, 3u);
+
+  for (int step = 0; step < 3; ++step) {
+    const Batch batch = global_batch(global, 7 + step, device());
+    const Batch mine = batch.slice(rank() * kLocal, kLocal);
+    opt.zero_grad();
+    nn::mse_loss(ddp.forward(mine.x), mine.y).backward();
+    ddp.synchronize_gradients();
+    ref_opt.zero_grad();
+    nn::mse_loss(reference->forward(batch.x), batch.y).backward();
+    expect_same_grads(*model, *reference, 2e-6, "step " + std::to_string(step));
+    opt.step();
+    ref_opt.step();
+    ddp.after_step();
+
+    const std::vector<size_t>& log = ddp.reducer().launch_log();
+    ASSERT_EQ(log.size(), (step + 1) * n_buckets);
+    for (size_t b = 0; b < n_buckets; ++b) EXPECT_EQ(log[step * n_buckets + b], b);
+  }
+  expect_same_parameters(*model, *reference, 1e-5, "after 3 AdamW steps");
+  ddp.check_parameters_in_sync("after the equivalence test");
+  const Tensor& last_bias = model->named_parameters().back().second;
+  EXPECT_TRUE(last_bias.grad().device() == device());
+  EXPECT_EQ(last_bias.grad().storage(), ddp.reducer().buckets()[0].flat.storage());
+}
+
+TEST_F(DdpNccl, NoSyncAccumulatesLocallyThenReducesTheSum) {
+  constexpr int64_t kMicro = 3, kMicroBatch = 4;
+  const int64_t global = kMicro * kMicroBatch * world();
+  auto model = make_mlp(300 + rank(), kHidden, device());
+  DistributedDataParallel ddp(model, comm(), small_buckets());
+  auto reference = clone_mlp(*model, device());
+  optim::AdamW opt(ddp.parameters(), {.lr = 1e-2});
+  optim::AdamW ref_opt(reference->parameters(), {.lr = 1e-2});
+
+  for (int step = 0; step < 2; ++step) {
+    const Batch batch = global_batch(global, 40 + step, device());
+    ddp.zero_grad();
+    for (const auto& [name, p] : model->named_parameters())
+      ASSERT_EQ(p.grad().to_vector<float>(), std::vector<float>(p.numel(), 0.0f)) << name;
+    const size_t launched = ddp.reducer().launch_log().size();
+    for (int64_t m = 0; m < kMicro; ++m) {
+      const Batch mine = batch.slice((rank() * kMicro + m) * kMicroBatch, kMicroBatch);
+      auto run = [&] { (nn::mse_loss(ddp.forward(mine.x), mine.y) * (1.0 / kMicro)).backward(); };
+      if (m + 1 < kMicro) {
+        auto guard = ddp.no_sync();
+        run();
+        ddp.synchronize_gradients();  // a no-op inside no_sync()
+        EXPECT_EQ(ddp.reducer().launch_log().size(), launched) << "no_sync() must not communicate";
+      } else {
+        run();
+      }
+    }
+    ddp.synchronize_gradients();
+    EXPECT_GT(ddp.reducer().launch_log().size(), launched);
+    ref_opt.zero_grad();
+    nn::mse_loss(reference->forward(batch.x), batch.y).backward();
+    expect_same_grads(*model, *reference, 2e-6, "accumulated step " + std::to_string(step));
+    opt.step();
+    ref_opt.step();
+  }
+  expect_same_parameters(*model, *reference, 1e-5, "after 2 accumulated AdamW steps");
+}
+
+TEST_F(DdpNccl, DesyncCheckNamesTheDivergingParameterOnEveryRank) {
+  auto model = make_mlp(400, kHidden, device());
+  DdpOptions options;
+  options.check_every_n_steps = 2;
+  DistributedDataParallel ddp(model, comm(), options);
+  EXPECT_NO_THROW(ddp.check_parameters_in_sync("before perturbing"));
+  if (world() == 1) GTEST_SKIP() << "needs at least two ranks";
+  if (rank() == world() - 1) {
+    autograd::NoGradGuard no_grad;
+    Tensor bias = model->named_parameters()[3].second;  // "2.bias"
+    bias.add_(1e-3);
+  }
+  EXPECT_NO_THROW(ddp.after_step());  // step 1: no check
+  const std::string message = error_of([&] { ddp.after_step(); });
+  EXPECT_NE(message.find("'2.bias'"), std::string::npos) << message;
+  EXPECT_NE(message.find("after step 2"), std::string::npos) << message;
+  EXPECT_NE(message.find("rank " + std::to_string(world() - 1)), std::string::npos) << message;
+  EXPECT_EQ(message.find("'2.weight'"), std::string::npos) << message;
+}
+
+}  // namespace
+}  // namespace flame::dist

@@ -1,0 +1,110 @@
+// Shared pieces of the DDP equivalence suites (tests/dist/ddp_test.cpp on the CPU with MPI,
+// tests/dist/cuda/ddp_nccl_test.cpp on CUDA with NCCL): the small MLP, its single-process
+// reference copy, the global batch every rank slices, and the comparisons.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/ops.h"
+#include "core/random.h"
+#include "dist/communicator.h"
+#include "dist/ddp.h"
+#include "nn/activation.h"
+#include "nn/linear.h"
+#include "nn/module.h"
+
+namespace flame::dist::ddp_testing {
+
+inline constexpr int64_t kIn = 6, kHidden = 16, kOut = 3;
+
+/// Linear(6,16) - Tanh - Linear(16,16) - Tanh - Linear(16,3), initialised from `seed` (on the CPU,
+/// then moved to `device`).
+inline std::shared_ptr<nn::Sequential> make_mlp(uint64_t seed, int64_t hidden = kHidden, Device device = kCPU) {
+  manual_seed(seed);
+  auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+      std::make_shared<nn::Linear>(kIn, hidden), std::make_shared<nn::Tanh>(),
+      std::make_shared<nn::Linear>(hidden, kHidden), std::make_shared<nn::Tanh>(),
+      std::make_shared<nn::Linear>(kHidden, kOut)});
+  if (!device.is_cpu()) model->to(device);
+  return model;
+}
+
+/// A copy of `source`'s architecture and values on `device` (the single-process reference).
+inline std::shared_ptr<nn::Sequential> clone_mlp(const nn::Module& source, Device device = kCPU) {
+  auto copy = make_mlp(999, kHidden, device);
+  nn::NamedTensors values;
+  for (const auto& [name, t] : source.state_dict()) values.emplace_back(name, t.clone());
+  copy->load_state_dict(values);
+  return copy;
+}
+
+/// The global batch, identical on every rank: x [n, 6], y [n, 3].
+struct Batch {
+  Tensor x, y;
+  Batch slice(int64_t start, int64_t length) const {
+    return {x.narrow(0, start, length).contiguous(), y.narrow(0, start, length).contiguous()};
+  }
+};
+/// Drawn on the CPU from `seed` (so every device gets the same values), then moved to `device`.
+inline Batch global_batch(int64_t n, uint64_t seed, Device device = kCPU) {
+  Generator gen(seed);
+  Tensor x = randn({n, kIn}, {}, &gen);
+  Tensor y = randn({n, kOut}, {}, &gen);
+  if (!device.is_cpu()) return {x.to(device), y.to(device)};
+  return {x, y};
+}
+
+inline double max_abs_diff(const Tensor& a, const Tensor& b) {
+  const std::vector<double> va = a.to(DType::F64).to_vector<double>();
+  const std::vector<double> vb = b.to(DType::F64).to_vector<double>();
+  EXPECT_EQ(va.size(), vb.size());
+  double worst = 0;
+  for (size_t i = 0; i < va.size(); ++i) worst = std::max(worst, std::abs(va[i] - vb[i]));
+  return worst;
+}
+
+inline void expect_same_parameters(const nn::Module& got, const nn::Module& want, double tolerance,
+                                   const std::string& at) {
+  const int rank = ProcessGroup::init().rank;
+  const nn::NamedTensors g = got.named_parameters(), w = want.named_parameters();
+  ASSERT_EQ(g.size(), w.size());
+  for (size_t i = 0; i < g.size(); ++i)
+    EXPECT_LE(max_abs_diff(g[i].second, w[i].second), tolerance) << g[i].first << " " << at << " rank " << rank;
+}
+
+inline void expect_same_grads(const nn::Module& got, const nn::Module& want, double tolerance, const std::string& at) {
+  const int rank = ProcessGroup::init().rank;
+  const nn::NamedTensors g = got.named_parameters(), w = want.named_parameters();
+  for (size_t i = 0; i < g.size(); ++i) {
+    ASSERT_TRUE(g[i].second.grad().defined()) << g[i].first;
+    EXPECT_LE(max_abs_diff(g[i].second.grad(), w[i].second.grad()), tolerance)
+        << "grad of " << g[i].first << " " << at << " rank " << rank;
+  }
+}
+
+/// The flame::Error message `fn` raises, or "" when it raises nothing.
+inline std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+inline DdpOptions small_buckets() {
+  DdpOptions options;
+  options.first_bucket_bytes = 64;  // the last layer's bias and part of its weight
+  options.bucket_cap_bytes = 512;
+  return options;
+}
+
+}  // namespace flame::dist::ddp_testing
