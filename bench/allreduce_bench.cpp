@@ -113,6 +113,9 @@ int run() {
   const bool print = group.rank == 0;
 
   std::unique_ptr<dist::Communicator> flame_comm = dist::make_nccl_communicator(group);
+  dist::CommunicatorOptions blocking_options;
+  blocking_options.nccl_calls = dist::NcclCalls::Blocking;
+  std::unique_ptr<dist::Communicator> flame_blocking = dist::make_nccl_communicator(group, blocking_options);
   RawNccl raw(group, device.index);
   const cudaStream_t compute = cuda::compute_stream(device.index);
   const double bus_factor = 2.0 * (world - 1) / world;
@@ -138,18 +141,25 @@ int run() {
     const double flame_ms = time_ms(
         iterations, compute, [&] { flame_comm->all_reduce(buffer, dist::ReduceOp::Sum, "allreduce_bench"); },
         [&] { flame_comm->synchronize(); });
+    const double blocking_ms = time_ms(
+        iterations, compute, [&] { flame_blocking->all_reduce(buffer, dist::ReduceOp::Sum, "allreduce_bench"); },
+        [&] { flame_blocking->synchronize(); });
     const double nccl_ms = time_ms(
         iterations, raw.stream(), [&] { raw.all_reduce_sum(buffer); },
         [&] { FLAME_CUDA_CHECK(cudaStreamSynchronize(raw.stream())); });
 
     const double flame_gbs = bus_factor * bytes / (flame_ms * 1e-3) / 1e9;
     const double nccl_gbs = bus_factor * bytes / (nccl_ms * 1e-3) / 1e9;
+    const double blocking_gbs = bus_factor * bytes / (blocking_ms * 1e-3) / 1e9;
     if (print) {
       bench::emit({"allreduce", "flame", "f32", size, flame_gbs, "GB/s"});
       bench::emit({"allreduce", "nccl", "f32", size, nccl_gbs, "GB/s"});
       bench::emit({"allreduce", "flame/nccl", "f32", size, flame_gbs / nccl_gbs, "ratio"});
+      bench::emit({"allreduce", "flame_blocking", "f32", size, blocking_gbs, "GB/s"});
+      bench::emit({"allreduce", "flame_blocking/nccl", "f32", size, blocking_gbs / nccl_gbs, "ratio"});
     }
   }
+  flame_blocking.reset();
   flame_comm.reset();
   return 0;
 }

@@ -64,9 +64,15 @@ class Communicator {
   ProcessGroup group_;
 };
 
+/// How the NCCL communicator's calls return. NonBlocking (DESIGN.md) lets every call, init included,
+/// be polled against the timeout and aborted; Blocking returns once the work is enqueued, and the
+/// timeout is then enforced only in synchronize().
+enum class NcclCalls { NonBlocking, Blocking };
+
 struct CommunicatorOptions {
   /// A collective that has not completed after this long raises (and the job is aborted).
   std::chrono::milliseconds timeout{std::chrono::minutes(5)};
+  NcclCalls nccl_calls = NcclCalls::NonBlocking;
 };
 
 /// MPI collectives on CPU tensors (the backend the whole distributed path is tested with on CI).

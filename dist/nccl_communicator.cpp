@@ -87,7 +87,7 @@ class NcclCommunicator final : public Communicator {
       detail::wait_request(request, options_.timeout, "make_nccl_communicator (unique id broadcast)", "", group.rank);
     }
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-    config.blocking = 0;
+    config.blocking = options_.nccl_calls == NcclCalls::Blocking ? 1 : 0;
     FLAME_NCCL_CHECK(ncclCommInitRankConfig(&comm_, group.world_size, id, group.rank, &config), nullptr);
     wait_async("ncclCommInitRankConfig", "");
     barrier_buffer_ = zeros({1}, {kI32, device_});
@@ -238,6 +238,7 @@ class NcclCommunicator final : public Communicator {
 
   /// Polls ncclCommGetAsyncError until the pending call of a non-blocking communicator is issued.
   void wait_async(const char* op, const std::string& what) {
+    if (options_.nccl_calls == NcclCalls::Blocking) return;  // calls return once enqueued
     const auto deadline = Clock::now() + options_.timeout;
     for (int polls = 0;; ++polls) {
       ncclResult_t state = ncclInProgress;
