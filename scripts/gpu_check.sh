@@ -29,6 +29,8 @@ start_time=$(date +%s)
 # NVLink multicast stays off on the shared multi-GPU machines, for every process started here.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONUNBUFFERED=1
+# Fashion-MNIST staged by scripts/stage_gpu_data.sh (the GPU machine has no Debian package of it).
+if [ -d "$root/.data/fashion-mnist" ]; then export FLAME_FASHION_MNIST_DIR="$root/.data/fashion-mnist"; fi
 if [ "$(id -u)" -eq 0 ]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 fi
