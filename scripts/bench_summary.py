@@ -10,7 +10,11 @@ same run with FLAME's speed relative to it (> 1: FLAME is faster). Then
 the correctness figures (relative L2 error against float64) of the matmuls, then the loader
 throughput rows (bench/loader_bench: samples/s, MB/s, tokens/s per rank, held against issue 4's
 targets when delivered on a GPU), then the all-reduce bus bandwidth per size (bench/allreduce_bench,
-2 ranks: FLAME's NCCL communicator against raw NCCL, held against ALLREDUCE_TARGET). Only reports: the exit status is 0 unless the file cannot be read.
+2 ranks: FLAME's NCCL communicator against raw NCCL, held against ALLREDUCE_TARGET), then the DDP
+weak-scaling rows (bench/ddp_scaling_bench run with 1 and with 2 ranks: efficiency = step time at
+W=1 / step time at W=2 per model and NCCL call mode, held against DDP_EFFICIENCY_TARGET) and the
+overlap rows (how much of the MLP's all-reduce time backward hides). Only reports: the exit status
+is 0 unless the file cannot be read.
 """
 import json
 import sys
@@ -32,6 +36,8 @@ TIME_UNITS = {"us/op", "ms", "ms/step"}
 # allowed, what it counts).
 # Least allowed flame/nccl all-reduce bus bandwidth ratio (issue 5).
 ALLREDUCE_TARGET = 0.95
+# Least allowed DDP weak-scaling efficiency t(W=1) / t(W=2), per-rank batch fixed (issue 5).
+DDP_EFFICIENCY_TARGET = 0.97
 LOADER_TARGETS = {"fashion-mnist": ("value", 800e3, "images/s"), "tokens": ("tokens_per_s", 1.5e6, "tokens/s")}
 
 
@@ -69,9 +75,10 @@ def main(argv):
         return 0
 
     loader = [r for r in records if r["bench"] == "loader"]
-    records = [r for r in records if r["bench"] != "loader"]
+    ddp = [r for r in records if r["bench"] in ("ddp_step", "ddp_overlap")]
+    records = [r for r in records if r["bench"] not in ("loader", "ddp_step", "ddp_overlap")]
     index = {(r["bench"], r["impl"], r["dtype"], r["size"]): r for r in records}
-    devices = sorted({r.get("device", "?") for r in records + loader})
+    devices = sorted({r.get("device", "?") for r in records + loader + ddp})
     print(f"device: {', '.join(devices)}")
 
     header = ("benchmark", "flame", "baseline", "ratio", "target", "torch", "flame/torch speed")
@@ -121,6 +128,7 @@ def main(argv):
             print(f"  {dtype} {size}: " + ", ".join(parts))
     print_loader(loader)
     print_allreduce([r for r in records if r["bench"] == "allreduce"])
+    print_ddp(ddp)
     return 0
 
 
@@ -147,6 +155,33 @@ def print_allreduce(records):
         target = f">={ALLREDUCE_TARGET} " + ("n/a" if ratio is None else "ok" if ratio >= ALLREDUCE_TARGET else "BELOW")
         rows.append((f"allreduce {dtype} {size}", fmt_value(flame), fmt_value(nccl),
                      "missing" if ratio is None else f"{ratio:.3f}", target))
+    print_table(rows)
+
+
+def print_ddp(records):
+    """The DDP weak-scaling table (world 1 joined with world 2) and the overlap rows."""
+    steps = {}
+    for r in records:
+        if r["bench"] == "ddp_step":
+            steps[(r["model"], r["nccl_calls"], int(r["world"]))] = r["value"]
+    header = ("ddp step (weak scaling)", "W=1 ms/step", "W=2 ms/step", "efficiency", "target")
+    rows = [header]
+    for model, calls in sorted({(m, c) for m, c, _ in steps}):
+        one, two = steps.get((model, calls, 1)), steps.get((model, calls, 2))
+        efficiency = one / two if one is not None and two else None
+        target = f">={DDP_EFFICIENCY_TARGET} " + (
+            "n/a" if efficiency is None else "ok" if efficiency >= DDP_EFFICIENCY_TARGET else "BELOW")
+        rows.append((f"ddp {model} {calls}", fmt_value(one), fmt_value(two),
+                     "missing" if efficiency is None else f"{efficiency:.3f}", target))
+    print_table(rows)
+
+    header = ("ddp overlap", "step ms", "no-comm ms", "comm ms", "exposed ms", "hidden")
+    rows = [header]
+    overlap = [r for r in records if r["bench"] == "ddp_overlap"]
+    for r in sorted(overlap, key=lambda r: (r["model"], r["nccl_calls"], int(r["world"]))):
+        rows.append((f"ddp {r['model']} {r['nccl_calls']} W={r['world']}", fmt_value(r["step_ms"]),
+                     fmt_value(r["step_no_comm_ms"]), fmt_value(r["comm_ms"]), f"{r['exposed_ms']:.4g}",
+                     f"{r['hidden_fraction']:.3f}"))
     print_table(rows)
 
 
