@@ -235,6 +235,11 @@ if [ $built -eq 1 ]; then
     bench_results+=("allreduce_bench NOT BUILT")
     status=1
   fi
+  # DDP step time at 1 and 2 ranks (weak scaling) and the MLP's hidden share of communication.
+  if [ "$gpu_count" -ge 2 ] && [ -x "$build/bench/ddp_scaling_bench" ]; then
+    run_bench ddp_scaling_w1 mpirun --allow-run-as-root -np 1 -x NCCL_NVLS_ENABLE=0 "$build/bench/ddp_scaling_bench"
+    run_bench ddp_scaling_w2 mpirun --allow-run-as-root -np 2 -x NCCL_NVLS_ENABLE=0 "$build/bench/ddp_scaling_bench"
+  fi
 fi
 run_bench torch_reference python3 "$root/bench/torch_reference.py"
 bench_line=$(printf '%s, ' "${bench_results[@]}")
