@@ -77,6 +77,11 @@ struct Pool2dGeometry {
   bool count_include_pad = true;
 };
 
+/// Raises flame::Error naming `op` unless `g` is a valid pooling geometry (positive sizes, kernel
+/// and stride; 0 <= padding <= kernel / 2; output sizes matching the floor formula). Shared by the
+/// backends' launch checks.
+void check_pool2d_geometry(const char* op, const Pool2dGeometry& g);
+
 class Backend {
  public:
   virtual ~Backend() = default;

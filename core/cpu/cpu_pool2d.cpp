@@ -39,16 +39,7 @@ void check_operands(const char* op, const Pool2dGeometry& g, const Tensor& input
               input.describe());
   FLAME_CHECK(output.dtype() == input.dtype(), "{}: {} and {} must share a dtype", op, input.describe(),
               output.describe());
-  FLAME_CHECK(g.batch >= 0 && g.channels > 0 && g.in_h > 0 && g.in_w > 0 && g.kernel_h > 0 && g.kernel_w > 0 &&
-                  g.stride_h > 0 && g.stride_w > 0 && g.pad_h >= 0 && g.pad_w >= 0 && g.pad_h <= g.kernel_h / 2 &&
-                  g.pad_w <= g.kernel_w / 2 && g.in_h + 2 * g.pad_h >= g.kernel_h && g.in_w + 2 * g.pad_w >= g.kernel_w,
-              "{}: invalid pooling geometry (a size, kernel or stride is not positive, the padding is negative or "
-              "more than half the kernel, or the padded input is smaller than the kernel)",
-              op);
-  FLAME_CHECK((g.in_h + 2 * g.pad_h - g.kernel_h) / g.stride_h + 1 == g.out_h &&
-                  (g.in_w + 2 * g.pad_w - g.kernel_w) / g.stride_w + 1 == g.out_w,
-              "{}: output size {}x{} does not match input {}x{}, kernel {}x{}, stride {}x{}, padding {}x{}", op,
-              g.out_h, g.out_w, g.in_h, g.in_w, g.kernel_h, g.kernel_w, g.stride_h, g.stride_w, g.pad_h, g.pad_w);
+  check_pool2d_geometry(op, g);
   check_contiguous(op, input_name, input, g.batch * g.channels * g.in_h * g.in_w);
   check_contiguous(op, output_name, output, g.batch * g.channels * g.out_h * g.out_w);
 }

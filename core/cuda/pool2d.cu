@@ -151,16 +151,7 @@ __global__ void avg_pool2d_backward_kernel(const T* grad_out, T* grad_in, int64_
 /// with the geometry's element counts (input [batch, channels, in_h, in_w], output [..., out_h, out_w]).
 void check_operands(const char* op, const Pool2dGeometry& g, const Tensor& input, const char* input_name,
                     const Tensor& output, const char* output_name) {
-  FLAME_CHECK(g.batch >= 0 && g.channels > 0 && g.in_h > 0 && g.in_w > 0 && g.kernel_h > 0 && g.kernel_w > 0 &&
-                  g.stride_h > 0 && g.stride_w > 0 && g.pad_h >= 0 && g.pad_w >= 0 && g.pad_h <= g.kernel_h / 2 &&
-                  g.pad_w <= g.kernel_w / 2 && g.in_h + 2 * g.pad_h >= g.kernel_h && g.in_w + 2 * g.pad_w >= g.kernel_w,
-              "{}: invalid pooling geometry (a size, kernel or stride is not positive, the padding is negative or "
-              "more than half the kernel, or the padded input is smaller than the kernel)",
-              op);
-  FLAME_CHECK((g.in_h + 2 * g.pad_h - g.kernel_h) / g.stride_h + 1 == g.out_h &&
-                  (g.in_w + 2 * g.pad_w - g.kernel_w) / g.stride_w + 1 == g.out_w,
-              "{}: output size {}x{} does not match input {}x{}, kernel {}x{}, stride {}x{}, padding {}x{}", op,
-              g.out_h, g.out_w, g.in_h, g.in_w, g.kernel_h, g.kernel_w, g.stride_h, g.stride_w, g.pad_h, g.pad_w);
+  check_pool2d_geometry(op, g);
   const int64_t planes = g.batch * g.channels;
   FLAME_CHECK(input.is_contiguous() && input.numel() == planes * g.in_h * g.in_w,
               "{}: {} {} must be contiguous with {} x {} x {} x {} elements", op, input_name, input.describe(), g.batch,
