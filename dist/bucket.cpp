@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <map>
 #include <utility>
 
@@ -65,6 +66,7 @@ Reducer::Reducer(nn::NamedTensors params, Communicator& communicator, BucketOpti
   bucket_of_.resize(params_.size());
   slot_of_.resize(params_.size());
   param_ready_.assign(params_.size(), false);
+  unused_since_check_.assign(params_.size(), 0);
   for (const std::vector<size_t>& members : assign_buckets(tensors, options)) {
     Bucket bucket;
     int64_t numel = 0;
@@ -130,12 +132,10 @@ void Reducer::mark_ready(size_t param) {
 
 void Reducer::launch_ready_buckets() {
   // Note [ddp buckets]: strictly in index order on every rank.
-  const double scale = 1.0 / communicator_.group().world_size;
   autograd::NoGradGuard no_grad;
   while (next_launch_ < buckets_.size() && buckets_[next_launch_].ready) {
     Bucket& bucket = buckets_[next_launch_];
-    if (scale != 1.0) bucket.flat.mul_(scale);
-    communicator_.all_reduce(bucket.flat, ReduceOp::Sum, fmt::format("DDP bucket {}", next_launch_));
+    communicator_.all_reduce_overlapped(bucket.flat, ReduceOp::Avg, fmt::format("DDP bucket {}", next_launch_));
     launch_log_.push_back(next_launch_);
     ++next_launch_;
   }
@@ -148,26 +148,54 @@ void Reducer::finish() {
     if (param_ready_[k]) continue;
     adopt_grad(k);
     mark_ready(k);
+    if (unused_ == UnusedParameters::Error) {
+      unused_since_check_[k] = 1;
+      // Every rank ends with the same .grad (the mean), so the replicas stay identical until the
+      // check raises.
+      params_[k].second.set_grad(buckets_[bucket_of_[k]].views[slot_of_[k]]);
+    }
   }
+  communicator_.compute_wait();
+  reset_round();
+  ++rounds_;
+  if (unused_ == UnusedParameters::Error) {
+    if (rounds_ == 1) check_unused("in the first backward");
+    return;
+  }
+
+  // UnusedParameters::Ignore: every rank must learn now which parameters no rank used.
   const Device device = params_.front().second.device();
   Tensor counts = from_vector(used, {static_cast<int64_t>(used.size())}, TensorOptions(DType::I32, device));
   communicator_.all_reduce(counts, ReduceOp::Sum, "DDP used-parameter counts");
   communicator_.synchronize();
   const std::vector<int32_t> global = counts.to_vector<int32_t>();  // [P]: ranks that used each
-  reset_round();
-
-  const int world = communicator_.group().world_size;
   for (size_t k = 0; k < params_.size(); ++k) {
-    if (global[k] == world) continue;
-    const std::string& name = params_[k].first;
-    FLAME_CHECK(unused_ == UnusedParameters::Ignore,
-                "DistributedDataParallel: parameter '{}' received no gradient on {} of {} ranks{} in this "
-                "backward. Likely causes: it is not used by forward() for every input, or its output does not "
-                "reach the loss. Make every parameter take part in the loss, or construct DDP with "
-                "DdpOptions::unused_parameters = UnusedParameters::Ignore",
-                name, world - global[k], world, used[k] ? "" : " (including this one)");
     const Tensor& p = params_[k].second;
     if (used[k] == 0 && !p.grad().defined() && global[k] > 0) p.set_grad(buckets_[bucket_of_[k]].views[slot_of_[k]]);
+  }
+}
+
+void Reducer::check_unused(const std::string& when) {
+  if (unused_ != UnusedParameters::Error) return;
+  FLAME_CHECK(!round_in_progress(),
+              "DistributedDataParallel: the unused-parameter check while a backward's reduction is unfinished; call "
+              "synchronize_gradients() first");
+  const Device device = params_.front().second.device();
+  Tensor flags =
+      from_vector(unused_since_check_, {static_cast<int64_t>(params_.size())}, TensorOptions(DType::I32, device));
+  communicator_.all_reduce(flags, ReduceOp::Sum, "DDP unused-parameter check");
+  communicator_.synchronize();
+  const std::vector<int32_t> ranks_without = flags.to_vector<int32_t>();  // [P]: ranks that left it unused
+  const std::vector<int32_t> mine = unused_since_check_;
+  std::fill(unused_since_check_.begin(), unused_since_check_.end(), 0);
+  const int world = communicator_.group().world_size;
+  for (size_t k = 0; k < params_.size(); ++k) {
+    FLAME_CHECK(ranks_without[k] == 0,
+                "DistributedDataParallel: parameter '{}' received no gradient on {} of {} ranks{} {}. Likely causes: "
+                "it is not used by forward() for every input, or its output does not reach the loss. Make every "
+                "parameter take part in the loss, or construct DDP with DdpOptions::unused_parameters = "
+                "UnusedParameters::Ignore",
+                params_[k].first, ranks_without[k], world, mine[k] ? " (including this one)" : "", when);
   }
 }
 

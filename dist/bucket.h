@@ -35,13 +35,22 @@
 // Finishing. A hook cannot know that backward has ended, so the user calls finish() (DDP's
 // synchronize_gradients()) after backward. finish() launches the buckets still pending, in order,
 // with a parameter that got no gradient on this rank contributing its current .grad (zeros when it
-// has none); then all-reduces a small "used" count per parameter [P] (i32) so that every rank
-// learns which parameters some rank left without a gradient; then waits for the communicator.
-// With UnusedParameters::Error every rank raises, naming the first such parameter; with Ignore a
-// parameter some rank used gets the mean (its bucket view) as .grad, and one no rank used keeps
-// no gradient. Because the collectives stay matched, a rank's missing gradient never leaves the
-// others waiting. Cost: one extra tiny all-reduce and a [P] i32 read back to the host per step,
-// after the communicator has been drained (finish() waits for the reductions anyway).
+// has none), then makes the compute stream wait for the all-reduces (Communicator::compute_wait):
+// the host never waits, and the optimizer step that follows on the compute stream reads the means.
+// The all-reduces are "overlapped" ones: the compute stream does not wait for a bucket when it is
+// launched, only at finish(), so the rest of backward runs while buckets are reduced.
+//
+// Unused parameters (a parameter some rank produced no gradient for in a backward):
+// - UnusedParameters::Error (the default): finish() costs nothing extra. Each rank notes the
+//   parameters it left without a gradient, gives them the bucket view as .grad (so every rank
+//   applies the same mean and the replicas stay identical), and check_unused() -- collective, one
+//   [P] i32 all-reduce and a host wait -- raises on every rank naming the first such parameter. It
+//   runs at the end of the first finish() (a model that never uses a parameter fails at once) and
+//   from DDP's check_parameters_in_sync() (every check_every_n_steps steps and on request).
+// - UnusedParameters::Ignore: finish() all-reduces a [P] i32 "used" count and reads it back (a host
+//   wait per step, the price of this option); a parameter some rank used gets the mean (its bucket
+//   view) as .grad, one no rank used keeps no gradient.
+// Because the collectives stay matched, a rank's missing gradient never leaves the others waiting.
 #pragma once
 
 #include <cstdint>
@@ -91,9 +100,12 @@ class Reducer : public std::enable_shared_from_this<Reducer> {
                                        UnusedParameters unused);
   Reducer(nn::NamedTensors params, Communicator& communicator, BucketOptions options, UnusedParameters unused);
 
-  /// See Note [ddp buckets]: launches what is pending, resolves unused parameters, waits for the
-  /// communicator and starts a new round. Raises for unused parameters under Error (on every rank).
+  /// See Note [ddp buckets]: launches what is pending, orders the compute stream after the
+  /// all-reduces and starts a new round. Under Error, the first call also runs check_unused().
   void finish();
+  /// Collective: raises on every rank (UnusedParameters::Error) when some rank left a parameter
+  /// without a gradient in a finish() since the last check, naming it and `when`.
+  void check_unused(const std::string& when);
   /// Zeroes every bucket and makes each parameter's .grad its (zero) bucket view, so the next
   /// backward accumulates straight into the buckets with no copy (Note [ddp buckets]).
   void zero_grads();
@@ -123,9 +135,11 @@ class Reducer : public std::enable_shared_from_this<Reducer> {
   UnusedParameters unused_;
   GradSync sync_ = GradSync::Reduce;
   std::vector<Bucket> buckets_;
-  std::vector<size_t> bucket_of_;  // per parameter
-  std::vector<size_t> slot_of_;    // per parameter: its index within its bucket
-  std::vector<bool> param_ready_;  // per parameter, this round
+  std::vector<size_t> bucket_of_;            // per parameter
+  std::vector<size_t> slot_of_;              // per parameter: its index within its bucket
+  std::vector<bool> param_ready_;            // per parameter, this round
+  std::vector<int32_t> unused_since_check_;  // per parameter: 1 when this rank left it without a gradient
+  int64_t rounds_ = 0;                       // finish() calls so far
   size_t ready_params_ = 0;
   size_t next_launch_ = 0;
   std::vector<size_t> launch_log_;

@@ -50,12 +50,22 @@ class Communicator {
   /// output = concatenation of every rank's input along dim 0 (output is [W * n, ...]).
   virtual void all_gather(const Tensor& input, const Tensor& output, const std::string& what = "") = 0;
   /// output (shape input / W along dim 0) = this rank's share of the reduction of input.
-  virtual void reduce_scatter(const Tensor& input, const Tensor& output, ReduceOp op,
-                              const std::string& what = "") = 0;
+  virtual void reduce_scatter(const Tensor& input, const Tensor& output, ReduceOp op, const std::string& what = "") = 0;
   virtual void barrier() = 0;
   /// Waits until every collective issued so far has finished (for NCCL: the communication stream
   /// is drained, polling for asynchronous errors and the timeout).
   virtual void synchronize() = 0;
+
+  /// all_reduce whose result the compute stream does not wait for (Note [NCCL communicator
+  /// streams]): device work issued after it runs while the tensor is reduced. For buffers that
+  /// nothing reads, writes or frees until compute_wait() or synchronize(), as DDP's buckets during
+  /// backward. A synchronous backend (MPI) implements it as all_reduce.
+  virtual void all_reduce_overlapped(const Tensor& tensor, ReduceOp op, const std::string& what = "") {
+    all_reduce(tensor, op, what);
+  }
+  /// Makes the compute stream wait for every collective issued so far, without blocking the host
+  /// (nothing to do for a synchronous backend).
+  virtual void compute_wait() {}
 
   const ProcessGroup& group() const { return group_; }
 
@@ -64,15 +74,16 @@ class Communicator {
   ProcessGroup group_;
 };
 
-/// How the NCCL communicator's calls return. NonBlocking (DESIGN.md) lets every call, init included,
-/// be polled against the timeout and aborted; Blocking returns once the work is enqueued, and the
-/// timeout is then enforced only in synchronize().
+/// How the NCCL communicator's calls return (Note [NCCL timeouts]). Blocking (the default) returns
+/// once the work is enqueued; NonBlocking returns at once and the communicator polls every call,
+/// init included, until NCCL has issued it, which costs 60-140 us per collective on the 2x H200
+/// machine (docs/PERFORMANCE.md). Both bound every wait by the timeout.
 enum class NcclCalls { NonBlocking, Blocking };
 
 struct CommunicatorOptions {
   /// A collective that has not completed after this long raises (and the job is aborted).
   std::chrono::milliseconds timeout{std::chrono::minutes(5)};
-  NcclCalls nccl_calls = NcclCalls::NonBlocking;
+  NcclCalls nccl_calls = NcclCalls::Blocking;
 };
 
 /// MPI collectives on CPU tensors (the backend the whole distributed path is tested with on CI).

@@ -55,6 +55,7 @@ DistributedDataParallel::NoSyncGuard::~NoSyncGuard() { reducer_.set_grad_sync(Gr
 DistributedDataParallel::NoSyncGuard DistributedDataParallel::no_sync() { return NoSyncGuard(*reducer_); }
 
 void DistributedDataParallel::check_parameters_in_sync(const std::string& when) {
+  reducer_->check_unused(fmt::format("in a backward before the check {}", when));
   check_in_sync(module_->named_parameters(), communicator_, when, options_.checksum_rtol);
 }
 

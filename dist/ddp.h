@@ -57,10 +57,10 @@ class DistributedDataParallel {
   Tensor operator()(const Tensor& input) { return forward(input); }
 
   /// Collective, after every backward outside no_sync() and before the optimizer step: launches
-  /// the buckets still pending, waits for every all-reduce, and leaves each parameter's .grad the
-  /// mean over ranks (a view into its bucket). Parameters without a gradient on some rank are
-  /// handled by DdpOptions::unused_parameters (Note [ddp buckets]). Inside no_sync() it does
-  /// nothing.
+  /// the buckets still pending and makes the compute stream wait for every all-reduce (the host
+  /// does not wait), leaving each parameter's .grad the mean over ranks (a view into its bucket).
+  /// Parameters without a gradient on some rank are handled by DdpOptions::unused_parameters
+  /// (Note [ddp buckets]). Inside no_sync() it does nothing.
   void synchronize_gradients();
 
   /// Sets every parameter's gradient to zero in place: each .grad becomes its zeroed bucket view,
@@ -85,8 +85,9 @@ class DistributedDataParallel {
   [[nodiscard]] NoSyncGuard no_sync();
 
   /// Collective and synchronising (read back to the host): raises flame::Error on every rank when
-  /// some parameter's checksum differs from rank 0's, naming `when`, the parameter and the ranks
-  /// (dist/checksum.h).
+  /// some rank left a parameter without a gradient since the last check (UnusedParameters::Error,
+  /// Note [ddp buckets]), or when some parameter's checksum differs from rank 0's, naming `when`,
+  /// the parameter and the ranks (dist/checksum.h).
   void check_parameters_in_sync(const std::string& when);
   /// Counts optimizer steps; every DdpOptions::check_every_n_steps-th call runs
   /// check_parameters_in_sync("after step N").

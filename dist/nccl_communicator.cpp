@@ -1,18 +1,38 @@
 // Note [NCCL communicator streams]: every collective runs on the communicator's own non-blocking
 // stream. Before it, that stream waits on an event recorded on the compute stream (the inputs are
 // ready); after it, the compute stream waits on an event recorded on the communication stream (the
-// results are ready, and buffers the caching allocator may hand out again are no longer in use).
+// results are ready, and buffers the caching allocator may hand out again are no longer in use) --
+// except for all_reduce_overlapped(), whose result the compute stream waits for only at the next
+// compute_wait(), so the rest of backward runs while DDP's buckets are reduced.
 // The host never blocks; synchronize() is where the host waits, polling cudaEventQuery and
 // ncclCommGetAsyncError against the timeout, and aborts the communicator on failure.
+//
+// Note [NCCL timeouts]: nothing waits forever, in either NcclCalls mode.
+// - synchronize() (the host's only wait) raises flame::Error after the timeout, naming the
+//   communicator's oldest unfinished collective and the rank, and aborts the communicator.
+// - NonBlocking: every call, init included, returns at once and is polled until issued, bounded by
+//   the timeout (that polling is its per-collective cost).
+// - A watchdog thread covers what the host cannot see: every collective is followed by an event on
+//   the communication stream, and the thread checks the oldest unfinished one every 100 ms; a
+//   collective unfinished after the timeout while the host is not in synchronize() (the host may be
+//   blocked elsewhere, e.g. in a device-to-host copy that waits for it), an NCCL call (a Blocking
+//   init or enqueue) that has not returned after the timeout, or an asynchronous NCCL error, makes it
+//   log the collective and rank and bring the job down with abort_job (MPI_Abort), so the other
+//   ranks do not hang either.
 #include "dist/communicator.h"
 
 #ifdef FLAME_WITH_CUDA
 
 #include <nccl.h>
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <mutex>
 #include <thread>
+#include <vector>
 
 #include "core/cuda/context.h"
 #include "core/ops.h"
@@ -75,7 +95,6 @@ class NcclCommunicator final : public Communicator {
     cuda::context(device_.index);  // makes device_ current
     FLAME_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     FLAME_CUDA_CHECK(cudaEventCreateWithFlags(&inputs_ready_, cudaEventDisableTiming));
-    FLAME_CUDA_CHECK(cudaEventCreateWithFlags(&outputs_ready_, cudaEventDisableTiming));
     FLAME_CUDA_CHECK(cudaEventCreateWithFlags(&drained_, cudaEventDisableTiming));
 
     ncclUniqueId id;
@@ -88,12 +107,23 @@ class NcclCommunicator final : public Communicator {
     }
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = options_.nccl_calls == NcclCalls::Blocking ? 1 : 0;
-    FLAME_NCCL_CHECK(ncclCommInitRankConfig(&comm_, group.world_size, id, group.rank, &config), nullptr);
-    wait_async("ncclCommInitRankConfig", "");
-    barrier_buffer_ = zeros({1}, {kI32, device_});
+    watchdog_ = std::thread([this] { watch(); });
+    try {
+      {
+        CallInProgress call(*this, "ncclCommInitRankConfig");
+        FLAME_NCCL_CHECK(ncclCommInitRankConfig(&comm_, group.world_size, id, group.rank, &config), nullptr);
+      }
+      comm_ready_.store(true);
+      wait_async("ncclCommInitRankConfig", "");
+      barrier_buffer_ = zeros({1}, {kI32, device_});
+    } catch (...) {
+      stop_watchdog();  // a joinable std::thread must not outlive a failed constructor
+      throw;
+    }
   }
 
   ~NcclCommunicator() override {
+    stop_watchdog();
     if (comm_ != nullptr) {
       // Flush and destroy cleanly when possible; abort when finalising fails or outlasts the timeout.
       const ncclResult_t started = ncclCommFinalize(comm_);
@@ -110,7 +140,8 @@ class NcclCommunicator final : public Communicator {
       }
     }
     if (drained_) cudaEventDestroy(drained_);
-    if (outputs_ready_) cudaEventDestroy(outputs_ready_);
+    for (const Issued& issued : issued_) cudaEventDestroy(issued.done);
+    for (cudaEvent_t event : free_events_) cudaEventDestroy(event);
     if (inputs_ready_) cudaEventDestroy(inputs_ready_);
     if (stream_) cudaStreamDestroy(stream_);
   }
@@ -125,6 +156,28 @@ class NcclCommunicator final : public Communicator {
                            stream_);
     });
     if (!work.is_same(tensor)) Tensor(tensor).copy_(work);
+  }
+
+  void all_reduce_overlapped(const Tensor& tensor, ReduceOp op, const std::string& what) override {
+    check_usable("all_reduce", what);
+    check_tensor("all_reduce", tensor, "tensor");
+    check_reducible("all_reduce", tensor.dtype(), op);
+    FLAME_CHECK(tensor.is_contiguous(), "dist::all_reduce_overlapped '{}': the tensor must be contiguous, got {}", what,
+                tensor.describe());
+    enqueue(
+        "all_reduce", what,
+        [&] {
+          return ncclAllReduce(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), nccl_type(tensor.dtype()),
+                               nccl_op(op), comm_, stream_);
+        },
+        ComputeWaits::Later);
+  }
+
+  void compute_wait() override {
+    check_usable("compute_wait", "");
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (last_issued_ != nullptr)
+      FLAME_CUDA_CHECK(cudaStreamWaitEvent(cuda::compute_stream(device_.index), last_issued_, 0));
   }
 
   void broadcast(const Tensor& tensor, int root, const std::string& what) override {
@@ -193,6 +246,7 @@ class NcclCommunicator final : public Communicator {
   void synchronize() override {
     check_usable("synchronize", "");
     FLAME_CUDA_CHECK(cudaEventRecord(drained_, stream_));
+    HostWaiting waiting(host_waiting_);
     const auto deadline = Clock::now() + options_.timeout;
     for (int polls = 0;; ++polls) {
       const cudaError_t query = cudaEventQuery(drained_);
@@ -209,9 +263,9 @@ class NcclCommunicator final : public Communicator {
       }
       if (Clock::now() > deadline) {
         fail("synchronize", "",
-             fmt::format("timed out after {} ms: another rank did not join a collective (it failed, is stuck, or "
-                         "issues collectives in a different order or with different shapes)",
-                         options_.timeout.count()));
+             fmt::format("timed out after {} ms waiting for {}: another rank did not join it (it failed, is stuck, "
+                         "or issues collectives in a different order or with different shapes)",
+                         options_.timeout.count(), oldest_unfinished()));
       }
       if (polls > 1000) std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
@@ -220,20 +274,137 @@ class NcclCommunicator final : public Communicator {
  private:
   static ncclRedOp_t nccl_op(ReduceOp op) { return op == ReduceOp::Avg ? ncclAvg : ncclSum; }
 
-  /// Orders `call` (an NCCL enqueue on stream_) after the compute stream's work and the compute
-  /// stream's later work after it (Note [NCCL communicator streams]).
+  enum class ComputeWaits { Now, Later };
+
+  /// Orders `call` (an NCCL enqueue on stream_) after the compute stream's work, records its
+  /// completion event for the watchdog, and (ComputeWaits::Now) orders the compute stream's later
+  /// work after it (Note [NCCL communicator streams]).
   template <class Call>
-  void enqueue(const char* op, const std::string& what, Call call) {
+  void enqueue(const char* op, const std::string& what, Call call, ComputeWaits compute_waits = ComputeWaits::Now) {
     cudaStream_t compute = cuda::compute_stream(device_.index);
     FLAME_CUDA_CHECK(cudaEventRecord(inputs_ready_, compute));
     FLAME_CUDA_CHECK(cudaStreamWaitEvent(stream_, inputs_ready_, 0));
-    const ncclResult_t status = call();
+    ncclResult_t status;
+    {
+      CallInProgress in_call(*this, op);
+      status = call();
+    }
     if (status != ncclSuccess && status != ncclInProgress) {
       fail(op, what, fmt::format("NCCL error {}: {}", ncclGetErrorString(status), ncclGetLastError(comm_)));
     }
     wait_async(op, what);
-    FLAME_CUDA_CHECK(cudaEventRecord(outputs_ready_, stream_));
-    FLAME_CUDA_CHECK(cudaStreamWaitEvent(compute, outputs_ready_, 0));
+    const cudaEvent_t done = record_issued(label(op, what));
+    if (compute_waits == ComputeWaits::Now) FLAME_CUDA_CHECK(cudaStreamWaitEvent(compute, done, 0));
+  }
+
+  /// A collective issued on stream_ and the event recorded after it (Note [NCCL timeouts]).
+  struct Issued {
+    cudaEvent_t done;
+    Clock::time_point when;
+    std::string label;
+  };
+
+  /// Records an event after the collective just enqueued on stream_ and queues it for the watchdog;
+  /// recycles the events of collectives that have finished.
+  cudaEvent_t record_issued(std::string collective) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    recycle_finished();
+    cudaEvent_t event = nullptr;
+    if (free_events_.empty()) {
+      FLAME_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+    } else {
+      event = free_events_.back();
+      free_events_.pop_back();
+    }
+    FLAME_CUDA_CHECK(cudaEventRecord(event, stream_));
+    issued_.push_back(Issued{event, Clock::now(), std::move(collective)});
+    last_issued_ = event;
+    return event;
+  }
+
+  /// Moves the events of finished collectives from the front of issued_ to the free pool (mutex_
+  /// held). Returns the CUDA error of a failed query (cudaSuccess otherwise).
+  cudaError_t recycle_finished() {
+    while (!issued_.empty()) {
+      const cudaError_t query = cudaEventQuery(issued_.front().done);
+      if (query == cudaErrorNotReady) return cudaSuccess;
+      if (query != cudaSuccess) return query;
+      free_events_.push_back(issued_.front().done);
+      issued_.pop_front();
+    }
+    return cudaSuccess;
+  }
+
+  std::string oldest_unfinished() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    recycle_finished();
+    return issued_.empty() ? std::string("the communication stream") : issued_.front().label;
+  }
+
+  /// Marks an NCCL host call in progress for the watchdog (a Blocking init or enqueue can wait for
+  /// peers).
+  struct CallInProgress {
+    CallInProgress(NcclCommunicator& self, const char* op) : self_(self) {
+      self_.call_name_.store(op);
+      self_.call_since_ns_.store(Clock::now().time_since_epoch().count());
+    }
+    ~CallInProgress() { self_.call_since_ns_.store(0); }
+    NcclCommunicator& self_;
+  };
+
+  /// The host is inside synchronize(), which enforces the timeout itself and raises.
+  struct HostWaiting {
+    explicit HostWaiting(std::atomic<bool>& flag) : flag_(flag) { flag_.store(true); }
+    ~HostWaiting() { flag_.store(false); }
+    std::atomic<bool>& flag_;
+  };
+
+  /// The watchdog thread (Note [NCCL timeouts]).
+  void watch() {
+    cudaSetDevice(device_.index);
+    std::unique_lock<std::mutex> stop_lock(stop_mutex_);
+    while (!stop_cv_.wait_for(stop_lock, std::chrono::milliseconds(100), [this] { return stop_; })) {
+      if (broken_.load()) continue;
+      const auto now = Clock::now();
+      const int64_t since = call_since_ns_.load();
+      if (since != 0 && now - Clock::time_point(Clock::duration(since)) > options_.timeout) {
+        watchdog_abort(fmt::format("the NCCL call {} has not returned after {} ms (a peer rank is missing)",
+                                   call_name_.load(), options_.timeout.count()));
+      }
+      std::string late;
+      cudaError_t query_error = cudaSuccess;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        query_error = recycle_finished();
+        // The host raises by itself while in synchronize(); give it twice the timeout before acting.
+        const auto limit = host_waiting_.load() ? 2 * options_.timeout : options_.timeout;
+        if (!issued_.empty() && now - issued_.front().when > limit) late = issued_.front().label;
+      }
+      if (query_error != cudaSuccess)
+        watchdog_abort(fmt::format("CUDA error {} on the communication stream", cudaGetErrorString(query_error)));
+      if (!late.empty())
+        watchdog_abort(fmt::format("{} has not finished after {} ms: another rank did not join it", late,
+                                   options_.timeout.count()));
+      if (comm_ready_.load() && !host_waiting_.load() && since == 0) {
+        ncclResult_t state = ncclSuccess;
+        if (ncclCommGetAsyncError(comm_, &state) == ncclSuccess && state != ncclSuccess && state != ncclInProgress)
+          watchdog_abort(fmt::format("asynchronous NCCL error {}", ncclGetErrorString(state)));
+      }
+    }
+  }
+
+  [[noreturn]] void watchdog_abort(const std::string& reason) {
+    abort_job(fmt::format("dist (NCCL) watchdog on rank {} of {} ({}): {}", group_.rank, group_.world_size,
+                          device_.str(), reason));
+  }
+
+  void stop_watchdog() {
+    {
+      std::lock_guard<std::mutex> lock(stop_mutex_);
+      stop_ = true;
+    }
+    stop_cv_.notify_all();
+    if (watchdog_.joinable()) watchdog_.join();
   }
 
   /// Polls ncclCommGetAsyncError until the pending call of a non-blocking communicator is issued.
@@ -258,7 +429,8 @@ class NcclCommunicator final : public Communicator {
   }
 
   [[noreturn]] void fail(const char* op, const std::string& what, const std::string& reason) {
-    broken_ = true;
+    broken_.store(true);
+    stop_watchdog();
     if (comm_ != nullptr) ncclCommAbort(comm_);
     comm_ = nullptr;
     FLAME_FAIL(
@@ -296,12 +468,28 @@ class NcclCommunicator final : public Communicator {
   CommunicatorOptions options_;
   Device device_;
   ncclComm_t comm_ = nullptr;
-  cudaStream_t stream_ = nullptr;        // communication stream (non-blocking) on device_
-  cudaEvent_t inputs_ready_ = nullptr;   // recorded on the compute stream before each collective
-  cudaEvent_t outputs_ready_ = nullptr;  // recorded on stream_ after each collective
-  cudaEvent_t drained_ = nullptr;        // recorded on stream_ by synchronize()
-  Tensor barrier_buffer_;                // [1] i32 on device_, all-reduced by barrier()
-  bool broken_ = false;
+  cudaStream_t stream_ = nullptr;       // communication stream (non-blocking) on device_
+  cudaEvent_t inputs_ready_ = nullptr;  // recorded on the compute stream before each collective
+  cudaEvent_t drained_ = nullptr;       // recorded on stream_ by synchronize()
+  Tensor barrier_buffer_;               // [1] i32 on device_, all-reduced by barrier()
+  std::atomic<bool> broken_{false};
+  std::atomic<bool> comm_ready_{false};
+
+  // Collectives issued and not yet seen finished, oldest first, and the pool of their events
+  // (Note [NCCL timeouts]); guarded by mutex_.
+  std::mutex mutex_;
+  std::deque<Issued> issued_;
+  std::vector<cudaEvent_t> free_events_;
+  cudaEvent_t last_issued_ = nullptr;  // the event after the latest collective (compute_wait)
+
+  // The watchdog thread and what it reads.
+  std::atomic<int64_t> call_since_ns_{0};  // steady-clock ns when the NCCL call in progress began; 0: none
+  std::atomic<const char*> call_name_{""};
+  std::atomic<bool> host_waiting_{false};
+  std::mutex stop_mutex_;
+  std::condition_variable stop_cv_;
+  bool stop_ = false;
+  std::thread watchdog_;
 };
 
 }  // namespace

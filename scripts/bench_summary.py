@@ -163,7 +163,8 @@ def print_ddp(records):
     steps = {}
     for r in records:
         if r["bench"] == "ddp_step":
-            steps[(r["model"], r["nccl_calls"], int(r["world"]))] = r["value"]
+            calls = r["nccl_calls"] if r.get("impl", "flame") == "flame" else r["impl"]
+            steps[(r["model"], calls, int(r["world"]))] = r["value"]
     header = ("ddp step (weak scaling)", "W=1 ms/step", "W=2 ms/step", "efficiency", "target")
     rows = [header]
     for model, calls in sorted({(m, c) for m, c, _ in steps}):

@@ -239,6 +239,9 @@ if [ $built -eq 1 ]; then
   if [ "$gpu_count" -ge 2 ] && [ -x "$build/bench/ddp_scaling_bench" ]; then
     run_bench ddp_scaling_w1 mpirun --allow-run-as-root -np 1 -x NCCL_NVLS_ENABLE=0 "$build/bench/ddp_scaling_bench"
     run_bench ddp_scaling_w2 mpirun --allow-run-as-root -np 2 -x NCCL_NVLS_ENABLE=0 "$build/bench/ddp_scaling_bench"
+    # PyTorch DDP on the same models and step, same run.
+    run_bench torch_ddp_w1 mpirun --allow-run-as-root -np 1 -x NCCL_NVLS_ENABLE=0 python3 "$root/bench/torch_ddp_reference.py"
+    run_bench torch_ddp_w2 mpirun --allow-run-as-root -np 2 -x NCCL_NVLS_ENABLE=0 python3 "$root/bench/torch_ddp_reference.py"
   fi
 fi
 run_bench torch_reference python3 "$root/bench/torch_reference.py"

@@ -11,6 +11,7 @@
 
 #include "core/autograd.h"
 #include "core/ops.h"
+#include "dist/checksum.h"
 #include "dist/communicator.h"
 #include "dist/ddp_test_support.h"
 #include "nn/activation.h"
@@ -197,6 +198,57 @@ TEST(Ddp, UnusedParameterRaisesOnEveryRankUnderErrorPolicy) {
   EXPECT_NE(message.find("'second.weight' received no gradient on 1 of"), std::string::npos) << message;
   EXPECT_NE(message.find("UnusedParameters::Ignore"), std::string::npos) << message;
   // The reducer starts a fresh round: a next, complete step works.
+}
+
+/// TwoHeads whose second head can be switched off after construction.
+class SwitchableHeads : public nn::Module {
+ public:
+  SwitchableHeads() {
+    first_ = register_module("first", std::make_shared<nn::Linear>(kIn, kOut));
+    second_ = register_module("second", std::make_shared<nn::Linear>(kIn, kOut));
+  }
+  Tensor forward(const Tensor& x) override {
+    return use_second ? first_->forward(x) + second_->forward(x) : first_->forward(x);
+  }
+  std::string type_name() const override { return "SwitchableHeads"; }
+  bool use_second = true;
+
+ private:
+  std::shared_ptr<nn::Linear> first_, second_;
+};
+
+TEST(Ddp, UnusedParameterInALaterStepRaisesAtTheNextCheckAndReplicasStayEqual) {
+  if (world() == 1) GTEST_SKIP() << "needs at least two ranks";
+  manual_seed(650);
+  auto model = std::make_shared<SwitchableHeads>();
+  DistributedDataParallel ddp(model, comm());
+  optim::AdamW optimizer(ddp.parameters(), optim::AdamWOptions{.lr = 1e-2});
+  const Batch batch = global_batch(2 * world(), 65);
+  const Batch mine = batch.slice(2 * rank(), 2);
+  const auto step = [&] {
+    ddp.zero_grad();
+    nn::mse_loss(ddp.forward(mine.x), mine.y).backward();
+    ddp.synchronize_gradients();  // no host wait and no check after the first round
+    optimizer.step();
+  };
+  step();                           // every parameter used: the first-round check passes
+  model->use_second = rank() != 1;  // rank 1 stops using the second head
+  step();
+  step();
+  // The replicas still agree (rank 1 contributed zeros, every rank applied the same mean)...
+  EXPECT_NO_THROW(check_in_sync(model->named_parameters(), comm(), "after step 3", 0.0));
+  const std::string message = error_of([&] { ddp.check_parameters_in_sync("after step 3"); });
+  // ...but the check names the parameter rank 1 left without a gradient, on every rank.
+  EXPECT_NE(message.find("'second.weight' received no gradient on 1 of " + std::to_string(world()) + " ranks"),
+            std::string::npos)
+      << message;
+  EXPECT_NE(message.find("after step 3"), std::string::npos) << message;
+  EXPECT_EQ(message.find("checksum"), std::string::npos) << message;
+  EXPECT_EQ(message.find("(including this one)") != std::string::npos, rank() == 1) << message;
+  // The flags were reset by the check; with every head used again the next check passes.
+  model->use_second = true;
+  step();
+  EXPECT_NO_THROW(ddp.check_parameters_in_sync("after step 4"));
 }
 
 TEST(Ddp, UnusedParameterIsIgnoredUnderIgnorePolicy) {

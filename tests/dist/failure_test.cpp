@@ -5,6 +5,14 @@
 //   failure_test collective_timeout  rank 1 skips an all_reduce (and sleeps); the other ranks must
 //                                    raise flame::Error naming the collective, `what` and their rank
 //                                    after the 2 s timeout, then abort the job.
+//   failure_test nccl_timeout        the same through NCCL (one GPU per rank): rank 1 skips an
+//                                    all_reduce; the others raise from synchronize() after the 3 s
+//                                    timeout, naming it (Note [NCCL timeouts]).
+//   failure_test nccl_watchdog       rank 1 skips an all_reduce; the others block the host in a
+//                                    device-to-host copy that waits for it, so only the NCCL
+//                                    communicator's watchdog can end the job, after the 3 s timeout.
+// The NCCL scenarios print "skipped: ..." and exit 0 without one GPU per rank (CTest's
+// SKIP_REGULAR_EXPRESSION).
 #include <spdlog/spdlog.h>
 
 #include <chrono>
@@ -13,6 +21,7 @@
 #include <string>
 #include <thread>
 
+#include "core/cuda_device.h"
 #include "core/ops.h"
 #include "dist/communicator.h"
 
@@ -40,6 +49,42 @@ void collective_timeout(const dist::ProcessGroup& group) {
   comm->all_reduce(t, dist::ReduceOp::Sum, "grad bucket 0");
 }
 
+/// One GPU per local rank, or nullopt after printing why the NCCL scenario is skipped.
+bool have_gpu_per_rank(const dist::ProcessGroup& group) {
+  if (cuda::device_count() >= group.local_world_size) return true;
+  std::fprintf(stderr, "skipped: the NCCL scenarios need one GPU per rank (%d local ranks, %d GPUs)\n",
+               group.local_world_size, cuda::device_count());
+  return false;
+}
+
+void nccl_timeout(const dist::ProcessGroup& group) {
+  if (!have_gpu_per_rank(group)) return;
+  auto comm = dist::make_nccl_communicator(group, {std::chrono::seconds(3)});
+  Tensor t = ones({4}, TensorOptions(kF32, group.cuda_device()));
+  comm->all_reduce(t, dist::ReduceOp::Sum, "warm-up");
+  comm->synchronize();
+  if (group.rank == 1) {
+    std::this_thread::sleep_for(std::chrono::seconds(60));
+    return;
+  }
+  comm->all_reduce(t, dist::ReduceOp::Sum, "grad bucket 0");
+  comm->synchronize();
+}
+
+void nccl_watchdog(const dist::ProcessGroup& group) {
+  if (!have_gpu_per_rank(group)) return;
+  auto comm = dist::make_nccl_communicator(group, {std::chrono::seconds(3)});
+  Tensor t = ones({4}, TensorOptions(kF32, group.cuda_device()));
+  comm->all_reduce(t, dist::ReduceOp::Sum, "warm-up");
+  comm->synchronize();
+  if (group.rank == 1) {
+    std::this_thread::sleep_for(std::chrono::seconds(60));
+    return;
+  }
+  comm->all_reduce(t, dist::ReduceOp::Sum, "grad bucket 0");
+  std::fprintf(stderr, "rank %d: read %g without rank 1\n", group.rank, sum(t).item());  // waits on the device
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -54,8 +99,12 @@ int main(int argc, char** argv) {
       rank_throws(group);
     } else if (scenario == "collective_timeout") {
       collective_timeout(group);
+    } else if (scenario == "nccl_timeout") {
+      nccl_timeout(group);
+    } else if (scenario == "nccl_watchdog") {
+      nccl_watchdog(group);
     } else {
-      std::fprintf(stderr, "usage: failure_test rank_throws|collective_timeout\n");
+      std::fprintf(stderr, "usage: failure_test rank_throws|collective_timeout|nccl_timeout|nccl_watchdog\n");
       return 2;
     }
   } catch (const std::exception& e) {

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <string>
+#include <vector>
 
 #include "core/cuda_device.h"
 #include "core/ops.h"
@@ -100,6 +102,42 @@ TEST_F(Nccl, BarrierAndSynchronize) {
   comm_->barrier();
   comm_->synchronize();
   SUCCEED();
+}
+
+TEST_F(Nccl, OverlappedAllReduceIsVisibleAfterComputeWait) {
+  // Several buckets in flight while the compute stream keeps working, then one compute_wait().
+  std::vector<Tensor> buckets;
+  for (int b = 0; b < 4; ++b) {
+    buckets.push_back(full({(b + 1) * 100000}, rank() + b, {kF32, device()}));
+    comm_->all_reduce_overlapped(buckets.back(), ReduceOp::Sum, "bucket " + std::to_string(b));
+  }
+  Tensor unrelated = matmul(ones({256, 256}, {kF32, device()}), ones({256, 256}, {kF32, device()}));
+  comm_->compute_wait();
+  for (int b = 0; b < 4; ++b) {
+    SCOPED_TRACE(b);
+    const double expected = world() * (world() - 1) / 2.0 + static_cast<double>(world()) * b;
+    EXPECT_TRUE(
+        all_close(buckets[b], {(b + 1) * 100000}, std::vector<double>((b + 1) * 100000, expected), Tolerance{}));
+  }
+  EXPECT_EQ(unrelated.to_vector<float>()[0], 256.0f);
+  Tensor strided = full({4, 6}, 1.0, {kF32, device()}).slice(1, 0, 6, 2);
+  EXPECT_TRUE(raises_error([&] { comm_->all_reduce_overlapped(strided, ReduceOp::Sum, "bucket 9"); },
+                           {"contiguous", "bucket 9"}));
+}
+
+TEST_F(Nccl, NonBlockingCallsGiveTheSameResults) {
+  dist::CommunicatorOptions options;
+  options.timeout = std::chrono::seconds(30);
+  options.nccl_calls = dist::NcclCalls::NonBlocking;
+  auto nonblocking = dist::make_nccl_communicator(group(), options);
+  Tensor t = full({1000}, rank() + 1, {kF32, device()});
+  nonblocking->all_reduce(t, ReduceOp::Sum, "sum");
+  EXPECT_TRUE(all_close(t, {1000}, std::vector<double>(1000, world() * (world() + 1) / 2.0), Tolerance{}));
+  Tensor u = full({1000}, rank(), {kF32, device()});
+  nonblocking->all_reduce_overlapped(u, ReduceOp::Avg, "bucket 0");
+  nonblocking->synchronize();
+  EXPECT_TRUE(all_close(u, {1000}, std::vector<double>(1000, (world() - 1) / 2.0), tolerance_for(kF32)));
+  nonblocking->barrier();
 }
 
 TEST_F(Nccl, WrongDeviceRaises) {
