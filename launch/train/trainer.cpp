@@ -1,0 +1,540 @@
+#include "launch/train/trainer.h"
+
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <utility>
+#include <vector>
+
+#include "core/autograd.h"
+#include "core/cuda_device.h"
+#include "core/ops.h"
+#include "core/random.h"
+#include "datasets/loader.h"
+#include "dist/communicator.h"
+#include "dist/ddp.h"
+#include "launch/train/checkpoint.h"
+#include "launch/train/metrics.h"
+#include "launch/train/models.h"
+#include "launch/train/progress.h"
+#include "launch/train/tensorboard.h"
+#include "nn/loss.h"
+#include "nn/optim/adam.h"
+#include "nn/optim/clip.h"
+#include "nn/optim/schedule.h"
+#include "nn/optim/sgd.h"
+
+namespace flame::train {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+// Note [stop requests]: the signal number that asked to stop (0: none).
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+extern "C" void on_stop_signal(int signal_number) { g_stop_signal = signal_number; }
+
+/// Installs the SIGTERM / SIGUSR1 handlers for the lifetime of a train() call.
+class StopSignalHandlers {
+ public:
+  StopSignalHandlers() {
+    g_stop_signal = 0;
+    struct sigaction action {};
+    action.sa_handler = on_stop_signal;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGTERM, &action, &previous_term_);
+    sigaction(SIGUSR1, &action, &previous_usr1_);
+  }
+  ~StopSignalHandlers() {
+    sigaction(SIGTERM, &previous_term_, nullptr);
+    sigaction(SIGUSR1, &previous_usr1_, nullptr);
+  }
+  StopSignalHandlers(const StopSignalHandlers&) = delete;
+  StopSignalHandlers& operator=(const StopSignalHandlers&) = delete;
+
+ private:
+  struct sigaction previous_term_ {};
+  struct sigaction previous_usr1_ {};
+};
+
+/// Per-rank log file (every message) and console (rank 0: info and up; others: warnings and up).
+std::shared_ptr<spdlog::logger> make_logger(const fs::path& log_dir, int rank) {
+  fs::create_directories(log_dir / "logs");
+  auto console = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
+  console->set_level(rank == 0 ? spdlog::level::info : spdlog::level::warn);
+  auto file = std::make_shared<spdlog::sinks::basic_file_sink_mt>((log_dir / "logs" / fmt::format("rank-{}.log", rank)).string());
+  file->set_level(spdlog::level::debug);
+  auto logger = std::make_shared<spdlog::logger>("flame-train", spdlog::sinks_init_list{console, file});
+  logger->set_pattern(fmt::format("[%Y-%m-%d %H:%M:%S.%e] [rank {}] [%l] %v", rank));
+  logger->set_level(spdlog::level::debug);
+  logger->flush_on(spdlog::level::info);
+  return logger;
+}
+
+Device choose_device(DeviceChoice choice, const dist::ProcessGroup& group) {
+  const bool gpus_for_every_rank = cuda::is_available() && cuda::device_count() >= group.local_world_size;
+  switch (choice) {
+    case DeviceChoice::Cpu:
+      return kCPU;
+    case DeviceChoice::Cuda:
+      FLAME_CHECK(cuda::is_available(), "train.device = \"cuda\" but no CUDA device is usable here; use \"cpu\" or \"auto\"");
+      return group.cuda_device();  // raises when there are fewer GPUs than local ranks
+    case DeviceChoice::Auto:
+      return gpus_for_every_rank ? group.cuda_device() : kCPU;
+  }
+  FLAME_FAIL("train.device: unknown choice");
+}
+
+std::unique_ptr<optim::Optimizer> make_optimizer(const OptimizerConfig& c, std::vector<Tensor> params) {
+  switch (c.kind) {
+    case OptimizerKind::Sgd: {
+      optim::SGDOptions o;
+      o.lr = c.lr;
+      o.momentum = c.momentum;
+      o.weight_decay = c.weight_decay;
+      o.kind = c.nesterov ? optim::MomentumKind::Nesterov : optim::MomentumKind::Classic;
+      return std::make_unique<optim::SGD>(std::move(params), o);
+    }
+    case OptimizerKind::Adam:
+      return std::make_unique<optim::Adam>(std::move(params),
+                                           optim::AdamOptions{c.lr, {c.beta1, c.beta2}, c.eps, c.weight_decay});
+    case OptimizerKind::AdamW:
+      return std::make_unique<optim::AdamW>(std::move(params),
+                                            optim::AdamWOptions{c.lr, {c.beta1, c.beta2}, c.eps, c.weight_decay});
+  }
+  FLAME_FAIL("optimizer.name: unknown optimizer");
+}
+
+optim::LrSchedule make_schedule(const Config& config, int64_t total_steps) {
+  const OptimizerConfig& o = config.optimizer;
+  const ScheduleConfig& s = config.schedule;
+  switch (s.kind) {
+    case ScheduleChoice::Constant:
+      return optim::constant_schedule(o.lr);
+    case ScheduleChoice::Step:
+      return optim::step_schedule(o.lr, s.step_size, s.gamma);
+    case ScheduleChoice::WarmupCosine:
+      FLAME_CHECK(s.warmup_steps <= total_steps,
+                  "schedule.warmup_steps ({}) exceeds the run's {} optimizer steps; lower it or train longer",
+                  s.warmup_steps, total_steps);
+      return optim::warmup_cosine_schedule(o.lr, s.warmup_steps, total_steps, s.min_lr);
+  }
+  FLAME_FAIL("schedule.name: unknown schedule");
+}
+
+/// The dataset's image and label fields: (index of "image", index of "label").
+std::pair<size_t, size_t> image_label_fields(const data::ShardedDataset& dataset) {
+  std::optional<size_t> image, label;
+  const auto& fields = dataset.fields();
+  for (size_t i = 0; i < fields.size(); ++i) {
+    if (fields[i].name == "image") image = i;
+    if (fields[i].name == "label") label = i;
+  }
+  FLAME_CHECK(image && label && fields[*image].dtype == kU8 && fields[*label].dtype == kI64,
+              "dataset '{}': flame-train's image models need a u8 field \"image\" and an i64 field \"label\" "
+              "(as `flame-prep fashion-mnist` and `flame-prep synthetic` write)",
+              dataset.dir());
+  return {*image, *label};
+}
+
+/// u8 images -> normalised f32 (Note [training loop]).
+Tensor preprocess(const Tensor& image) {
+  constexpr double kMean = 0.2860, kStd = 0.3530;
+  return (image.to(kF32) * (1.0 / (255.0 * kStd))) - (kMean / kStd);
+}
+
+/// Every rank's generator states, [W, 4] i64: CPU seed, CPU offset, device seed, device offset.
+std::vector<int64_t> gather_rng_states(dist::Communicator& control, Device device) {
+  const Generator& cpu = default_generator(kCPU);
+  const Generator& dev = device.is_cuda() ? default_generator(device) : cpu;
+  const std::vector<int64_t> mine = {static_cast<int64_t>(cpu.seed()), static_cast<int64_t>(cpu.offset()),
+                                     static_cast<int64_t>(dev.seed()), static_cast<int64_t>(dev.offset())};
+  const int world = control.group().world_size;
+  Tensor all = zeros({world * 4}, TensorOptions(kI64));
+  control.all_gather(from_vector(mine, {4}, TensorOptions(kI64)), all, "generator states");
+  return all.to_vector<int64_t>();
+}
+
+void restore_rng_states(const nlohmann::json& rng, int rank, Device device) {
+  const std::vector<int64_t> s = rng.at(rank).get<std::vector<int64_t>>();
+  FLAME_CHECK(s.size() == 4, "checkpoint state.json: rng entry of rank {} must hold 4 integers", rank);
+  Generator& cpu = default_generator(kCPU);
+  cpu.manual_seed(static_cast<uint64_t>(s[0]));
+  cpu.set_offset(static_cast<uint64_t>(s[1]));
+  if (device.is_cuda()) {
+    Generator& dev = default_generator(device);
+    dev.manual_seed(static_cast<uint64_t>(s[2]));
+    dev.set_offset(static_cast<uint64_t>(s[3]));
+  }
+}
+
+/// Sum of `values` over ranks, through the MPI control communicator (host numbers).
+std::vector<double> sum_over_ranks(dist::Communicator& control, const std::vector<double>& values,
+                                   const std::string& what) {
+  Tensor t = from_vector(values, {static_cast<int64_t>(values.size())}, TensorOptions(kF64));
+  control.all_reduce(t, dist::ReduceOp::Sum, what);
+  return t.to_vector<double>();
+}
+
+/// Requeues the Slurm job this process belongs to (Note [stop requests]); logs the outcome.
+void requeue_slurm_job(spdlog::logger& log) {
+  const char* job = std::getenv("SLURM_JOB_ID");
+  if (job == nullptr) return;
+  const std::string command = fmt::format("scontrol requeue {}", job);
+  const int status = std::system(command.c_str());
+  if (status == 0) {
+    log.info("requeued Slurm job {} ({}); it resumes from the checkpoint with --resume auto", job, command);
+  } else {
+    log.warn("'{}' failed (status {}): the job was not requeued (is requeue allowed for it? sbatch --requeue)", command,
+             status);
+  }
+}
+
+/// Everything one train() call holds.
+class Trainer {
+ public:
+  Trainer(const Config& config, const RunOptions& options)
+      : config_(config),
+        options_(options),
+        group_(dist::ProcessGroup::init()),
+        log_dir_(config.log.dir),
+        log_(make_logger(log_dir_, group_.rank)) {}
+
+  RunResult run();
+
+ private:
+  void set_up();
+  void resume_if_asked();
+  /// The next micro-batch of this rank, rolling over to the next epoch when one ends.
+  data::Batch next_batch();
+  /// One optimizer step; returns the step's loss (this rank, a device scalar).
+  Tensor train_step();
+  /// Mean loss and accuracy over the test split (collective); nullopt without a test set.
+  std::optional<std::pair<double, double>> evaluate();
+  std::string save_checkpoint();
+  void write_summary(const RunResult& result) const;
+  bool stop_requested();
+
+  Config config_;
+  RunOptions options_;
+  const dist::ProcessGroup& group_;
+  fs::path log_dir_;
+  std::shared_ptr<spdlog::logger> log_;
+
+  Device device_ = kCPU;
+  std::unique_ptr<dist::Communicator> control_;      // MPI, CPU tensors: flags, sums, generator states
+  std::unique_ptr<dist::Communicator> gradients_;    // NCCL on a GPU; null on the CPU (control_ serves)
+  std::shared_ptr<data::ShardedDataset> train_set_, test_set_;
+  std::pair<size_t, size_t> fields_{0, 1};
+  std::unique_ptr<data::DataLoader> loader_;
+  std::shared_ptr<nn::Module> model_;
+  std::unique_ptr<dist::DistributedDataParallel> ddp_;
+  std::unique_ptr<optim::Optimizer> optimizer_;
+  optim::LrSchedule schedule_;
+  std::unique_ptr<CheckpointStore> store_;
+  std::unique_ptr<JsonlWriter> metrics_;
+  std::unique_ptr<TensorBoardWriter> tensorboard_;
+  int64_t total_steps_ = 0;
+  int64_t step_ = 0;
+  int64_t resumed_from_ = 0;
+};
+
+void Trainer::set_up() {
+  device_ = choose_device(config_.train.device, group_);
+  const dist::CommunicatorOptions comm_options{
+      std::chrono::milliseconds(static_cast<int64_t>(config_.ddp.timeout_s * 1000.0))};
+  control_ = dist::make_mpi_communicator(group_, comm_options);
+  if (device_.is_cuda()) gradients_ = dist::make_nccl_communicator(group_, comm_options);
+
+  train_set_ = std::make_shared<data::ShardedDataset>(config_.data.train_dir);
+  fields_ = image_label_fields(*train_set_);
+  if (!config_.data.test_dir.empty()) {
+    test_set_ = std::make_shared<data::ShardedDataset>(config_.data.test_dir);
+    image_label_fields(*test_set_);
+  }
+  data::DistributedSampler sampler(train_set_->size(), group_.rank, group_.world_size, config_.train.seed,
+                                   config_.data.shuffle ? data::Shuffle::On : data::Shuffle::Off,
+                                   data::Remainder::Drop);
+  data::DataLoaderOptions loader_options;
+  loader_options.batch_size = config_.train.batch_size;
+  loader_options.workers = config_.data.workers;
+  loader_options.device = device_;
+  loader_options.last_batch = data::LastBatch::Drop;
+  loader_options.read_mode = config_.data.in_memory ? data::ReadMode::InMemory : data::ReadMode::Shards;
+  loader_ = std::make_unique<data::DataLoader>(train_set_, sampler, loader_options);
+  const int64_t batches = loader_->batches_per_epoch();
+  FLAME_CHECK(batches > 0,
+              "train.batch_size {} is larger than this rank's share of '{}' ({} samples over {} ranks); lower it",
+              config_.train.batch_size, config_.data.train_dir, train_set_->size(), group_.world_size);
+  total_steps_ = config_.train.steps > 0 ? config_.train.steps : config_.train.epochs * batches / config_.train.grad_accum;
+  FLAME_CHECK(total_steps_ > 0, "train.epochs = {} gives no optimizer step ({} batches per epoch, grad_accum {})",
+              config_.train.epochs, batches, config_.train.grad_accum);
+  schedule_ = make_schedule(config_, total_steps_);
+
+  manual_seed(config_.train.seed);
+  model_ = make_model(config_.model.name);
+  model_->to(device_);
+  optimizer_ = make_optimizer(config_.optimizer, model_->parameters());
+  store_ = std::make_unique<CheckpointStore>(config_.checkpoint.dir, config_.checkpoint.keep_last);
+}
+
+void Trainer::resume_if_asked() {
+  // Rank 0 picks the checkpoint so that every rank loads the same one.
+  int64_t step = -1;
+  if (options_.resume == ResumeMode::Auto && group_.rank == 0) {
+    if (const std::optional<std::string> latest = store_->latest()) step = load_checkpoint(*latest).step;
+  }
+  Tensor chosen = full({1}, static_cast<double>(step), TensorOptions(kI64));
+  control_->broadcast(chosen, 0, "resume step");
+  step = chosen.to_vector<int64_t>()[0];
+  if (step < 0) {
+    if (options_.resume == ResumeMode::Auto) log_->info("no checkpoint in {}: starting from scratch", store_->root());
+    return;
+  }
+  const std::string dir = (fs::path(store_->root()) / checkpoint_dir_name(step)).string();
+  const CheckpointData data = load_checkpoint(dir);
+  const nlohmann::json& state = data.state;
+  const int saved_world = state.at("world_size").get<int>();
+  FLAME_CHECK(saved_world == group_.world_size,
+              "checkpoint '{}' was written by {} ranks but this run has {}; resume with {} ranks (the data order "
+              "depends on the world size), or start a new run with --resume none",
+              dir, saved_world, group_.world_size, saved_world);
+  model_->load_state_dict(data.model);
+  optimizer_->load_state_dict(data.optimizer);
+  loader_->restore(data::LoaderState{state.at("epoch").get<int64_t>(), state.at("next_batch").get<int64_t>()});
+  restore_rng_states(state.at("rng"), group_.rank, device_);
+  step_ = resumed_from_ = step;
+  log_->info("resumed from {} (step {} of {})", dir, step, total_steps_);
+}
+
+data::Batch Trainer::next_batch() {
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    if (std::optional<data::Batch> batch = loader_->next()) return std::move(*batch);
+    loader_->set_epoch(loader_->epoch() + 1);
+  }
+  FLAME_FAIL("flame-train: the loader delivered no batch in a whole epoch of '{}'", config_.data.train_dir);
+}
+
+Tensor Trainer::train_step() {
+  optimizer_->set_lr(optim::scheduled_lr(schedule_, step_));
+  ddp_->zero_grad();
+  const int64_t accum = config_.train.grad_accum;
+  Tensor step_loss;
+  for (int64_t micro = 0; micro < accum; ++micro) {
+    const data::Batch batch = next_batch();
+    const auto forward_backward = [&] {
+      Tensor loss = nn::cross_entropy(ddp_->forward(preprocess(batch.fields[fields_.first])), batch.fields[fields_.second]);
+      if (accum > 1) loss = loss * (1.0 / static_cast<double>(accum));
+      loss.backward();
+      const Tensor detached = loss.detach();
+      step_loss = step_loss.defined() ? step_loss + detached : detached;
+    };
+    if (micro + 1 < accum) {
+      auto no_sync = ddp_->no_sync();
+      forward_backward();
+    } else {
+      forward_backward();
+    }
+  }
+  ddp_->synchronize_gradients();
+  if (config_.train.clip_grad_norm > 0) optim::clip_grad_norm_(model_->parameters(), config_.train.clip_grad_norm);
+  optimizer_->step();
+  ddp_->after_step();
+  ++step_;
+  return step_loss;
+}
+
+std::optional<std::pair<double, double>> Trainer::evaluate() {
+  if (!test_set_) return std::nullopt;
+  autograd::NoGradGuard no_grad;
+  model_->eval();
+  data::DistributedSampler sampler(test_set_->size(), group_.rank, group_.world_size, 0, data::Shuffle::Off,
+                                   data::Remainder::Drop);
+  data::DataLoaderOptions options;
+  options.batch_size = config_.eval.batch_size;
+  options.workers = config_.data.workers;
+  options.device = device_;
+  options.last_batch = data::LastBatch::Keep;
+  data::DataLoader loader(test_set_, sampler, options);
+  const TensorOptions f64(kF64, device_);
+  Tensor loss_sum = zeros({}, f64), correct = zeros({}, f64);
+  int64_t count = 0;
+  while (std::optional<data::Batch> batch = loader.next()) {
+    const Tensor& labels = batch->fields[fields_.second];
+    const Tensor logits = model_->forward(preprocess(batch->fields[fields_.first]));
+    const int64_t n = labels.size(0);
+    loss_sum = loss_sum + nn::cross_entropy(logits, labels).to(kF64) * static_cast<double>(n);
+    correct = correct + sum(eq(argmax(logits, 1), labels).to(kF64));
+    count += n;
+  }
+  model_->train();
+  const std::vector<double> totals =
+      sum_over_ranks(*control_, {loss_sum.item(), correct.item(), static_cast<double>(count)}, "evaluation sums");
+  FLAME_CHECK(totals[2] > 0, "data.test '{}' has no sample to evaluate on {} ranks", config_.data.test_dir,
+              group_.world_size);
+  return std::make_pair(totals[0] / totals[2], totals[1] / totals[2]);
+}
+
+std::string Trainer::save_checkpoint() {
+  const std::vector<int64_t> rng = gather_rng_states(*control_, device_);
+  std::string dir;
+  if (group_.rank == 0) {
+    nlohmann::json rng_json = nlohmann::json::array();
+    for (int r = 0; r < group_.world_size; ++r)
+      rng_json.push_back(std::vector<int64_t>(rng.begin() + 4 * r, rng.begin() + 4 * r + 4));
+    const data::LoaderState position = loader_->state();
+    CheckpointData data;
+    data.step = step_;
+    data.model = model_->state_dict();
+    data.optimizer = optimizer_->state_dict();
+    data.state = {{"epoch", position.epoch},       {"next_batch", position.next_batch},
+                  {"world_size", group_.world_size}, {"rng", rng_json},
+                  {"total_steps", total_steps_},     {"config", to_toml(config_)}};
+    dir = store_->save(data);
+    log_->info("checkpoint {} written", dir);
+  }
+  control_->barrier();  // every rank leaves knowing the checkpoint is complete
+  return dir;
+}
+
+bool Trainer::stop_requested() {
+  const bool local = g_stop_signal != 0 ||
+                     (options_.stop_after_steps > 0 && step_ - resumed_from_ >= options_.stop_after_steps);
+  return sum_over_ranks(*control_, {local ? 1.0 : 0.0}, "stop flag")[0] > 0;
+}
+
+void Trainer::write_summary(const RunResult& result) const {
+  if (group_.rank != 0) return;
+  nlohmann::json summary = {{"final_loss", result.final_loss},
+                            {"steps", result.steps},
+                            {"stopped", result.stopped},
+                            {"resumed_from_step", result.resumed_from_step},
+                            {"world_size", result.world_size},
+                            {"device", result.device},
+                            {"samples_per_s", result.samples_per_s},
+                            {"checkpoint", result.last_checkpoint}};
+  summary["test_loss"] = result.test_loss ? nlohmann::json(*result.test_loss) : nlohmann::json();
+  summary["test_accuracy"] = result.test_accuracy ? nlohmann::json(*result.test_accuracy) : nlohmann::json();
+  summary["time_to_90_s"] = result.time_to_90_s ? nlohmann::json(*result.time_to_90_s) : nlohmann::json();
+  const fs::path path = log_dir_ / "summary.json";
+  const fs::path temporary = log_dir_ / "summary.json.tmp";
+  {
+    std::ofstream out(temporary);
+    out << summary.dump(2) << "\n";
+    FLAME_CHECK(out.good(), "cannot write '{}'", temporary.string());
+  }
+  fs::rename(temporary, path);
+}
+
+RunResult Trainer::run() {
+  StopSignalHandlers handlers;
+  set_up();
+  resume_if_asked();
+  ddp_ = std::make_unique<dist::DistributedDataParallel>(
+      model_, gradients_ ? *gradients_ : *control_,
+      dist::DdpOptions{static_cast<size_t>(config_.ddp.first_bucket_mb * (1 << 20)),
+                       static_cast<size_t>(config_.ddp.bucket_cap_mb * (1 << 20)), dist::UnusedParameters::Error,
+                       config_.ddp.check_every, 0.0});
+  if (group_.rank == 0) {
+    metrics_ = std::make_unique<JsonlWriter>((log_dir_ / "metrics.jsonl").string());
+    if (config_.log.tensorboard) tensorboard_ = std::make_unique<TensorBoardWriter>((log_dir_ / "tensorboard").string());
+  }
+  const int64_t samples_per_step = config_.train.batch_size * config_.train.grad_accum * group_.world_size;
+  log_->info("training {} on {} x {} ({}), {} steps of {} samples, {} per epoch; logs in {}", config_.model.name,
+             group_.world_size, device_.str(), dist::ProcessGroup::init().is_distributed() ? "DDP" : "one process",
+             total_steps_, samples_per_step, loader_->batches_per_epoch() / config_.train.grad_accum, log_dir_.string());
+
+  RunResult result;
+  result.world_size = group_.world_size;
+  result.device = device_.str();
+  result.resumed_from_step = resumed_from_;
+  Progress progress(total_steps_, resumed_from_, config_.log.progress && group_.rank == 0);
+  const auto start = Clock::now();
+  const auto seconds_since_start = [&] { return std::chrono::duration<double>(Clock::now() - start).count(); };
+  bool stopped = false;
+  while (step_ < total_steps_ && !stopped) {
+    const Tensor loss = train_step();
+    const bool last = step_ == total_steps_;
+    if (step_ % config_.log.every_steps == 0 || last) {
+      const double mean_loss = sum_over_ranks(*control_, {loss.item()}, "loss")[0] / group_.world_size;
+      result.final_loss = mean_loss;
+      const double lr = optimizer_->lr();
+      if (metrics_) metrics_->write(step_, {{"loss", mean_loss}, {"lr", lr}, {"epoch", double(loader_->epoch())}});
+      if (tensorboard_) {
+        tensorboard_->add_scalar("train/loss", mean_loss, step_);
+        tensorboard_->add_scalar("train/lr", lr, step_);
+      }
+      progress.update(step_, loader_->epoch(), mean_loss, lr, samples_per_step);
+    }
+    if ((config_.eval.every_steps > 0 && step_ % config_.eval.every_steps == 0) || last) {
+      if (const auto eval = evaluate()) {
+        result.test_loss = eval->first;
+        result.test_accuracy = eval->second;
+        if (!result.time_to_90_s && eval->second >= 0.9) result.time_to_90_s = seconds_since_start();
+        progress.note(fmt::format("step {}: test loss {:.4f}, test accuracy {:.2f}%", step_, eval->first,
+                                  100.0 * eval->second));
+        log_->debug("evaluation at step {}: loss {:.6f} accuracy {:.6f}", step_, eval->first, eval->second);
+        if (metrics_) metrics_->write(step_, {{"test_loss", eval->first}, {"test_accuracy", eval->second}});
+        if (tensorboard_) {
+          tensorboard_->add_scalar("test/loss", eval->first, step_);
+          tensorboard_->add_scalar("test/accuracy", eval->second, step_);
+        }
+      }
+    }
+    stopped = !last && stop_requested();
+    if (stopped || last || (config_.checkpoint.every_steps > 0 && step_ % config_.checkpoint.every_steps == 0)) {
+      if (last) ddp_->check_parameters_in_sync(fmt::format("at the end (step {})", step_));
+      result.last_checkpoint = save_checkpoint();
+    }
+    if (tensorboard_) tensorboard_->flush();
+  }
+  progress.finish();
+  const double seconds = seconds_since_start();
+  result.steps = step_;
+  result.stopped = stopped;
+  result.samples_per_s = seconds > 0 ? static_cast<double>((step_ - resumed_from_) * samples_per_step) / seconds : 0.0;
+  if (stopped) {
+    log_->warn("stopped after step {} by {} (checkpoint {}); resume with --resume auto", step_,
+               g_stop_signal == SIGUSR1 ? "SIGUSR1" : g_stop_signal == SIGTERM ? "SIGTERM" : "a stop request",
+               result.last_checkpoint);
+    if (group_.rank == 0 && g_stop_signal == SIGUSR1) requeue_slurm_job(*log_);
+  } else {
+    log_->info("done: {} steps, final loss {:.4f}{}, {:.0f} samples/s", step_, result.final_loss,
+               result.test_accuracy ? fmt::format(", test accuracy {:.2f}%", 100.0 * *result.test_accuracy) : "",
+               result.samples_per_s);
+  }
+  write_summary(result);
+  if (group_.rank == 0) {
+    log_->info("metrics: {}{}", (log_dir_ / "metrics.jsonl").string(),
+               tensorboard_ ? fmt::format(" and TensorBoard {}", (log_dir_ / "tensorboard").string()) : "");
+    log_->info("logs: {}/rank-*.log; summary: {}; checkpoint: {}", (log_dir_ / "logs").string(),
+               (log_dir_ / "summary.json").string(), result.last_checkpoint);
+  }
+  return result;
+}
+
+}  // namespace
+
+RunResult train(const Config& config, const RunOptions& options) {
+  Config resolved = config;
+  if (resolved.checkpoint.dir.empty()) resolved.checkpoint.dir = (fs::path(resolved.log.dir) / "checkpoints").string();
+  Trainer trainer(resolved, options);
+  return trainer.run();
+}
+
+void request_stop(int signal_number) { g_stop_signal = signal_number == 0 ? SIGTERM : signal_number; }
+
+}  // namespace flame::train
