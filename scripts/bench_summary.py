@@ -76,7 +76,8 @@ def main(argv):
 
     loader = [r for r in records if r["bench"] == "loader"]
     ddp = [r for r in records if r["bench"] in ("ddp_step", "ddp_overlap")]
-    records = [r for r in records if r["bench"] not in ("loader", "ddp_step", "ddp_overlap")]
+    training = [r for r in records if r["bench"] == "train_fashion_mnist"]
+    records = [r for r in records if r["bench"] not in ("loader", "ddp_step", "ddp_overlap", "train_fashion_mnist")]
     index = {(r["bench"], r["impl"], r["dtype"], r["size"]): r for r in records}
     devices = sorted({r.get("device", "?") for r in records + loader + ddp})
     print(f"device: {', '.join(devices)}")
@@ -129,6 +130,7 @@ def main(argv):
     print_loader(loader)
     print_allreduce([r for r in records if r["bench"] == "allreduce"])
     print_ddp(ddp)
+    print_training(training)
     return 0
 
 
@@ -183,6 +185,20 @@ def print_ddp(records):
         rows.append((f"ddp {r['model']} {r['nccl_calls']} W={r['world']}", fmt_value(r["step_ms"]),
                      fmt_value(r["step_no_comm_ms"]), fmt_value(r["comm_ms"]), f"{r['exposed_ms']:.4g}",
                      f"{r['hidden_fraction']:.3f}"))
+    print_table(rows)
+
+
+def print_training(records):
+    """flame-train's Fashion-MNIST CNN run next to PyTorch's, per world size."""
+    if not records:
+        return
+    rows = [("fashion-mnist cnn (2 epochs)", "GPUs", "time to 90%", "samples/s", "test accuracy", "target")]
+    for r in sorted(records, key=lambda r: (int(r["world"]), r["impl"])):
+        t90 = r.get("time_to_90_s")
+        accuracy = r.get("test_accuracy") or 0.0
+        rows.append((r["impl"], str(r["world"]), "never" if t90 is None else f"{t90:.2f} s",
+                     f"{r['samples_per_s']:.0f}", f"{100 * accuracy:.2f}%",
+                     ">=90% " + ("ok" if accuracy >= 0.9 else "BELOW")))
     print_table(rows)
 
 

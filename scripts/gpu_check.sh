@@ -216,6 +216,28 @@ run_loader_benches() {
   note "loader step: $(($(date +%s) + loader_budget - loader_deadline)) s of its ${loader_budget} s budget"
 }
 
+# run_train W: flame-train on W GPUs (W > 1: under mpirun), then the same training in PyTorch; a
+# train_fashion_mnist JSON line for each into bench.jsonl.
+run_train() {
+  local world=$1 dir=$tmp/train-w$1
+  local launcher=()
+  [ "$world" -gt 1 ] && launcher=(mpirun --allow-run-as-root -np "$world" -x NCCL_NVLS_ENABLE=0)
+  run_bench "flame_train_w$world" "${launcher[@]}" "$build/launch/train/flame-train" \
+    "$root/configs/fashion_mnist_cnn.toml" --set data.train=/tmp/flame-data/fmnist/train \
+    --set data.test=/tmp/flame-data/fmnist/test --set "log.dir=$dir" --set log.progress=false
+  if [ -f "$dir/summary.json" ]; then
+    python3 - "$dir/summary.json" "$world" "$gpu_name" >>"$out/bench.jsonl" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+print(json.dumps({"bench": "train_fashion_mnist", "impl": "flame", "world": int(sys.argv[2]),
+                  "time_to_90_s": s["time_to_90_s"], "samples_per_s": s["samples_per_s"],
+                  "test_accuracy": s["test_accuracy"], "steps": s["steps"], "device": sys.argv[3]}))
+PY
+  fi
+  run_bench "torch_fashion_mnist_w$world" mpirun --allow-run-as-root -np "$world" -x NCCL_NVLS_ENABLE=0 \
+    -x FLAME_FASHION_MNIST_DIR python3 "$root/bench/torch_fashion_mnist.py"
+}
+
 if [ $built -eq 1 ]; then
   run_loader_benches
   for program in matmul_bench elementwise_bench op_overhead_bench cnn_step_bench; do
@@ -242,6 +264,14 @@ if [ $built -eq 1 ]; then
     # PyTorch DDP on the same models and step, same run.
     run_bench torch_ddp_w1 mpirun --allow-run-as-root -np 1 -x NCCL_NVLS_ENABLE=0 python3 "$root/bench/torch_ddp_reference.py"
     run_bench torch_ddp_w2 mpirun --allow-run-as-root -np 2 -x NCCL_NVLS_ENABLE=0 python3 "$root/bench/torch_ddp_reference.py"
+  fi
+  # flame-train: the Fashion-MNIST CNN of configs/fashion_mnist_cnn.toml on 1 GPU and on 2 (issue 6),
+  # and PyTorch's same training in the same run (bench/torch_fashion_mnist.py).
+  if [ -x "$build/launch/train/flame-train" ] && [ -f /tmp/flame-data/fmnist/train/manifest.json ]; then
+    run_train 1
+    [ "$gpu_count" -ge 2 ] && run_train 2
+  else
+    bench_results+=("flame_train NOT RUN (flame-train not built or no Fashion-MNIST shards)")
   fi
 fi
 run_bench torch_reference python3 "$root/bench/torch_reference.py"

@@ -12,6 +12,7 @@ packages=(
   libgtest-dev
   libopenblas-dev
   nlohmann-json3-dev libcli11-dev libtomlplusplus-dev
+  slurmctld slurmd slurm-client munge
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -24,10 +25,12 @@ if ((${#missing[@]})); then
   $sudo_cmd apt-get update -qq
   $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-# Python packages the tests use (safetensors and h5py interop checks).
-if ! python3 -c "import safetensors, numpy, h5py" >/dev/null 2>&1; then
+# Python packages the tests use (safetensors and h5py interop checks, TensorBoard's event reader).
+python_packages=(safetensors numpy h5py tensorboard)
+if ! python3 -c "import safetensors, numpy, h5py, tensorboard" >/dev/null 2>&1; then
   pip_install=(python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore)
   # A Debian-managed python3 refuses plain pip installs (PEP 668); pyenv's or a venv's does not.
-  "${pip_install[@]}" safetensors numpy h5py 2>/dev/null || "${pip_install[@]}" --break-system-packages safetensors numpy h5py
+  "${pip_install[@]}" "${python_packages[@]}" 2>/dev/null ||
+    "${pip_install[@]}" --break-system-packages "${python_packages[@]}"
 fi
 echo "setup: all packages present"

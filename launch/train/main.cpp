@@ -4,9 +4,9 @@
 // debug mode), under `mpirun -np N`, or under Slurm (`srun`, `sbatch`; cluster/).
 // Exit status: 0 done; 1 error (every rank of a multi-rank job is brought down); 2 bad usage or
 // config; 85 stopped by SIGTERM / SIGUSR1 after writing a checkpoint (Note [stop requests]).
-#include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <CLI/CLI.hpp>
 #include <string>
 #include <vector>
 

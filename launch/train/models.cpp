@@ -22,7 +22,8 @@ constexpr int64_t kClasses = 10;
 std::shared_ptr<nn::Module> make_mlp() {
   return std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
       std::make_shared<nn::Flatten>(), std::make_shared<nn::Linear>(kSide * kSide, 256), std::make_shared<nn::ReLU>(),
-      std::make_shared<nn::Linear>(256, 256), std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(256, kClasses)});
+      std::make_shared<nn::Linear>(256, 256), std::make_shared<nn::ReLU>(),
+      std::make_shared<nn::Linear>(256, kClasses)});
 }
 
 std::shared_ptr<nn::Module> make_cnn() {
@@ -54,8 +55,8 @@ void register_model(const std::string& name, ModelBuilder builder) {
   Registry& r = registry();
   std::lock_guard<std::mutex> lock(r.mutex);
   FLAME_CHECK(!name.empty() && builder, "register_model: a model needs a non-empty name and a builder");
-  FLAME_CHECK(r.builders.emplace(name, std::move(builder)).second, "register_model: a model named '{}' is already registered",
-              name);
+  FLAME_CHECK(r.builders.emplace(name, std::move(builder)).second,
+              "register_model: a model named '{}' is already registered", name);
 }
 
 std::shared_ptr<nn::Module> make_model(const std::string& name) {

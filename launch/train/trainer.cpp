@@ -75,7 +75,8 @@ std::shared_ptr<spdlog::logger> make_logger(const fs::path& log_dir, int rank) {
   fs::create_directories(log_dir / "logs");
   auto console = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
   console->set_level(rank == 0 ? spdlog::level::info : spdlog::level::warn);
-  auto file = std::make_shared<spdlog::sinks::basic_file_sink_mt>((log_dir / "logs" / fmt::format("rank-{}.log", rank)).string());
+  auto file = std::make_shared<spdlog::sinks::basic_file_sink_mt>(
+      (log_dir / "logs" / fmt::format("rank-{}.log", rank)).string());
   file->set_level(spdlog::level::debug);
   auto logger = std::make_shared<spdlog::logger>("flame-train", spdlog::sinks_init_list{console, file});
   logger->set_pattern(fmt::format("[%Y-%m-%d %H:%M:%S.%e] [rank {}] [%l] %v", rank));
@@ -90,7 +91,8 @@ Device choose_device(DeviceChoice choice, const dist::ProcessGroup& group) {
     case DeviceChoice::Cpu:
       return kCPU;
     case DeviceChoice::Cuda:
-      FLAME_CHECK(cuda::is_available(), "train.device = \"cuda\" but no CUDA device is usable here; use \"cpu\" or \"auto\"");
+      FLAME_CHECK(cuda::is_available(),
+                  "train.device = \"cuda\" but no CUDA device is usable here; use \"cpu\" or \"auto\"");
       return group.cuda_device();  // raises when there are fewer GPUs than local ranks
     case DeviceChoice::Auto:
       return gpus_for_every_rank ? group.cuda_device() : kCPU;
@@ -235,8 +237,8 @@ class Trainer {
   std::shared_ptr<spdlog::logger> log_;
 
   Device device_ = kCPU;
-  std::unique_ptr<dist::Communicator> control_;      // MPI, CPU tensors: flags, sums, generator states
-  std::unique_ptr<dist::Communicator> gradients_;    // NCCL on a GPU; null on the CPU (control_ serves)
+  std::unique_ptr<dist::Communicator> control_;    // MPI, CPU tensors: flags, sums, generator states
+  std::unique_ptr<dist::Communicator> gradients_;  // NCCL on a GPU; null on the CPU (control_ serves)
   std::shared_ptr<data::ShardedDataset> train_set_, test_set_;
   std::pair<size_t, size_t> fields_{0, 1};
   std::unique_ptr<data::DataLoader> loader_;
@@ -279,7 +281,8 @@ void Trainer::set_up() {
   FLAME_CHECK(batches > 0,
               "train.batch_size {} is larger than this rank's share of '{}' ({} samples over {} ranks); lower it",
               config_.train.batch_size, config_.data.train_dir, train_set_->size(), group_.world_size);
-  total_steps_ = config_.train.steps > 0 ? config_.train.steps : config_.train.epochs * batches / config_.train.grad_accum;
+  total_steps_ =
+      config_.train.steps > 0 ? config_.train.steps : config_.train.epochs * batches / config_.train.grad_accum;
   FLAME_CHECK(total_steps_ > 0, "train.epochs = {} gives no optimizer step ({} batches per epoch, grad_accum {})",
               config_.train.epochs, batches, config_.train.grad_accum);
   schedule_ = make_schedule(config_, total_steps_);
@@ -336,7 +339,8 @@ Tensor Trainer::train_step() {
   for (int64_t micro = 0; micro < accum; ++micro) {
     const data::Batch batch = next_batch();
     const auto forward_backward = [&] {
-      Tensor loss = nn::cross_entropy(ddp_->forward(preprocess(batch.fields[fields_.first])), batch.fields[fields_.second]);
+      Tensor loss =
+          nn::cross_entropy(ddp_->forward(preprocess(batch.fields[fields_.first])), batch.fields[fields_.second]);
       if (accum > 1) loss = loss * (1.0 / static_cast<double>(accum));
       loss.backward();
       const Tensor detached = loss.detach();
@@ -400,9 +404,8 @@ std::string Trainer::save_checkpoint() {
     data.step = step_;
     data.model = model_->state_dict();
     data.optimizer = optimizer_->state_dict();
-    data.state = {{"epoch", position.epoch},       {"next_batch", position.next_batch},
-                  {"world_size", group_.world_size}, {"rng", rng_json},
-                  {"total_steps", total_steps_},     {"config", to_toml(config_)}};
+    data.state = {{"epoch", position.epoch}, {"next_batch", position.next_batch}, {"world_size", group_.world_size},
+                  {"rng", rng_json},         {"total_steps", total_steps_},       {"config", to_toml(config_)}};
     dir = store_->save(data);
     log_->info("checkpoint {} written", dir);
   }
@@ -411,8 +414,8 @@ std::string Trainer::save_checkpoint() {
 }
 
 bool Trainer::stop_requested() {
-  const bool local = g_stop_signal != 0 ||
-                     (options_.stop_after_steps > 0 && step_ - resumed_from_ >= options_.stop_after_steps);
+  const bool local =
+      g_stop_signal != 0 || (options_.stop_after_steps > 0 && step_ - resumed_from_ >= options_.stop_after_steps);
   return sum_over_ranks(*control_, {local ? 1.0 : 0.0}, "stop flag")[0] > 0;
 }
 
@@ -450,12 +453,14 @@ RunResult Trainer::run() {
                        config_.ddp.check_every, 0.0});
   if (group_.rank == 0) {
     metrics_ = std::make_unique<JsonlWriter>((log_dir_ / "metrics.jsonl").string());
-    if (config_.log.tensorboard) tensorboard_ = std::make_unique<TensorBoardWriter>((log_dir_ / "tensorboard").string());
+    if (config_.log.tensorboard)
+      tensorboard_ = std::make_unique<TensorBoardWriter>((log_dir_ / "tensorboard").string());
   }
   const int64_t samples_per_step = config_.train.batch_size * config_.train.grad_accum * group_.world_size;
   log_->info("training {} on {} x {} ({}), {} steps of {} samples, {} per epoch; logs in {}", config_.model.name,
              group_.world_size, device_.str(), dist::ProcessGroup::init().is_distributed() ? "DDP" : "one process",
-             total_steps_, samples_per_step, loader_->batches_per_epoch() / config_.train.grad_accum, log_dir_.string());
+             total_steps_, samples_per_step, loader_->batches_per_epoch() / config_.train.grad_accum,
+             log_dir_.string());
 
   RunResult result;
   result.world_size = group_.world_size;
@@ -484,8 +489,8 @@ RunResult Trainer::run() {
         result.test_loss = eval->first;
         result.test_accuracy = eval->second;
         if (!result.time_to_90_s && eval->second >= 0.9) result.time_to_90_s = seconds_since_start();
-        progress.note(fmt::format("step {}: test loss {:.4f}, test accuracy {:.2f}%", step_, eval->first,
-                                  100.0 * eval->second));
+        progress.note(
+            fmt::format("step {}: test loss {:.4f}, test accuracy {:.2f}%", step_, eval->first, 100.0 * eval->second));
         log_->debug("evaluation at step {}: loss {:.6f} accuracy {:.6f}", step_, eval->first, eval->second);
         if (metrics_) metrics_->write(step_, {{"test_loss", eval->first}, {"test_accuracy", eval->second}});
         if (tensorboard_) {
@@ -508,7 +513,9 @@ RunResult Trainer::run() {
   result.samples_per_s = seconds > 0 ? static_cast<double>((step_ - resumed_from_) * samples_per_step) / seconds : 0.0;
   if (stopped) {
     log_->warn("stopped after step {} by {} (checkpoint {}); resume with --resume auto", step_,
-               g_stop_signal == SIGUSR1 ? "SIGUSR1" : g_stop_signal == SIGTERM ? "SIGTERM" : "a stop request",
+               g_stop_signal == SIGUSR1   ? "SIGUSR1"
+               : g_stop_signal == SIGTERM ? "SIGTERM"
+                                          : "a stop request",
                result.last_checkpoint);
     if (group_.rank == 0 && g_stop_signal == SIGUSR1) requeue_slurm_job(*log_);
   } else {

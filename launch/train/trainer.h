@@ -60,17 +60,17 @@ struct RunOptions {
 };
 
 struct RunResult {
-  bool stopped = false;                  // stopped by a request (Note [stop requests])
-  int64_t steps = 0;                     // optimizer steps completed, in total
-  int64_t resumed_from_step = 0;         // 0 when the run started from scratch
-  double final_loss = 0.0;               // the last step's training loss, mean over ranks
-  std::optional<double> test_loss;       // the last evaluation (none without data.test)
-  std::optional<double> test_accuracy;   // in [0, 1]
-  std::optional<double> time_to_90_s;    // training seconds until an evaluation first reached 90%
-  double samples_per_s = 0.0;            // training samples per second, all ranks, this call
-  std::string last_checkpoint;           // the directory written last ("" if none)
+  bool stopped = false;                 // stopped by a request (Note [stop requests])
+  int64_t steps = 0;                    // optimizer steps completed, in total
+  int64_t resumed_from_step = 0;        // 0 when the run started from scratch
+  double final_loss = 0.0;              // the last step's training loss, mean over ranks
+  std::optional<double> test_loss;      // the last evaluation (none without data.test)
+  std::optional<double> test_accuracy;  // in [0, 1]
+  std::optional<double> time_to_90_s;   // training seconds until an evaluation first reached 90%
+  double samples_per_s = 0.0;           // training samples per second, all ranks, this call
+  std::string last_checkpoint;          // the directory written last ("" if none)
   int world_size = 1;
-  std::string device;                    // "cpu" or "cuda:N" (this rank's)
+  std::string device;  // "cpu" or "cuda:N" (this rank's)
 };
 
 /// Trains as configured (Note [training loop]); collective over the process group. Raises
