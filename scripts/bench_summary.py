@@ -192,7 +192,7 @@ def print_training(records):
     """flame-train's Fashion-MNIST CNN run next to PyTorch's, per world size."""
     if not records:
         return
-    rows = [("fashion-mnist cnn (2 epochs)", "GPUs", "time to 90%", "samples/s", "test accuracy", "target")]
+    rows = [("fashion-mnist cnn (3 epochs)", "GPUs", "time to 90%", "samples/s", "test accuracy", "target")]
     for r in sorted(records, key=lambda r: (int(r["world"]), r["impl"])):
         t90 = r.get("time_to_90_s")
         accuracy = r.get("test_accuracy") or 0.0

@@ -191,6 +191,33 @@ std::vector<double> sum_over_ranks(dist::Communicator& control, const std::vecto
   return t.to_vector<double>();
 }
 
+nlohmann::json optional_json(const std::optional<double>& value) {
+  return value ? nlohmann::json(*value) : nlohmann::json();
+}
+
+/// The numbers of a run so far, as a checkpoint keeps them.
+nlohmann::json results_json(const RunResult& r) {
+  return {{"final_loss", r.final_loss},
+          {"test_loss", optional_json(r.test_loss)},
+          {"test_accuracy", optional_json(r.test_accuracy)},
+          {"time_to_90_s", optional_json(r.time_to_90_s)}};
+}
+
+/// Restores what results_json saved and the checkpoint resumed from.
+void restore_results(const nlohmann::json& state, RunResult& r) {
+  r.last_checkpoint = state.value("checkpoint", std::string());
+  if (!state.contains("results")) return;
+  const nlohmann::json& saved = state.at("results");
+  const auto optional = [&](const char* key) -> std::optional<double> {
+    if (!saved.contains(key) || saved.at(key).is_null()) return std::nullopt;
+    return saved.at(key).get<double>();
+  };
+  r.final_loss = saved.value("final_loss", 0.0);
+  r.test_loss = optional("test_loss");
+  r.test_accuracy = optional("test_accuracy");
+  r.time_to_90_s = optional("time_to_90_s");
+}
+
 /// Requeues the Slurm job this process belongs to (Note [stop requests]); logs the outcome.
 void requeue_slurm_job(spdlog::logger& log) {
   const char* job = std::getenv("SLURM_JOB_ID");
@@ -226,7 +253,9 @@ class Trainer {
   Tensor train_step();
   /// Mean loss and accuracy over the test split (collective); nullopt without a test set.
   std::optional<std::pair<double, double>> evaluate();
-  std::string save_checkpoint();
+  /// Writes a checkpoint of the current step (rank 0; collective); `result` holds the numbers a
+  /// resumed run that has nothing left to do reports, `trained_s` the training seconds so far.
+  std::string save_checkpoint(const RunResult& result, double trained_s);
   void write_summary(const RunResult& result) const;
   bool stop_requested();
 
@@ -252,6 +281,8 @@ class Trainer {
   int64_t total_steps_ = 0;
   int64_t step_ = 0;
   int64_t resumed_from_ = 0;
+  nlohmann::json resumed_state_;  // state.json of the checkpoint resumed from
+  double trained_before_ = 0.0;   // training seconds of the earlier calls (resumed runs)
 };
 
 void Trainer::set_up() {
@@ -320,6 +351,9 @@ void Trainer::resume_if_asked() {
   loader_->restore(data::LoaderState{state.at("epoch").get<int64_t>(), state.at("next_batch").get<int64_t>()});
   restore_rng_states(state.at("rng"), group_.rank, device_);
   step_ = resumed_from_ = step;
+  resumed_state_ = state;
+  resumed_state_["checkpoint"] = dir;
+  trained_before_ = state.value("trained_s", 0.0);
   log_->info("resumed from {} (step {} of {})", dir, step, total_steps_);
 }
 
@@ -392,7 +426,7 @@ std::optional<std::pair<double, double>> Trainer::evaluate() {
   return std::make_pair(totals[0] / totals[2], totals[1] / totals[2]);
 }
 
-std::string Trainer::save_checkpoint() {
+std::string Trainer::save_checkpoint(const RunResult& result, double trained_s) {
   const std::vector<int64_t> rng = gather_rng_states(*control_, device_);
   std::string dir;
   if (group_.rank == 0) {
@@ -405,7 +439,8 @@ std::string Trainer::save_checkpoint() {
     data.model = model_->state_dict();
     data.optimizer = optimizer_->state_dict();
     data.state = {{"epoch", position.epoch}, {"next_batch", position.next_batch}, {"world_size", group_.world_size},
-                  {"rng", rng_json},         {"total_steps", total_steps_},       {"config", to_toml(config_)}};
+                  {"rng", rng_json},         {"total_steps", total_steps_},       {"config", to_toml(config_)},
+                  {"trained_s", trained_s},  {"results", results_json(result)}};
     dir = store_->save(data);
     log_->info("checkpoint {} written", dir);
   }
@@ -429,9 +464,9 @@ void Trainer::write_summary(const RunResult& result) const {
                             {"device", result.device},
                             {"samples_per_s", result.samples_per_s},
                             {"checkpoint", result.last_checkpoint}};
-  summary["test_loss"] = result.test_loss ? nlohmann::json(*result.test_loss) : nlohmann::json();
-  summary["test_accuracy"] = result.test_accuracy ? nlohmann::json(*result.test_accuracy) : nlohmann::json();
-  summary["time_to_90_s"] = result.time_to_90_s ? nlohmann::json(*result.time_to_90_s) : nlohmann::json();
+  summary["test_loss"] = optional_json(result.test_loss);
+  summary["test_accuracy"] = optional_json(result.test_accuracy);
+  summary["time_to_90_s"] = optional_json(result.time_to_90_s);
   const fs::path path = log_dir_ / "summary.json";
   const fs::path temporary = log_dir_ / "summary.json.tmp";
   {
@@ -466,6 +501,7 @@ RunResult Trainer::run() {
   result.world_size = group_.world_size;
   result.device = device_.str();
   result.resumed_from_step = resumed_from_;
+  if (resumed_from_ > 0) restore_results(resumed_state_, result);
   Progress progress(total_steps_, resumed_from_, config_.log.progress && group_.rank == 0);
   const auto start = Clock::now();
   const auto seconds_since_start = [&] { return std::chrono::duration<double>(Clock::now() - start).count(); };
@@ -473,22 +509,30 @@ RunResult Trainer::run() {
   while (step_ < total_steps_ && !stopped) {
     const Tensor loss = train_step();
     const bool last = step_ == total_steps_;
-    if (step_ % config_.log.every_steps == 0 || last) {
+    stopped = !last && stop_requested();
+    const bool checkpoint_now =
+        stopped || last || (config_.checkpoint.every_steps > 0 && step_ % config_.checkpoint.every_steps == 0);
+    const bool log_now = step_ % config_.log.every_steps == 0 || last || stopped;
+    if (log_now || checkpoint_now) {
+      // The loss a checkpoint records is its own step's (a resumed run with nothing left to do
+      // reports it).
       const double mean_loss = sum_over_ranks(*control_, {loss.item()}, "loss")[0] / group_.world_size;
       result.final_loss = mean_loss;
-      const double lr = optimizer_->lr();
-      if (metrics_) metrics_->write(step_, {{"loss", mean_loss}, {"lr", lr}, {"epoch", double(loader_->epoch())}});
-      if (tensorboard_) {
-        tensorboard_->add_scalar("train/loss", mean_loss, step_);
-        tensorboard_->add_scalar("train/lr", lr, step_);
+      if (log_now) {
+        const double lr = optimizer_->lr();
+        if (metrics_) metrics_->write(step_, {{"loss", mean_loss}, {"lr", lr}, {"epoch", double(loader_->epoch())}});
+        if (tensorboard_) {
+          tensorboard_->add_scalar("train/loss", mean_loss, step_);
+          tensorboard_->add_scalar("train/lr", lr, step_);
+        }
+        progress.update(step_, loader_->epoch(), mean_loss, lr, samples_per_step);
       }
-      progress.update(step_, loader_->epoch(), mean_loss, lr, samples_per_step);
     }
     if ((config_.eval.every_steps > 0 && step_ % config_.eval.every_steps == 0) || last) {
       if (const auto eval = evaluate()) {
         result.test_loss = eval->first;
         result.test_accuracy = eval->second;
-        if (!result.time_to_90_s && eval->second >= 0.9) result.time_to_90_s = seconds_since_start();
+        if (!result.time_to_90_s && eval->second >= 0.9) result.time_to_90_s = trained_before_ + seconds_since_start();
         progress.note(
             fmt::format("step {}: test loss {:.4f}, test accuracy {:.2f}%", step_, eval->first, 100.0 * eval->second));
         log_->debug("evaluation at step {}: loss {:.6f} accuracy {:.6f}", step_, eval->first, eval->second);
@@ -499,10 +543,9 @@ RunResult Trainer::run() {
         }
       }
     }
-    stopped = !last && stop_requested();
-    if (stopped || last || (config_.checkpoint.every_steps > 0 && step_ % config_.checkpoint.every_steps == 0)) {
+    if (checkpoint_now) {
       if (last) ddp_->check_parameters_in_sync(fmt::format("at the end (step {})", step_));
-      result.last_checkpoint = save_checkpoint();
+      result.last_checkpoint = save_checkpoint(result, trained_before_ + seconds_since_start());
     }
     if (tensorboard_) tensorboard_->flush();
   }

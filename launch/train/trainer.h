@@ -17,7 +17,9 @@
 // Note [exact resume]
 // A checkpoint (launch/train/checkpoint.h) holds the weights, the optimizer state (step counts and
 // moments), the step, the loader position (epoch, next batch), every rank's generator states
-// (CPU and device: seed and offset), the world size and the config. Resuming restores all of it,
+// (CPU and device: seed and offset), the world size, the config, the training seconds so far and
+// the run's numbers at that step (its loss, the last evaluation), which a resumed run that has no
+// step left to do reports as they were. Resuming restores all of it,
 // so the run goes on with the same parameters, the same batches in the same order, the same
 // learning rates and the same random streams as an uninterrupted run, which makes every later loss
 // bit-identical (tested on the CPU with 1 and 2 ranks). A checkpoint resumes only with the world
@@ -66,7 +68,7 @@ struct RunResult {
   double final_loss = 0.0;              // the last step's training loss, mean over ranks
   std::optional<double> test_loss;      // the last evaluation (none without data.test)
   std::optional<double> test_accuracy;  // in [0, 1]
-  std::optional<double> time_to_90_s;   // training seconds until an evaluation first reached 90%
+  std::optional<double> time_to_90_s;   // training seconds (resumed calls included) to a first >= 90% evaluation
   double samples_per_s = 0.0;           // training samples per second, all ranks, this call
   std::string last_checkpoint;          // the directory written last ("" if none)
   int world_size = 1;
