@@ -562,7 +562,7 @@ TEST(ShippedConfigs, FashionMnistCnn) {
   EXPECT_EQ(c.data.train_dir, "data/fashion-mnist/train");
   EXPECT_EQ(c.data.test_dir, "data/fashion-mnist/test");
   EXPECT_EQ(c.train.batch_size, 128);
-  EXPECT_EQ(c.train.epochs, 2);
+  EXPECT_EQ(c.train.epochs, 3);
   EXPECT_EQ(c.train.steps, 0);
   EXPECT_EQ(c.optimizer.kind, OptimizerKind::AdamW);
   EXPECT_EQ(c.optimizer.lr, 2e-3);
