@@ -115,6 +115,19 @@ void record(Tensor& out, const char* name, const std::vector<Tensor>& inputs, Ba
 /// undefined). See Note [autograd engine].
 void run_backward(const Tensor& root, const Tensor& grad, bool retain_graph);
 
+/// Note [early gradients]
+/// Called from inside a backward function: hands input `input`'s gradient to the engine now, before
+/// the function goes on computing its other gradients. When that completes the next node's
+/// gradient, the node runs at once, and so does what it completes in turn as long as each node is
+/// an accumulator or has a single input (the transposes and views between an op and a parameter);
+/// other nodes go to the ready queue as usual. So a parameter's accumulator and its gradient-ready
+/// hooks run -- and DDP launches that bucket's all-reduce -- while the device has still to compute the
+/// op's other gradients, which the host queues after it: matmul and conv2d hand on the weight's
+/// gradient first, and the communication overlaps the input-gradient GEMM or convolution. Any
+/// order that respects the dependencies is a valid backward order, so results do not change. The
+/// function must return that input's entry undefined (what it returns there is ignored).
+void deliver_gradient_early(size_t input, const Tensor& grad);
+
 /// Sums `grad` over the dims that broadcasting added or expanded, giving `shape`
 /// (the backward of broadcasting).
 Tensor sum_to(const Tensor& grad, const Shape& shape);

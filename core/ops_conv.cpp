@@ -92,15 +92,21 @@ std::vector<Tensor> backward(const Conv2dGeometry& g, const Tensor& grad_out, co
   const TensorOptions options(go.dtype(), go.device());
   Backend& backend = backend_for(go.device());
   std::vector<Tensor> grads(3);
-  if (weight.defined()) {
-    grads[0] = Tensor::empty({g.batch, g.in_channels, g.in_h, g.in_w}, options);
-    backend.conv2d_backward_input(g, go, weight, grads[0]);
-  }
   if (input.defined()) {
     grads[1] = Tensor::empty({g.out_channels, g.in_channels / g.groups, g.kernel_h, g.kernel_w}, options);
     backend.conv2d_backward_weight(g, input, go, grads[1]);
   }
   if (bias_grad) grads[2] = sum(go, {0, 2, 3});
+  if (weight.defined()) {
+    // Note [early gradients]: the weight's and bias's gradients go on before the input's is queued.
+    for (size_t i : {size_t{1}, size_t{2}}) {
+      if (!grads[i].defined()) continue;
+      autograd::deliver_gradient_early(i, grads[i]);
+      grads[i] = Tensor();
+    }
+    grads[0] = Tensor::empty({g.batch, g.in_channels, g.in_h, g.in_w}, options);
+    backend.conv2d_backward_input(g, go, weight, grads[0]);
+  }
   return grads;
 }
 

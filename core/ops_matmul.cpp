@@ -58,8 +58,8 @@ Tensor matmul_forward(const Tensor& a_in, const Tensor& b_in) {
   const Tensor a = a_vector ? a_in.unsqueeze(0) : a_in;
   const Tensor b = b_vector ? b_in.unsqueeze(1) : b_in;
   const int64_t m = a.size(-2), k = a.size(-1), n = b.size(-1);
-  FLAME_CHECK(b.size(-2) == k, "matmul: inner dimensions differ: {} @ {} ({} vs {})", a_in.describe(),
-              b_in.describe(), k, b.size(-2));
+  FLAME_CHECK(b.size(-2) == k, "matmul: inner dimensions differ: {} @ {} ({} vs {})", a_in.describe(), b_in.describe(),
+              k, b.size(-2));
   const Shape batch_a(a.shape().begin(), a.shape().end() - 2), batch_b(b.shape().begin(), b.shape().end() - 2);
   const Shape batch_shape = detail::broadcast_shapes("matmul", batch_a, batch_b);
   const int64_t batch = shape_numel(batch_shape);
@@ -111,10 +111,6 @@ std::vector<Tensor> matmul_backward(const Tensor& g, const Shape& a_shape, const
   g_shape.push_back(n);
   const Tensor g2 = g.reshape(g_shape);
   std::vector<Tensor> grads(2);
-  if (b_in.defined()) {
-    const Tensor b = b_in.reshape(pb);
-    grads[0] = autograd::sum_to(matmul(g2, b.transpose(-1, -2)), pa).reshape(a_shape);
-  }
   if (a_in.defined()) {
     const Tensor a = a_in.reshape(pa);
     if (pb.size() == 2 && pa.size() > 2) {
@@ -126,6 +122,15 @@ std::vector<Tensor> matmul_backward(const Tensor& g, const Shape& a_shape, const
       grads[1] = autograd::sum_to(matmul(a.transpose(-1, -2), g2), pb);
     }
     grads[1] = grads[1].reshape(b_shape);
+    if (b_in.defined()) {
+      // Note [early gradients]: b's gradient (a linear layer's weight) goes on before a's is queued.
+      autograd::deliver_gradient_early(1, grads[1]);
+      grads[1] = Tensor();
+    }
+  }
+  if (b_in.defined()) {
+    const Tensor b = b_in.reshape(pb);
+    grads[0] = autograd::sum_to(matmul(g2, b.transpose(-1, -2)), pa).reshape(a_shape);
   }
   return grads;
 }
@@ -140,12 +145,12 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   }
   if (autograd::needs_grad({&a, &b})) {
     // Each operand is saved only when the other's gradient needs it.
-    autograd::record(out, "MatmulBackward", {a, b},
-                     [a_shape = a.shape(), b_shape = b.shape(),
-                      saved_a = autograd::SavedTensor(b.requires_grad() ? a : Tensor()),
-                      saved_b = autograd::SavedTensor(a.requires_grad() ? b : Tensor())](const Tensor& g) {
-                       return matmul_backward(g, a_shape, b_shape, saved_a.get(), saved_b.get());
-                     });
+    autograd::record(
+        out, "MatmulBackward", {a, b},
+        [a_shape = a.shape(), b_shape = b.shape(), saved_a = autograd::SavedTensor(b.requires_grad() ? a : Tensor()),
+         saved_b = autograd::SavedTensor(a.requires_grad() ? b : Tensor())](const Tensor& g) {
+          return matmul_backward(g, a_shape, b_shape, saved_a.get(), saved_b.get());
+        });
   }
   return out;
 }

@@ -28,8 +28,10 @@ class AccumulateGrad final : public Node {
     AutogradMeta& meta = leaf.autograd_meta();
     // The first gradient gets a fresh buffer (`grad` may be shared with other leaves or nodes);
     // later ones add into it in place, so a .grad that is a view (of a bucket) stays one.
-    if (meta.grad.defined()) meta.grad.add_(grad);
-    else meta.grad = grad.clone();
+    if (meta.grad.defined())
+      meta.grad.add_(grad);
+    else
+      meta.grad = grad.clone();
     for (const GradReadyHook& hook : meta.ready_hooks) hook(leaf);
     return {};
   }
@@ -88,7 +90,8 @@ void set_grad_enabled(bool enabled) { t_grad_enabled = enabled; }
 std::vector<Tensor> FunctionNode::apply(const Tensor& grad_output) {
   FLAME_CHECK(fn_ != nullptr,
               "backward through {} a second time: its saved tensors were freed after the first "
-              "backward; pass retain_graph=true to the first backward() to keep them", name_);
+              "backward; pass retain_graph=true to the first backward() to keep them",
+              name_);
   return fn_(grad_output);
 }
 
@@ -99,7 +102,8 @@ SavedTensor::SavedTensor(const Tensor& t)
 const Tensor& SavedTensor::get() const {
   FLAME_CHECK(!tensor_.defined() || tensor_.storage()->version() == version_,
               "a tensor saved for backward ({}) was modified in place after it was saved; clone() it "
-              "before the in-place op", tensor_.describe());
+              "before the in-place op",
+              tensor_.describe());
   return tensor_;
 }
 
@@ -124,12 +128,100 @@ void record(Tensor& out, const char* name, const std::vector<Tensor>& inputs, Ba
   node->input_meta.reserve(inputs.size());
   for (const Tensor& input : inputs) {
     node->next.push_back(gradient_edge(input));
-    node->input_meta.push_back(input.defined() ? InputMeta{input.shape(), input.dtype(), input.device()}
-                                               : InputMeta{});
+    node->input_meta.push_back(input.defined() ? InputMeta{input.shape(), input.dtype(), input.device()} : InputMeta{});
   }
   AutogradMeta& meta = out.autograd_meta();
   meta.requires_grad = true;
   meta.grad_fn = std::move(node);
+}
+
+namespace {
+
+/// The state of one backward pass (Note [autograd engine]).
+class GraphTask {
+ public:
+  std::unordered_map<Node*, int> dependencies;  // edges into each node not yet delivered
+  std::unordered_map<Node*, Tensor> pending;    // summed incoming gradient per node
+  std::priority_queue<Node*, std::vector<Node*>, LaterFirst> ready;
+
+  /// Runs `node` and hands its input gradients on; nodes that become ready go to `early` when
+  /// given (deliver_gradient_early), else to the ready queue.
+  void run_node(Node* node, std::vector<Node*>* early = nullptr);
+  /// Adds `grad` (may be undefined) to the pending gradient of node->next[input]; true when that
+  /// was its last missing contribution.
+  bool deliver(Node& node, size_t input, const Tensor& grad);
+};
+
+/// The node whose backward is running on this thread, for deliver_gradient_early.
+struct RunningNode {
+  GraphTask* task = nullptr;
+  Node* node = nullptr;
+  std::vector<char>* delivered = nullptr;  // per input: handed on early already
+};
+thread_local RunningNode t_running;
+
+bool GraphTask::deliver(Node& node, size_t input, const Tensor& grad) {
+  Node* next = node.next[input].get();
+  if (!next) return false;
+  if (grad.defined()) {
+    check_gradient(node, input, grad);
+    Tensor& slot = pending[next];
+    slot = slot.defined() ? add(slot, grad) : grad;
+  }
+  return --dependencies[next] == 0;
+}
+
+void GraphTask::run_node(Node* node, std::vector<Node*>* early) {
+  auto entry = pending.extract(node);
+  std::vector<char> delivered(node->next.size(), 0);
+  std::vector<Tensor> input_grads;
+  if (!entry.empty() && entry.mapped().defined()) {
+    const RunningNode outer = t_running;
+    t_running = RunningNode{this, node, &delivered};
+    try {
+      input_grads = node->apply(entry.mapped());
+    } catch (...) {
+      t_running = outer;
+      throw;
+    }
+    t_running = outer;
+  }
+  for (size_t i = 0; i < node->next.size(); ++i) {
+    if (delivered[i]) continue;
+    if (deliver(*node, i, i < input_grads.size() ? input_grads[i] : Tensor())) {
+      if (early)
+        early->push_back(node->next[i].get());
+      else
+        ready.push(node->next[i].get());
+    }
+  }
+}
+
+/// Whether a node reached through an early gradient runs at once too: accumulators and nodes with a
+/// single input (views, transposes, casts), the path from an op to a parameter's accumulator.
+bool runs_early(const Node& node) { return node.next.size() <= 1; }
+
+}  // namespace
+
+void deliver_gradient_early(size_t input, const Tensor& grad) {
+  FLAME_CHECK(t_running.task != nullptr, "deliver_gradient_early: called outside a backward function");
+  Node& node = *t_running.node;
+  std::vector<char>& delivered = *t_running.delivered;
+  FLAME_CHECK(input < node.next.size() && !delivered[input],
+              "deliver_gradient_early: {} has no input {} or delivered it already", node.name(), input);
+  delivered[input] = 1;
+  GraphTask& task = *t_running.task;
+  if (!task.deliver(node, input, grad)) return;
+  // Note [early gradients]: what now has all its gradient runs before the caller goes on.
+  std::vector<Node*> early{node.next[input].get()};
+  while (!early.empty()) {
+    Node* next = early.back();
+    early.pop_back();
+    if (runs_early(*next))
+      task.run_node(next, &early);
+    else
+      task.ready.push(next);
+  }
 }
 
 void run_backward(const Tensor& root, const Tensor& grad_in, bool retain_graph) {
@@ -138,8 +230,10 @@ void run_backward(const Tensor& root, const Tensor& grad_in, bool retain_graph) 
               "requires_grad_()? was grad mode off?)");
   Tensor grad = grad_in;
   if (!grad.defined()) {
-    FLAME_CHECK(root.numel() == 1, "backward: a gradient can be implied only for one-element outputs, got {}; "
-                "pass the gradient explicitly", root.describe());
+    FLAME_CHECK(root.numel() == 1,
+                "backward: a gradient can be implied only for one-element outputs, got {}; "
+                "pass the gradient explicitly",
+                root.describe());
     grad = ones(root.shape(), TensorOptions(root.dtype(), root.device()));
   }
   FLAME_CHECK(grad.shape() == root.shape() && grad.dtype() == root.dtype() && grad.device() == root.device(),
@@ -147,17 +241,17 @@ void run_backward(const Tensor& root, const Tensor& grad_in, bool retain_graph) 
   NoGradGuard no_grad;
 
   const std::shared_ptr<Node> root_node = gradient_edge(root);
+  GraphTask task;
   // Count, for every reachable node, the edges that lead into it.
-  std::unordered_map<Node*, int> dependencies;
   std::vector<Node*> visited{root_node.get()};
   std::vector<Node*> stack{root_node.get()};
-  dependencies[root_node.get()] = 0;
+  task.dependencies[root_node.get()] = 0;
   while (!stack.empty()) {
     Node* node = stack.back();
     stack.pop_back();
     for (const auto& next : node->next) {
       if (!next) continue;
-      auto [it, inserted] = dependencies.try_emplace(next.get(), 0);
+      auto [it, inserted] = task.dependencies.try_emplace(next.get(), 0);
       ++it->second;
       if (inserted) {
         visited.push_back(next.get());
@@ -166,26 +260,12 @@ void run_backward(const Tensor& root, const Tensor& grad_in, bool retain_graph) 
     }
   }
 
-  std::unordered_map<Node*, Tensor> pending;  // summed incoming gradient per node
-  pending[root_node.get()] = grad;
-  std::priority_queue<Node*, std::vector<Node*>, LaterFirst> ready;
-  ready.push(root_node.get());
-  while (!ready.empty()) {
-    Node* node = ready.top();
-    ready.pop();
-    auto entry = pending.extract(node);
-    std::vector<Tensor> input_grads;
-    if (!entry.empty() && entry.mapped().defined()) input_grads = node->apply(entry.mapped());
-    for (size_t i = 0; i < node->next.size(); ++i) {
-      Node* next = node->next[i].get();
-      if (!next) continue;
-      if (i < input_grads.size() && input_grads[i].defined()) {
-        check_gradient(*node, i, input_grads[i]);
-        Tensor& slot = pending[next];
-        slot = slot.defined() ? add(slot, input_grads[i]) : input_grads[i];
-      }
-      if (--dependencies[next] == 0) ready.push(next);
-    }
+  task.pending[root_node.get()] = grad;
+  task.ready.push(root_node.get());
+  while (!task.ready.empty()) {
+    Node* node = task.ready.top();
+    task.ready.pop();
+    task.run_node(node);
   }
   if (!retain_graph)
     for (Node* node : visited) node->release();

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 #include <pthread.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <string>
@@ -606,6 +607,107 @@ TEST(AutogradHooks, HookRegistrationNeedsALeafThatRequiresGrad) {
   sum(x).backward();
   EXPECT_EQ(idle_calls, 0);
   EXPECT_EQ(fired.size(), 4u);
+}
+
+// --- early gradients (Note [early gradients]) -------------------------------------------------------
+
+/// out = a * 2 + b * 3 (elementwise) with a backward that hands b's gradient on early, then checks
+/// what had already run, then computes a's.
+struct EarlyOp {
+  std::vector<std::string>* log;
+  Tensor operator()(const Tensor& a, const Tensor& b) const {
+    Tensor out;
+    {
+      NoGradGuard no_grad;
+      out = add(mul(a, 2.0), mul(b, 3.0));
+    }
+    autograd::record(out, "EarlyOpBackward", {a, b}, [log = log](const Tensor& g) {
+      autograd::deliver_gradient_early(1, mul(g, 3.0));
+      log->push_back("a's gradient computed");
+      return std::vector<Tensor>{mul(g, 2.0), Tensor()};
+    });
+    return out;
+  }
+};
+
+TEST(AutogradEarlyGradients, HookOfTheEarlyInputFiresBeforeTheOtherGradientIsComputed) {
+  HostRng rng;
+  Tensor a = leaf(rng, {3}), w = leaf(rng, {3});
+  std::vector<std::string> log;
+  a.register_grad_ready_hook([&](const Tensor&) { log.push_back("a ready"); });
+  w.register_grad_ready_hook([&](const Tensor&) { log.push_back("w ready"); });
+  // b reaches w through a transpose-like single-input chain (a view), which runs early too.
+  const Tensor b = w.reshape({1, 3}).reshape({3});
+  sum(EarlyOp{&log}(a, b)).backward();
+  EXPECT_EQ(log, (std::vector<std::string>{"w ready", "a's gradient computed", "a ready"}));
+  EXPECT_TRUE(all_close(a.grad(), {3}, {2, 2, 2}, kTol));
+  EXPECT_TRUE(all_close(w.grad(), {3}, {3, 3, 3}, kTol));
+}
+
+TEST(AutogradEarlyGradients, AnInputWithOtherPendingContributionsWaitsForThem) {
+  HostRng rng;
+  Tensor a = leaf(rng, {2}), w = leaf(rng, {2});
+  std::vector<std::string> log;
+  w.register_grad_ready_hook([&](const Tensor&) { log.push_back("w ready"); });
+  // w is used twice: its gradient is final only after the second use's contribution as well.
+  const Tensor out = add(EarlyOp{&log}(a, w), mul(w, 5.0));
+  sum(out).backward();
+  ASSERT_EQ(std::count(log.begin(), log.end(), "w ready"), 1);
+  EXPECT_TRUE(all_close(w.grad(), {2}, {8, 8}, kTol));
+  EXPECT_TRUE(all_close(a.grad(), {2}, {2, 2}, kTol));
+}
+
+TEST(AutogradEarlyGradients, MatmulHandsOnTheWeightGradientBeforeComputingTheInputGradient) {
+  // out = x @ w with both leaves: w's hook fires inside MatmulBackward, before x's gradient exists
+  // (without early delivery both accumulators would run after the node, x's first).
+  HostRng rng;
+  Tensor x = leaf(rng, {4, 3}), w = leaf(rng, {3, 2});
+  bool x_grad_when_w_ready = true;
+  w.register_grad_ready_hook([&](const Tensor&) { x_grad_when_w_ready = x.grad().defined(); });
+  sum(matmul(x, w)).backward();
+  EXPECT_FALSE(x_grad_when_w_ready);
+  // d(sum(x @ w))/dx[i][k] = sum_j w[k][j]; /dw[k][j] = sum_i x[i][k].
+  const std::vector<double> xv = test::host_values(x), wv = test::host_values(w);
+  std::vector<double> gx(12), gw(6);
+  for (int i = 0; i < 4; ++i)
+    for (int k = 0; k < 3; ++k) gx[i * 3 + k] = wv[k * 2] + wv[k * 2 + 1];
+  for (int k = 0; k < 3; ++k)
+    for (int j = 0; j < 2; ++j) gw[k * 2 + j] = xv[k] + xv[3 + k] + xv[6 + k] + xv[9 + k];
+  EXPECT_TRUE(all_close(x.grad(), {4, 3}, gx, kTol));
+  EXPECT_TRUE(all_close(w.grad(), {3, 2}, gw, kTol));
+}
+
+TEST(AutogradEarlyGradients, TwoLayerGradientsStayExact) {
+  HostRng rng;
+  const int64_t n = 4, in = 3, hid = 5, out = 2;
+  const auto xv = rng.uniform(n * in, -1, 1);
+  const Tensor x = test::make_tensor(xv, {n, in}, kF64);
+  Tensor w1 = leaf(rng, {in, hid}, -1, 1), b1 = leaf(rng, {hid}, -0.5, 0.5);
+  Tensor w2 = leaf(rng, {hid, out}, -1, 1), b2 = leaf(rng, {out}, -0.5, 0.5);
+  const MlpGrads expected =
+      mlp_reference(xv, test::host_values(w1), test::host_values(b1), test::host_values(w2), n, in, hid, out);
+  sum(add(matmul(relu(add(matmul(x, w1), b1)), w2.t().t()), b2)).backward();  // w2 through two views
+  EXPECT_TRUE(all_close(w1.grad(), {in, hid}, expected.w1, kTol));
+  EXPECT_TRUE(all_close(b1.grad(), {hid}, expected.b1, kTol));
+  EXPECT_TRUE(all_close(w2.grad(), {hid, out}, expected.w2, kTol));
+  EXPECT_TRUE(all_close(b2.grad(), {out}, expected.b2, kTol));
+}
+
+TEST(AutogradEarlyGradients, MisuseRaises) {
+  EXPECT_TRUE(raises_error([] { autograd::deliver_gradient_early(0, Tensor()); }, {"outside a backward function"}));
+  HostRng rng;
+  Tensor a = leaf(rng, {2}), b = leaf(rng, {2});
+  Tensor out;
+  {
+    NoGradGuard no_grad;
+    out = add(a, b);
+  }
+  autograd::record(out, "TwiceBackward", {a, b}, [](const Tensor& g) {
+    autograd::deliver_gradient_early(1, g);
+    autograd::deliver_gradient_early(1, g);
+    return std::vector<Tensor>{g, Tensor()};
+  });
+  EXPECT_TRUE(raises_error([&] { sum(out).backward(); }, {"TwiceBackward", "delivered it already"}));
 }
 
 }  // namespace
