@@ -124,7 +124,8 @@ void run_backward(const Tensor& root, const Tensor& grad, bool retain_graph);
 /// hooks run -- and DDP launches that bucket's all-reduce -- while the device has still to compute the
 /// op's other gradients, which the host queues after it: matmul and conv2d hand on the weight's
 /// gradient first, and the communication overlaps the input-gradient GEMM or convolution. Any
-/// order that respects the dependencies is a valid backward order, so results do not change. The
+/// order that respects the dependencies is a valid backward order; only where three or more
+/// gradients meet in one node can the order of their sums (so the last bits) change. The
 /// function must return that input's entry undefined (what it returns there is ignored).
 void deliver_gradient_early(size_t input, const Tensor& grad);
 

@@ -82,6 +82,7 @@ Reducer::Reducer(nn::NamedTensors params, Communicator& communicator, BucketOpti
       offset += tensors[k].numel();
     }
     bucket.pending = members.size();
+    bucket.label = fmt::format("DDP bucket {}", buckets_.size());
     buckets_.push_back(std::move(bucket));
   }
 }
@@ -135,15 +136,16 @@ void Reducer::launch_ready_buckets() {
   autograd::NoGradGuard no_grad;
   while (next_launch_ < buckets_.size() && buckets_[next_launch_].ready) {
     Bucket& bucket = buckets_[next_launch_];
-    communicator_.all_reduce_overlapped(bucket.flat, ReduceOp::Avg, fmt::format("DDP bucket {}", next_launch_));
+    communicator_.all_reduce_overlapped(bucket.flat, ReduceOp::Avg, bucket.label);
     launch_log_.push_back(next_launch_);
     ++next_launch_;
   }
 }
 
 void Reducer::finish() {
-  std::vector<int32_t> used(params_.size(), 0);  // [P]: 1 where this rank produced a gradient
-  for (size_t k = 0; k < params_.size(); ++k) used[k] = param_ready_[k] ? 1 : 0;
+  std::vector<int32_t> used;  // [P], UnusedParameters::Ignore only: 1 where this rank produced a gradient
+  if (unused_ == UnusedParameters::Ignore)
+    for (size_t k = 0; k < params_.size(); ++k) used.push_back(param_ready_[k] ? 1 : 0);
   for (size_t k = 0; k < params_.size(); ++k) {
     if (param_ready_[k]) continue;
     adopt_grad(k);

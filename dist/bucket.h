@@ -23,14 +23,13 @@
 //
 // Reduction. Outside no_sync(), the hook then counts the parameter ready in its bucket. When a
 // bucket's pending count reaches 0 it is marked ready, and every ready bucket from the lowest
-// index not yet launched upwards is launched: flat *= 1/W, then communicator.all_reduce(flat, Sum).
+// index not yet launched upwards is launched: communicator.all_reduce_overlapped(flat, Avg).
 // So buckets are launched strictly in index order on every rank (if bucket 2 is ready before
 // bucket 1, it waits for 1), and each rank issues the same collectives in the same order. With
 // NCCL the communicator orders its stream after the compute stream (an event, no host sync), so
 // the hook never blocks; with MPI the all-reduce runs in the hook.
-// Scaling the local sum by 1/W before the sum-reduction gives the mean over ranks; a .grad that
-// already held a gradient (synchronised in an earlier step, so equal on every rank) keeps it:
-// old + mean(new), as PyTorch.
+// The average over ranks is the mean gradient; a .grad that already held a gradient
+// (synchronised in an earlier step, so equal on every rank) keeps it: old + mean(new), as PyTorch.
 //
 // Finishing. A hook cannot know that backward has ended, so the user calls finish() (DDP's
 // synchronize_gradients()) after backward. finish() launches the buckets still pending, in order,
@@ -85,6 +84,7 @@ struct Bucket {
   std::vector<Tensor> views;   // views[k]: flat's slice for params[k], shaped like it
   size_t pending = 0;          // parameters not yet ready in the current round
   bool ready = false;
+  std::string label;  // "DDP bucket <index>", names its all-reduce in errors
 };
 
 /// Assigns parameters to buckets (Note [ddp buckets]): returns, per bucket, the parameter indices

@@ -72,7 +72,7 @@ class MpiCommunicator final : public Communicator {
                                      MPI_SUM, comm_, &request));
       wait(request, "all_reduce", what);
     }
-    if (op == ReduceOp::Avg) work.div_(static_cast<double>(group_.world_size));
+    if (op == ReduceOp::Avg && group_.world_size > 1) work.div_(static_cast<double>(group_.world_size));
     if (!work.is_same(tensor)) Tensor(tensor).copy_(work);
   }
 

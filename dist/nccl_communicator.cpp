@@ -24,12 +24,15 @@
 #ifdef FLAME_WITH_CUDA
 
 #include <nccl.h>
+#include <spdlog/spdlog.h>
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -118,12 +121,27 @@ class NcclCommunicator final : public Communicator {
       barrier_buffer_ = zeros({1}, {kI32, device_});
     } catch (...) {
       stop_watchdog();  // a joinable std::thread must not outlive a failed constructor
+      if (comm_ != nullptr) ncclCommAbort(comm_);
+      cudaEventDestroy(drained_);
+      cudaEventDestroy(inputs_ready_);
+      cudaStreamDestroy(stream_);
       throw;
     }
   }
 
   ~NcclCommunicator() override {
     stop_watchdog();
+    bool unfinished = false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      unfinished = recycle_finished() != cudaSuccess || !issued_.empty();
+    }
+    // A collective that never finished (a peer is gone), or an exception unwinding past us: finalizing
+    // would wait for peers that may never come, so abort (Note [NCCL timeouts]).
+    if (comm_ != nullptr && (unfinished || std::uncaught_exceptions() > 0)) {
+      ncclCommAbort(comm_);
+      comm_ = nullptr;
+    }
     if (comm_ != nullptr) {
       // Flush and destroy cleanly when possible; abort when finalising fails or outlasts the timeout.
       const ncclResult_t started = ncclCommFinalize(comm_);
@@ -393,9 +411,16 @@ class NcclCommunicator final : public Communicator {
     }
   }
 
+  /// Ends the job from the watchdog thread, where the main thread may be blocked in a CUDA call:
+  /// logs, then MPI_Abort (Open MPI kills the whole job from any thread; the process group asks
+  /// for MPI_THREAD_FUNNELED, so this is the one MPI call made off the main thread, on a path that
+  /// ends the process) or, without MPI, std::_Exit (no destructors run under the blocked thread).
   [[noreturn]] void watchdog_abort(const std::string& reason) {
-    abort_job(fmt::format("dist (NCCL) watchdog on rank {} of {} ({}): {}", group_.rank, group_.world_size,
-                          device_.str(), reason));
+    spdlog::critical("[rank {}] aborting the job: dist (NCCL) watchdog on rank {} of {} ({}): {}", group_.rank,
+                     group_.rank, group_.world_size, device_.str(), reason);
+    spdlog::default_logger()->flush();
+    if (detail::mpi_active()) MPI_Abort(MPI_COMM_WORLD, 1);
+    std::_Exit(1);
   }
 
   void stop_watchdog() {
@@ -410,6 +435,7 @@ class NcclCommunicator final : public Communicator {
   /// Polls ncclCommGetAsyncError until the pending call of a non-blocking communicator is issued.
   void wait_async(const char* op, const std::string& what) {
     if (options_.nccl_calls == NcclCalls::Blocking) return;  // calls return once enqueued
+    HostWaiting waiting(host_waiting_);                      // this thread polls the errors and the timeout itself
     const auto deadline = Clock::now() + options_.timeout;
     for (int polls = 0;; ++polls) {
       ncclResult_t state = ncclInProgress;

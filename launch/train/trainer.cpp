@@ -449,9 +449,13 @@ std::string Trainer::save_checkpoint(const RunResult& result, double trained_s) 
 }
 
 bool Trainer::stop_requested() {
-  const bool local =
-      g_stop_signal != 0 || (options_.stop_after_steps > 0 && step_ - resumed_from_ >= options_.stop_after_steps);
-  return sum_over_ranks(*control_, {local ? 1.0 : 0.0}, "stop flag")[0] > 0;
+  // RunOptions::stop_after_steps is the same on every rank: no agreement needed.
+  if (options_.stop_after_steps > 0 && step_ - resumed_from_ >= options_.stop_after_steps) return true;
+  // Note [stop requests]: signals are agreed on at log and checkpoint steps only.
+  const bool agreement_step = step_ % config_.log.every_steps == 0 ||
+                              (config_.checkpoint.every_steps > 0 && step_ % config_.checkpoint.every_steps == 0);
+  if (!agreement_step) return false;
+  return sum_over_ranks(*control_, {g_stop_signal != 0 ? 1.0 : 0.0}, "stop flag")[0] > 0;
 }
 
 void Trainer::write_summary(const RunResult& result) const {

@@ -11,8 +11,8 @@
 // Inputs are the u8 "image" field scaled to [0, 1] and normalised with Fashion-MNIST's mean and
 // standard deviation (0.2860, 0.3530); the target is the i64 "label" field.
 // Host synchronisation happens only where a number is needed on the host: on log steps (the
-// loss), at evaluation, at checkpoints, and one tiny MPI all-reduce per step of the stop flag
-// (Note [stop requests]).
+// loss and one tiny MPI all-reduce of the stop flag, Note [stop requests]), at evaluation and at
+// checkpoints.
 //
 // Note [exact resume]
 // A checkpoint (launch/train/checkpoint.h) holds the weights, the optimizer state (step counts and
@@ -26,10 +26,11 @@
 // size that wrote it (the data order depends on it); another is a clear error.
 //
 // Note [stop requests]
-// SIGTERM and SIGUSR1 set a flag (async-signal-safe). After every step the ranks all-reduce it
-// (max) through the MPI control communicator, so they stop after the same step even when the
-// signal reached them at different times; then a checkpoint is written and train() returns with
-// stopped = true (flame-train exits with kExitStopped). Under Slurm (SLURM_JOB_ID set), SIGUSR1 —
+// SIGTERM and SIGUSR1 set a flag (async-signal-safe). After every log step (log.every_steps) and
+// every periodic checkpoint step the ranks all-reduce it through the MPI control communicator, so
+// they stop after the same step even when the signal reached them at different times (and no step
+// pays a host collective for it otherwise); then a checkpoint of that step is written and train()
+// returns with stopped = true (flame-train exits with kExitStopped). Under Slurm (SLURM_JOB_ID set), SIGUSR1 —
 // the warning `#SBATCH --signal=USR1@90` sends before the time limit — also makes rank 0 run
 // `scontrol requeue $SLURM_JOB_ID`, so the job comes back and resumes with `--resume auto`;
 // SIGTERM (scancel, or the time limit itself) does not requeue.
