@@ -10,7 +10,7 @@
 # Everything lives under ${FLAME_SLURM_DIR:-/tmp/flame-slurm}: etc/ (slurm.conf, munge.key), run/
 # (pid files, munge socket), state/, spool/, tmp/, log/. Settings, all optional:
 #   FLAME_SLURM_DIR            that directory
-#   FLAME_SLURM_PORT           slurmctld's port (default 6817); slurmd listens on the next one
+#   FLAME_SLURM_PORT           slurmctld's port (default 16817, clear of a system Slurm on 6817); slurmd listens on the next one
 #   FLAME_SLURM_CPUS           CPUs the node declares (default: this machine's count, at least 2, so a
 #                              2-task job fits on a 2-core machine; tasks then share cores)
 #   FLAME_SLURM_START_TIMEOUT  seconds `start` waits for the node to be idle (default 60)
@@ -22,7 +22,7 @@ set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"
 readonly slurm_dir=${FLAME_SLURM_DIR:-/tmp/flame-slurm}
 readonly conf=$slurm_dir/etc/slurm.conf
-readonly ctld_port=${FLAME_SLURM_PORT:-6817}
+readonly ctld_port=${FLAME_SLURM_PORT:-16817}
 readonly slurmd_port=$((ctld_port + 1))
 readonly start_timeout=${FLAME_SLURM_START_TIMEOUT:-60}
 readonly munge_socket=$slurm_dir/run/munge.socket

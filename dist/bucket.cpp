@@ -137,7 +137,9 @@ void Reducer::launch_ready_buckets() {
   while (next_launch_ < buckets_.size() && buckets_[next_launch_].ready) {
     Bucket& bucket = buckets_[next_launch_];
     communicator_.all_reduce_overlapped(bucket.flat, ReduceOp::Avg, bucket.label);
-    launch_log_.push_back(next_launch_);
+    if (next_launch_ == 0) last_round_launches_.clear();
+    last_round_launches_.push_back(next_launch_);
+    ++launches_;
     ++next_launch_;
   }
 }

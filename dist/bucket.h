@@ -116,8 +116,10 @@ class Reducer : public std::enable_shared_from_this<Reducer> {
   GradSync grad_sync() const { return sync_; }
 
   const std::vector<Bucket>& buckets() const { return buckets_; }
-  /// Bucket indices in the order their all-reduces were launched, since construction.
-  const std::vector<size_t>& launch_log() const { return launch_log_; }
+  /// Bucket all-reduces launched since construction.
+  uint64_t launches() const { return launches_; }
+  /// Bucket indices in the order the latest round (backward) launched their all-reduces.
+  const std::vector<size_t>& last_round_launches() const { return last_round_launches_; }
   const nn::NamedTensors& params() const { return params_; }
 
  private:
@@ -142,7 +144,8 @@ class Reducer : public std::enable_shared_from_this<Reducer> {
   int64_t rounds_ = 0;                       // finish() calls so far
   size_t ready_params_ = 0;
   size_t next_launch_ = 0;
-  std::vector<size_t> launch_log_;
+  uint64_t launches_ = 0;                    // all-reduces launched since construction
+  std::vector<size_t> last_round_launches_;  // bucket indices, in launch order, of the latest round
 };
 
 }  // namespace flame::dist

@@ -87,9 +87,10 @@ TEST(Ddp, MatchesSingleProcessTrainingOnTheGlobalBatch) {
     ddp.after_step();
 
     // Every bucket was all-reduced exactly once, in index order.
-    const std::vector<size_t>& log = ddp.reducer().launch_log();
-    ASSERT_EQ(log.size(), (step + 1) * n_buckets);
-    for (size_t b = 0; b < n_buckets; ++b) EXPECT_EQ(log[step * n_buckets + b], b);
+    ASSERT_EQ(ddp.reducer().launches(), (step + 1) * n_buckets);
+    const std::vector<size_t>& order = ddp.reducer().last_round_launches();
+    ASSERT_EQ(order.size(), n_buckets);
+    for (size_t b = 0; b < n_buckets; ++b) EXPECT_EQ(order[b], b);
   }
   expect_same_parameters(*model, *reference, 1e-5, "after 3 AdamW steps");
   ddp.check_parameters_in_sync("after the equivalence test");
@@ -112,7 +113,7 @@ TEST(Ddp, NoSyncAccumulatesLocallyThenReducesTheSum) {
     ddp.zero_grad();  // gradients stay bucket views: accumulation happens in the buckets
     for (const auto& [name, p] : model->named_parameters())
       ASSERT_EQ(p.grad().to_vector<float>(), std::vector<float>(p.numel(), 0.0f));
-    const size_t launched = ddp.reducer().launch_log().size();
+    const uint64_t launched = ddp.reducer().launches();
     for (int64_t m = 0; m < kMicro; ++m) {
       const Batch mine = batch.slice((rank() * kMicro + m) * kMicroBatch, kMicroBatch);
       auto run = [&] { (nn::mse_loss(ddp.forward(mine.x), mine.y) * (1.0 / kMicro)).backward(); };
@@ -120,13 +121,13 @@ TEST(Ddp, NoSyncAccumulatesLocallyThenReducesTheSum) {
         auto guard = ddp.no_sync();
         run();
         ddp.synchronize_gradients();  // a no-op inside no_sync()
-        EXPECT_EQ(ddp.reducer().launch_log().size(), launched) << "no_sync() must not communicate";
+        EXPECT_EQ(ddp.reducer().launches(), launched) << "no_sync() must not communicate";
       } else {
         run();
       }
     }
     ddp.synchronize_gradients();
-    EXPECT_GT(ddp.reducer().launch_log().size(), launched);
+    EXPECT_GT(ddp.reducer().launches(), launched);
     ref_opt.zero_grad();
     nn::mse_loss(reference->forward(batch.x), batch.y).backward();
     expect_same_grads(*model, *reference, 2e-6, "accumulated step " + std::to_string(step));
@@ -305,11 +306,10 @@ TEST(Ddp, BucketsReadyOutOfOrderAreLaunchedInIndexOrder) {
   reference->load_state_dict(values);
   // Buckets: 0 in.bias, 1 in.weight, 2 out.bias, 3 out.weight; out.* get their gradients first.
   ASSERT_EQ(ddp.reducer().buckets().size(), 4u);
-  std::vector<size_t> launched_when_out_ready;
+  std::vector<uint64_t> launched_when_out_ready;
   for (const auto& [name, p] : model->named_parameters()) {
     if (name.rfind("out.", 0) != 0) continue;
-    p.register_grad_ready_hook(
-        [&](const Tensor&) { launched_when_out_ready.push_back(ddp.reducer().launch_log().size()); });
+    p.register_grad_ready_hook([&](const Tensor&) { launched_when_out_ready.push_back(ddp.reducer().launches()); });
   }
   const Batch batch = global_batch(3 * world(), 91);
   const Batch mine = batch.slice(3 * rank(), 3);
@@ -318,7 +318,7 @@ TEST(Ddp, BucketsReadyOutOfOrderAreLaunchedInIndexOrder) {
   ASSERT_EQ(launched_when_out_ready.size(), 2u);
   EXPECT_EQ(launched_when_out_ready[0], 0u) << "bucket 3 or 2 was launched before buckets 0 and 1";
   EXPECT_EQ(launched_when_out_ready[1], 0u);
-  EXPECT_EQ(ddp.reducer().launch_log(), (std::vector<size_t>{0, 1, 2, 3}));
+  EXPECT_EQ(ddp.reducer().last_round_launches(), (std::vector<size_t>{0, 1, 2, 3}));
   nn::mse_loss(reference->forward(batch.x), batch.y).backward();
   expect_same_grads(*model, *reference, 2e-6, "out-of-order buckets");
 }
