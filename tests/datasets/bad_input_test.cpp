@@ -24,8 +24,8 @@ class DamagedImages : public ::testing::Test {
  protected:
   void SetUp() override { write_images(dir_.path(), 300, 128, compression()); }
   virtual int compression() const { return 0; }
-  std::string shard(int i) const { return dir_.path(data::Manifest::read(dir_.path()).shards[i].file); }
-  std::string manifest_path() const { return dir_.path("manifest.json"); }
+  std::string shard(int i) const { return dir_.file(data::Manifest::read(dir_.path()).shards[i].file); }
+  std::string manifest_path() const { return dir_.file("manifest.json"); }
   json manifest_json() const { return json::parse(read_file_text(manifest_path())); }
   void set_manifest(const json& manifest) const { write_file_text(manifest_path(), manifest.dump(2)); }
   std::string open_error(Verification verification = Verification::Structure) const {
@@ -201,7 +201,7 @@ class DamagedTokens : public ::testing::Test {
     writer.append_tokens(tokens);
     writer.finish();
   }
-  std::string manifest_path() const { return dir_.path("manifest.json"); }
+  std::string manifest_path() const { return dir_.file("manifest.json"); }
   std::string open_error() const {
     return error_of([&] { ShardedDataset dataset(dir_.path()); });
   }
@@ -211,9 +211,9 @@ class DamagedTokens : public ::testing::Test {
 TEST_F(DamagedTokens, ShardWithWrongTokenDtype) {
   TempDir other;
   write(other.path(), DType::I64);  // u32 tokens
-  std::filesystem::copy_file(other.path("shard-00001.h5"), dir_.path("shard-00001.h5"),
+  std::filesystem::copy_file(other.file("shard-00001.h5"), dir_.file("shard-00001.h5"),
                              std::filesystem::copy_options::overwrite_existing);
-  expect_mentions(open_error(), {dir_.path("shard-00001.h5"), "stored as u32", "the manifest says u16"});
+  expect_mentions(open_error(), {dir_.file("shard-00001.h5"), "stored as u32", "the manifest says u16"});
 }
 
 TEST_F(DamagedTokens, ManifestTokenCountDisagreesWithShard) {
@@ -221,7 +221,7 @@ TEST_F(DamagedTokens, ManifestTokenCountDisagreesWithShard) {
   manifest["shards"][2]["tokens"] = 58;
   manifest["shards"][2]["samples"] = 7;
   write_file_text(manifest_path(), manifest.dump());
-  expect_mentions(open_error(), {dir_.path("shard-00002.h5"), "holds 50 tokens", "the manifest says 58"});
+  expect_mentions(open_error(), {dir_.file("shard-00002.h5"), "holds 50 tokens", "the manifest says 58"});
 }
 
 TEST_F(DamagedTokens, ManifestWindowsDisagreeWithTokens) {

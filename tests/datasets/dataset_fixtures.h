@@ -1,4 +1,4 @@
-// Helpers shared by the dataset format tests: a self-removing temporary directory, small datasets
+// Helpers shared by the dataset format tests (with test::TempDir from support/test_support.h): small datasets
 // written with ShardWriter whose every value is a closed-form function of its position, and error
 // message assertions.
 #pragma once
@@ -12,29 +12,9 @@
 #include <string>
 
 #include "datasets/dataset.h"
+#include "support/test_support.h"
 
 namespace flame::test {
-
-/// A fresh directory under the system temp dir, removed with its contents on destruction.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "flame-ds-XXXXXX").string();
-    FLAME_CHECK(::mkdtemp(pattern.data()) != nullptr, "mkdtemp failed for '{}'", pattern);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  /// The directory itself, or `name` inside it.
-  std::string path(const std::string& name = "") const { return name.empty() ? path_ : path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
 
 /// Pixel j (of 784) of image i: a pattern that differs between neighbouring images.
 inline uint8_t image_pixel(int64_t i, int64_t j) { return static_cast<uint8_t>((i * 31 + j * 7 + (i * j) % 13) % 251); }

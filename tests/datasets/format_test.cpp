@@ -29,7 +29,7 @@ TEST_P(SamplesRoundTrip, ManifestAndEverySampleInOrder) {
   EXPECT_EQ(written.shards[2].samples, 44);
   EXPECT_EQ(written.total_samples(), 300);
   for (const auto& shard : written.shards)
-    EXPECT_EQ(shard.sha256, data::sha256_file(dir.path(shard.file))) << shard.file;
+    EXPECT_EQ(shard.sha256, data::sha256_file(dir.file(shard.file))) << shard.file;
 
   Manifest read_back = Manifest::read(dir.path());
   EXPECT_EQ(read_back.kind, DatasetKind::Samples);
@@ -176,7 +176,7 @@ TEST_P(TokenStreamRoundTrip, WindowsStayInsideShards) {
   EXPECT_EQ(read_back.window, 8);
   EXPECT_EQ(read_back.fields[0].dtype, dtype);
   EXPECT_EQ(read_back.fields[0].sample_shape, Shape{9});
-  const std::string manifest_text = read_file_text(dir.path("manifest.json"));
+  const std::string manifest_text = read_file_text(dir.file("manifest.json"));
   EXPECT_NE(manifest_text.find(bytes == 2 ? "\"u16\"" : "\"u32\""), std::string::npos) << manifest_text;
 
   ShardedDataset dataset(dir.path(), data::Verification::Checksums);
@@ -208,7 +208,7 @@ TEST(ShardWriter, TokenTailShorterThanAWindowIsNotWritten) {
   Manifest manifest = write_tokens(dir.path(), DType::I32, 55, 8, 50, 0);
   ASSERT_EQ(manifest.shards.size(), 1u);
   EXPECT_EQ(manifest.shards[0].tokens, 50);
-  EXPECT_FALSE(std::filesystem::exists(dir.path("shard-00001.h5")));
+  EXPECT_FALSE(std::filesystem::exists(dir.file("shard-00001.h5")));
 }
 
 TEST(ShardWriter, RejectsTensorsThatDoNotMatchTheSchema) {
@@ -292,8 +292,8 @@ TEST(ShardFormat, OpensUnchangedInH5py) {
   write_images(images.path(), 150, 100, 4);
   write_tokens(tokens.path(), DType::I32, 170, 8, 50, 0);
   const std::string script = dir_script(images.path(), tokens.path());
-  write_file_text(images.path("check.py"), script);
-  EXPECT_EQ(std::system(("python3 " + images.path("check.py")).c_str()), 0) << script;
+  write_file_text(images.file("check.py"), script);
+  EXPECT_EQ(std::system(("python3 " + images.file("check.py")).c_str()), 0) << script;
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "support/test_support.h"
 
 namespace flame::data {
 namespace {
@@ -24,22 +25,7 @@ constexpr int64_t kImageElements = 6;
 uint8_t image_value(int64_t sample, int64_t k) { return static_cast<uint8_t>((7 * sample + k) % 251); }
 int64_t label_value(int64_t sample) { return 3 * sample + 1; }
 
-/// A fresh directory removed at the end of the test.
-class TempDir {
- public:
-  TempDir() {
-    const auto* info = testing::UnitTest::GetInstance()->current_test_info();
-    path_ =
-        fs::temp_directory_path() / (std::string("flame_loader_test_") + std::to_string(getpid()) + "_" + info->name());
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string str() const { return path_.string(); }
-
- private:
-  fs::path path_;
-};
+using test::TempDir;
 
 /// Writes `samples` samples in shards of `shard_samples` into `dir`.
 Manifest write_dataset(const std::string& dir, int64_t samples, int64_t shard_samples, int compression = 0) {
@@ -90,12 +76,12 @@ std::vector<std::vector<int64_t>> drain_labels(DataLoader& loader) {
 
 TEST(DataLoader, DeliversEveryBatchInOrderForSeveralWorkerAndPrefetchSettings) {
   TempDir dir;
-  write_dataset(dir.str(), 103, 10);
-  auto dataset = std::make_shared<const ShardedDataset>(dir.str());
+  write_dataset(dir.path(), 103, 10);
+  auto dataset = std::make_shared<const ShardedDataset>(dir.path());
   const std::vector<std::pair<int, int>> settings = {{1, 1}, {2, 4}, {4, 2}, {3, 8}, {8, 1}};
   for (ReadMode mode : {ReadMode::Shards, ReadMode::InMemory}) {
     auto source = mode == ReadMode::Shards ? dataset : [&] {
-      auto loaded = std::make_shared<ShardedDataset>(dir.str());
+      auto loaded = std::make_shared<ShardedDataset>(dir.path());
       loaded->load_into_memory();
       return std::shared_ptr<const ShardedDataset>(loaded);
     }();
@@ -137,8 +123,8 @@ TEST(DataLoader, DeliversEveryBatchInOrderForSeveralWorkerAndPrefetchSettings) {
 
 TEST(DataLoader, LastBatchDropOrKeep) {
   TempDir dir;
-  write_dataset(dir.str(), 103, 25);
-  auto dataset = std::make_shared<const ShardedDataset>(dir.str());
+  write_dataset(dir.path(), 103, 25);
+  auto dataset = std::make_shared<const ShardedDataset>(dir.path());
   DataLoaderOptions options;
   options.batch_size = 10;
   options.last_batch = LastBatch::Drop;
@@ -161,8 +147,8 @@ TEST(DataLoader, LastBatchDropOrKeep) {
 
 TEST(DataLoader, ResumeFromASavedStateReproducesTheRemainingBatches) {
   TempDir dir;
-  write_dataset(dir.str(), 90, 16);
-  auto dataset = std::make_shared<const ShardedDataset>(dir.str());
+  write_dataset(dir.path(), 90, 16);
+  auto dataset = std::make_shared<const ShardedDataset>(dir.path());
   DataLoaderOptions options;
   options.batch_size = 7;
   options.workers = 3;
@@ -210,8 +196,8 @@ TEST(DataLoader, ResumeFromASavedStateReproducesTheRemainingBatches) {
 
 TEST(DataLoader, TwoRanksTogetherCoverTheEpochOnce) {
   TempDir dir;
-  write_dataset(dir.str(), 103, 20);
-  auto dataset = std::make_shared<const ShardedDataset>(dir.str());
+  write_dataset(dir.path(), 103, 20);
+  auto dataset = std::make_shared<const ShardedDataset>(dir.path());
   DataLoaderOptions options;
   options.batch_size = 6;
   options.last_batch = LastBatch::Keep;
@@ -247,12 +233,12 @@ TEST(DataLoader, TwoRanksTogetherCoverTheEpochOnce) {
 
 TEST(DataLoader, AWorkerReadErrorReachesTheConsumerNamingTheFile) {
   TempDir dir;
-  const Manifest manifest = write_dataset(dir.str(), 60, 10, /*compression=*/4);
-  auto dataset = std::make_shared<const ShardedDataset>(dir.str());
+  const Manifest manifest = write_dataset(dir.path(), 60, 10, /*compression=*/4);
+  auto dataset = std::make_shared<const ShardedDataset>(dir.path());
   // Damage shard 3 (samples 30..39) after the dataset was opened: its chunks now read as zeros or
   // fail, and gzip rejects them.
   const std::string damaged = manifest.shards.at(3).file;
-  fs::resize_file(fs::path(dir.str()) / damaged, 0);
+  fs::resize_file(fs::path(dir.path()) / damaged, 0);
 
   DataLoaderOptions options;
   options.batch_size = 10;
@@ -278,8 +264,8 @@ TEST(DataLoader, AWorkerReadErrorReachesTheConsumerNamingTheFile) {
 
 TEST(DataLoader, DestroyedMidEpochStopsItsWorkers) {
   TempDir dir;
-  write_dataset(dir.str(), 200, 50);
-  auto dataset = std::make_shared<const ShardedDataset>(dir.str());
+  write_dataset(dir.path(), 200, 50);
+  auto dataset = std::make_shared<const ShardedDataset>(dir.path());
   for (int round = 0; round < 5; ++round) {
     DataLoaderOptions options;
     options.batch_size = 4;
@@ -295,17 +281,17 @@ TEST(DataLoader, DestroyedMidEpochStopsItsWorkers) {
 
 TEST(DataLoader, InMemoryModeLoadsANonConstDatasetAndRejectsAnUnloadedConstOne) {
   TempDir dir;
-  write_dataset(dir.str(), 30, 10);
+  write_dataset(dir.path(), 30, 10);
   DataLoaderOptions options;
   options.batch_size = 5;
   options.read_mode = ReadMode::InMemory;
-  auto unloaded = std::make_shared<const ShardedDataset>(dir.str());
+  auto unloaded = std::make_shared<const ShardedDataset>(dir.path());
   EXPECT_THROW(DataLoader(unloaded, DistributedSampler(30, 0, 1, 0), options), Error);
 
-  auto mutable_dataset = std::make_shared<ShardedDataset>(dir.str());
+  auto mutable_dataset = std::make_shared<ShardedDataset>(dir.path());
   DataLoader loader(mutable_dataset, DistributedSampler(30, 0, 1, 0, Shuffle::Off), options);
   EXPECT_TRUE(mutable_dataset->in_memory());
-  fs::remove_all(dir.str());  // no file is read any more
+  fs::remove_all(dir.path());  // no file is read any more
   const auto labels = drain_labels(loader);
   ASSERT_EQ(labels.size(), 6u);
   EXPECT_EQ(labels[5], (std::vector<int64_t>{76, 79, 82, 85, 88}));  // samples 25..29
@@ -313,8 +299,8 @@ TEST(DataLoader, InMemoryModeLoadsANonConstDatasetAndRejectsAnUnloadedConstOne) 
 
 TEST(DataLoader, BadOptionsRaise) {
   TempDir dir;
-  write_dataset(dir.str(), 20, 10);
-  auto dataset = std::make_shared<const ShardedDataset>(dir.str());
+  write_dataset(dir.path(), 20, 10);
+  auto dataset = std::make_shared<const ShardedDataset>(dir.path());
   const DistributedSampler sampler(20, 0, 1, 0);
   DataLoaderOptions options;
   options.batch_size = 0;

@@ -28,24 +28,7 @@ using nlohmann::json;
 using test::raises_error;
 using test::tensors_identical;
 
-/// A fresh directory for one test, removed with everything in it at the end.
-class TempDir {
- public:
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::temp_directory_path() / fmt::format("flame_{}_{}_{}", info->test_suite_name(), info->name(), getpid());
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
+using test::TempDir;
 
 /// The sorted names of the entries of `dir`.
 std::vector<std::string> entries(const std::string& dir) {

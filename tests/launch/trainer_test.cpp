@@ -35,28 +35,7 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using test::raises_error;
 
-/// A fresh directory for one test, removed with everything in it at the end.
-class TempDir {
- public:
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::string name = fmt::format("flame_{}_{}_{}", info->test_suite_name(), info->name(), getpid());
-    std::replace(name.begin(), name.end(), '/', '_');  // parameterised names hold '/'
-    path_ = (fs::temp_directory_path() / name).string();
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string path(const std::string& name) const { return (fs::path(path_) / name).string(); }
-
- private:
-  std::string path_;
-};
+using test::TempDir;
 
 // --- datasets ------------------------------------------------------------------------------------
 
@@ -90,8 +69,8 @@ void write_quadrant_images(const std::string& dir, int64_t n, uint64_t seed, con
 /// A small mlp run on the CPU in `dir`: data in dir/train, logs in dir/run; `overrides` after.
 Config make_config(const TempDir& dir, const std::vector<std::string>& overrides = {}) {
   std::vector<std::string> all = {
-      fmt::format("data.train=\"{}\"", dir.path("train")),
-      fmt::format("log.dir=\"{}\"", dir.path("run")),
+      fmt::format("data.train=\"{}\"", dir.file("train")),
+      fmt::format("log.dir=\"{}\"", dir.file("run")),
   };
   all.insert(all.end(), overrides.begin(), overrides.end());
   constexpr const char* kBase = R"(
@@ -260,10 +239,10 @@ std::vector<std::string> checkpoint_names(const std::string& root) {
 
 TEST(Trainer, ShortRunResultAndOutputs) {
   TempDir dir;
-  write_quadrant_images(dir.path("train"), 96, 1);
-  write_quadrant_images(dir.path("test"), 40, 2);
+  write_quadrant_images(dir.file("train"), 96, 1);
+  write_quadrant_images(dir.file("test"), 40, 2);
   const Config config =
-      make_config(dir, {fmt::format("data.test=\"{}\"", dir.path("test")), "log.every_steps=5", "eval.every_steps=6",
+      make_config(dir, {fmt::format("data.test=\"{}\"", dir.file("test")), "log.every_steps=5", "eval.every_steps=6",
                         "eval.batch_size=16", "checkpoint.every_steps=3", "checkpoint.keep_last=2"});
   const RunResult result = train(config);
 
@@ -282,11 +261,11 @@ TEST(Trainer, ShortRunResultAndOutputs) {
   EXPECT_DOUBLE_EQ(std::round(*result.test_accuracy * 40) / 40, *result.test_accuracy);
   EXPECT_TRUE(std::isfinite(*result.test_loss));
   EXPECT_GT(result.samples_per_s, 0.0);
-  const std::string root = dir.path("run/checkpoints");  // the default: <log.dir>/checkpoints
+  const std::string root = dir.file("run/checkpoints");  // the default: <log.dir>/checkpoints
   EXPECT_EQ(fs::path(result.last_checkpoint), fs::path(root) / "step-00000012");
 
   // summary.json: the result, as JSON.
-  const json summary = json::parse(read_text(dir.path("run/summary.json")));
+  const json summary = json::parse(read_text(dir.file("run/summary.json")));
   EXPECT_EQ(summary.at("steps").get<int64_t>(), 12);
   EXPECT_EQ(summary.at("stopped").get<bool>(), false);
   EXPECT_EQ(summary.at("resumed_from_step").get<int64_t>(), 0);
@@ -301,7 +280,7 @@ TEST(Trainer, ShortRunResultAndOutputs) {
 
   // metrics.jsonl: loss, lr and epoch every log.every_steps and at the last step; the evaluations
   // every eval.every_steps (the last step is one of them).
-  const std::vector<json> records = read_jsonl(dir.path("run/metrics.jsonl"));
+  const std::vector<json> records = read_jsonl(dir.file("run/metrics.jsonl"));
   const std::map<int64_t, double> loss = series(records, "loss");
   EXPECT_EQ(keys(loss), (std::vector<int64_t>{5, 10, 12}));
   EXPECT_EQ(loss.at(12), result.final_loss);
@@ -316,7 +295,7 @@ TEST(Trainer, ShortRunResultAndOutputs) {
   for (const json& r : records) EXPECT_GT(r.at("time").get<double>(), 1.5e9) << r.dump();  // Unix seconds
 
   // The TensorBoard event file holds the same scalars (as float32).
-  const std::vector<std::string> events = files_containing(dir.path("run/tensorboard"), "tfevents");
+  const std::vector<std::string> events = files_containing(dir.file("run/tensorboard"), "tfevents");
   ASSERT_EQ(events.size(), 1u);
   std::string file_version;
   const std::vector<Scalar> scalars = read_event_file(events[0], &file_version);
@@ -332,7 +311,7 @@ TEST(Trainer, ShortRunResultAndOutputs) {
   for (const auto& [step, value] : accuracy) EXPECT_EQ(tb_accuracy[step], static_cast<float>(value)) << step;
 
   // The rank's log file.
-  const std::string log = read_text(dir.path("run/logs/rank-0.log"));
+  const std::string log = read_text(dir.file("run/logs/rank-0.log"));
   EXPECT_NE(log.find("[rank 0]"), std::string::npos) << log;
   EXPECT_NE(log.find("done: 12 steps"), std::string::npos) << log;
 
@@ -352,22 +331,22 @@ TEST(Trainer, ShortRunResultAndOutputs) {
 
 TEST(Trainer, RunWithoutTestSetHasNoEvaluation) {
   TempDir dir;
-  write_quadrant_images(dir.path("train"), 64, 1);
+  write_quadrant_images(dir.file("train"), 64, 1);
   const Config config = make_config(dir, {"train.steps=4", "eval.every_steps=2", "log.tensorboard=false"});
   const RunResult result = train(config);
   EXPECT_EQ(result.steps, 4);
   EXPECT_FALSE(result.test_accuracy.has_value());
   EXPECT_FALSE(result.test_loss.has_value());
   EXPECT_FALSE(result.time_to_90_s.has_value());
-  const json summary = json::parse(read_text(dir.path("run/summary.json")));
+  const json summary = json::parse(read_text(dir.file("run/summary.json")));
   EXPECT_TRUE(summary.at("test_accuracy").is_null());
   EXPECT_TRUE(summary.at("test_loss").is_null());
-  const std::vector<json> records = read_jsonl(dir.path("run/metrics.jsonl"));
+  const std::vector<json> records = read_jsonl(dir.file("run/metrics.jsonl"));
   EXPECT_EQ(keys(series(records, "loss")), (std::vector<int64_t>{1, 2, 3, 4}));
   EXPECT_TRUE(series(records, "test_accuracy").empty());
-  EXPECT_FALSE(fs::exists(dir.path("run/tensorboard"))) << "log.tensorboard = false";
+  EXPECT_FALSE(fs::exists(dir.file("run/tensorboard"))) << "log.tensorboard = false";
   // Only the final checkpoint (checkpoint.every_steps = 0).
-  EXPECT_EQ(checkpoint_names(dir.path("run/checkpoints")), (std::vector<std::string>{"step-00000004"}));
+  EXPECT_EQ(checkpoint_names(dir.file("run/checkpoints")), (std::vector<std::string>{"step-00000004"}));
 }
 
 // --- exact resume ------------------------------------------------------------------------------------
@@ -389,17 +368,17 @@ class TrainerResume : public ::testing::TestWithParam<ResumeCase> {};
 TEST_P(TrainerResume, StopThenResumeReproducesUninterruptedRun) {
   const ResumeCase& c = GetParam();
   TempDir dir;
-  write_quadrant_images(dir.path("train"), c.train_samples, 3);
-  write_quadrant_images(dir.path("test"), 24, 4);
+  write_quadrant_images(dir.file("train"), c.train_samples, 3);
+  write_quadrant_images(dir.file("test"), 24, 4);
   std::vector<std::string> overrides = c.overrides;
-  overrides.push_back(fmt::format("data.test=\"{}\"", dir.path("test")));
+  overrides.push_back(fmt::format("data.test=\"{}\"", dir.file("test")));
   overrides.push_back("eval.every_steps=5");
   Config a_config = make_config(dir, overrides);
-  a_config.log.dir = dir.path("a");
-  a_config.checkpoint.dir = dir.path("a/checkpoints");
+  a_config.log.dir = dir.file("a");
+  a_config.checkpoint.dir = dir.file("a/checkpoints");
   Config b_config = a_config;
-  b_config.log.dir = dir.path("b");
-  b_config.checkpoint.dir = dir.path("b/checkpoints");
+  b_config.log.dir = dir.file("b");
+  b_config.checkpoint.dir = dir.file("b/checkpoints");
 
   const RunResult a = train(a_config);
   EXPECT_FALSE(a.stopped);
@@ -412,7 +391,7 @@ TEST_P(TrainerResume, StopThenResumeReproducesUninterruptedRun) {
   EXPECT_EQ(b1.steps, c.stop_after);
   EXPECT_EQ(fs::path(b1.last_checkpoint), fs::path(b_config.checkpoint.dir) / checkpoint_dir_name(c.stop_after));
   EXPECT_EQ(checkpoint_names(b_config.checkpoint.dir), (std::vector<std::string>{checkpoint_dir_name(c.stop_after)}));
-  EXPECT_TRUE(json::parse(read_text(dir.path("b/summary.json"))).at("stopped").get<bool>());
+  EXPECT_TRUE(json::parse(read_text(dir.file("b/summary.json"))).at("stopped").get<bool>());
 
   RunOptions resume;
   resume.resume = ResumeMode::Auto;
@@ -426,8 +405,8 @@ TEST_P(TrainerResume, StopThenResumeReproducesUninterruptedRun) {
   EXPECT_EQ(*b2.test_loss, *a.test_loss);
 
   // B's metrics.jsonl (appended to by the resumed run) holds A's losses and rates, step for step.
-  const std::vector<json> a_records = read_jsonl(dir.path("a/metrics.jsonl"));
-  const std::vector<json> b_records = read_jsonl(dir.path("b/metrics.jsonl"));
+  const std::vector<json> a_records = read_jsonl(dir.file("a/metrics.jsonl"));
+  const std::vector<json> b_records = read_jsonl(dir.file("b/metrics.jsonl"));
   const std::map<int64_t, double> a_loss = series(a_records, "loss"), b_loss = series(b_records, "loss");
   ASSERT_EQ(static_cast<int64_t>(a_loss.size()), c.total_steps);
   EXPECT_EQ(keys(b_loss), keys(a_loss));
@@ -461,7 +440,7 @@ TEST_P(TrainerResume, StopThenResumeReproducesUninterruptedRun) {
   EXPECT_EQ(b_last.state.at("next_batch"), a_last.state.at("next_batch"));
   EXPECT_EQ(b_last.state.at("rng"), a_last.state.at("rng"));
 
-  const std::string b_log = read_text(dir.path("b/logs/rank-0.log"));
+  const std::string b_log = read_text(dir.file("b/logs/rank-0.log"));
   EXPECT_NE(b_log.find(fmt::format("resumed from {}", b1.last_checkpoint)), std::string::npos) << b_log;
 }
 
@@ -491,13 +470,13 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST(Trainer, AutoResumeWithoutCheckpointStartsFromScratch) {
   TempDir dir;
-  write_quadrant_images(dir.path("train"), 64, 5);
+  write_quadrant_images(dir.file("train"), 64, 5);
   Config fresh = make_config(dir, {"train.steps=6"});
-  fresh.log.dir = dir.path("fresh");
-  fresh.checkpoint.dir = dir.path("fresh/checkpoints");
+  fresh.log.dir = dir.file("fresh");
+  fresh.checkpoint.dir = dir.file("fresh/checkpoints");
   Config auto_config = fresh;
-  auto_config.log.dir = dir.path("auto");
-  auto_config.checkpoint.dir = dir.path("auto/checkpoints");
+  auto_config.log.dir = dir.file("auto");
+  auto_config.checkpoint.dir = dir.file("auto/checkpoints");
 
   const RunResult reference = train(fresh);
   RunOptions resume;
@@ -507,9 +486,9 @@ TEST(Trainer, AutoResumeWithoutCheckpointStartsFromScratch) {
   EXPECT_EQ(result.steps, 6);
   EXPECT_FALSE(result.stopped);
   EXPECT_EQ(result.final_loss, reference.final_loss);
-  EXPECT_EQ(series(read_jsonl(dir.path("auto/metrics.jsonl")), "loss"),
-            series(read_jsonl(dir.path("fresh/metrics.jsonl")), "loss"));
-  const std::string log = read_text(dir.path("auto/logs/rank-0.log"));
+  EXPECT_EQ(series(read_jsonl(dir.file("auto/metrics.jsonl")), "loss"),
+            series(read_jsonl(dir.file("fresh/metrics.jsonl")), "loss"));
+  const std::string log = read_text(dir.file("auto/logs/rank-0.log"));
   EXPECT_NE(log.find("no checkpoint in"), std::string::npos) << log;
 }
 
@@ -518,19 +497,19 @@ TEST(Trainer, AutoResumeWithoutCheckpointStartsFromScratch) {
 // logged yet). Run A logs every step, so it knows every step's loss.
 TEST(Trainer, StoppedRunReportsTheStoppingStepsLoss) {
   TempDir dir;
-  write_quadrant_images(dir.path("train"), 64, 7);
+  write_quadrant_images(dir.file("train"), 64, 7);
   Config a = make_config(dir, {"train.steps=10"});
-  a.log.dir = dir.path("a");
-  a.checkpoint.dir = dir.path("a/checkpoints");
+  a.log.dir = dir.file("a");
+  a.checkpoint.dir = dir.file("a/checkpoints");
   train(a);
-  const std::map<int64_t, double> a_loss = series(read_jsonl(dir.path("a/metrics.jsonl")), "loss");
+  const std::map<int64_t, double> a_loss = series(read_jsonl(dir.file("a/metrics.jsonl")), "loss");
   ASSERT_EQ(a_loss.size(), 10u);
 
   for (const int64_t stop_after : {7, 2}) {
     SCOPED_TRACE(fmt::format("stopped after step {} with log.every_steps = 5", stop_after));
     Config b = a;
-    b.log.dir = dir.path(fmt::format("b{}", stop_after));
-    b.checkpoint.dir = dir.path(fmt::format("b{}/checkpoints", stop_after));
+    b.log.dir = dir.file(fmt::format("b{}", stop_after));
+    b.checkpoint.dir = dir.file(fmt::format("b{}/checkpoints", stop_after));
     b.log.every_steps = 5;
     RunOptions options;
     options.stop_after_steps = stop_after;
@@ -548,7 +527,7 @@ TEST(Trainer, StoppedRunReportsTheStoppingStepsLoss) {
 // checkpoint.
 TEST(Trainer, AutoResumeOfAFinishedRunKeepsItsResult) {
   TempDir dir;
-  write_quadrant_images(dir.path("train"), 64, 8);
+  write_quadrant_images(dir.file("train"), 64, 8);
   const Config config = make_config(dir, {"train.steps=6"});
   const RunResult first = train(config);
   ASSERT_FALSE(first.last_checkpoint.empty());
@@ -561,21 +540,21 @@ TEST(Trainer, AutoResumeOfAFinishedRunKeepsItsResult) {
   EXPECT_EQ(again.resumed_from_step, 6);
   EXPECT_EQ(again.last_checkpoint, first.last_checkpoint);
   EXPECT_EQ(again.final_loss, first.final_loss);
-  const json summary = json::parse(read_text(dir.path("run/summary.json")));
+  const json summary = json::parse(read_text(dir.file("run/summary.json")));
   EXPECT_EQ(summary.at("final_loss").get<double>(), first.final_loss);
   EXPECT_EQ(summary.at("checkpoint").get<std::string>(), first.last_checkpoint);
   // No step ran, so no loss was appended to metrics.jsonl.
-  EXPECT_EQ(keys(series(read_jsonl(dir.path("run/metrics.jsonl")), "loss")), (std::vector<int64_t>{1, 2, 3, 4, 5, 6}));
+  EXPECT_EQ(keys(series(read_jsonl(dir.file("run/metrics.jsonl")), "loss")), (std::vector<int64_t>{1, 2, 3, 4, 5, 6}));
 }
 
 // --- stop by a real signal -----------------------------------------------------------------------------
 
 TEST(Trainer, SigtermStopsAfterTheStepWithACheckpoint) {
   TempDir dir;
-  write_quadrant_images(dir.path("train"), 64, 6);
+  write_quadrant_images(dir.file("train"), 64, 6);
   // Far more steps than can run before the signal: the run ends only by stopping.
   const Config config = make_config(dir, {"train.steps=1000000"});
-  const std::string metrics = dir.path("run/metrics.jsonl");
+  const std::string metrics = dir.file("run/metrics.jsonl");
 
   struct sigaction before {};
   sigaction(SIGTERM, nullptr, &before);
@@ -599,12 +578,12 @@ TEST(Trainer, SigtermStopsAfterTheStepWithACheckpoint) {
   EXPECT_GE(result.steps, 3);
   EXPECT_LT(result.steps, 1000000);
   EXPECT_EQ(fs::path(result.last_checkpoint),
-            fs::path(dir.path("run/checkpoints")) / checkpoint_dir_name(result.steps));
+            fs::path(dir.file("run/checkpoints")) / checkpoint_dir_name(result.steps));
   EXPECT_EQ(load_checkpoint(result.last_checkpoint).step, result.steps);
   const std::map<int64_t, double> loss = series(read_jsonl(metrics), "loss");
   ASSERT_FALSE(loss.empty());
   EXPECT_EQ(loss.rbegin()->first, result.steps) << "no step after the stopping one";
-  EXPECT_NE(read_text(dir.path("run/logs/rank-0.log")).find("by SIGTERM"), std::string::npos);
+  EXPECT_NE(read_text(dir.file("run/logs/rank-0.log")).find("by SIGTERM"), std::string::npos);
   // train() put the previous SIGTERM disposition back.
   struct sigaction after {};
   sigaction(SIGTERM, nullptr, &after);
@@ -616,13 +595,13 @@ TEST(Trainer, SigtermStopsAfterTheStepWithACheckpoint) {
 TEST(Trainer, MlpLearnsWhichQuadrantIsBright) {
   TempDir dir;
   const uint64_t seed = test::test_seed();
-  write_quadrant_images(dir.path("train"), 256, seed);
-  write_quadrant_images(dir.path("test"), 200, seed + 1);
+  write_quadrant_images(dir.file("train"), 256, seed);
+  write_quadrant_images(dir.file("test"), 200, seed + 1);
   const Config config =
-      make_config(dir, {fmt::format("data.test=\"{}\"", dir.path("test")), "train.batch_size=16", "train.steps=30",
+      make_config(dir, {fmt::format("data.test=\"{}\"", dir.file("test")), "train.batch_size=16", "train.steps=30",
                         "log.tensorboard=false", fmt::format("train.seed={}", seed % (uint64_t{1} << 62))});
   const RunResult result = train(config);
-  const std::map<int64_t, double> loss = series(read_jsonl(dir.path("run/metrics.jsonl")), "loss");
+  const std::map<int64_t, double> loss = series(read_jsonl(dir.file("run/metrics.jsonl")), "loss");
   ASSERT_EQ(loss.size(), 30u);
   double last = 0;
   for (int64_t s = 26; s <= 30; ++s) last += loss.at(s) / 5;
@@ -638,41 +617,41 @@ TEST(Trainer, MlpLearnsWhichQuadrantIsBright) {
 
 TEST(TrainerErrors, DatasetWithoutImageField) {
   TempDir dir;
-  write_quadrant_images(dir.path("train"), 32, 1, "pixels");
-  EXPECT_TRUE(raises_error([&] { train(make_config(dir)); }, {dir.path("train"), "\"image\"", "\"label\""}));
+  write_quadrant_images(dir.file("train"), 32, 1, "pixels");
+  EXPECT_TRUE(raises_error([&] { train(make_config(dir)); }, {dir.file("train"), "\"image\"", "\"label\""}));
 }
 
 TEST(TrainerErrors, TestSetWithoutImageField) {
   TempDir dir;
-  write_quadrant_images(dir.path("train"), 32, 1);
-  write_quadrant_images(dir.path("test"), 32, 1, "picture");
-  const Config config = make_config(dir, {fmt::format("data.test=\"{}\"", dir.path("test"))});
-  EXPECT_TRUE(raises_error([&] { train(config); }, {dir.path("test"), "\"image\""}));
+  write_quadrant_images(dir.file("train"), 32, 1);
+  write_quadrant_images(dir.file("test"), 32, 1, "picture");
+  const Config config = make_config(dir, {fmt::format("data.test=\"{}\"", dir.file("test"))});
+  EXPECT_TRUE(raises_error([&] { train(config); }, {dir.file("test"), "\"image\""}));
 }
 
 TEST(TrainerErrors, MissingTrainDirectory) {
   TempDir dir;
   const Config config = make_config(dir);  // dir/train was never written
-  EXPECT_TRUE(raises_error([&] { train(config); }, {dir.path("train"), "manifest"}));
+  EXPECT_TRUE(raises_error([&] { train(config); }, {dir.file("train"), "manifest"}));
 }
 
 TEST(TrainerErrors, BatchLargerThanDataset) {
   TempDir dir;
-  write_quadrant_images(dir.path("train"), 20, 1);
+  write_quadrant_images(dir.file("train"), 20, 1);
   const Config config = make_config(dir, {"train.batch_size=21"});
   EXPECT_TRUE(raises_error([&] { train(config); }, {"train.batch_size 21", "20 samples", "lower it"}));
 }
 
 TEST(TrainerErrors, UnknownModel) {
   TempDir dir;
-  write_quadrant_images(dir.path("train"), 32, 1);
+  write_quadrant_images(dir.file("train"), 32, 1);
   const Config config = make_config(dir, {"model.name=resnet50"});
   EXPECT_TRUE(raises_error([&] { train(config); }, {"model.name", "'resnet50'", "cnn", "mlp"}));
 }
 
 TEST(TrainerErrors, WarmupLongerThanEpochsRun) {
   TempDir dir;
-  write_quadrant_images(dir.path("train"), 40, 1);  // 5 batches: 1 epoch is 5 steps
+  write_quadrant_images(dir.file("train"), 40, 1);  // 5 batches: 1 epoch is 5 steps
   const Config config =
       make_config(dir, {"train.steps=0", "train.epochs=1", "schedule.name=warmup_cosine", "schedule.warmup_steps=10"});
   EXPECT_TRUE(raises_error([&] { train(config); }, {"schedule.warmup_steps (10)", "5 optimizer steps"}));
@@ -680,7 +659,7 @@ TEST(TrainerErrors, WarmupLongerThanEpochsRun) {
 
 TEST(TrainerErrors, CheckpointOfAnotherWorldSize) {
   TempDir dir;
-  write_quadrant_images(dir.path("train"), 32, 1);
+  write_quadrant_images(dir.file("train"), 32, 1);
   const Config config = make_config(dir, {"train.steps=3"});
   const RunResult first = train(config);
   ASSERT_EQ(first.last_checkpoint, (fs::path(config.log.dir) / "checkpoints" / "step-00000003").string());
@@ -704,24 +683,24 @@ TEST(TrainerErrors, CheckpointOfAnotherWorldSize) {
 
 TEST(TrainerErrors, CheckpointDirUnderRegularFile) {
   TempDir dir;
-  write_quadrant_images(dir.path("train"), 64, 1);
-  write_text(dir.path("blocker"), "a regular file\n");
+  write_quadrant_images(dir.file("train"), 64, 1);
+  write_text(dir.file("blocker"), "a regular file\n");
   const Config config = make_config(
-      dir, {"train.steps=8", "checkpoint.every_steps=4", fmt::format("checkpoint.dir=\"{}\"", dir.path("blocker/ck"))});
-  EXPECT_TRUE(raises_error([&] { train(config); }, {dir.path("blocker")}));
+      dir, {"train.steps=8", "checkpoint.every_steps=4", fmt::format("checkpoint.dir=\"{}\"", dir.file("blocker/ck"))});
+  EXPECT_TRUE(raises_error([&] { train(config); }, {dir.file("blocker")}));
 
   // The failure came at the first checkpoint (step 4); what was written before it is intact.
-  EXPECT_EQ(read_text(dir.path("blocker")), "a regular file\n");
-  const std::map<int64_t, double> loss = series(read_jsonl(dir.path("run/metrics.jsonl")), "loss");
+  EXPECT_EQ(read_text(dir.file("blocker")), "a regular file\n");
+  const std::map<int64_t, double> loss = series(read_jsonl(dir.file("run/metrics.jsonl")), "loss");
   EXPECT_EQ(keys(loss), (std::vector<int64_t>{1, 2, 3, 4}));
   for (const auto& [step, value] : loss) EXPECT_TRUE(std::isfinite(value)) << step;
-  const std::vector<std::string> events = files_containing(dir.path("run/tensorboard"), "tfevents");
+  const std::vector<std::string> events = files_containing(dir.file("run/tensorboard"), "tfevents");
   ASSERT_EQ(events.size(), 1u);
   std::string file_version;
   int64_t tb_losses = 0;
   for (const Scalar& s : read_event_file(events[0], &file_version)) tb_losses += s.tag == "train/loss";
   EXPECT_EQ(tb_losses, 4);
-  EXPECT_NE(read_text(dir.path("run/logs/rank-0.log")).find("training mlp"), std::string::npos);
+  EXPECT_NE(read_text(dir.file("run/logs/rank-0.log")).find("training mlp"), std::string::npos);
 }
 
 }  // namespace

@@ -24,32 +24,7 @@ namespace fs = std::filesystem;
 using namespace std::string_literals;
 using test::raises_error;
 
-/// A fresh directory for one test, removed with everything in it at the end.
-class TempDir {
- public:
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::temp_directory_path() / fmt::format("flame_{}_{}_{}", info->test_suite_name(), info->name(), getpid());
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  /// Names of the entries in the directory.
-  std::vector<std::string> entries() const {
-    std::vector<std::string> out;
-    for (const auto& e : fs::directory_iterator(path_)) out.push_back(e.path().filename().string());
-    std::sort(out.begin(), out.end());
-    return out;
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using test::TempDir;
 
 std::string read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -254,16 +229,16 @@ TEST(Safetensors, WritesAtomically) {
   const NamedTensors tensors = {{"w", full({3}, 2.0, kF32)}};
 
   // An unwritable destination (here: a directory that does not exist) raises and leaves nothing.
-  const std::string nowhere = (dir.path() / "no_such_dir" / "w.safetensors").string();
+  const std::string nowhere = dir.file("no_such_dir/w.safetensors");
   EXPECT_TRUE(raises_error([&] { save_safetensors(nowhere, tensors); }, {"save_safetensors", "no_such_dir"}));
   EXPECT_FALSE(fs::exists(nowhere));
   EXPECT_TRUE(dir.entries().empty());
 
   // A failure after the data was written (the rename onto a directory fails) leaves no temporary file.
-  fs::create_directory(dir.path() / "occupied");
+  fs::create_directory(dir.file("occupied"));
   EXPECT_TRUE(raises_error([&] { save_safetensors(dir.file("occupied"), tensors); }, {"renaming", "occupied"}));
   EXPECT_EQ(dir.entries(), std::vector<std::string>{"occupied"});
-  EXPECT_TRUE(fs::is_directory(dir.path() / "occupied"));
+  EXPECT_TRUE(fs::is_directory(dir.file("occupied")));
 
   // Overwriting an existing file replaces it whole.
   const std::string path = dir.file("w.safetensors");
@@ -276,12 +251,12 @@ TEST(Safetensors, WritesAtomically) {
 
   // Without write permission (meaningless for root, who may write anywhere).
   if (::geteuid() != 0) {
-    fs::create_directory(dir.path() / "readonly");
-    fs::permissions(dir.path() / "readonly", fs::perms::owner_read | fs::perms::owner_exec);
+    fs::create_directory(dir.file("readonly"));
+    fs::permissions(dir.file("readonly"), fs::perms::owner_read | fs::perms::owner_exec);
     const std::string denied = dir.file("readonly/w.safetensors");
     EXPECT_TRUE(raises_error([&] { save_safetensors(denied, tensors); }, {"cannot create a temporary file"}));
-    EXPECT_TRUE(fs::is_empty(dir.path() / "readonly"));
-    fs::permissions(dir.path() / "readonly", fs::perms::owner_all);
+    EXPECT_TRUE(fs::is_empty(dir.file("readonly")));
+    fs::permissions(dir.file("readonly"), fs::perms::owner_all);
   }
 }
 

@@ -100,9 +100,8 @@ Tolerance tolerance_for(DType dtype);
 
 /// Compares value lists; on failure names the count of mismatches and the worst element (its
 /// multi-index in `shape` when given) with actual, expected and difference.
-::testing::AssertionResult values_close(const std::vector<double>& actual,
-                                        const std::vector<double>& expected, Tolerance tol,
-                                        const Shape& shape = {});
+::testing::AssertionResult values_close(const std::vector<double>& actual, const std::vector<double>& expected,
+                                        Tolerance tol, const Shape& shape = {});
 /// Checks actual's shape and then its values (read back to the host).
 ::testing::AssertionResult all_close(const Tensor& actual, const Shape& expected_shape,
                                      const std::vector<double>& expected, Tolerance tol);
@@ -114,6 +113,25 @@ Tolerance tolerance_for(DType dtype);
 /// Runs one sub-case of a loop: an exception fails the test (with the SCOPED_TRACE context in
 /// effect) instead of ending it, so the remaining sub-cases still run and report.
 void guarded(const std::function<void()>& body);
+
+/// A fresh directory for one test (under the system's temporary directory, named after the
+/// running test), removed with everything in it when destroyed.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  /// `name` inside the directory.
+  std::string file(const std::string& name) const;
+  /// The directory itself.
+  const std::string& path() const { return path_; }
+  /// The names of its entries, sorted.
+  std::vector<std::string> entries() const;
+
+ private:
+  std::string path_;
+};
 
 /// Success when `fn` throws flame::Error whose message contains every fragment.
 ::testing::AssertionResult raises_error(const std::function<void()>& fn,
@@ -162,8 +180,7 @@ const std::vector<std::pair<Shape, Shape>>& broadcast_shape_pairs();
 
 /// Input values for a case: uniform on [low, high) or, for integer dtypes / small_integers,
 /// integers in [ceil(low), floor(high)].
-std::vector<double> case_inputs(HostRng& rng, int64_t n, double low, double high, DType dtype,
-                                bool small_integers);
+std::vector<double> case_inputs(HostRng& rng, int64_t n, double low, double high, DType dtype, bool small_integers);
 
 }  // namespace flame::test
 

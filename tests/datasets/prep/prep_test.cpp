@@ -1,7 +1,6 @@
 // flame-prep: Fashion-MNIST conversion checked against the idx files read independently here,
 // text round trips, synthetic datasets against their closed form (Note [synthetic content]), and
 // verify on good and damaged datasets, through the library and through the flame-prep binary.
-#include <cstdlib>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -9,6 +8,7 @@
 
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -23,6 +23,7 @@
 #include "launch/prep/synthetic.h"
 #include "launch/prep/text_tokens.h"
 #include "launch/prep/verify.h"
+#include "support/test_support.h"
 
 namespace flame::prep {
 namespace {
@@ -35,23 +36,7 @@ std::string fashion_mnist_dir() {
   return env && *env ? env : "/usr/share/datasets/fashion-mnist";
 }
 
-/// A fresh directory under the system temp dir, removed at the end of the test.
-class TempDir {
- public:
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::temp_directory_path() /
-            fmt::format("flame_prep_{}_{}_{}", info->test_suite_name(), info->name(), static_cast<long>(::getpid()));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
+using test::TempDir;
 
 /// The whole decompressed content of a .gz file.
 std::vector<uint8_t> gunzip(const std::string& path) {
@@ -129,14 +114,14 @@ TEST(PrepFashionMnist, TestSplitMatchesIdxFiles) {
   ASSERT_EQ(raw_labels.size(), 8u + 10000u);
 
   TempDir tmp;
-  FashionMnistOptions options{source, tmp.path().string(), 3000, 1};
+  FashionMnistOptions options{source, tmp.path(), 3000, 1};
   const data::Manifest manifest = convert_fashion_mnist_split(options, fashion_mnist_splits()[1]);
   ASSERT_EQ(manifest.shards.size(), 4u);
   EXPECT_EQ(manifest.shards[0].samples, 3000);
   EXPECT_EQ(manifest.shards[3].samples, 1000);
   EXPECT_EQ(manifest.total_samples(), 10000);
 
-  const data::ShardedDataset dataset(tmp / "test", data::Verification::Checksums);
+  const data::ShardedDataset dataset(tmp.file("test"), data::Verification::Checksums);
   ASSERT_EQ(dataset.size(), 10000);
   ASSERT_EQ(dataset.fields().size(), 2u);
   EXPECT_EQ(dataset.fields()[0].name, "image");
@@ -174,38 +159,38 @@ TEST(PrepFashionMnist, TestSplitMatchesIdxFiles) {
 TEST(PrepFashionMnist, DamagedSourcesNameTheFile) {
   TempDir tmp;
   const FashionMnistSplit split{"img.gz", "lab.gz", 100, "small"};
-  const FashionMnistOptions options{tmp.path().string(), (tmp / "out"), 50, 0};
+  const FashionMnistOptions options{tmp.path(), tmp.file("out"), 50, 0};
   const std::vector<uint8_t> pixels(100 * 784, 7);
   auto images = idx_header({100, 28, 28}, 3);
   images.insert(images.end(), pixels.begin(), pixels.end());
   auto labels = idx_header({100}, 1);
   labels.insert(labels.end(), 100, 3);
-  write_gz(tmp / "img.gz", images);
-  write_gz(tmp / "lab.gz", labels);
+  write_gz(tmp.file("img.gz"), images);
+  write_gz(tmp.file("lab.gz"), labels);
   EXPECT_EQ(convert_fashion_mnist_split(options, split).total_samples(), 100);  // the well-formed pair converts
 
-  write_gz(tmp / "lab.gz", idx_header({100}, 3));  // wrong magic (3 dims)
+  write_gz(tmp.file("lab.gz"), idx_header({100}, 3));  // wrong magic (3 dims)
   std::string message = error_of([&] { convert_fashion_mnist_split(options, split); });
   EXPECT_NE(message.find("lab.gz"), std::string::npos) << message;
   EXPECT_NE(message.find("magic"), std::string::npos) << message;
 
   auto short_labels = idx_header({99}, 1);
   short_labels.insert(short_labels.end(), 99, 3);
-  write_gz(tmp / "lab.gz", short_labels);  // 99 labels for 100 images
+  write_gz(tmp.file("lab.gz"), short_labels);  // 99 labels for 100 images
   message = error_of([&] { convert_fashion_mnist_split(options, split); });
   EXPECT_NE(message.find("lab.gz"), std::string::npos) << message;
   EXPECT_NE(message.find("99 labels"), std::string::npos) << message;
 
-  write_gz(tmp / "lab.gz", labels);
+  write_gz(tmp.file("lab.gz"), labels);
   images.resize(16 + 60 * 784);  // header says 100 images, 60 present
-  write_gz(tmp / "img.gz", images);
+  write_gz(tmp.file("img.gz"), images);
   message = error_of([&] { convert_fashion_mnist_split(options, split); });
   EXPECT_NE(message.find("img.gz"), std::string::npos) << message;
   EXPECT_NE(message.find("truncated"), std::string::npos) << message;
 
   const FashionMnistSplit wrong_count{"img.gz", "lab.gz", 60000, "train"};
   images.resize(16 + 100 * 784, 7);
-  write_gz(tmp / "img.gz", images);
+  write_gz(tmp.file("img.gz"), images);
   message = error_of([&] { convert_fashion_mnist_split(options, wrong_count); });
   EXPECT_NE(message.find("img.gz' holds 100 images"), std::string::npos) << message;
 }
@@ -262,30 +247,32 @@ TEST(PrepText, RoundTripThroughWindows) {
     text += fmt::format("line {}: h\xC3\xA9llo w\xC3\xB6rld \xE2\x9C\x93 \xF0\x9D\x84\x9E\n", i);
   text.resize(5 * 321);  // ends on an ASCII byte; 5 shards of 20 windows of 16 + 1 tokens exactly
   while (static_cast<uint8_t>(text.back()) >= 0x80) text.back() = '.';
-  write_file(tmp / "input.txt", text);
+  write_file(tmp.file("input.txt"), text);
   for (const TokenWidth width : {TokenWidth::U16, TokenWidth::U32}) {
-    const std::string out = tmp / (width == TokenWidth::U16 ? "u16" : "u32");
-    const data::Manifest manifest = convert_text({tmp / "input.txt", out, 16, 321, width, 0});
+    const std::string out = tmp.file(width == TokenWidth::U16 ? "u16" : "u32");
+    const data::Manifest manifest = convert_text({tmp.file("input.txt"), out, 16, 321, width, 0});
     EXPECT_EQ(manifest.shards.size(), 5u);
     EXPECT_EQ(manifest.total_samples(), 100);
     EXPECT_EQ(check_windows_against(out, text, 16, token_tensor_dtype(width)), static_cast<int64_t>(text.size()));
   }
   // Shards that do not divide into windows: the windows still match the bytes they cover.
-  const data::Manifest uneven = convert_text({tmp / "input.txt", tmp / "uneven", 7, 500, TokenWidth::U16, 3});
+  const data::Manifest uneven = convert_text({tmp.file("input.txt"), tmp.file("uneven"), 7, 500, TokenWidth::U16, 3});
   EXPECT_EQ(uneven.shards.size(), 4u);  // 500 + 500 + 500 + 105 tokens
   EXPECT_EQ(uneven.total_samples(), 3 * (499 / 7) + 104 / 7);
-  EXPECT_EQ(check_windows_against(tmp / "uneven", text, 7, kI32), 3 * (71 * 7 + 1) + (14 * 7 + 1));
+  EXPECT_EQ(check_windows_against(tmp.file("uneven"), text, 7, kI32), 3 * (71 * 7 + 1) + (14 * 7 + 1));
 }
 
 TEST(PrepText, InvalidUtf8AndShortFilesAreRejectedBeforeWriting) {
   TempDir tmp;
-  write_file(tmp / "bad.txt", std::string(5000, 'a') + "\xE2\x28\xA1" + "tail");
-  std::string message = error_of([&] { convert_text({tmp / "bad.txt", tmp / "out", 8, 1000, TokenWidth::U16, 0}); });
+  write_file(tmp.file("bad.txt"), std::string(5000, 'a') + "\xE2\x28\xA1" + "tail");
+  std::string message = error_of([&] {
+    convert_text({tmp.file("bad.txt"), tmp.file("out"), 8, 1000, TokenWidth::U16, 0});
+  });
   EXPECT_NE(message.find("bad.txt"), std::string::npos) << message;
   EXPECT_NE(message.find("byte offset 5000"), std::string::npos) << message;
-  EXPECT_FALSE(fs::exists(tmp / "out"));
-  write_file(tmp / "short.txt", "tiny");
-  message = error_of([&] { convert_text({tmp / "short.txt", tmp / "out", 8, 1000, TokenWidth::U16, 0}); });
+  EXPECT_FALSE(fs::exists(tmp.file("out")));
+  write_file(tmp.file("short.txt"), "tiny");
+  message = error_of([&] { convert_text({tmp.file("short.txt"), tmp.file("out"), 8, 1000, TokenWidth::U16, 0}); });
   EXPECT_NE(message.find("short.txt' holds 4 bytes"), std::string::npos) << message;
 }
 
@@ -294,7 +281,7 @@ TEST(PrepText, InvalidUtf8AndShortFilesAreRejectedBeforeWriting) {
 TEST(PrepSynthetic, ImagesFollowTheClosedForm) {
   TempDir tmp;
   SyntheticOptions options;
-  options.out = tmp / "images";
+  options.out = tmp.file("images");
   options.samples = 1000;
   options.shard_samples = 300;
   options.seed = 42;
@@ -322,7 +309,7 @@ TEST(PrepSynthetic, TokensSizesAndDeterminism) {
   TempDir tmp;
   SyntheticOptions options;
   options.kind = SyntheticKind::Tokens;
-  options.out = tmp / "a";
+  options.out = tmp.file("a");
   options.tokens = 10000;
   options.window = 64;
   options.shard_tokens = 4097;  // 64 windows per full shard
@@ -341,9 +328,9 @@ TEST(PrepSynthetic, TokensSizesAndDeterminism) {
     EXPECT_EQ(later[j], synthetic_token(7, 1000, 4097 + 3 * 64 + j));
     EXPECT_LT(later[j], 1000);
   }
-  options.out = tmp / "b";
+  options.out = tmp.file("b");
   const data::Manifest b = make_synthetic(options);
-  options.out = tmp / "c";
+  options.out = tmp.file("c");
   options.seed = 8;
   const data::Manifest c = make_synthetic(options);
   for (size_t s = 0; s < a.shards.size(); ++s) {
@@ -359,7 +346,7 @@ TEST(PrepSynthetic, TokensSizesAndDeterminism) {
 TEST(PrepVerify, GoodDatasetPassesCorruptShardFailsNamingIt) {
   TempDir tmp;
   SyntheticOptions options;
-  options.out = tmp / "ds";
+  options.out = tmp.file("ds");
   options.samples = 500;
   options.shard_samples = 200;
   make_synthetic(options);
@@ -392,19 +379,21 @@ TEST(PrepVerify, GoodDatasetPassesCorruptShardFailsNamingIt) {
 TEST(PrepCli, ArgumentErrorsNameTheFlag) {
   TempDir tmp;
   std::string output;
-  EXPECT_NE(run_prep("synthetic --out '" + (tmp / "x") + "' --kind tokens --tokens 100", &output), 0);
+  EXPECT_NE(run_prep("synthetic --out '" + (tmp.file("x")) + "' --kind tokens --tokens 100", &output), 0);
   EXPECT_NE(output.find("--window"), std::string::npos) << output;
-  EXPECT_NE(run_prep("synthetic --out '" + (tmp / "x") + "' --kind images --samples 10 --compression 12", &output), 0);
+  EXPECT_NE(run_prep("synthetic --out '" + (tmp.file("x")) + "' --kind images --samples 10 --compression 12", &output),
+            0);
   EXPECT_NE(output.find("--compression"), std::string::npos) << output;
-  EXPECT_NE(run_prep("text --input /nonexistent/file --out '" + (tmp / "x") + "' --window 8", &output), 0);
+  EXPECT_NE(run_prep("text --input /nonexistent/file --out '" + (tmp.file("x")) + "' --window 8", &output), 0);
   EXPECT_NE(output.find("--input"), std::string::npos) << output;
-  EXPECT_NE(run_prep("synthetic --out '" + (tmp / "x") + "' --kind images --samples 0", &output), 0);
+  EXPECT_NE(run_prep("synthetic --out '" + (tmp.file("x")) + "' --kind images --samples 0", &output), 0);
   EXPECT_NE(output.find("--samples"), std::string::npos) << output;
   EXPECT_EQ(
-      run_prep("synthetic --out '" + (tmp / "tok") + "' --kind tokens --tokens 5000 --window 32 --seed 3", &output), 0)
+      run_prep("synthetic --out '" + (tmp.file("tok")) + "' --kind tokens --tokens 5000 --window 32 --seed 3", &output),
+      0)
       << output;
-  EXPECT_EQ(run_prep("verify '" + (tmp / "tok") + "'", &output), 0) << output;
-  EXPECT_FALSE(fs::exists(tmp / "x"));
+  EXPECT_EQ(run_prep("verify '" + (tmp.file("tok")) + "'", &output), 0) << output;
+  EXPECT_FALSE(fs::exists(tmp.file("x")));
 }
 
 }  // namespace
