@@ -71,6 +71,15 @@ class Communicator {
 
  protected:
   explicit Communicator(const ProcessGroup& group) : group_(group) {}
+
+  // Argument checks shared by the backends; `backend` ("MPI", "NCCL") names it in messages.
+  /// A reduction of `dtype` with `reduce`: no bool, and Avg needs a floating dtype.
+  static void check_reducible(const char* backend, const char* op, DType dtype, ReduceOp reduce);
+  /// all_gather: same dtypes, output [W * n, ...] for input [n, ...].
+  void check_all_gather(const Tensor& input, const Tensor& output) const;
+  /// reduce_scatter: same dtypes, reducible, input dim 0 divisible by W, output input / W along dim 0.
+  void check_reduce_scatter(const char* backend, const Tensor& input, const Tensor& output, ReduceOp op) const;
+
   ProcessGroup group_;
 };
 

@@ -64,7 +64,7 @@ class MpiCommunicator final : public Communicator {
   void all_reduce(const Tensor& tensor, ReduceOp op, const std::string& what) override {
     check_usable("all_reduce", what);
     check_tensor("all_reduce", tensor, "tensor");
-    check_reducible("all_reduce", tensor.dtype(), op);
+    check_reducible("MPI", "all_reduce", tensor.dtype(), op);
     Tensor work = reduction_buffer(tensor);
     if (comm_ != MPI_COMM_NULL) {
       MPI_Request request;
@@ -95,12 +95,7 @@ class MpiCommunicator final : public Communicator {
     check_usable("all_gather", what);
     check_tensor("all_gather", input, "input");
     check_tensor("all_gather", output, "output");
-    check_same_dtype("all_gather", input, output);
-    Shape expected = input.dim() == 0 ? Shape{1} : input.shape();
-    expected[0] *= group_.world_size;
-    FLAME_CHECK(output.shape() == expected,
-                "dist::all_gather: output must be {} (world size {} times input {} along dim 0), got {}",
-                shape_str(expected), group_.world_size, shape_str(input.shape()), shape_str(output.shape()));
+    check_all_gather(input, output);
     Tensor send = input.contiguous();
     Tensor receive = output.is_contiguous() ? output : Tensor::empty(output.shape(), {output.dtype(), kCPU});
     if (comm_ != MPI_COMM_NULL) {
@@ -119,16 +114,8 @@ class MpiCommunicator final : public Communicator {
     check_usable("reduce_scatter", what);
     check_tensor("reduce_scatter", input, "input");
     check_tensor("reduce_scatter", output, "output");
-    check_same_dtype("reduce_scatter", input, output);
-    check_reducible("reduce_scatter", input.dtype(), op);
+    check_reduce_scatter("MPI", input, output, op);
     const int world = group_.world_size;
-    FLAME_CHECK(input.dim() >= 1 && input.size(0) % world == 0,
-                "dist::reduce_scatter: input {} must have a dim 0 divisible by the world size {}",
-                shape_str(input.shape()), world);
-    Shape expected = input.shape();
-    expected[0] /= world;
-    FLAME_CHECK(output.shape() == expected, "dist::reduce_scatter: output must be {} (input {} split {} ways), got {}",
-                shape_str(expected), shape_str(input.shape()), world, shape_str(output.shape()));
     Tensor send = reduces_natively(input.dtype()) ? input.contiguous() : input.to(kF32);
     Tensor receive = (output.is_contiguous() && output.dtype() == send.dtype())
                          ? output
@@ -170,18 +157,6 @@ class MpiCommunicator final : public Communicator {
                 "dist::{} (MPI): {} is {} but the MPI communicator takes CPU tensors; use make_nccl_communicator "
                 "(or make_communicator(group, tensor.device())) for CUDA tensors",
                 op, role, t.describe());
-  }
-
-  static void check_same_dtype(const char* op, const Tensor& input, const Tensor& output) {
-    FLAME_CHECK(input.dtype() == output.dtype(), "dist::{}: input is {} but output is {}; they must match", op,
-                dtype_name(input.dtype()), dtype_name(output.dtype()));
-  }
-
-  static void check_reducible(const char* op, DType dtype, ReduceOp reduce) {
-    FLAME_CHECK(dtype != DType::Bool, "dist::{} (MPI): bool tensors cannot be reduced; use u8 or i32", op);
-    FLAME_CHECK(reduce != ReduceOp::Avg || is_floating(dtype),
-                "dist::{}: ReduceOp::Avg needs a floating dtype, got {}; use Sum and divide yourself", op,
-                dtype_name(dtype));
   }
 
   /// The contiguous buffer a reduction works on (Note [MPI communicator dtypes]).

@@ -167,7 +167,7 @@ class NcclCommunicator final : public Communicator {
   void all_reduce(const Tensor& tensor, ReduceOp op, const std::string& what) override {
     check_usable("all_reduce", what);
     check_tensor("all_reduce", tensor, "tensor");
-    check_reducible("all_reduce", tensor.dtype(), op);
+    check_reducible("NCCL", "all_reduce", tensor.dtype(), op);
     Tensor work = tensor.contiguous();
     enqueue("all_reduce", what, [&] {
       return ncclAllReduce(work.data_ptr(), work.data_ptr(), work.numel(), nccl_type(work.dtype()), nccl_op(op), comm_,
@@ -179,7 +179,7 @@ class NcclCommunicator final : public Communicator {
   void all_reduce_overlapped(const Tensor& tensor, ReduceOp op, const std::string& what) override {
     check_usable("all_reduce", what);
     check_tensor("all_reduce", tensor, "tensor");
-    check_reducible("all_reduce", tensor.dtype(), op);
+    check_reducible("NCCL", "all_reduce", tensor.dtype(), op);
     FLAME_CHECK(tensor.is_contiguous(), "dist::all_reduce_overlapped '{}': the tensor must be contiguous, got {}", what,
                 tensor.describe());
     enqueue(
@@ -215,12 +215,7 @@ class NcclCommunicator final : public Communicator {
     check_usable("all_gather", what);
     check_tensor("all_gather", input, "input");
     check_tensor("all_gather", output, "output");
-    check_same_dtype("all_gather", input, output);
-    Shape expected = input.dim() == 0 ? Shape{1} : input.shape();
-    expected[0] *= group_.world_size;
-    FLAME_CHECK(output.shape() == expected,
-                "dist::all_gather: output must be {} (world size {} times input {} along dim 0), got {}",
-                shape_str(expected), group_.world_size, shape_str(input.shape()), shape_str(output.shape()));
+    check_all_gather(input, output);
     Tensor send = input.contiguous();
     Tensor receive = output.contiguous();
     enqueue("all_gather", what, [&] {
@@ -233,16 +228,7 @@ class NcclCommunicator final : public Communicator {
     check_usable("reduce_scatter", what);
     check_tensor("reduce_scatter", input, "input");
     check_tensor("reduce_scatter", output, "output");
-    check_same_dtype("reduce_scatter", input, output);
-    check_reducible("reduce_scatter", input.dtype(), op);
-    const int world = group_.world_size;
-    FLAME_CHECK(input.dim() >= 1 && input.size(0) % world == 0,
-                "dist::reduce_scatter: input {} must have a dim 0 divisible by the world size {}",
-                shape_str(input.shape()), world);
-    Shape expected = input.shape();
-    expected[0] /= world;
-    FLAME_CHECK(output.shape() == expected, "dist::reduce_scatter: output must be {} (input {} split {} ways), got {}",
-                shape_str(expected), shape_str(input.shape()), world, shape_str(output.shape()));
+    check_reduce_scatter("NCCL", input, output, op);
     Tensor send = input.contiguous();
     Tensor receive = output.contiguous();
     enqueue("reduce_scatter", what, [&] {
@@ -477,18 +463,6 @@ class NcclCommunicator final : public Communicator {
     FLAME_CHECK(t.device() == device_,
                 "dist::{} (NCCL): {} is {} but rank {} communicates on {}; CPU tensors go to make_mpi_communicator", op,
                 role, t.describe(), group_.rank, device_.str());
-  }
-
-  static void check_same_dtype(const char* op, const Tensor& input, const Tensor& output) {
-    FLAME_CHECK(input.dtype() == output.dtype(), "dist::{}: input is {} but output is {}; they must match", op,
-                dtype_name(input.dtype()), dtype_name(output.dtype()));
-  }
-
-  static void check_reducible(const char* op, DType dtype, ReduceOp reduce) {
-    FLAME_CHECK(dtype != DType::Bool, "dist::{} (NCCL): bool tensors cannot be reduced; use u8 or i32", op);
-    FLAME_CHECK(reduce != ReduceOp::Avg || is_floating(dtype),
-                "dist::{}: ReduceOp::Avg needs a floating dtype, got {}; use Sum and divide yourself", op,
-                dtype_name(dtype));
   }
 
   CommunicatorOptions options_;
