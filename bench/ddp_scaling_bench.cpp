@@ -4,14 +4,19 @@
 // joins the two runs (efficiency = t(W=1) / t(W=2), per-rank batch fixed).
 //
 // Models, f32, batch 256 per rank (each rank draws its own random batch and labels):
-//   cnn: cnn_step_bench's CNN on 1x28x28 inputs;
+//   cnn: flame-train's Fashion-MNIST CNN (launch/train/models.h: conv 1->32, conv 32->64, linear
+//        3136->128->10; 421,642 parameters) on 1x28x28 inputs;
 //   mlp: Linear(1024,4096) - ReLU - Linear(4096,4096) - ReLU - Linear(4096,10).
-// A step is ddp.zero_grad(), forward, nn::cross_entropy, backward, ddp.synchronize_gradients(),
-// AdamW step(), ddp.after_step(). For each model and each NcclCalls mode (a fresh communicator,
-// model and DDP per case), kWarmup steps, then kRuns steps each bracketed by CUDA events on the
-// compute stream; the median is reported. Sanity check: the loss must stay finite and fall.
+// A step is ddp.zero_grad(), forward, nn::cross_entropy, backward, then either ddp.step(AdamW)
+// ("bucket": each bucket's parameters are updated as soon as it is reduced) or
+// ddp.synchronize_gradients() and AdamW step() ("after-sync"), then ddp.after_step(). The
+// communicator has the default CommunicatorOptions (blocking NCCL calls, automatic SM carve-out)
+// unless the flags below say otherwise. For each model, NcclCalls mode and step (a fresh
+// communicator, model and DDP per case), kWarmup steps, then kRuns steps each bracketed by CUDA
+// events on the compute stream; the median is reported. Sanity check: the loss must stay finite
+// and fall.
 //
-// Overlap (world > 1, mlp, both modes), on the same DDP after the timed steps:
+// Overlap (world > 1, mlp, every case), on the same DDP after the timed steps:
 //   step_without_comm: the same step with everything from zero_grad() to the optimizer step inside
 //                      ddp.no_sync(), so no gradient is all-reduced (median of kRuns);
 //   comm_ms:           the all-reduces alone: one Sum all-reduce per DDP bucket, of a tensor of the
@@ -19,17 +24,39 @@
 //                      bracketed by events on the compute stream (median of kRuns);
 //   exposed_ms = step_with_comm - step_without_comm; hidden_fraction = 1 - exposed_ms / comm_ms.
 //
+// Phases (every case): kRuns more steps with events on the compute stream between the parts of
+// the step, medians of each part:
+//   forward_ms   zero_grad, forward and loss;
+//   backward_ms  backward's compute (at W > 1 the all-reduces run beside it on their own stream);
+//   wait_ms      synchronize_gradients(): what the compute stream waits for the all-reduces after
+//                backward has finished (the exposed tail);
+//   optimizer_ms the AdamW step and after_step();
+//   host_ms      the host's time to issue the whole step (when it is close to the step time, the
+//                step is bound by the host, not the GPU).
+//
+// Usage: ddp_scaling_bench [--model cnn|mlp|all] [--calls blocking|nonblocking|all]
+//                          [--max-ctas N] [--carveout N] [--priority high|default]
+//                          [--step bucket|after-sync|all]
+// (defaults: every model, blocking calls, both steps).
+// (--max-ctas, --carveout and --priority set CommunicatorOptions::nccl_max_ctas,
+// overlap_sm_carveout and high_priority_stream, dist/communicator.h; --step bucket replaces
+// synchronize_gradients() + AdamW step() with ddp.step(optimizer), whose wait_ms is then 0 and
+// optimizer_ms holds the waits.
+//
 // Rank 0 prints
 //   {"bench": "ddp_step", "impl": "flame", "model": "cnn"|"mlp", "world": W,
-//    "nccl_calls": "nonblocking"|"blocking", "dtype": "f32", "size": "b256", "value": <ms>,
-//    "unit": "ms/step", "device": ...}
+//    "nccl_calls": "nonblocking"|"blocking", "step": "bucket"|"after-sync", "dtype": "f32",
+//    "size": "b256", "value": <ms>, "unit": "ms/step", "device": ...}
 //   {"bench": "ddp_overlap", "impl": "flame", "model": "mlp", "world": W, "nccl_calls": ...,
 //    "dtype": "f32", "size": "b256", "step_ms": ..., "step_no_comm_ms": ..., "comm_ms": ...,
 //    "exposed_ms": ..., "hidden_fraction": ..., "buckets": ..., "bucket_mib": ...,
 //    "value": <hidden_fraction>, "unit": "fraction", "device": ...}
+//   {"bench": "ddp_phases", ..., "forward_ms": ..., "backward_ms": ..., "wait_ms": ...,
+//    "optimizer_ms": ..., "value": <sum of the medians>, "unit": "ms/step", "device": ...}
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <exception>
@@ -44,13 +71,11 @@
 #include "core/ops.h"
 #include "dist/communicator.h"
 #include "dist/ddp.h"
+#include "launch/train/models.h"
 #include "nn/activation.h"
-#include "nn/conv2d.h"
-#include "nn/flatten.h"
 #include "nn/linear.h"
 #include "nn/loss.h"
 #include "nn/optim/adam.h"
-#include "nn/pool2d.h"
 
 namespace flame {
 namespace {
@@ -77,14 +102,7 @@ std::shared_ptr<nn::Module> make_model(Model model) {
         std::make_shared<nn::Linear>(kMlpHidden, kMlpHidden), std::make_shared<nn::ReLU>(),
         std::make_shared<nn::Linear>(kMlpHidden, kClasses)});
   }
-  Conv2dOptions same;
-  same.padding = {1, 1};
-  Pool2dOptions pool;
-  pool.kernel = {2, 2};
-  return std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
-      std::make_shared<nn::Conv2d>(1, 4, 3, same), std::make_shared<nn::ReLU>(), std::make_shared<nn::MaxPool2d>(pool),
-      std::make_shared<nn::Conv2d>(4, 8, 3, same), std::make_shared<nn::ReLU>(), std::make_shared<nn::MaxPool2d>(pool),
-      std::make_shared<nn::Flatten>(), std::make_shared<nn::Linear>(8 * (kSide / 4) * (kSide / 4), kClasses)});
+  return train::make_model("cnn");  // flame-train's Fashion-MNIST CNN (launch/train/models.h)
 }
 
 /// The per-rank input batch: x [256, 1, 28, 28] (cnn) or [256, 1024] (mlp), f32.
@@ -101,25 +119,75 @@ double median_ms(cudaStream_t stream, const std::function<void()>& body) {
   return bench::median(times.elapsed_ms());
 }
 
+/// Medians of the parts of a step (see the phases paragraph at the top).
+struct Phases {
+  double forward_ms = 0, backward_ms = 0, wait_ms = 0, optimizer_ms = 0;
+  double host_ms = 0;  // the host's time to issue one step
+};
+
+Phases time_phases(cudaStream_t stream, dist::DistributedDataParallel& ddp, optim::AdamW& optimizer,
+                   bool bucket_step, const std::function<Tensor()>& forward_loss) {
+  constexpr int kMarks = 5;  // before zero_grad, after the loss, after backward, after sync, after the step
+  std::vector<cudaEvent_t> marks(static_cast<size_t>(kRuns) * kMarks);
+  for (cudaEvent_t& event : marks) FLAME_CUDA_CHECK(cudaEventCreate(&event));
+  std::vector<double> host_ms(kRuns);
+  for (int i = 0; i < kRuns; ++i) {
+    cudaEvent_t* mark = &marks[static_cast<size_t>(i) * kMarks];
+    const auto host_start = std::chrono::steady_clock::now();
+    FLAME_CUDA_CHECK(cudaEventRecord(mark[0], stream));
+    ddp.zero_grad();
+    Tensor loss = forward_loss();
+    FLAME_CUDA_CHECK(cudaEventRecord(mark[1], stream));
+    loss.backward();
+    FLAME_CUDA_CHECK(cudaEventRecord(mark[2], stream));
+    if (bucket_step) {  // the wait is inside the optimizer part
+      FLAME_CUDA_CHECK(cudaEventRecord(mark[3], stream));
+      ddp.step(optimizer);
+    } else {
+      ddp.synchronize_gradients();
+      FLAME_CUDA_CHECK(cudaEventRecord(mark[3], stream));
+      optimizer.step();
+    }
+    ddp.after_step();
+    FLAME_CUDA_CHECK(cudaEventRecord(mark[4], stream));
+    host_ms[i] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - host_start).count();
+  }
+  std::vector<std::vector<double>> parts(kMarks - 1, std::vector<double>(kRuns));
+  for (int i = 0; i < kRuns; ++i) {
+    cudaEvent_t* mark = &marks[static_cast<size_t>(i) * kMarks];
+    FLAME_CUDA_CHECK(cudaEventSynchronize(mark[kMarks - 1]));
+    for (int k = 0; k + 1 < kMarks; ++k) {
+      float ms = 0.0f;
+      FLAME_CUDA_CHECK(cudaEventElapsedTime(&ms, mark[k], mark[k + 1]));
+      parts[k][i] = ms;
+    }
+  }
+  for (cudaEvent_t event : marks) cudaEventDestroy(event);
+  return Phases{bench::median(parts[0]), bench::median(parts[1]), bench::median(parts[2]), bench::median(parts[3]),
+                bench::median(host_ms)};
+}
+
 /// Prints one JSON line (rank 0 only): the common keys, `extra` (already formatted "key": value
 /// pairs, each followed by ", "), then value, unit and device.
-void emit_line(const std::string& bench_name, Model model, int world, dist::NcclCalls calls, const std::string& extra,
-               double value, const std::string& unit, const std::string& device) {
+void emit_line(const std::string& bench_name, Model model, int world, dist::NcclCalls calls, bool bucket_step,
+               const std::string& extra, double value, const std::string& unit, const std::string& device) {
   fmt::print(
       "{{\"bench\": \"{}\", \"impl\": \"flame\", \"model\": \"{}\", \"world\": {}, \"nccl_calls\": \"{}\", "
-      "\"dtype\": \"f32\", \"size\": \"b{}\", {}\"value\": {:.6g}, \"unit\": \"{}\", \"device\": \"{}\"}}\n",
-      bench_name, model_name(model), world, calls_name(calls), kBatch, extra, value, unit, device);
+      "\"step\": \"{}\", \"dtype\": \"f32\", \"size\": \"b{}\", {}\"value\": {:.6g}, \"unit\": \"{}\", "
+      "\"device\": \"{}\"}}\n",
+      bench_name, model_name(model), world, calls_name(calls), bucket_step ? "bucket" : "after-sync", kBatch, extra,
+      value, unit, device);
   std::fflush(stdout);
 }
 
 /// Times one (model, NCCL mode) case; false when the loss did not behave.
-bool run_case(const dist::ProcessGroup& group, Device device, Model model_kind, dist::NcclCalls calls) {
+bool run_case(const dist::ProcessGroup& group, Device device, Model model_kind, dist::NcclCalls calls,
+              dist::CommunicatorOptions comm_options, bool bucket_step) {
   const cudaStream_t stream = cuda::compute_stream(device.index);
   const bool print = group.rank == 0;
   const std::string device_name = bench::json_escape(cuda::context(device.index).properties.name);
   const std::string label = fmt::format("{} {} world {}", model_name(model_kind), calls_name(calls), group.world_size);
 
-  dist::CommunicatorOptions comm_options;
   comm_options.nccl_calls = calls;
   std::unique_ptr<dist::Communicator> comm = dist::make_nccl_communicator(group, comm_options);
 
@@ -137,8 +205,12 @@ bool run_case(const dist::ProcessGroup& group, Device device, Model model_kind, 
     ddp.zero_grad();
     Tensor loss = nn::cross_entropy(ddp.forward(x), y);
     loss.backward();
-    ddp.synchronize_gradients();
-    optimizer.step();
+    if (bucket_step) {
+      ddp.step(optimizer);
+    } else {
+      ddp.synchronize_gradients();
+      optimizer.step();
+    }
     ddp.after_step();
     return loss;
   };
@@ -157,7 +229,18 @@ bool run_case(const dist::ProcessGroup& group, Device device, Model model_kind, 
       fmt::print(stderr, "ddp_scaling_bench: note: {} cudaMalloc calls during the timed {} steps\n", mallocs, label);
     fmt::print(stderr, "ddp_scaling_bench: {}: loss {:.4f} after the first step, {:.4f} after {} steps\n", label,
                first_loss, final_loss, kWarmup + kRuns);
-    emit_line("ddp_step", model_kind, group.world_size, calls, "", step_ms, "ms/step", device_name);
+    emit_line("ddp_step", model_kind, group.world_size, calls, bucket_step, "", step_ms, "ms/step", device_name);
+  }
+  const Phases phases = time_phases(stream, ddp, optimizer, bucket_step, [&] { return nn::cross_entropy(ddp.forward(x), y); });
+  if (print) {
+    const std::string extra =
+        fmt::format("\"forward_ms\": {:.6g}, \"backward_ms\": {:.6g}, \"wait_ms\": {:.6g}, \"optimizer_ms\": {:.6g}, "
+                    "\"host_ms\": {:.6g}, \"max_ctas\": {}, \"carveout\": {}, \"high_priority\": {}, ",
+                    phases.forward_ms, phases.backward_ms, phases.wait_ms, phases.optimizer_ms, phases.host_ms,
+                    comm_options.nccl_max_ctas, comm_options.overlap_sm_carveout,
+                    comm_options.high_priority_stream ? "true" : "false");
+    emit_line("ddp_phases", model_kind, group.world_size, calls, bucket_step, extra,
+              phases.forward_ms + phases.backward_ms + phases.wait_ms + phases.optimizer_ms, "ms/step", device_name);
   }
   const bool loss_fell = std::isfinite(final_loss) && final_loss < first_loss;
   if (!loss_fell)
@@ -169,7 +252,11 @@ bool run_case(const dist::ProcessGroup& group, Device device, Model model_kind, 
     // depends on them agreeing).
     const auto local_step = [&] {
       auto no_sync = ddp.no_sync();
-      step();
+      ddp.zero_grad();
+      nn::cross_entropy(ddp.forward(x), y).backward();
+      ddp.synchronize_gradients();  // does nothing inside no_sync()
+      optimizer.step();
+      ddp.after_step();
     };
     for (int i = 0; i < kWarmup; ++i) local_step();
     cuda::synchronize(device.index);
@@ -206,31 +293,76 @@ bool run_case(const dist::ProcessGroup& group, Device device, Model model_kind, 
           "\"step_ms\": {:.6g}, \"step_no_comm_ms\": {:.6g}, \"comm_ms\": {:.6g}, \"exposed_ms\": {:.6g}, "
           "\"hidden_fraction\": {:.6g}, \"buckets\": {}, \"bucket_mib\": {:.6g}, ",
           step_ms, local_ms, comm_ms, exposed_ms, hidden_fraction, flats.size(), bucket_bytes / (1 << 20));
-      emit_line("ddp_overlap", model_kind, group.world_size, calls, extra, hidden_fraction, "fraction", device_name);
+      emit_line("ddp_overlap", model_kind, group.world_size, calls, bucket_step, extra, hidden_fraction, "fraction", device_name);
     }
   }
   cuda::synchronize(device.index);
   return loss_fell;
 }
 
-int run() {
+/// The cases chosen on the command line (every model and mode by default).
+struct Selection {
+  std::vector<Model> models{Model::Cnn, Model::Mlp};
+  std::vector<dist::NcclCalls> calls{dist::NcclCalls::Blocking};
+  dist::CommunicatorOptions options;           // --max-ctas, --carveout, --priority
+  std::vector<bool> bucket_steps{true, false};  // --step: ddp.step(optimizer) and/or sync + step()
+};
+
+Selection parse_arguments(int argc, char** argv) {
+  Selection selection;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    FLAME_CHECK(i + 1 < argc && (flag == "--model" || flag == "--calls" || flag == "--max-ctas" ||
+                                 flag == "--carveout" || flag == "--priority" || flag == "--step"),
+                "ddp_scaling_bench: unknown argument '{}'; usage: ddp_scaling_bench [--model cnn|mlp|all] "
+                "[--calls blocking|nonblocking|all] [--max-ctas N] [--carveout N] [--priority high|default] "
+                "[--step bucket|after-sync|all]",
+                flag);
+    const std::string value = argv[++i];
+    if (flag == "--step") {
+      FLAME_CHECK(value == "bucket" || value == "after-sync" || value == "all",
+                  "ddp_scaling_bench: --step must be bucket, after-sync or all");
+      if (value != "all") selection.bucket_steps = {value == "bucket"};
+    } else if (flag == "--max-ctas") {
+      selection.options.nccl_max_ctas = std::stoi(value);
+    } else if (flag == "--carveout") {
+      selection.options.overlap_sm_carveout = std::stoi(value);
+    } else if (flag == "--priority") {
+      FLAME_CHECK(value == "high" || value == "default", "ddp_scaling_bench: --priority must be high or default");
+      selection.options.high_priority_stream = value == "high";
+    } else if (flag == "--model") {
+      FLAME_CHECK(value == "cnn" || value == "mlp" || value == "all",
+                  "ddp_scaling_bench: --model must be cnn, mlp or all, got '{}'", value);
+      if (value != "all") selection.models = {value == "cnn" ? Model::Cnn : Model::Mlp};
+    } else {
+      FLAME_CHECK(value == "blocking" || value == "nonblocking" || value == "all",
+                  "ddp_scaling_bench: --calls must be blocking, nonblocking or all, got '{}'", value);
+      if (value != "all")
+        selection.calls = {value == "blocking" ? dist::NcclCalls::Blocking : dist::NcclCalls::NonBlocking};
+    }
+  }
+  return selection;
+}
+
+int run(const Selection& selection) {
   const dist::ProcessGroup& group = dist::ProcessGroup::init();
   const Device device = group.cuda_device();
   FLAME_CUDA_CHECK(cudaSetDevice(device.index));
   bool all_right = true;
-  for (const Model model : {Model::Cnn, Model::Mlp})
-    for (const dist::NcclCalls calls : {dist::NcclCalls::NonBlocking, dist::NcclCalls::Blocking})
-      all_right = run_case(group, device, model, calls) && all_right;
+  for (const Model model : selection.models)
+    for (const dist::NcclCalls calls : selection.calls)
+      for (const bool bucket_step : selection.bucket_steps)
+        all_right = run_case(group, device, model, calls, selection.options, bucket_step) && all_right;
   return all_right ? 0 : 1;
 }
 
 }  // namespace
 }  // namespace flame
 
-int main() {
-  const int status = flame::bench::run_benchmark("ddp_scaling_bench", [] {
+int main(int argc, char** argv) {
+  const int status = flame::bench::run_benchmark("ddp_scaling_bench", [&] {
     try {
-      return flame::run();
+      return flame::run(flame::parse_arguments(argc, argv));
     } catch (const std::exception& e) {
       // One rank failing must not leave the others waiting in a collective.
       flame::dist::abort_job(fmt::format("ddp_scaling_bench: failed: {}", e.what()));

@@ -6,8 +6,8 @@ Run under Open MPI, one rank per GPU:
     mpirun -np 2 python3 bench/torch_ddp_reference.py
 The rank and world size come from Open MPI's environment; the process group uses NCCL with a TCP
 rendezvous on 127.0.0.1 (one node). Models (f32, batch 256 per rank, a different random batch per
-rank): the CNN of bench/cnn_step_bench.cpp and Linear(1024,4096)-ReLU-Linear(4096,4096)-ReLU-
-Linear(4096,10). A step: zero_grad(set_to_none=True), forward, F.cross_entropy, backward (DDP with
+rank): flame-train's Fashion-MNIST CNN (launch/train/models.h) and
+Linear(1024,4096)-ReLU-Linear(4096,4096)-ReLU-Linear(4096,10). A step: zero_grad(set_to_none=True), forward, F.cross_entropy, backward (DDP with
 its defaults: 25 MiB buckets, gradient_as_bucket_view=True to match FLAME's bucket views),
 AdamW.step() (foreach). 10 warm-up steps, then the median of 50 steps, each bracketed by CUDA
 events. Rank 0 prints one JSON line per model:
@@ -39,9 +39,9 @@ def make_model(kind):
                              nn.Linear(4096, CLASSES))
     side = SIDE // 4
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(8 * side * side, CLASSES))
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * side * side, 128), nn.ReLU(), nn.Linear(128, CLASSES))
 
 
 def run_case(kind, rank, world, device):

@@ -40,6 +40,16 @@ size_t memory_reserved(int device) { return caching_allocator_stats(device).rese
 uint64_t malloc_count(int device) { return caching_allocator_stats(device).malloc_count; }
 void empty_cache(int device) { caching_allocator_empty_cache(device); }
 
+int multiprocessor_count(int device) { return context(device).properties.multiProcessorCount; }
+
+void set_gemm_sm_target(int device, int sms) {
+  DeviceContext& ctx = context(device);
+  FLAME_CHECK(sms >= 0 && sms <= ctx.properties.multiProcessorCount,
+              "set_gemm_sm_target(cuda:{}): {} SMs requested; the device has {} (0 restores all of them)", device, sms,
+              ctx.properties.multiProcessorCount);
+  ctx.gemm_sm_target = sms;
+}
+
 #else
 
 namespace {
@@ -58,6 +68,8 @@ void reset_peak_memory_stats(int device) { no_cuda("reset_peak_memory_stats", de
 size_t memory_reserved(int device) { no_cuda("memory_reserved", device); }
 uint64_t malloc_count(int device) { no_cuda("malloc_count", device); }
 void empty_cache(int device) { no_cuda("empty_cache", device); }
+int multiprocessor_count(int device) { no_cuda("multiprocessor_count", device); }
+void set_gemm_sm_target(int device, int) { no_cuda("set_gemm_sm_target", device); }
 
 #endif
 

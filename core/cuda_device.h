@@ -25,4 +25,13 @@ uint64_t malloc_count(int device = 0);
 /// Returns cached, unused blocks to the driver.
 void empty_cache(int device = 0);
 
+/// How many multiprocessors (SMs) `device` has.
+int multiprocessor_count(int device = 0);
+/// Makes cuBLAS choose its GEMM kernels for `sms` multiprocessors on `device` from the next matmul
+/// on (cublasSetSmCountTarget); 0 restores "all of them". For work that runs beside another
+/// stream's kernels holding some SMs, as NCCL's during DDP's overlapped all-reduces
+/// (Note [SM carve-out] in dist/nccl_communicator.cpp). Host-side only, takes effect in stream order
+/// with the matmuls launched after it. Raises for sms < 0 or more than the device has.
+void set_gemm_sm_target(int device, int sms);
+
 }  // namespace flame::cuda

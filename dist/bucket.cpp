@@ -136,7 +136,7 @@ void Reducer::launch_ready_buckets() {
   autograd::NoGradGuard no_grad;
   while (next_launch_ < buckets_.size() && buckets_[next_launch_].ready) {
     Bucket& bucket = buckets_[next_launch_];
-    communicator_.all_reduce_overlapped(bucket.flat, ReduceOp::Avg, bucket.label);
+    bucket.collective = communicator_.all_reduce_overlapped(bucket.flat, ReduceOp::Avg, bucket.label);
     if (next_launch_ == 0) last_round_launches_.clear();
     last_round_launches_.push_back(next_launch_);
     ++launches_;
@@ -144,7 +144,13 @@ void Reducer::launch_ready_buckets() {
   }
 }
 
-void Reducer::finish() {
+void Reducer::wait_for_bucket(size_t index) {
+  FLAME_CHECK(index < buckets_.size(), "DistributedDataParallel: bucket {} does not exist ({} buckets)", index,
+              buckets_.size());
+  communicator_.compute_wait(buckets_[index].collective);
+}
+
+void Reducer::finish(ComputeWaits waits) {
   std::vector<int32_t> used;  // [P], UnusedParameters::Ignore only: 1 where this rank produced a gradient
   if (unused_ == UnusedParameters::Ignore)
     for (size_t k = 0; k < params_.size(); ++k) used.push_back(param_ready_[k] ? 1 : 0);
@@ -159,7 +165,7 @@ void Reducer::finish() {
       params_[k].second.set_grad(buckets_[bucket_of_[k]].views[slot_of_[k]]);
     }
   }
-  communicator_.compute_wait();
+  if (waits == ComputeWaits::All) communicator_.compute_wait();
   reset_round();
   ++rounds_;
   if (unused_ == UnusedParameters::Error) {

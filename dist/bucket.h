@@ -85,6 +85,7 @@ struct Bucket {
   size_t pending = 0;          // parameters not yet ready in the current round
   bool ready = false;
   std::string label;  // "DDP bucket <index>", names its all-reduce in errors
+  uint64_t collective = 0;  // the communicator's number for its latest all-reduce (compute_wait)
 };
 
 /// Assigns parameters to buckets (Note [ddp buckets]): returns, per bucket, the parameter indices
@@ -101,8 +102,14 @@ class Reducer : public std::enable_shared_from_this<Reducer> {
   Reducer(nn::NamedTensors params, Communicator& communicator, BucketOptions options, UnusedParameters unused);
 
   /// See Note [ddp buckets]: launches what is pending, orders the compute stream after the
-  /// all-reduces and starts a new round. Under Error, the first call also runs check_unused().
-  void finish();
+  /// all-reduces (all of them, or none with ComputeWaits::PerBucket: the caller then orders its
+  /// work after each bucket with wait_for_bucket()) and starts a new round. Under Error, the first
+  /// call also runs check_unused().
+  enum class ComputeWaits { All, PerBucket };
+  void finish(ComputeWaits waits = ComputeWaits::All);
+  /// Orders the compute stream's later work after bucket `index`'s latest all-reduce (and the
+  /// buckets launched before it), without blocking the host.
+  void wait_for_bucket(size_t index);
   /// Collective: raises on every rank (UnusedParameters::Error) when some rank left a parameter
   /// without a gradient in a finish() since the last check, naming it and `when`.
   void check_unused(const std::string& when);

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -59,13 +60,19 @@ class Communicator {
   /// all_reduce whose result the compute stream does not wait for (Note [NCCL communicator
   /// streams]): device work issued after it runs while the tensor is reduced. For buffers that
   /// nothing reads, writes or frees until compute_wait() or synchronize(), as DDP's buckets during
-  /// backward. A synchronous backend (MPI) implements it as all_reduce.
-  virtual void all_reduce_overlapped(const Tensor& tensor, ReduceOp op, const std::string& what = "") {
+  /// backward. Returns the collective's number, for compute_wait(number). A synchronous backend
+  /// (MPI) implements it as all_reduce.
+  virtual uint64_t all_reduce_overlapped(const Tensor& tensor, ReduceOp op, const std::string& what = "") {
     all_reduce(tensor, op, what);
+    return 0;
   }
   /// Makes the compute stream wait for every collective issued so far, without blocking the host
   /// (nothing to do for a synchronous backend).
   virtual void compute_wait() {}
+  /// Makes the compute stream wait for the overlapped all-reduce numbered `collective` and every
+  /// collective issued before it (they complete in issue order), without blocking the host: work
+  /// that needs only that result can start while later ones are still reduced.
+  virtual void compute_wait(uint64_t collective) { (void)collective; }
 
   const ProcessGroup& group() const { return group_; }
 
@@ -93,6 +100,19 @@ struct CommunicatorOptions {
   /// A collective that has not completed after this long raises (and the job is aborted).
   std::chrono::milliseconds timeout{std::chrono::minutes(5)};
   NcclCalls nccl_calls = NcclCalls::Blocking;
+  /// NCCL: at most this many CTAs (one SM each) per collective (ncclConfig_t::maxCTAs); 0 leaves
+  /// it to NCCL (24 on the 2x H200 machine).
+  int nccl_max_ctas = 0;
+  /// NCCL, more than one rank: while overlapped all-reduces are in flight (from
+  /// all_reduce_overlapped() to the compute_wait() or synchronize() after the last one), cuBLAS
+  /// plans GEMMs for this many fewer SMs, leaving them to NCCL's kernels (Note [SM carve-out] in
+  /// dist/nccl_communicator.cpp). 0: no carve-out; kAutoCarveout: a quarter of the device's SMs,
+  /// at most 32 (32 on an H100 or H200, the best value measured there).
+  static constexpr int kAutoCarveout = -1;
+  int overlap_sm_carveout = kAutoCarveout;
+  /// NCCL: the communication stream gets the device's highest priority, so NCCL's blocks are
+  /// scheduled ahead of waiting compute blocks.
+  bool high_priority_stream = false;
 };
 
 /// MPI collectives on CPU tensors (the backend the whole distributed path is tested with on CI).

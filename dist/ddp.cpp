@@ -42,6 +42,26 @@ void DistributedDataParallel::synchronize_gradients() {
   reducer_->finish();
 }
 
+void DistributedDataParallel::step(optim::Optimizer& optimizer) {
+  FLAME_CHECK(reducer_->grad_sync() == GradSync::Reduce,
+              "DistributedDataParallel: step() inside no_sync(): the gradients are not reduced, so the replicas would "
+              "drift apart. End the no_sync() block before the last micro-step's backward, or call optimizer.step() "
+              "only after a reducing backward");
+  reducer_->finish(Reducer::ComputeWaits::PerBucket);
+  std::vector<std::vector<Tensor>> groups;
+  for (const Bucket& bucket : reducer_->buckets()) {
+    std::vector<Tensor>& members = groups.emplace_back();
+    for (size_t k : bucket.params) members.push_back(reducer_->params()[k].second);
+  }
+  optimizer.step_in_groups(groups, [&](size_t g) {
+    if (g < groups.size()) {
+      reducer_->wait_for_bucket(g);
+    } else {
+      communicator_.compute_wait();  // parameters outside the module: after every bucket
+    }
+  });
+}
+
 DistributedDataParallel::NoSyncGuard::NoSyncGuard(Reducer& reducer) : reducer_(reducer) {
   FLAME_CHECK(reducer_.grad_sync() == GradSync::Reduce, "DistributedDataParallel: no_sync() is already active");
   FLAME_CHECK(!reducer_.round_in_progress(),

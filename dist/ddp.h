@@ -10,7 +10,7 @@
 //     Tensor loss = loss_fn(ddp.forward(x_local), y_local);
 //     loss.backward();                                  // buckets are all-reduced as they fill
 //     ddp.synchronize_gradients();                      // .grad = mean over ranks
-//     opt.step();
+//     opt.step();                                       // or both at once: ddp.step(opt)
 //     ddp.after_step();                                 // periodic desynchronisation check
 //   }
 // Gradient accumulation: run the first micro-steps' backward inside `auto guard = ddp.no_sync();`
@@ -25,6 +25,7 @@
 #include "dist/bucket.h"
 #include "dist/communicator.h"
 #include "nn/module.h"
+#include "nn/optim/optimizer.h"
 
 namespace flame::dist {
 
@@ -62,6 +63,15 @@ class DistributedDataParallel {
   /// Parameters without a gradient on some rank are handled by DdpOptions::unused_parameters
   /// (Note [ddp buckets]). Inside no_sync() it does nothing.
   void synchronize_gradients();
+
+  /// Collective, after every backward outside no_sync(), instead of synchronize_gradients()
+  /// followed by optimizer.step(): the same update (bit for bit), but each bucket's parameters are
+  /// updated as soon as that bucket's all-reduce has finished, while later buckets are still
+  /// being reduced (Note [ddp buckets]). `optimizer` must hold this module's parameters (others
+  /// it holds are updated last). Use synchronize_gradients() and step() separately when something
+  /// must see every mean gradient first, as gradient clipping by global norm does. Raises inside
+  /// no_sync(), where the gradients are not reduced.
+  void step(optim::Optimizer& optimizer);
 
   /// Sets every parameter's gradient to zero in place: each .grad becomes its zeroed bucket view,
   /// so backward accumulates straight into the buckets (no copy, no allocation). Unlike the

@@ -7,6 +7,15 @@
 // The host never blocks; synchronize() is where the host waits, polling cudaEventQuery and
 // ncclCommGetAsyncError against the timeout, and aborts the communicator on failure.
 //
+// Note [SM carve-out]: DDP's bucket all-reduces run beside backward's GEMMs. NCCL's kernels hold
+// some SMs (24 CTAs on the 2x H200) for the whole collective, and a cuBLAS kernel planned for every
+// SM then runs partial waves on what is left. With CommunicatorOptions::overlap_sm_carveout = c
+// (world > 1), the first all_reduce_overlapped() of a round sets cuBLAS's SM target to (SMs - c)
+// for the matmuls launched after it, and the compute_wait() that covers the last collective, or
+// synchronize(), restores all SMs. Measured on the 2x H200 (MLP benchmark, docs/PERFORMANCE.md):
+// the W=2 step 1.38 ms without, 1.32 ms with c = 32; c = 24, 40 and 48 were no better than none
+// (cuBLAS's kernel choice changes with the target), so the automatic value is 32 on 132 SMs.
+//
 // Note [NCCL timeouts]: nothing waits forever, in either NcclCalls mode.
 // - synchronize() (the host's only wait) raises flame::Error after the timeout, naming the
 //   communicator's oldest unfinished collective and the rank, and aborts the communicator.
@@ -26,6 +35,7 @@
 #include <nccl.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -38,6 +48,7 @@
 #include <vector>
 
 #include "core/cuda/context.h"
+#include "core/cuda_device.h"
 #include "core/ops.h"
 #include "dist/mpi_check.h"
 
@@ -96,7 +107,21 @@ class NcclCommunicator final : public Communicator {
                 "ProcessGroup::init() under mpirun/srun",
                 group.world_size);
     cuda::context(device_.index);  // makes device_ current
-    FLAME_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    const int sms = cuda::multiprocessor_count(device_.index);
+    FLAME_CHECK(options_.nccl_max_ctas >= 0 &&
+                    (options_.overlap_sm_carveout == CommunicatorOptions::kAutoCarveout ||
+                     (options_.overlap_sm_carveout >= 0 && options_.overlap_sm_carveout < sms)),
+                "make_nccl_communicator: nccl_max_ctas ({}) must be >= 0 and overlap_sm_carveout ({}) in [0, {}) (the "
+                "SMs of {}) or kAutoCarveout",
+                options_.nccl_max_ctas, options_.overlap_sm_carveout, sms, device_.str());
+    if (options_.overlap_sm_carveout == CommunicatorOptions::kAutoCarveout) options_.overlap_sm_carveout = std::min(32, sms / 4);
+    if (group.world_size == 1) options_.overlap_sm_carveout = 0;  // nothing runs beside the GEMMs
+    int priority = 0;
+    if (options_.high_priority_stream) {
+      int least = 0;
+      FLAME_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &priority));
+    }
+    FLAME_CUDA_CHECK(cudaStreamCreateWithPriority(&stream_, cudaStreamNonBlocking, priority));
     FLAME_CUDA_CHECK(cudaEventCreateWithFlags(&inputs_ready_, cudaEventDisableTiming));
     FLAME_CUDA_CHECK(cudaEventCreateWithFlags(&drained_, cudaEventDisableTiming));
 
@@ -110,6 +135,7 @@ class NcclCommunicator final : public Communicator {
     }
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = options_.nccl_calls == NcclCalls::Blocking ? 1 : 0;
+    if (options_.nccl_max_ctas > 0) config.maxCTAs = options_.nccl_max_ctas;
     watchdog_ = std::thread([this] { watch(); });
     try {
       {
@@ -176,7 +202,7 @@ class NcclCommunicator final : public Communicator {
     if (!work.is_same(tensor)) Tensor(tensor).copy_(work);
   }
 
-  void all_reduce_overlapped(const Tensor& tensor, ReduceOp op, const std::string& what) override {
+  uint64_t all_reduce_overlapped(const Tensor& tensor, ReduceOp op, const std::string& what) override {
     check_usable("all_reduce", what);
     check_tensor("all_reduce", tensor, "tensor");
     check_reducible("NCCL", "all_reduce", tensor.dtype(), op);
@@ -189,6 +215,28 @@ class NcclCommunicator final : public Communicator {
                                nccl_op(op), comm_, stream_);
         },
         ComputeWaits::Later);
+    if (options_.overlap_sm_carveout > 0 && !carved_out_) {  // Note [SM carve-out]
+      cuda::set_gemm_sm_target(device_.index, cuda::multiprocessor_count(device_.index) - options_.overlap_sm_carveout);
+      carved_out_ = true;
+    }
+    return issued_count_;
+  }
+
+  void compute_wait(uint64_t collective) override {
+    check_usable("compute_wait", "");
+    FLAME_CHECK(collective >= 1 && collective <= issued_count_,
+                "dist::compute_wait: collective {} was never issued on this communicator ({} so far)", collective,
+                issued_count_);
+    std::lock_guard<std::mutex> lock(mutex_);
+    recycle_finished();
+    // Collectives finish in issue order: when `collective` is no longer in issued_, it has finished.
+    for (const Issued& issued : issued_) {
+      if (issued.number < collective) continue;
+      if (issued.number == collective)
+        FLAME_CUDA_CHECK(cudaStreamWaitEvent(cuda::compute_stream(device_.index), issued.done, 0));
+      break;
+    }
+    if (collective == issued_count_) end_carveout();
   }
 
   void compute_wait() override {
@@ -196,6 +244,7 @@ class NcclCommunicator final : public Communicator {
     std::lock_guard<std::mutex> lock(mutex_);
     if (last_issued_ != nullptr)
       FLAME_CUDA_CHECK(cudaStreamWaitEvent(cuda::compute_stream(device_.index), last_issued_, 0));
+    end_carveout();
   }
 
   void broadcast(const Tensor& tensor, int root, const std::string& what) override {
@@ -273,9 +322,17 @@ class NcclCommunicator final : public Communicator {
       }
       if (polls > 1000) std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
+    end_carveout();
   }
 
  private:
+  /// Gives GEMMs every SM again (Note [SM carve-out]).
+  void end_carveout() {
+    if (!carved_out_) return;
+    cuda::set_gemm_sm_target(device_.index, 0);
+    carved_out_ = false;
+  }
+
   static ncclRedOp_t nccl_op(ReduceOp op) { return op == ReduceOp::Avg ? ncclAvg : ncclSum; }
 
   enum class ComputeWaits { Now, Later };
@@ -306,6 +363,7 @@ class NcclCommunicator final : public Communicator {
     cudaEvent_t done;
     Clock::time_point when;
     std::string label;
+    uint64_t number;  // 1, 2, ... in issue order
   };
 
   /// Records an event after the collective just enqueued on stream_ and queues it for the watchdog;
@@ -321,7 +379,7 @@ class NcclCommunicator final : public Communicator {
       free_events_.pop_back();
     }
     FLAME_CUDA_CHECK(cudaEventRecord(event, stream_));
-    issued_.push_back(Issued{event, Clock::now(), std::move(collective)});
+    issued_.push_back(Issued{event, Clock::now(), std::move(collective), ++issued_count_});
     last_issued_ = event;
     return event;
   }
@@ -472,6 +530,7 @@ class NcclCommunicator final : public Communicator {
   cudaEvent_t inputs_ready_ = nullptr;  // recorded on the compute stream before each collective
   cudaEvent_t drained_ = nullptr;       // recorded on stream_ by synchronize()
   Tensor barrier_buffer_;               // [1] i32 on device_, all-reduced by barrier()
+  bool carved_out_ = false;             // GEMMs target fewer SMs (Note [SM carve-out])
   std::atomic<bool> broken_{false};
   std::atomic<bool> comm_ready_{false};
 
@@ -481,6 +540,7 @@ class NcclCommunicator final : public Communicator {
   std::deque<Issued> issued_;
   std::vector<cudaEvent_t> free_events_;
   cudaEvent_t last_issued_ = nullptr;  // the event after the latest collective (compute_wait)
+  uint64_t issued_count_ = 0;          // collectives issued so far (the latest one's number)
 
   // The watchdog thread and what it reads.
   std::atomic<int64_t> call_since_ns_{0};  // steady-clock ns when the NCCL call in progress began; 0: none

@@ -166,6 +166,8 @@ def print_ddp(records):
     for r in records:
         if r["bench"] == "ddp_step":
             calls = r["nccl_calls"] if r.get("impl", "flame") == "flame" else r["impl"]
+            if r.get("impl", "flame") == "flame" and "step" in r:
+                calls += f" {r['step']}"
             steps[(r["model"], calls, int(r["world"]))] = r["value"]
     header = ("ddp step (weak scaling)", "W=1 ms/step", "W=2 ms/step", "efficiency", "target")
     rows = [header]
@@ -181,8 +183,9 @@ def print_ddp(records):
     header = ("ddp overlap", "step ms", "no-comm ms", "comm ms", "exposed ms", "hidden")
     rows = [header]
     overlap = [r for r in records if r["bench"] == "ddp_overlap"]
-    for r in sorted(overlap, key=lambda r: (r["model"], r["nccl_calls"], int(r["world"]))):
-        rows.append((f"ddp {r['model']} {r['nccl_calls']} W={r['world']}", fmt_value(r["step_ms"]),
+    for r in sorted(overlap, key=lambda r: (r["model"], r["nccl_calls"], r.get("step", ""), int(r["world"]))):
+        label = f"ddp {r['model']} {r['nccl_calls']}" + (f" {r['step']}" if "step" in r else "")
+        rows.append((f"{label} W={r['world']}", fmt_value(r["step_ms"]),
                      fmt_value(r["step_no_comm_ms"]), fmt_value(r["comm_ms"]), f"{r['exposed_ms']:.4g}",
                      f"{r['hidden_fraction']:.3f}"))
     print_table(rows)

@@ -11,7 +11,8 @@
 # dpkg -x into /tmp/flame-prefix, which CMake then searches.
 #
 # Environment: OUT; BUILD_DIR (default build-gpu); FLAME_GPU_CHECK_SLOW=1 also runs tests
-# labelled slow; FLAME_GPU_CHECK_SKIP_TESTS=1 goes straight to the benchmarks.
+# labelled slow; FLAME_GPU_CHECK_SKIP_TESTS=1 goes straight to the benchmarks;
+# FLAME_GPU_CHECK_SKIP_BENCH=1 runs no benchmark (both: build only, e.g. before scripts/ddp_sweep.sh).
 # Exit status: 0 when the build, every test run and every benchmark program succeeded.
 set -uo pipefail
 
@@ -238,7 +239,7 @@ PY
     -x FLAME_FASHION_MNIST_DIR python3 "$root/bench/torch_fashion_mnist.py"
 }
 
-if [ $built -eq 1 ]; then
+if [ $built -eq 1 ] && [ "${FLAME_GPU_CHECK_SKIP_BENCH:-0}" != 1 ]; then
   run_loader_benches
   for program in matmul_bench elementwise_bench op_overhead_bench cnn_step_bench; do
     if [ -x "$build/bench/$program" ]; then
@@ -274,7 +275,7 @@ if [ $built -eq 1 ]; then
     bench_results+=("flame_train NOT RUN (flame-train not built or no Fashion-MNIST shards)")
   fi
 fi
-run_bench torch_reference python3 "$root/bench/torch_reference.py"
+[ "${FLAME_GPU_CHECK_SKIP_BENCH:-0}" != 1 ] && run_bench torch_reference python3 "$root/bench/torch_reference.py"
 bench_line=$(printf '%s, ' "${bench_results[@]}")
 note "benchmarks: ${bench_line%, }"
 

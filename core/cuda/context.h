@@ -49,6 +49,8 @@ struct DeviceContext {
   void* cublas_workspace = nullptr;  // [cublas_workspace_bytes] for cuBLAS / cuBLASLt
   size_t cublas_workspace_bytes = 0;
   int* error_flag = nullptr;         // [1] device memory, DeviceError code, 0 when clean
+  int gemm_sm_target = 0;            // SMs cuBLAS should plan GEMMs for (0: all); set_gemm_sm_target()
+  int gemm_sm_applied = 0;           // the value last given to cublasSetSmCountTarget
   cudaDeviceProp properties{};
   int arch = 0;                      // compute capability as major*10+minor, e.g. 90
 };

@@ -82,6 +82,10 @@ void launch_matmul(DeviceContext& ctx, const MatmulArgs& args) {
   const void* alpha = f64 ? static_cast<const void*>(&alpha_d) : static_cast<const void*>(&alpha_f);
   const void* beta = f64 ? static_cast<const void*>(&beta_d) : static_cast<const void*>(&beta_f);
 
+  if (ctx.gemm_sm_target != ctx.gemm_sm_applied) {  // set_gemm_sm_target (core/cuda_device.h)
+    FLAME_CUBLAS_CHECK(cublasSetSmCountTarget(ctx.cublas, ctx.gemm_sm_target));
+    ctx.gemm_sm_applied = ctx.gemm_sm_target;
+  }
   if (args.batch == 1) {
     FLAME_CUBLAS_CHECK(cublasGemmEx(ctx.cublas, op_b, op_a, n, m, k, alpha, b.data_ptr(), types.data,
                                     static_cast<int>(ldb), a.data_ptr(), types.data, static_cast<int>(lda), beta,

@@ -387,9 +387,13 @@ Tensor Trainer::train_step() {
       forward_backward();
     }
   }
-  ddp_->synchronize_gradients();
-  if (config_.train.clip_grad_norm > 0) optim::clip_grad_norm_(model_->parameters(), config_.train.clip_grad_norm);
-  optimizer_->step();
+  if (config_.train.clip_grad_norm > 0) {  // clipping needs every mean gradient before any update
+    ddp_->synchronize_gradients();
+    optim::clip_grad_norm_(model_->parameters(), config_.train.clip_grad_norm);
+    optimizer_->step();
+  } else {
+    ddp_->step(*optimizer_);  // each bucket's update starts once it is reduced
+  }
   ddp_->after_step();
   ++step_;
   return step_loss;

@@ -6,8 +6,10 @@
 // Note [training loop]
 // A step is grad_accum micro-steps (all but the last inside ddp.no_sync()), each on the next batch
 // of this rank's DataLoader (epochs roll over as the loader runs out), loss = cross_entropy / accum;
-// then synchronize_gradients, optional clip_grad_norm_, optimizer.set_lr(schedule(step)),
-// optimizer.step(), ddp.after_step() (desync check every ddp.check_every steps and at the end).
+// the learning rate is set (optimizer.set_lr(schedule(step))) before them. Then ddp.step(optimizer)
+// (each bucket's parameters updated as soon as the bucket is reduced), or, with clipping,
+// synchronize_gradients, clip_grad_norm_ and optimizer.step(); then ddp.after_step() (desync check
+// every ddp.check_every steps and at the end).
 // Inputs are the u8 "image" field scaled to [0, 1] and normalised with Fashion-MNIST's mean and
 // standard deviation (0.2860, 0.3530); the target is the i64 "label" field.
 // Host synchronisation happens only where a number is needed on the host: on log steps (the

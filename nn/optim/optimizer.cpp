@@ -52,6 +52,38 @@ void Optimizer::step() {
   update_all(updates);
 }
 
+void Optimizer::step_in_groups(const std::vector<std::vector<Tensor>>& groups,
+                               const std::function<void(size_t)>& before_group) {
+  // Group of each parameter (groups.size(): none); checked before anything changes.
+  std::vector<size_t> group_of(params_.size(), groups.size());
+  for (size_t g = 0; g < groups.size(); ++g) {
+    for (const Tensor& member : groups[g]) {
+      size_t i = 0;
+      while (i < params_.size() && !params_[i].is_same(member)) ++i;
+      FLAME_CHECK(i < params_.size(), "{}.step_in_groups: group {} holds {}, which is not one of its parameters",
+                  type_name_, g, member.describe());
+      FLAME_CHECK(group_of[i] == groups.size(), "{}.step_in_groups: parameter {} ({}) is in groups {} and {}",
+                  type_name_, i, member.describe(), group_of[i], g);
+      group_of[i] = g;
+    }
+  }
+  autograd::NoGradGuard no_grad;
+  ++step_count_;
+  for (size_t g = 0; g <= groups.size(); ++g) {
+    std::vector<PendingUpdate> updates;
+    for (size_t i = 0; i < params_.size(); ++i) {
+      if (group_of[i] != g) continue;
+      Tensor grad = params_[i].grad();
+      if (!grad.defined()) continue;
+      ++state_[i].step;
+      updates.push_back({&params_[i], std::move(grad), &state_[i]});
+    }
+    if (g == groups.size() && updates.empty()) break;
+    before_group(g);
+    if (!updates.empty()) update_all(updates);
+  }
+}
+
 void Optimizer::update_all(const std::vector<PendingUpdate>& updates) {
   for (const PendingUpdate& u : updates) update(*u.param, u.grad, *u.state);
 }

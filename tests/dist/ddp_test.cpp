@@ -99,6 +99,118 @@ TEST(Ddp, MatchesSingleProcessTrainingOnTheGlobalBatch) {
   EXPECT_EQ(last_bias.grad().storage(), ddp.reducer().buckets()[0].flat.storage());
 }
 
+/// Trains two identically initialised replicas on the same data for 3 AdamW steps, one with
+/// synchronize_gradients() + optimizer.step(), the other with ddp.step(optimizer), and expects the
+/// same parameters and optimizer state bit for bit. With `extra`, each optimizer also holds a
+/// parameter outside the module (updated after every bucket).
+void check_ddp_step_matches_separate_step(uint64_t seed, bool extra) {
+  constexpr int64_t kLocal = 4;
+  const int64_t global = kLocal * world();
+  auto separate_model = make_mlp(seed + rank());  // each rank different: DDP broadcasts rank 0's
+  auto fused_model = make_mlp(seed + rank());
+  DistributedDataParallel separate(separate_model, comm(), small_buckets());
+  DistributedDataParallel fused(fused_model, comm(), small_buckets());
+  ASSERT_GE(fused.reducer().buckets().size(), 3u) << "the test wants several buckets";
+  expect_same_parameters(*fused_model, *separate_model, 0.0, "after construction");
+
+  std::vector<Tensor> separate_params = separate.parameters(), fused_params = fused.parameters();
+  Tensor separate_extra, fused_extra;
+  if (extra) {
+    separate_extra = full({3}, 0.5, TensorOptions(DType::F32));
+    fused_extra = full({3}, 0.5, TensorOptions(DType::F32));
+    separate_extra.requires_grad_(true);
+    fused_extra.requires_grad_(true);
+    separate_params.insert(separate_params.begin(), separate_extra);  // an index apart from the module's
+    fused_params.insert(fused_params.begin(), fused_extra);
+  }
+  optim::AdamW separate_opt(separate_params, {.lr = 1e-2});
+  optim::AdamW fused_opt(fused_params, {.lr = 1e-2});
+
+  for (int step = 0; step < 3; ++step) {
+    const std::string at = "step " + std::to_string(step);
+    const Batch mine = global_batch(global, 170 + step).slice(rank() * kLocal, kLocal);
+    const bool bucket_views = step == 2;  // the last step starts from ddp.zero_grad()'s bucket views
+    if (bucket_views) {
+      separate.zero_grad();
+      fused.zero_grad();
+    } else {
+      separate_opt.zero_grad();
+      fused_opt.zero_grad();
+    }
+    if (extra) {
+      const Tensor g = full({3}, 0.25 * (step + 1), TensorOptions(DType::F32));
+      separate_extra.set_grad(g.clone());
+      fused_extra.set_grad(g.clone());
+    }
+    nn::mse_loss(separate.forward(mine.x), mine.y).backward();
+    separate.synchronize_gradients();
+    separate_opt.step();
+    separate.after_step();
+
+    const uint64_t launched = fused.reducer().launches();
+    nn::mse_loss(fused.forward(mine.x), mine.y).backward();
+    fused.step(fused_opt);
+    fused.after_step();
+    EXPECT_EQ(fused.reducer().launches(), launched + fused.reducer().buckets().size()) << at;
+    EXPECT_FALSE(fused.reducer().round_in_progress()) << at;
+
+    expect_same_grads(*fused_model, *separate_model, 0.0, at);
+    expect_same_parameters(*fused_model, *separate_model, 0.0, at);
+  }
+  // Bit for bit: the values themselves, not only their difference.
+  const nn::NamedTensors f = fused_model->named_parameters(), s = separate_model->named_parameters();
+  ASSERT_EQ(f.size(), s.size());
+  for (size_t i = 0; i < f.size(); ++i)
+    EXPECT_EQ(f[i].second.to_vector<float>(), s[i].second.to_vector<float>()) << f[i].first << " rank " << rank();
+  if (extra) EXPECT_EQ(fused_extra.to_vector<float>(), separate_extra.to_vector<float>()) << "rank " << rank();
+  EXPECT_EQ(fused_opt.step_count(), 3);
+  EXPECT_EQ(fused_opt.step_count(), separate_opt.step_count());
+  const nn::NamedTensors fs = fused_opt.state_dict(), ss = separate_opt.state_dict();
+  ASSERT_EQ(fs.size(), ss.size());
+  for (size_t i = 0; i < fs.size(); ++i) {
+    ASSERT_EQ(fs[i].first, ss[i].first);
+    if (fs[i].second.dtype() == DType::F32) {
+      EXPECT_EQ(fs[i].second.to_vector<float>(), ss[i].second.to_vector<float>()) << fs[i].first;
+    } else {
+      EXPECT_EQ(fs[i].second.item(), ss[i].second.item()) << fs[i].first;
+    }
+  }
+  fused.check_parameters_in_sync("after DDP::step");
+}
+
+TEST(Ddp, StepMatchesSynchronizeThenOptimizerStepBitForBit) {
+  check_ddp_step_matches_separate_step(1100, /*extra=*/false);
+}
+
+TEST(Ddp, StepUpdatesParametersOutsideTheModuleToo) {
+  check_ddp_step_matches_separate_step(1200, /*extra=*/true);
+}
+
+TEST(Ddp, StepInsideNoSyncRaisesOnEveryRank) {
+  auto model = make_mlp(1300);
+  DistributedDataParallel ddp(model, comm(), small_buckets());
+  optim::AdamW opt(ddp.parameters(), {.lr = 1e-2});
+  const Batch batch = global_batch(2 * world(), 131);
+  const Batch mine = batch.slice(2 * rank(), 2);
+  std::vector<std::vector<float>> before;
+  for (const auto& [name, p] : model->named_parameters()) before.push_back(p.to_vector<float>());
+  {
+    auto guard = ddp.no_sync();
+    nn::mse_loss(ddp.forward(mine.x), mine.y).backward();
+    const std::string message = error_of([&] { ddp.step(opt); });
+    EXPECT_NE(message.find("no_sync()"), std::string::npos) << "rank " << rank() << ": " << message;
+    EXPECT_NE(message.find("step()"), std::string::npos) << message;
+  }
+  EXPECT_EQ(opt.step_count(), 0);
+  const nn::NamedTensors params = model->named_parameters();
+  for (size_t i = 0; i < params.size(); ++i) EXPECT_EQ(params[i].second.to_vector<float>(), before[i]) << params[i].first;
+  // After the block, a reducing backward and step() work (the accumulated gradient is reduced too).
+  nn::mse_loss(ddp.forward(mine.x), mine.y).backward();
+  EXPECT_NO_THROW(ddp.step(opt));
+  EXPECT_EQ(opt.step_count(), 1);
+  EXPECT_NO_THROW(ddp.check_parameters_in_sync("after the step following no_sync()"));
+}
+
 TEST(Ddp, NoSyncAccumulatesLocallyThenReducesTheSum) {
   constexpr int64_t kMicro = 3, kMicroBatch = 4;
   const int64_t global = kMicro * kMicroBatch * world();

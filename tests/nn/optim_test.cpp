@@ -395,6 +395,136 @@ TEST(OptimizerState, LoadRejectsMismatchesAndChangesNothing) {
   EXPECT_TRUE(test::tensors_identical(p, q));
 }
 
+// --- step_in_groups ------------------------------------------------------------------------------
+
+const std::vector<Shape> kGroupShapes = {{2, 3}, {4}, {3, 2}, {5}};
+
+/// Fresh f32 parameters from manual_seed(seed): the same values on every call with the same seed.
+std::vector<Tensor> seeded_params(uint64_t seed) {
+  manual_seed(seed);
+  std::vector<Tensor> params;
+  for (const Shape& shape : kGroupShapes) {
+    Tensor p = randn(shape, TensorOptions(kF32));
+    p.requires_grad_(true);
+    params.push_back(p);
+  }
+  return params;
+}
+
+/// Bitwise equality of two tensors' values (compared as f32 vectors, and bit for bit).
+void expect_bitwise_equal(const Tensor& got, const Tensor& want, const std::string& what) {
+  EXPECT_EQ(got.to_vector<float>(), want.to_vector<float>()) << what;
+  EXPECT_TRUE(test::tensors_identical(got, want)) << what;
+}
+
+void expect_same_state(const Optimizer& got, const Optimizer& want) {
+  const NamedTensors g = got.state_dict(), w = want.state_dict();
+  ASSERT_EQ(g.size(), w.size());
+  for (size_t i = 0; i < g.size(); ++i) {
+    ASSERT_EQ(g[i].first, w[i].first);
+    if (is_integral(w[i].second.dtype())) {
+      EXPECT_EQ(g[i].second.item(), w[i].second.item()) << g[i].first;
+    } else {
+      expect_bitwise_equal(g[i].second, w[i].second, g[i].first);
+    }
+  }
+}
+
+/// Runs `make`'s optimizer over two identical parameter sets for kSteps steps on identical random
+/// gradients, one with step() and one with step_in_groups(groups_of(params)); parameter 3 has no
+/// gradient in step 2. Returns the before_group calls of every step.
+std::vector<std::vector<size_t>> check_grouped_matches_step(
+    const std::function<std::unique_ptr<Optimizer>(std::vector<Tensor>)>& make,
+    const std::function<std::vector<std::vector<Tensor>>(const std::vector<Tensor>&)>& groups_of) {
+  std::vector<Tensor> plain = seeded_params(11), grouped = seeded_params(11);
+  std::unique_ptr<Optimizer> plain_opt = make(plain), grouped_opt = make(grouped);
+  const std::vector<std::vector<Tensor>> groups = groups_of(grouped);
+  std::vector<std::vector<size_t>> calls;
+  Generator gen(12);
+  for (int t = 1; t <= kSteps; ++t) {
+    SCOPED_TRACE("step " + std::to_string(t));
+    for (size_t i = 0; i < plain.size(); ++i) {
+      const Tensor g = i == 3 && t == 2 ? Tensor() : randn(kGroupShapes[i], TensorOptions(kF32), &gen);
+      plain[i].set_grad(g.defined() ? g.clone() : Tensor());
+      grouped[i].set_grad(g.defined() ? g.clone() : Tensor());
+    }
+    plain_opt->step();
+    std::vector<size_t>& called = calls.emplace_back();
+    grouped_opt->step_in_groups(groups, [&](size_t g) { called.push_back(g); });
+    for (size_t i = 0; i < plain.size(); ++i) expect_bitwise_equal(grouped[i], plain[i], "parameter " + std::to_string(i));
+  }
+  EXPECT_EQ(grouped_opt->step_count(), kSteps);
+  EXPECT_EQ(grouped_opt->step_count(), plain_opt->step_count());
+  expect_same_state(*grouped_opt, *plain_opt);
+  return calls;
+}
+
+TEST(OptimizerStepInGroups, AdamWMatchesStepBitForBit) {
+  const auto calls = check_grouped_matches_step(
+      [](std::vector<Tensor> p) -> std::unique_ptr<Optimizer> {
+        return std::make_unique<AdamW>(std::move(p), AdamWOptions{.lr = 0.01, .weight_decay = 0.1});
+      },
+      [](const std::vector<Tensor>& p) { return std::vector<std::vector<Tensor>>{{p[2]}, {p[0]}}; });
+  // p1 and p3 are in no group: they form group 2, updated last.
+  for (const std::vector<size_t>& called : calls) EXPECT_EQ(called, (std::vector<size_t>{0, 1, 2}));
+}
+
+TEST(OptimizerStepInGroups, SgdWithMomentumMatchesStepBitForBit) {
+  const auto calls = check_grouped_matches_step(
+      [](std::vector<Tensor> p) -> std::unique_ptr<Optimizer> {
+        return std::make_unique<SGD>(std::move(p), SGDOptions{.lr = 0.1, .momentum = 0.9, .weight_decay = 0.01});
+      },
+      [](const std::vector<Tensor>& p) { return std::vector<std::vector<Tensor>>{{p[1]}, {p[3], p[0]}, {p[2]}}; });
+  // Every parameter is in a group: no call for a last group.
+  for (const std::vector<size_t>& called : calls) EXPECT_EQ(called, (std::vector<size_t>{0, 1, 2}));
+}
+
+TEST(OptimizerStepInGroups, NoGroupsIsOneLastGroup) {
+  const auto calls = check_grouped_matches_step(
+      [](std::vector<Tensor> p) -> std::unique_ptr<Optimizer> {
+        return std::make_unique<Adam>(std::move(p), AdamOptions{.lr = 0.01});
+      },
+      [](const std::vector<Tensor>&) { return std::vector<std::vector<Tensor>>{}; });
+  for (const std::vector<size_t>& called : calls) EXPECT_EQ(called, (std::vector<size_t>{0}));
+}
+
+TEST(OptimizerStepInGroups, RejectsForeignAndRepeatedMembersAndChangesNothing) {
+  std::vector<Tensor> params = seeded_params(21);
+  AdamW adamw(params, AdamWOptions{.lr = 0.01});
+  for (const Tensor& p : params) p.set_grad(ones(p.shape(), TensorOptions(kF32)));
+  adamw.step();
+  ASSERT_EQ(adamw.step_count(), 1);
+  std::vector<std::vector<float>> before;
+  for (const Tensor& p : params) before.push_back(p.to_vector<float>());
+  const NamedTensors state_before = [&] {
+    NamedTensors out;
+    for (const auto& [name, t] : adamw.state_dict()) out.emplace_back(name, t.clone());
+    return out;
+  }();
+
+  Tensor stranger = zeros({4}, kF32);  // same shape as params[1], but not one of them
+  stranger.requires_grad_(true);
+  bool called = false;
+  const auto note = [&](size_t) { called = true; };
+  EXPECT_TRUE(raises_error([&] { adamw.step_in_groups({{params[0]}, {stranger}}, note); },
+                           {"AdamW", "step_in_groups", "group 1", "not one of its parameters"}));
+  EXPECT_TRUE(raises_error([&] { adamw.step_in_groups({{params[1].detach()}}, note); },
+                           {"not one of its parameters"}));
+  EXPECT_TRUE(raises_error([&] { adamw.step_in_groups({{params[2]}, {params[0], params[2]}}, note); },
+                           {"AdamW", "parameter 2", "groups 0 and 1"}));
+  EXPECT_TRUE(raises_error([&] { adamw.step_in_groups({{params[3], params[3]}}, note); },
+                           {"parameter 3", "groups 0 and 0"}));
+  EXPECT_THROW(adamw.step_in_groups({{stranger}}, note), Error);
+
+  EXPECT_FALSE(called) << "before_group ran for a rejected call";
+  EXPECT_EQ(adamw.step_count(), 1);
+  for (size_t i = 0; i < params.size(); ++i) EXPECT_EQ(params[i].to_vector<float>(), before[i]) << i;
+  const NamedTensors state_after = adamw.state_dict();
+  ASSERT_EQ(state_after.size(), state_before.size());
+  for (size_t i = 0; i < state_after.size(); ++i)
+    EXPECT_TRUE(test::tensors_identical(state_after[i].second, state_before[i].second)) << state_after[i].first;
+}
+
 // --- clip_grad_norm_ -----------------------------------------------------------------------------
 
 TEST(ClipGradNorm, ScalesToMaxNormClosedForm) {

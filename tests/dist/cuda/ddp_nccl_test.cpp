@@ -87,6 +87,39 @@ TEST_F(DdpNccl, MatchesSingleProcessTrainingOnTheGlobalBatch) {
   EXPECT_EQ(last_bias.grad().storage(), ddp.reducer().buckets()[0].flat.storage());
 }
 
+TEST_F(DdpNccl, BucketByBucketStepEqualsSynchronizeThenStep) {
+  // ddp.step(opt) waits for each bucket's all-reduce separately; the result must be the same bits
+  // as synchronize_gradients() + opt.step(), and still match one process on the global batch.
+  constexpr int64_t kLocal = 5;
+  const int64_t global = kLocal * world();
+  auto model = make_mlp(250, kHidden, device());
+  auto twin = clone_mlp(*model, device());
+  auto reference = clone_mlp(*model, device());
+  DistributedDataParallel ddp(model, comm(), small_buckets());
+  DistributedDataParallel twin_ddp(twin, comm(), small_buckets());
+  ASSERT_GE(ddp.reducer().buckets().size(), 3u);
+  optim::AdamW opt(ddp.parameters(), {.lr = 1e-2});
+  optim::AdamW twin_opt(twin_ddp.parameters(), {.lr = 1e-2});
+  optim::AdamW ref_opt(reference->parameters(), {.lr = 1e-2});
+  for (int step = 0; step < 3; ++step) {
+    const Batch batch = global_batch(global, 60 + step, device());
+    const Batch mine = batch.slice(rank() * kLocal, kLocal);
+    ddp.zero_grad();
+    nn::mse_loss(ddp.forward(mine.x), mine.y).backward();
+    ddp.step(opt);
+    twin_ddp.zero_grad();
+    nn::mse_loss(twin_ddp.forward(mine.x), mine.y).backward();
+    twin_ddp.synchronize_gradients();
+    twin_opt.step();
+    ref_opt.zero_grad();
+    nn::mse_loss(reference->forward(batch.x), batch.y).backward();
+    ref_opt.step();
+  }
+  expect_same_parameters(*model, *twin, 0.0, "bucket-by-bucket step vs synchronize + step");
+  expect_same_parameters(*model, *reference, 1e-5, "after 3 AdamW steps");
+  ddp.check_parameters_in_sync("after the bucket-by-bucket steps");
+}
+
 TEST_F(DdpNccl, NoSyncAccumulatesLocallyThenReducesTheSum) {
   constexpr int64_t kMicro = 3, kMicroBatch = 4;
   const int64_t global = kMicro * kMicroBatch * world();

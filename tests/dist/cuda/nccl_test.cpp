@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -123,6 +124,57 @@ TEST_F(Nccl, OverlappedAllReduceIsVisibleAfterComputeWait) {
   Tensor strided = full({4, 6}, 1.0, {kF32, device()}).slice(1, 0, 6, 2);
   EXPECT_TRUE(raises_error([&] { comm_->all_reduce_overlapped(strided, ReduceOp::Sum, "bucket 9"); },
                            {"contiguous", "bucket 9"}));
+}
+
+TEST_F(Nccl, ComputeWaitForOneCollectiveCoversItAndEarlierOnes) {
+  Tensor first = full({300000}, rank() + 1, {kF32, device()});
+  Tensor second = full({200000}, rank() + 2, {kF32, device()});
+  Tensor third = full({100000}, rank() + 3, {kF32, device()});
+  const uint64_t n1 = comm_->all_reduce_overlapped(first, ReduceOp::Sum, "bucket 0");
+  const uint64_t n2 = comm_->all_reduce_overlapped(second, ReduceOp::Sum, "bucket 1");
+  const uint64_t n3 = comm_->all_reduce_overlapped(third, ReduceOp::Sum, "bucket 2");
+  EXPECT_LT(n1, n2);
+  EXPECT_LT(n2, n3);
+  comm_->compute_wait(n2);  // the compute stream may now read first and second, not third
+  const double w = world();
+  EXPECT_TRUE(all_close(first, {300000}, std::vector<double>(300000, w * (w + 1) / 2), Tolerance{}));
+  EXPECT_TRUE(all_close(second, {200000}, std::vector<double>(200000, w * (w + 3) / 2), Tolerance{}));
+  comm_->compute_wait(n3);
+  EXPECT_TRUE(all_close(third, {100000}, std::vector<double>(100000, w * (w + 5) / 2), Tolerance{}));
+  comm_->compute_wait(n1);  // long finished: nothing to wait for
+  EXPECT_TRUE(raises_error([&] { comm_->compute_wait(n3 + 1); }, {"compute_wait", "never issued"}));
+  EXPECT_TRUE(raises_error([&] { comm_->compute_wait(0); }, {"compute_wait", "never issued"}));
+}
+
+TEST_F(Nccl, SmCarveOutAndCtaLimitKeepResultsAndCheckTheirRange) {
+  dist::CommunicatorOptions options;
+  options.timeout = std::chrono::seconds(30);
+  options.nccl_max_ctas = 4;
+  options.overlap_sm_carveout = 32;
+  options.high_priority_stream = true;
+  auto limited = dist::make_nccl_communicator(group(), options);
+  // A matmul issued while the carve-out is on gives the same product (to f32 rounding).
+  manual_seed(5);
+  const Tensor a = randn({192, 160}, {kF32, device()});
+  const Tensor b = randn({160, 96}, {kF32, device()});
+  const std::vector<float> before = matmul(a, b).to_vector<float>();
+  Tensor bucket = full({1 << 20}, rank(), {kF32, device()});
+  const uint64_t n = limited->all_reduce_overlapped(bucket, ReduceOp::Avg, "bucket 0");
+  const Tensor during = matmul(a, b);
+  limited->compute_wait(n);
+  EXPECT_TRUE(all_close(during, {192, 96}, std::vector<double>(before.begin(), before.end()), tolerance_for(kF32)));
+  EXPECT_TRUE(all_close(bucket, {1 << 20}, std::vector<double>(1 << 20, (world() - 1) / 2.0), tolerance_for(kF32)));
+  limited->barrier();
+
+  const int sms = cuda::multiprocessor_count(device().index);
+  dist::CommunicatorOptions bad;
+  bad.overlap_sm_carveout = sms;
+  EXPECT_TRUE(raises_error([&] { dist::make_nccl_communicator(group(), bad); }, {"overlap_sm_carveout"}));
+  bad.overlap_sm_carveout = 0;
+  bad.nccl_max_ctas = -1;
+  EXPECT_TRUE(raises_error([&] { dist::make_nccl_communicator(group(), bad); }, {"nccl_max_ctas"}));
+  EXPECT_TRUE(raises_error([&] { cuda::set_gemm_sm_target(device().index, sms + 1); }, {"set_gemm_sm_target"}));
+  EXPECT_TRUE(raises_error([&] { cuda::set_gemm_sm_target(device().index, -1); }, {"set_gemm_sm_target"}));
 }
 
 TEST_F(Nccl, NonBlockingCallsGiveTheSameResults) {

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# DDP step time on 2 GPUs under different NCCL and process-placement settings (issue 5's scaling
+# work): bench/ddp_scaling_bench at W=1 once, then at W=2 once per variant below, with its phase
+# breakdown. Run on the GPU machine after scripts/gpu_check.sh has built $BUILD_DIR (default
+# build-gpu); JSON lines, each tagged with its variant, go to $OUT/ddp_sweep.jsonl and a table is
+# printed at the end.
+#
+# Usage: scripts/ddp_sweep.sh [--model cnn|mlp|all]
+# FLAME_SWEEP_VARIANTS=default (DDP's per-bucket step, SM carve-out), nccl (NCCL CTA limits, SM
+# carve-out, stream priority) or placement (mpirun's CPU binding).
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=${BUILD_DIR:-$root/build-gpu}
+out=${OUT:-$root/gpu-out}
+mkdir -p "$out"
+model=all
+[ "${1:-}" = --model ] && model=$2
+bench="$build/bench/ddp_scaling_bench"
+[ -x "$bench" ] || { echo "ddp_sweep: $bench is not built (run scripts/gpu_check.sh first)" >&2; exit 1; }
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+[ "$(id -u)" -eq 0 ] && export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+jsonl="$out/ddp_sweep.jsonl"
+: >"$jsonl"
+
+# variant NAME WORLD "MPIRUN OPTIONS" "VAR=value ..." "BENCH ARGUMENTS"
+variant() {
+  local name=$1 world=$2
+  local -a mpi_args env_args bench_args
+  read -r -a mpi_args <<<"${3:-}"
+  local assignment
+  for assignment in ${4:-}; do env_args+=(-x "$assignment"); done
+  read -r -a bench_args <<<"${5:-}"
+  echo "== $name (W=$world; mpirun ${3:-}; env ${4:-}; bench ${5:-})"
+  timeout 120 mpirun -np "$world" "${mpi_args[@]}" -x NCCL_NVLS_ENABLE=0 "${env_args[@]}" \
+    "$bench" --model "$model" --calls blocking "${bench_args[@]}" >"$out/sweep-$name.out" 2>"$out/sweep-$name.err"
+  local rc=$?
+  [ $rc -eq 0 ] || echo "   FAILED (rc $rc): $(tail -n 3 "$out/sweep-$name.err")"
+  python3 - "$name" "$out/sweep-$name.out" >>"$jsonl" <<'PY'
+import json, sys
+for line in open(sys.argv[2]):
+    if line.startswith("{"):
+        record = json.loads(line)
+        record["variant"] = sys.argv[1]
+        print(json.dumps(record))
+PY
+}
+
+variants=${FLAME_SWEEP_VARIANTS:-default}
+variant w1 1
+case $variants in
+  default)
+    variant w1-bucket 1 "" "" "--step bucket"
+    variant default 2
+    variant bucket 2 "" "" "--step bucket"
+    variant carve-32 2 "" "" "--carveout 32"
+    variant bucket-carve-24 2 "" "" "--step bucket --carveout 24"
+    variant bucket-carve-32 2 "" "" "--step bucket --carveout 32"
+    variant bucket-carve-40 2 "" "" "--step bucket --carveout 40"
+    variant bucket-carve-48 2 "" "" "--step bucket --carveout 48"
+    variant bucket-prio-carve-32 2 "" "" "--step bucket --carveout 32 --priority high"
+    variant default-again 2
+    ;;
+  nccl)
+    variant default 2
+    variant carve-24 2 "" "" "--carveout 24"
+    variant carve-32 2 "" "" "--carveout 32"
+    variant prio 2 "" "" "--priority high"
+    variant prio-carve-24 2 "" "" "--priority high --carveout 24"
+    variant ctas-16-carve-16 2 "" "" "--max-ctas 16 --carveout 16"
+    variant ctas-12-carve-12 2 "" "" "--max-ctas 12 --carveout 12"
+    variant ctas-8-carve-8 2 "" "" "--max-ctas 8 --carveout 8"
+    variant cta-policy-eff 2 "" "NCCL_CTA_POLICY=1"
+    ;;
+  placement)
+    variant default 2
+    variant bind-none 2 "--bind-to none"
+    variant pe-4 2 "--map-by slot:PE=4 --bind-to core"
+    ;;
+esac
+
+python3 - "$jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print(f"{'variant':18} {'model':5} {'W':>2} {'step ms':>8} {'fwd':>7} {'bwd':>7} {'wait':>7} {'optim':>7} {'host':>7} {'hidden':>7}")
+step = {(r["variant"], r["model"]): r["value"] for r in rows if r["bench"] == "ddp_step"}
+hidden = {(r["variant"], r["model"]): r["value"] for r in rows if r["bench"] == "ddp_overlap"}
+for r in rows:
+    if r["bench"] != "ddp_phases":
+        continue
+    key = (r["variant"], r["model"])
+    h = hidden.get(key)
+    print(f"{r['variant']:18} {r['model']:5} {r['world']:>2} {step.get(key, float('nan')):8.3f} {r['forward_ms']:7.3f} "
+          f"{r['backward_ms']:7.3f} {r['wait_ms']:7.3f} {r['optimizer_ms']:7.3f} {r.get('host_ms', float('nan')):7.3f} "
+          f"{'' if h is None else f'{h:7.2f}'}")
+PY
