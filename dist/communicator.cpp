@@ -18,6 +18,11 @@ void Communicator::check_reducible(const char* backend, const char* op, DType dt
               dtype_name(dtype));
 }
 
+void Communicator::check_root(int root) const {
+  FLAME_CHECK(root >= 0 && root < group_.world_size, "dist::broadcast: root {} is not a rank of a group of {}", root,
+              group_.world_size);
+}
+
 void Communicator::check_all_gather(const Tensor& input, const Tensor& output) const {
   check_same_dtype("all_gather", input, output);
   Shape expected = input.dim() == 0 ? Shape{1} : input.shape();

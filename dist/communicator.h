@@ -82,6 +82,8 @@ class Communicator {
   // Argument checks shared by the backends; `backend` ("MPI", "NCCL") names it in messages.
   /// A reduction of `dtype` with `reduce`: no bool, and Avg needs a floating dtype.
   static void check_reducible(const char* backend, const char* op, DType dtype, ReduceOp reduce);
+  /// broadcast: root is a rank of the group.
+  void check_root(int root) const;
   /// all_gather: same dtypes, output [W * n, ...] for input [n, ...].
   void check_all_gather(const Tensor& input, const Tensor& output) const;
   /// reduce_scatter: same dtypes, reducible, input dim 0 divisible by W, output input / W along dim 0.

@@ -27,6 +27,10 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<nn::Module> mod
   }
   reducer_ = Reducer::make(params, communicator_, BucketOptions{options_.first_bucket_bytes, options_.bucket_cap_bytes},
                            options_.unused_parameters);
+  for (const Bucket& bucket : reducer_->buckets()) {
+    std::vector<Tensor>& members = bucket_params_.emplace_back();
+    for (size_t k : bucket.params) members.push_back(reducer_->params()[k].second);
+  }
   communicator_.synchronize();
 }
 
@@ -48,13 +52,8 @@ void DistributedDataParallel::step(optim::Optimizer& optimizer) {
               "drift apart. End the no_sync() block before the last micro-step's backward, or call optimizer.step() "
               "only after a reducing backward");
   reducer_->finish(Reducer::ComputeWaits::PerBucket);
-  std::vector<std::vector<Tensor>> groups;
-  for (const Bucket& bucket : reducer_->buckets()) {
-    std::vector<Tensor>& members = groups.emplace_back();
-    for (size_t k : bucket.params) members.push_back(reducer_->params()[k].second);
-  }
-  optimizer.step_in_groups(groups, [&](size_t g) {
-    if (g < groups.size()) {
+  optimizer.step_in_groups(bucket_params_, [&](size_t g) {
+    if (g < bucket_params_.size()) {
       reducer_->wait_for_bucket(g);
     } else {
       communicator_.compute_wait();  // parameters outside the module: after every bucket

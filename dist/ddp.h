@@ -117,6 +117,7 @@ class DistributedDataParallel {
   Communicator& communicator_;
   DdpOptions options_;
   std::shared_ptr<Reducer> reducer_;
+  std::vector<std::vector<Tensor>> bucket_params_;  // per bucket, its parameters (step()'s groups)
   int64_t steps_ = 0;
 };
 

@@ -79,8 +79,7 @@ class MpiCommunicator final : public Communicator {
   void broadcast(const Tensor& tensor, int root, const std::string& what) override {
     check_usable("broadcast", what);
     check_tensor("broadcast", tensor, "tensor");
-    FLAME_CHECK(root >= 0 && root < group_.world_size, "dist::broadcast: root {} is not a rank of a group of {}", root,
-                group_.world_size);
+    check_root(root);
     Tensor work = tensor.contiguous();
     if (comm_ != MPI_COMM_NULL) {
       MPI_Request request;

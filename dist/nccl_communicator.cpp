@@ -116,6 +116,7 @@ class NcclCommunicator final : public Communicator {
                 options_.nccl_max_ctas, options_.overlap_sm_carveout, sms, device_.str());
     if (options_.overlap_sm_carveout == CommunicatorOptions::kAutoCarveout) options_.overlap_sm_carveout = std::min(32, sms / 4);
     if (group.world_size == 1) options_.overlap_sm_carveout = 0;  // nothing runs beside the GEMMs
+    overlap_gemm_sms_ = sms - options_.overlap_sm_carveout;
     int priority = 0;
     if (options_.high_priority_stream) {
       int least = 0;
@@ -157,6 +158,10 @@ class NcclCommunicator final : public Communicator {
 
   ~NcclCommunicator() override {
     stop_watchdog();
+    try {
+      end_carveout();
+    } catch (...) {  // a destructor must not throw; the device is unusable anyway if this fails
+    }
     bool unfinished = false;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -216,7 +221,7 @@ class NcclCommunicator final : public Communicator {
         },
         ComputeWaits::Later);
     if (options_.overlap_sm_carveout > 0 && !carved_out_) {  // Note [SM carve-out]
-      cuda::set_gemm_sm_target(device_.index, cuda::multiprocessor_count(device_.index) - options_.overlap_sm_carveout);
+      cuda::set_gemm_sm_target(device_.index, overlap_gemm_sms_);
       carved_out_ = true;
     }
     return issued_count_;
@@ -250,8 +255,7 @@ class NcclCommunicator final : public Communicator {
   void broadcast(const Tensor& tensor, int root, const std::string& what) override {
     check_usable("broadcast", what);
     check_tensor("broadcast", tensor, "tensor");
-    FLAME_CHECK(root >= 0 && root < group_.world_size, "dist::broadcast: root {} is not a rank of a group of {}", root,
-                group_.world_size);
+    check_root(root);
     Tensor work = tensor.contiguous();
     enqueue("broadcast", what, [&] {
       return ncclBroadcast(work.data_ptr(), work.data_ptr(), work.numel(), nccl_type(work.dtype()), root, comm_,
@@ -354,7 +358,7 @@ class NcclCommunicator final : public Communicator {
       fail(op, what, fmt::format("NCCL error {}: {}", ncclGetErrorString(status), ncclGetLastError(comm_)));
     }
     wait_async(op, what);
-    const cudaEvent_t done = record_issued(label(op, what));
+    const cudaEvent_t done = record_issued(op, what);
     if (compute_waits == ComputeWaits::Now) FLAME_CUDA_CHECK(cudaStreamWaitEvent(compute, done, 0));
   }
 
@@ -362,13 +366,14 @@ class NcclCommunicator final : public Communicator {
   struct Issued {
     cudaEvent_t done;
     Clock::time_point when;
-    std::string label;
-    uint64_t number;  // 1, 2, ... in issue order
+    const char* op;    // "all_reduce", ...
+    std::string what;  // "DDP bucket 3" (label(op, what) is formatted only for a report)
+    uint64_t number;   // 1, 2, ... in issue order
   };
 
   /// Records an event after the collective just enqueued on stream_ and queues it for the watchdog;
   /// recycles the events of collectives that have finished.
-  cudaEvent_t record_issued(std::string collective) {
+  cudaEvent_t record_issued(const char* op, const std::string& what) {
     std::lock_guard<std::mutex> lock(mutex_);
     recycle_finished();
     cudaEvent_t event = nullptr;
@@ -379,7 +384,7 @@ class NcclCommunicator final : public Communicator {
       free_events_.pop_back();
     }
     FLAME_CUDA_CHECK(cudaEventRecord(event, stream_));
-    issued_.push_back(Issued{event, Clock::now(), std::move(collective), ++issued_count_});
+    issued_.push_back(Issued{event, Clock::now(), op, what, ++issued_count_});
     last_issued_ = event;
     return event;
   }
@@ -400,7 +405,7 @@ class NcclCommunicator final : public Communicator {
   std::string oldest_unfinished() {
     std::lock_guard<std::mutex> lock(mutex_);
     recycle_finished();
-    return issued_.empty() ? std::string("the communication stream") : issued_.front().label;
+    return issued_.empty() ? std::string("the communication stream") : label(issued_.front().op, issued_.front().what);
   }
 
   /// Marks an NCCL host call in progress for the watchdog (a Blocking init or enqueue can wait for
@@ -440,7 +445,7 @@ class NcclCommunicator final : public Communicator {
         query_error = recycle_finished();
         // The host raises by itself while in synchronize(); give it twice the timeout before acting.
         const auto limit = host_waiting_.load() ? 2 * options_.timeout : options_.timeout;
-        if (!issued_.empty() && now - issued_.front().when > limit) late = issued_.front().label;
+        if (!issued_.empty() && now - issued_.front().when > limit) late = label(issued_.front().op, issued_.front().what);
       }
       if (query_error != cudaSuccess)
         watchdog_abort(fmt::format("CUDA error {} on the communication stream", cudaGetErrorString(query_error)));
@@ -501,6 +506,7 @@ class NcclCommunicator final : public Communicator {
   [[noreturn]] void fail(const char* op, const std::string& what, const std::string& reason) {
     broken_.store(true);
     stop_watchdog();
+    end_carveout();
     if (comm_ != nullptr) ncclCommAbort(comm_);
     comm_ = nullptr;
     FLAME_FAIL(
@@ -530,6 +536,7 @@ class NcclCommunicator final : public Communicator {
   cudaEvent_t inputs_ready_ = nullptr;  // recorded on the compute stream before each collective
   cudaEvent_t drained_ = nullptr;       // recorded on stream_ by synchronize()
   Tensor barrier_buffer_;               // [1] i32 on device_, all-reduced by barrier()
+  int overlap_gemm_sms_ = 0;            // the GEMMs' SM target during a carve-out
   bool carved_out_ = false;             // GEMMs target fewer SMs (Note [SM carve-out])
   std::atomic<bool> broken_{false};
   std::atomic<bool> comm_ready_{false};

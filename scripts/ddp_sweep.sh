@@ -14,7 +14,11 @@ build=${BUILD_DIR:-$root/build-gpu}
 out=${OUT:-$root/gpu-out}
 mkdir -p "$out"
 model=all
-[ "${1:-}" = --model ] && model=$2
+if [ $# -gt 0 ]; then
+  [ "$1" = --model ] && [ $# -eq 2 ] || { echo "usage: ddp_sweep.sh [--model cnn|mlp|all]" >&2; exit 2; }
+  model=$2
+fi
+failed=0
 bench="$build/bench/ddp_scaling_bench"
 [ -x "$bench" ] || { echo "ddp_sweep: $bench is not built (run scripts/gpu_check.sh first)" >&2; exit 1; }
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -34,7 +38,10 @@ variant() {
   timeout 120 mpirun -np "$world" "${mpi_args[@]}" -x NCCL_NVLS_ENABLE=0 "${env_args[@]}" \
     "$bench" --model "$model" --calls blocking "${bench_args[@]}" >"$out/sweep-$name.out" 2>"$out/sweep-$name.err"
   local rc=$?
-  [ $rc -eq 0 ] || echo "   FAILED (rc $rc): $(tail -n 3 "$out/sweep-$name.err")"
+  if [ $rc -ne 0 ]; then
+    echo "   FAILED (rc $rc): $(tail -n 3 "$out/sweep-$name.err")"
+    failed=1
+  fi
   python3 - "$name" "$out/sweep-$name.out" >>"$jsonl" <<'PY'
 import json, sys
 for line in open(sys.argv[2]):
@@ -46,6 +53,10 @@ PY
 }
 
 variants=${FLAME_SWEEP_VARIANTS:-default}
+case $variants in
+  default | nccl | placement) ;;
+  *) echo "ddp_sweep: FLAME_SWEEP_VARIANTS must be default, nccl or placement, got '$variants'" >&2; exit 2 ;;
+esac
 variant w1 1
 case $variants in
   default)
@@ -93,3 +104,4 @@ for r in rows:
           f"{r['backward_ms']:7.3f} {r['wait_ms']:7.3f} {r['optimizer_ms']:7.3f} {r.get('host_ms', float('nan')):7.3f} "
           f"{'' if h is None else f'{h:7.2f}'}")
 PY
+exit $failed

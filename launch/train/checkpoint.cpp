@@ -274,6 +274,12 @@ std::optional<std::string> CheckpointStore::latest() const {
   return found.back().dir;
 }
 
+std::optional<int64_t> CheckpointStore::latest_step() const {
+  const std::vector<Found> found = scan(SkippedLog::kWarn);
+  if (found.empty()) return std::nullopt;
+  return found.back().step;
+}
+
 std::vector<std::string> CheckpointStore::list() const {
   std::vector<std::string> dirs;
   for (const Found& f : scan(SkippedLog::kQuiet)) dirs.push_back(f.dir);

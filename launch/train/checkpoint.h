@@ -62,6 +62,8 @@ class CheckpointStore {
   /// are skipped with a spdlog warning. A missing root means no checkpoint (std::nullopt); a root
   /// that is not a readable directory raises flame::Error.
   std::optional<std::string> latest() const;
+  /// The step of latest(), read from its directory name (nothing is loaded).
+  std::optional<int64_t> latest_step() const;
 
   /// Every complete checkpoint directory (as latest() judges them), oldest first.
   std::vector<std::string> list() const;

@@ -329,7 +329,7 @@ void Trainer::resume_if_asked() {
   // Rank 0 picks the checkpoint so that every rank loads the same one.
   int64_t step = -1;
   if (options_.resume == ResumeMode::Auto && group_.rank == 0) {
-    if (const std::optional<std::string> latest = store_->latest()) step = load_checkpoint(*latest).step;
+    if (const std::optional<int64_t> latest = store_->latest_step()) step = *latest;
   }
   Tensor chosen = full({1}, static_cast<double>(step), TensorOptions(kI64));
   control_->broadcast(chosen, 0, "resume step");

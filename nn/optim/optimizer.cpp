@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <unordered_map>
 #include <utility>
 
 #include "core/autograd.h"
@@ -39,48 +40,40 @@ void Optimizer::set_lr(double lr) {
   lr_ = lr;
 }
 
-void Optimizer::step() {
-  autograd::NoGradGuard no_grad;
-  ++step_count_;
-  std::vector<PendingUpdate> updates;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    Tensor grad = params_[i].grad();
-    if (!grad.defined()) continue;
-    ++state_[i].step;
-    updates.push_back({&params_[i], std::move(grad), &state_[i]});
-  }
-  update_all(updates);
-}
+void Optimizer::step() { step_in_groups({}, [](size_t) {}); }
 
 void Optimizer::step_in_groups(const std::vector<std::vector<Tensor>>& groups,
                                const std::function<void(size_t)>& before_group) {
   // Group of each parameter (groups.size(): none); checked before anything changes.
   std::vector<size_t> group_of(params_.size(), groups.size());
-  for (size_t g = 0; g < groups.size(); ++g) {
-    for (const Tensor& member : groups[g]) {
-      size_t i = 0;
-      while (i < params_.size() && !params_[i].is_same(member)) ++i;
-      FLAME_CHECK(i < params_.size(), "{}.step_in_groups: group {} holds {}, which is not one of its parameters",
-                  type_name_, g, member.describe());
-      FLAME_CHECK(group_of[i] == groups.size(), "{}.step_in_groups: parameter {} ({}) is in groups {} and {}",
-                  type_name_, i, member.describe(), group_of[i], g);
-      group_of[i] = g;
+  if (!groups.empty()) {
+    std::unordered_map<const TensorImpl*, size_t> index_of;
+    for (size_t i = 0; i < params_.size(); ++i) index_of.emplace(params_[i].impl_ptr().get(), i);
+    for (size_t g = 0; g < groups.size(); ++g) {
+      for (const Tensor& member : groups[g]) {
+        const auto found = index_of.find(member.impl_ptr().get());
+        FLAME_CHECK(found != index_of.end(), "{}.step_in_groups: group {} holds {}, which is not one of its parameters",
+                    type_name_, g, member.describe());
+        const size_t i = found->second;
+        FLAME_CHECK(group_of[i] == groups.size(), "{}.step_in_groups: parameter {} ({}) is in groups {} and {}",
+                    type_name_, i, member.describe(), group_of[i], g);
+        group_of[i] = g;
+      }
     }
   }
   autograd::NoGradGuard no_grad;
   ++step_count_;
+  std::vector<std::vector<PendingUpdate>> updates(groups.size() + 1);  // per group, in parameter order
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Tensor grad = params_[i].grad();
+    if (!grad.defined()) continue;
+    ++state_[i].step;
+    updates[group_of[i]].push_back({&params_[i], std::move(grad), &state_[i]});
+  }
   for (size_t g = 0; g <= groups.size(); ++g) {
-    std::vector<PendingUpdate> updates;
-    for (size_t i = 0; i < params_.size(); ++i) {
-      if (group_of[i] != g) continue;
-      Tensor grad = params_[i].grad();
-      if (!grad.defined()) continue;
-      ++state_[i].step;
-      updates.push_back({&params_[i], std::move(grad), &state_[i]});
-    }
-    if (g == groups.size() && updates.empty()) break;
+    if (g == groups.size() && updates[g].empty()) break;
     before_group(g);
-    if (!updates.empty()) update_all(updates);
+    if (!updates[g].empty()) update_all(updates[g]);
   }
 }
 

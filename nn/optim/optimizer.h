@@ -39,10 +39,9 @@ class Optimizer {
   /// depends only on its own parameter, gradient and state), issued group by group: for each group
   /// g of `groups` in order, before_group(g) runs and then the updates of g's parameters are
   /// issued; parameters in no group form a last group, index groups.size() (before_group runs for
-  /// it only when it has members). For starting each
-  /// group's update as soon as its gradients are ready, as DDP's step() does per bucket. Raises
-  /// naming the tensor for a group member that is not a parameter of this optimizer, or one listed
-  /// twice.
+  /// it only when one of them has a gradient). For starting each group's update as soon as its
+  /// gradients are ready, as DDP's step() does per bucket. Raises naming the tensor for a group
+  /// member that is not a parameter of this optimizer, or one listed twice.
   void step_in_groups(const std::vector<std::vector<Tensor>>& groups, const std::function<void(size_t)>& before_group);
   /// Clears every parameter's gradient (PyTorch's zero_grad(set_to_none=True)).
   void zero_grad();
