@@ -90,7 +90,9 @@ class FunctionNode final : public Node {
 };
 
 /// A tensor kept for backward that detects in-place changes made to it after it was saved. It keeps
-/// a detached handle (same data, no graph), so saving an op's own output makes no reference cycle.
+/// a detached handle (same data, no graph): an op's output owns its grad_fn, so a node holding the
+/// output itself would own itself and never be freed when no backward runs. Save tensors as they
+/// are; the detached handle shares their storage, so in-place changes are still caught.
 class SavedTensor {
  public:
   SavedTensor() = default;

@@ -81,6 +81,10 @@ struct Pool2dGeometry {
 /// and stride; 0 <= padding <= kernel / 2; output sizes matching the floor formula). Shared by the
 /// backends' launch checks.
 void check_pool2d_geometry(const char* op, const Pool2dGeometry& g);
+/// Raises flame::Error naming `op` unless `g` is a valid convolution geometry (non-negative batch
+/// and input size, channels divisible by groups, positive kernel, stride and dilation, non-negative
+/// padding, output sizes from conv2d_output_size and at least 1x1). Shared by the backends.
+void check_conv2d_geometry(const char* op, const Conv2dGeometry& g);
 
 class Backend {
  public:

@@ -4,6 +4,7 @@
 
 #include "core/autograd.h"
 #include "core/backend.h"
+#include "core/conv.h"
 
 namespace flame::detail {
 
@@ -98,6 +99,22 @@ void check_pool2d_geometry(const char* op, const Pool2dGeometry& g) {
                   (g.in_w + 2 * g.pad_w - g.kernel_w) / g.stride_w + 1 == g.out_w,
               "{}: output size {}x{} does not match input {}x{}, kernel {}x{}, stride {}x{}, padding {}x{}", op,
               g.out_h, g.out_w, g.in_h, g.in_w, g.kernel_h, g.kernel_w, g.stride_h, g.stride_w, g.pad_h, g.pad_w);
+}
+
+void check_conv2d_geometry(const char* op, const Conv2dGeometry& g) {
+  FLAME_CHECK(g.batch >= 0 && g.groups >= 1 && g.in_channels >= g.groups && g.in_channels % g.groups == 0 &&
+                  g.out_channels >= 0 && g.out_channels % g.groups == 0 && g.kernel_h >= 1 && g.kernel_w >= 1 &&
+                  g.stride_h >= 1 && g.stride_w >= 1 && g.pad_h >= 0 && g.pad_w >= 0 && g.dilation_h >= 1 &&
+                  g.dilation_w >= 1 && g.in_h >= 0 && g.in_w >= 0,
+              "{}: invalid geometry: batch {}, channels {} -> {}, groups {}, kernel {}x{}, stride {}x{}, padding "
+              "{}x{}, dilation {}x{}",
+              op, g.batch, g.in_channels, g.out_channels, g.groups, g.kernel_h, g.kernel_w, g.stride_h, g.stride_w,
+              g.pad_h, g.pad_w, g.dilation_h, g.dilation_w);
+  const int64_t out_h = conv2d_output_size(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
+  const int64_t out_w = conv2d_output_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
+  FLAME_CHECK(g.out_h == out_h && g.out_w == out_w && out_h >= 1 && out_w >= 1,
+              "{}: output size {}x{} does not match the {}x{} that input {}x{} gives (must be at least 1x1)", op,
+              g.out_h, g.out_w, out_h, out_w, g.in_h, g.in_w);
 }
 
 }  // namespace flame

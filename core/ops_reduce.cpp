@@ -88,7 +88,7 @@ void record_reduce(ReduceOp op, Tensor& out, const Tensor& x, const RowsView& v,
       // The forward divides by max(0, n - correction); so does its derivative.
       const double scale = 2.0 / std::max(0.0, static_cast<double>(v.reduced - correction));
       autograd::record(out, "VarBackward", {x},
-                       [kept, scale, dims = v.dims, x = autograd::SavedTensor(x.detach())](const Tensor& g) {
+                       [kept, scale, dims = v.dims, x = autograd::SavedTensor(x)](const Tensor& g) {
                          const Tensor& xv = x.get();
                          return std::vector<Tensor>{(xv - mean(xv, dims, true)) * (g.reshape(kept) * scale)};
                        });
@@ -96,10 +96,10 @@ void record_reduce(ReduceOp op, Tensor& out, const Tensor& x, const RowsView& v,
     }
     case ReduceOp::Max:
     case ReduceOp::Min:
-      // Output saved detached: Note [saving outputs] in core/autograd/elementwise_backward.h.
+      // Saving the output makes no cycle: SavedTensor keeps a detached handle (core/autograd.h).
       autograd::record(out, op == ReduceOp::Max ? "MaxBackward" : "MinBackward", {x},
-                       [kept, dims = v.dims, x = autograd::SavedTensor(x.detach()),
-                        y = autograd::SavedTensor(out.detach())](const Tensor& g) {
+                       [kept, dims = v.dims, x = autograd::SavedTensor(x),
+                        y = autograd::SavedTensor(out)](const Tensor& g) {
                          return std::vector<Tensor>{extremum_backward(g, x.get(), y.get(), kept, dims)};
                        });
       return;
@@ -143,7 +143,7 @@ Tensor softmax_impl(const Tensor& x, int64_t dim, bool log) {
   if (out.numel() > 0) backend_for(x.device()).softmax(v.input, out, v.outer, v.reduced, v.inner, log);
   if (track)
     autograd::record(out, log ? "LogSoftmaxBackward" : "SoftmaxBackward", {x},
-                     [d, log, y = autograd::SavedTensor(out.detach())](const Tensor& g) {
+                     [d, log, y = autograd::SavedTensor(out)](const Tensor& g) {
                        const Tensor& yv = y.get();
                        return std::vector<Tensor>{log ? g - exp(yv) * sum(g, {d}, true)
                                                       : yv * (g - sum(g * yv, {d}, true))};

@@ -20,8 +20,8 @@ constexpr double kGeluTanhCubic = 0.044715;
 /// What a formula reads besides the incoming gradient, as a set of bits.
 enum Reads : unsigned { kNothing = 0, kInputA = 1, kInputB = 2, kOutput = 4 };
 
-/// A saved copy of `t` when `wanted` (Note [saving outputs]), else an empty slot.
-SavedTensor save_if(bool wanted, const Tensor& t) { return wanted ? SavedTensor(t.detach()) : SavedTensor(); }
+/// A saved handle of `t` when `wanted`, else an empty slot.
+SavedTensor save_if(bool wanted, const Tensor& t) { return wanted ? SavedTensor(t) : SavedTensor(); }
 
 /// A 0-d zero that broadcasts against g in where().
 Tensor zero_for(const Tensor& g) { return zeros({}, TensorOptions(g.dtype(), g.device())); }
@@ -247,7 +247,7 @@ void record_where(Tensor& out, const Tensor& cond, const Tensor& a, const Tensor
   const bool want_a = a.requires_grad(), want_b = b.requires_grad();
   record(out, "WhereBackward", {cond, a, b},
          [want_a, want_b, a_shape = a.shape(), b_shape = b.shape(),
-          cond = SavedTensor(cond.detach())](const Tensor& g) {
+          cond = SavedTensor(cond)](const Tensor& g) {
            const Tensor zero = zero_for(g);
            return std::vector<Tensor>{Tensor(), want_a ? sum_to(where(cond.get(), g, zero), a_shape) : Tensor(),
                                       want_b ? sum_to(where(cond.get(), zero, g), b_shape) : Tensor()};

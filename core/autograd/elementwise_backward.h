@@ -3,11 +3,6 @@
 // are in elementwise_backward.cpp; each is built from public ops (core/ops.h), so it runs on the
 // gradient's device without host synchronisation.
 //
-// Note [saving outputs]
-// A backward that reads its op's output saves out.detach(), never `out` itself: `out` owns its
-// grad_fn, so a node holding `out` would own itself and never be freed when no backward runs.
-// The detached handle shares out's storage, so SavedTensor still catches in-place changes.
-//
 // Note [elementwise gradients at kinks and ties]
 // Where the derivative is undefined, the gradient follows PyTorch:
 // - relu'(0) = 0 (and NaN inputs pass the gradient through); abs'(0) = 0.

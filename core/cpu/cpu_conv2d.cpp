@@ -26,19 +26,7 @@ using namespace cpu;
 namespace {
 
 void check_geometry(const char* op, const Conv2dGeometry& g) {
-  FLAME_CHECK(g.batch >= 0 && g.groups >= 1 && g.in_channels >= g.groups && g.in_channels % g.groups == 0 &&
-                  g.out_channels >= 0 && g.out_channels % g.groups == 0 && g.kernel_h >= 1 && g.kernel_w >= 1 &&
-                  g.stride_h >= 1 && g.stride_w >= 1 && g.pad_h >= 0 && g.pad_w >= 0 && g.dilation_h >= 1 &&
-                  g.dilation_w >= 1 && g.in_h >= 0 && g.in_w >= 0,
-              "{}: invalid geometry: batch {}, channels {} -> {}, groups {}, kernel {}x{}, stride {}x{}, padding "
-              "{}x{}, dilation {}x{}",
-              op, g.batch, g.in_channels, g.out_channels, g.groups, g.kernel_h, g.kernel_w, g.stride_h, g.stride_w,
-              g.pad_h, g.pad_w, g.dilation_h, g.dilation_w);
-  const int64_t out_h = conv2d_output_size(g.in_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
-  const int64_t out_w = conv2d_output_size(g.in_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
-  FLAME_CHECK(g.out_h == out_h && g.out_w == out_w && out_h >= 1 && out_w >= 1,
-              "{}: output size {}x{} does not match the {}x{} that input {}x{} gives (must be at least 1x1)", op,
-              g.out_h, g.out_w, out_h, out_w, g.in_h, g.in_w);
+  check_conv2d_geometry(op, g);
   const int64_t k = g.in_channels / g.groups * g.kernel_h * g.kernel_w;
   FLAME_CHECK(k <= INT_MAX && g.out_h * g.out_w <= INT_MAX && g.out_channels <= INT_MAX && g.in_h * g.in_w <= INT_MAX,
               "{}: sizes exceed the BLAS's 32-bit dimensions (K {}, output plane {}, out_channels {})", op, k,

@@ -247,20 +247,12 @@ Shape weight_shape(const Conv2dGeometry& g) {
 }
 Shape output_shape(const Conv2dGeometry& g) { return {g.batch, g.out_channels, g.out_h, g.out_w}; }
 
-void check_geometry(const char* op, const Conv2dGeometry& g) {
-  FLAME_CHECK(g.groups >= 1 && g.in_channels >= g.groups && g.in_channels % g.groups == 0 &&
-                  g.out_channels % g.groups == 0 && g.kernel_h >= 1 && g.kernel_w >= 1 && g.out_h >= 1 &&
-                  g.out_w >= 1 && g.stride_h >= 1 && g.stride_w >= 1 && g.pad_h >= 0 && g.pad_w >= 0 &&
-                  g.dilation_h >= 1 && g.dilation_w >= 1,
-              "{}: invalid geometry {}", op, geometry_str(g));
-}
-
 }  // namespace
 
 void launch_conv2d_forward(DeviceContext& ctx, const Conv2dGeometry& g, const Tensor& input, const Tensor& weight,
                            const Tensor& out) {
   const char* op = "conv2d";
-  check_geometry(op, g);
+  check_conv2d_geometry(op, g);
   const DType dtype = out.dtype();
   check_operand(op, "input", input, dtype, input_shape(g));
   check_operand(op, "weight", weight, dtype, weight_shape(g));
@@ -279,7 +271,7 @@ void launch_conv2d_forward(DeviceContext& ctx, const Conv2dGeometry& g, const Te
 void launch_conv2d_backward_input(DeviceContext& ctx, const Conv2dGeometry& g, const Tensor& grad_out,
                                   const Tensor& weight, const Tensor& grad_input) {
   const char* op = "conv2d backward (input)";
-  check_geometry(op, g);
+  check_conv2d_geometry(op, g);
   const DType dtype = grad_input.dtype();
   check_operand(op, "grad_out", grad_out, dtype, output_shape(g));
   check_operand(op, "weight", weight, dtype, weight_shape(g));
@@ -302,7 +294,7 @@ void launch_conv2d_backward_input(DeviceContext& ctx, const Conv2dGeometry& g, c
 void launch_conv2d_backward_weight(DeviceContext& ctx, const Conv2dGeometry& g, const Tensor& input,
                                    const Tensor& grad_out, const Tensor& grad_weight) {
   const char* op = "conv2d backward (weight)";
-  check_geometry(op, g);
+  check_conv2d_geometry(op, g);
   const DType dtype = grad_weight.dtype();
   check_operand(op, "input", input, dtype, input_shape(g));
   check_operand(op, "grad_out", grad_out, dtype, output_shape(g));

@@ -14,24 +14,14 @@
 #include <limits>
 
 #include "core/cuda/launchers.h"
+#include "core/cuda/row_reduce.cuh"
 
 namespace flame::cuda {
 namespace {
 
-// Rows up to this length are handled by one warp each.
-constexpr int64_t kWarpRowLimit = 1024;
-
-enum class RowGroup { Warp, Block };
-
-// Running maximum and sum of exp(x - max) of part of a row. Gives what the two-pass reference
-// gives: a NaN anywhere makes the sum NaN, and so does +inf (its own term is exp(inf - inf));
-// -inf terms add 0 once a finite maximum is known, and a row of only -inf sums to NaN.
-template <class C>
-struct MaxSum {
-  C max;
-  C sum;
-};
-
+// Adds x to a MaxSum (core/cuda/row_reduce.cuh). Gives what the two-pass reference gives: a NaN
+// anywhere makes the sum NaN, and so does +inf (its own term is exp(inf - inf)); -inf terms add 0
+// once a finite maximum is known, and a row of only -inf sums to NaN.
 template <class C>
 __device__ __forceinline__ MaxSum<C> max_sum_add(MaxSum<C> a, C x) {
   constexpr C kInf = std::numeric_limits<C>::infinity();
@@ -46,26 +36,6 @@ __device__ __forceinline__ MaxSum<C> max_sum_add(MaxSum<C> a, C x) {
   // else x == max == -inf: nothing is added. The term is 0 if a finite maximum turns up; if none
   // does, the sum stays 0 and log(0) - (x_t - max) = -inf - NaN is NaN, as in the reference.
   return a;
-}
-
-template <class C>
-__device__ __forceinline__ MaxSum<C> max_sum_combine(MaxSum<C> a, MaxSum<C> b) {
-  const C max = a.max > b.max ? a.max : b.max;
-  if (max == -std::numeric_limits<C>::infinity()) return MaxSum<C>{max, a.sum + b.sum};
-  return MaxSum<C>{max, a.sum * exp_of(a.max - max) + b.sum * exp_of(b.max - max)};
-}
-
-// Combines `value` over the row's group of threads and returns the result to each of them.
-// `shared` is [32] and `broadcast` [1] in shared memory (Block only).
-template <class V, class Op>
-__device__ V group_all_reduce(V value, V identity, Op op, RowGroup group, V* shared, V* broadcast) {
-  if (group == RowGroup::Warp) return shuffle_from(warp_reduce(value, op), 0);
-  value = block_reduce(value, identity, op, shared);
-  if (threadIdx.x == 0) *broadcast = value;
-  __syncthreads();
-  value = *broadcast;
-  __syncthreads();  // *broadcast is rewritten by the next call
-  return value;
 }
 
 // logits: [rows, classes]; target, losses: [rows]; stats: [rows, 2] = {max, log sum exp(x - max)}.
@@ -178,17 +148,9 @@ void launch_cross_entropy_forward(DeviceContext& ctx, const Tensor& logits, cons
     auto* out = static_cast<T*>(losses.data_ptr());
     auto* stats = static_cast<C*>(row_stats.data_ptr());
     const C eps = static_cast<C>(label_smoothing);
-    if (classes <= kWarpRowLimit) {
-      const int64_t blocks = std::min<int64_t>(ceil_div(rows, kBlockSize / kWarpSize), int64_t{1} << 30);
-      cross_entropy_forward_kernel<T><<<static_cast<unsigned>(blocks), kBlockSize, 0, ctx.stream>>>(
-          x, t, out, stats, rows, classes, ignore_index, eps, RowGroup::Warp, ctx.error_flag);
-    } else {
-      int threads = kWarpSize;
-      while (threads < 512 && threads * 4 < classes) threads *= 2;
-      const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(rows, int64_t{1} << 30));
-      cross_entropy_forward_kernel<T><<<blocks, threads, 0, ctx.stream>>>(x, t, out, stats, rows, classes, ignore_index,
-                                                                          eps, RowGroup::Block, ctx.error_flag);
-    }
+    const RowLaunch launch = row_launch(rows, classes);
+    cross_entropy_forward_kernel<T><<<launch.blocks, launch.threads, 0, ctx.stream>>>(
+        x, t, out, stats, rows, classes, ignore_index, eps, launch.group, ctx.error_flag);
   });
   FLAME_CUDA_LAUNCH_CHECK();
 }

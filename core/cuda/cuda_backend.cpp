@@ -57,7 +57,6 @@ class CudaBackend final : public Backend {
   void scatter_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) override {
     cuda::launch_scatter_add(ctx_of(out), out, dim, index, src);
   }
-  /// One backend serves every device: waits for each device FLAME has used.
   void conv2d_forward(const Conv2dGeometry& g, const Tensor& input, const Tensor& weight,
                       const Tensor& out) override {
     cuda::launch_conv2d_forward(ctx_of(out), g, input, weight, out);
@@ -101,6 +100,7 @@ class CudaBackend final : public Backend {
     if (params.empty()) return;
     cuda::launch_adam_step(ctx_of(params[0]), params, grads, exp_avg, exp_avg_sq, args);
   }
+  /// One backend serves every device: waits for each device FLAME has used.
   void synchronize() override {
     const int count = cuda::device_count();
     for (int device = 0; device < count; ++device)

@@ -12,14 +12,12 @@
 #include <limits>
 
 #include "core/cuda/launchers.h"
+#include "core/cuda/row_reduce.cuh"
 
 namespace flame::cuda {
 namespace {
 
 enum class SoftmaxKind { Plain, Log };
-
-// Rows up to this length are handled by one warp each (eight rows per block).
-constexpr int64_t kWarpRowLimit = 1024;
 
 // NaN-propagating maximum.
 template <class C>
@@ -27,18 +25,8 @@ __device__ __forceinline__ C nan_max(C a, C b) {
   return (is_nan(a) || a >= b) ? a : b;
 }
 
-// How the threads of a block share rows: a warp per row (short rows) or the whole block per row.
-enum class RowGroup { Warp, Block };
-
-// Running maximum and sum of exp(x - max) of part of a row (the online softmax normaliser), so
-// that one pass over the row replaces two. NaN inputs make the sum NaN and +inf inputs make it
+// MaxSum (core/cuda/row_reduce.cuh) here: NaN inputs make the sum NaN and +inf inputs make it
 // exp(inf - inf) = NaN, so such rows come out all NaN, as with the max-then-sum reference.
-template <class C>
-struct MaxSum {
-  C max;
-  C sum;
-};
-
 // Adds kUnroll values (absent ones are -inf) to a: one rescale, kUnroll independent exponentials.
 template <int kUnroll, class C>
 __device__ __forceinline__ MaxSum<C> max_sum_update(MaxSum<C> a, const C (&x)[kUnroll]) {
@@ -58,31 +46,6 @@ __device__ __forceinline__ MaxSum<C> max_sum_update(MaxSum<C> a, const C (&x)[kU
   for (int u = 0; u < kUnroll; ++u) a.sum += exp_of(x[u] - max);
   return a;
 }
-template <class C>
-__device__ __forceinline__ MaxSum<C> max_sum_combine(MaxSum<C> a, MaxSum<C> b) {
-  const C max = a.max > b.max ? a.max : b.max;
-  if (max == -std::numeric_limits<C>::infinity()) return MaxSum<C>{max, a.sum + b.sum};
-  return MaxSum<C>{max, a.sum * exp_of(a.max - max) + b.sum * exp_of(b.max - max)};
-}
-
-// Combines `value` over the block and returns the result to every thread. `shared` is [32] and
-// `broadcast` [1] in shared memory.
-template <class V, class Op>
-__device__ V block_all_reduce(V value, V identity, Op op, V* shared, V* broadcast) {
-  value = block_reduce(value, identity, op, shared);
-  if (threadIdx.x == 0) *broadcast = value;
-  __syncthreads();
-  value = *broadcast;
-  __syncthreads();  // *broadcast is rewritten by the next call
-  return value;
-}
-
-// Combines `value` over the warp and returns the result to every lane.
-template <class V, class Op>
-__device__ __forceinline__ V warp_all_reduce(V value, Op op) {
-  return shuffle_from(warp_reduce(value, op), 0);
-}
-
 // in, out: [outer, reduced]; each group of threads handles one row at a time. A warp (short
 // rows, which stay in cache) takes a maximum pass and a sum pass; a block takes one MaxSum pass.
 // Then one pass writes the output.
@@ -185,15 +148,10 @@ void launch_softmax(DeviceContext& ctx, const Tensor& in, const Tensor& out, int
     using T = typename decltype(tag)::type;
     const T* x = static_cast<const T*>(in.data_ptr());
     T* y = static_cast<T*>(out.data_ptr());
-    if (inner == 1 && reduced <= kWarpRowLimit) {
-      const int64_t blocks = std::min<int64_t>(ceil_div(outer, kBlockSize / kWarpSize), int64_t{1} << 30);
-      softmax_rows_kernel<T><<<static_cast<unsigned>(blocks), kBlockSize, 0, ctx.stream>>>(x, y, outer, reduced, kind,
-                                                                                           RowGroup::Warp);
-    } else if (inner == 1) {
-      int threads = kWarpSize;
-      while (threads < 512 && threads * 4 < reduced) threads *= 2;
-      const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(outer, int64_t{1} << 30));
-      softmax_rows_kernel<T><<<blocks, threads, 0, ctx.stream>>>(x, y, outer, reduced, kind, RowGroup::Block);
+    if (inner == 1) {
+      const RowLaunch launch = row_launch(outer, reduced);
+      softmax_rows_kernel<T><<<launch.blocks, launch.threads, 0, ctx.stream>>>(x, y, outer, reduced, kind,
+                                                                               launch.group);
     } else {
       softmax_columns_kernel<T><<<grid_for(ctx, outer * inner, kBlockSize), kBlockSize, 0, ctx.stream>>>(
           x, y, outer, reduced, inner, kind);

@@ -69,7 +69,7 @@ void Adam::update_all(const std::vector<PendingUpdate>& updates) {
     args.beta2 = beta2;
     args.eps = options_.eps;
     args.weight_decay = options_.weight_decay;
-    args.decay = mode_ == WeightDecayMode::L2 ? AdamWeightDecay::L2 : AdamWeightDecay::Decoupled;
+    args.decay = mode_;
     args.bias_correction1 = 1.0 - std::pow(beta1, t);
     args.bias_correction2 = 1.0 - std::pow(beta2, t);
     adam_step_(g.params, g.grads, g.exp_avg, g.exp_avg_sq, args);

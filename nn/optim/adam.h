@@ -4,15 +4,14 @@
 
 #include <utility>
 
+#include "core/fused.h"
 #include "nn/optim/optimizer.h"
 
 namespace flame::optim {
 
-/// How Adam applies weight decay.
-enum class WeightDecayMode {
-  L2,         // Adam: weight_decay * p is added to the gradient
-  Decoupled,  // AdamW: p *= 1 - lr * weight_decay before the Adam update
-};
+/// How Adam applies weight decay: L2 (Adam: weight_decay * p is added to the gradient) or
+/// Decoupled (AdamW: p *= 1 - lr * weight_decay before the Adam update); the fused kernel's enum.
+using WeightDecayMode = AdamWeightDecay;
 
 struct AdamOptions {
   double lr = 1e-3;
