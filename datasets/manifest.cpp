@@ -1,14 +1,10 @@
 #include <fcntl.h>
-#include <unistd.h>
 
-#include <cerrno>
 #include <cstdio>
-#include <cstring>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <sstream>
 
+#include "core/file_io.h"
 #include "datasets/dataset.h"
 #include "datasets/format.h"
 
@@ -84,14 +80,12 @@ class Reader {
 };
 
 std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  FLAME_CHECK(in.good(),
+  const io::File file(path, O_RDONLY | O_CLOEXEC);
+  FLAME_CHECK(file.is_open(),
               "manifest '{}' cannot be opened ({}): is this a dataset directory written by "
               "ShardWriter or flame-prep?",
-              path, std::strerror(errno));
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
+              path, io::errno_text());
+  return io::read_to_end(file, path, "manifest: ");
 }
 
 FieldSpec parse_field(const json& object, DatasetKind kind, const std::string& path, size_t index) {
@@ -217,29 +211,13 @@ void Manifest::write(const std::string& dir) const {
 
   const std::string path = format::join(dir, format::kManifestName);
   const std::string temp = path + ".tmp";
-  int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  FLAME_CHECK(fd >= 0, "manifest: cannot create '{}': {}", temp, std::strerror(errno));
-  size_t written = 0;
-  while (written < text.size()) {
-    ssize_t n = ::write(fd, text.data() + written, text.size() - written);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      int saved = errno;
-      ::close(fd);
-      FLAME_FAIL("manifest: writing '{}' failed: {}", temp, std::strerror(saved));
-    }
-    written += static_cast<size_t>(n);
-  }
-  bool synced = ::fsync(fd) == 0;
-  ::close(fd);
-  FLAME_CHECK(synced, "manifest: fsync of '{}' failed: {}", temp, std::strerror(errno));
+  io::File file(temp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  FLAME_CHECK(file.is_open(), "manifest: cannot create '{}': {}", temp, io::errno_text());
+  io::write_all(file.get(), text.data(), text.size(), temp, "manifest: ");
+  io::sync_and_close(file, temp, "manifest: ");
   FLAME_CHECK(std::rename(temp.c_str(), path.c_str()) == 0, "manifest: renaming '{}' to '{}' failed: {}", temp, path,
-              std::strerror(errno));
-  int dir_fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (dir_fd >= 0) {
-    ::fsync(dir_fd);
-    ::close(dir_fd);
-  }
+              io::errno_text());
+  (void)io::try_fsync_directory(dir.empty() ? "." : dir);  // best effort: the manifest is written
 }
 
 }  // namespace flame::data

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <numeric>
 
+#include "core/file_io.h"
 #include "datasets/dataset.h"
 #include "datasets/format.h"
 #include "datasets/hdf5_util.h"
@@ -32,24 +33,6 @@ struct FieldStorage {
   std::vector<int64_t> offsets;  // file offset of each chunk
 };
 
-class FileDescriptor {
- public:
-  FileDescriptor() = default;
-  explicit FileDescriptor(int fd) : fd_(fd) {}
-  FileDescriptor(FileDescriptor&& other) noexcept : fd_(other.fd_) { other.fd_ = -1; }
-  FileDescriptor& operator=(FileDescriptor&& other) noexcept {
-    std::swap(fd_, other.fd_);
-    return *this;
-  }
-  ~FileDescriptor() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-
- private:
-  int fd_ = -1;
-};
-
 // One shard opened for reading. Along the first dimension of each field's HDF5 array a sample
 // starts every `step` units and spans `span` units (samples kind: 1 and 1 row; token stream: T
 // and T + 1 tokens).
@@ -60,7 +43,7 @@ struct OpenShard {
   h5::Handle file;                           // declared first: closed last
   std::vector<h5::Handle> datasets;          // per field
   std::vector<FieldStorage> storage;         // per field
-  FileDescriptor raw;                        // for direct reads
+  io::File raw;                              // for direct reads
   std::vector<std::vector<uint8_t>> memory;  // per field, after load_into_memory(): the array as on disk
 };
 
@@ -69,7 +52,7 @@ void pread_fully(int fd, uint8_t* out, int64_t bytes, int64_t offset, const std:
   while (bytes > 0) {
     ssize_t got = ::pread(fd, out, static_cast<size_t>(std::min<int64_t>(bytes, int64_t{1} << 30)), offset);
     if (got < 0 && errno == EINTR) continue;
-    if (got < 0) FLAME_FAIL("{}: {}: {}", context, path, std::strerror(errno));
+    if (got < 0) FLAME_FAIL("{}: {}: {}", context, path, io::errno_text());
     FLAME_CHECK(got > 0, "{}: {}: the file ends at byte {}, before the data (truncated after it was opened?)",
                 context, path, offset);
     out += got, bytes -= got, offset += got;
@@ -179,7 +162,7 @@ void ShardedDataset::State::check_field(OpenShard& shard, size_t f) {
     hsize_t userblock = 0;
     h5::check_status(H5Pget_userblock(create.get(), &userblock), path, context);
     if (userblock == 0 && std::endian::native == std::endian::little)
-      shard.raw = FileDescriptor(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+      shard.raw = io::File(path, O_RDONLY | O_CLOEXEC);
   }
   shard.storage.emplace_back();
   if (shard.raw.get() >= 0) {

@@ -7,13 +7,13 @@
 #include <algorithm>
 #include <bit>
 #include <cerrno>
-#include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string_view>
 
 #include "core/autograd.h"
+#include "core/file_io.h"
 
 namespace flame::nn {
 
@@ -45,27 +45,7 @@ std::optional<DType> parse_dtype(std::string_view name) {
   return std::nullopt;
 }
 
-std::string errno_text() { return std::strerror(errno); }
-
-/// An open file descriptor, closed on destruction.
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() { close(); }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  /// Closes now; returns false (errno set) when close() failed.
-  bool close() {
-    if (fd_ < 0) return true;
-    const int fd = fd_;
-    fd_ = -1;
-    return ::close(fd) == 0;
-  }
-
- private:
-  int fd_;
-};
+using io::errno_text;
 
 /// The file being written by save_safetensors: a temporary file next to `target`, renamed over it
 /// by commit(); removed on destruction unless committed.
@@ -76,51 +56,37 @@ class AtomicFile {
     FLAME_CHECK(target_path.has_filename(), "save_safetensors: '{}' does not name a file", target);
     dir_ = target_path.has_parent_path() ? target_path.parent_path().string() : ".";
     std::string pattern = std::filesystem::path(dir_) / fmt::format(".{}.tmp.XXXXXX", target_path.filename().string());
-    const int fd = ::mkstemp(pattern.data());
-    FLAME_CHECK(fd >= 0, "save_safetensors: cannot create a temporary file in '{}' to write '{}': {}", dir_, target,
-                errno_text());
-    fd_ = std::make_unique<Fd>(fd);
+    file_ = io::File(::mkstemp(pattern.data()));
+    FLAME_CHECK(file_.is_open(), "save_safetensors: cannot create a temporary file in '{}' to write '{}': {}", dir_,
+                target, errno_text());
     temp_ = pattern;
-    ::fchmod(fd, 0644);
+    ::fchmod(file_.get(), 0644);
   }
   ~AtomicFile() {
     if (!committed_) {
-      fd_->close();
+      file_.close();
       ::unlink(temp_.c_str());
     }
   }
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;
 
-  void write(const void* data, size_t size) {
-    const char* bytes = static_cast<const char*>(data);
-    while (size > 0) {
-      const ssize_t n = ::write(fd_->get(), bytes, size);
-      if (n < 0 && errno == EINTR) continue;
-      FLAME_CHECK(n > 0, "save_safetensors: writing '{}' failed: {}", temp_, errno_text());
-      bytes += n;
-      size -= static_cast<size_t>(n);
-    }
-  }
+  void write(const void* data, size_t size) { io::write_all(file_.get(), data, size, temp_, "save_safetensors: "); }
 
   void commit() {
-    FLAME_CHECK(::fsync(fd_->get()) == 0, "save_safetensors: fsync of '{}' failed: {}", temp_, errno_text());
-    FLAME_CHECK(fd_->close(), "save_safetensors: closing '{}' failed: {}", temp_, errno_text());
+    io::sync_and_close(file_, temp_, "save_safetensors: ");
     FLAME_CHECK(::rename(temp_.c_str(), target_.c_str()) == 0, "save_safetensors: renaming '{}' to '{}' failed: {}",
                 temp_, target_, errno_text());
     committed_ = true;
-    Fd dir(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY));
-    FLAME_CHECK(dir.get() >= 0 && ::fsync(dir.get()) == 0,
-                "save_safetensors: wrote '{}' but could not fsync its "
-                "directory '{}': {}",
-                target_, dir_, errno_text());
+    FLAME_CHECK(io::try_fsync_directory(dir_),
+                "save_safetensors: wrote '{}' but could not fsync its directory '{}': {}", target_, dir_, errno_text());
   }
 
  private:
   std::string target_;
   std::string dir_;
   std::string temp_;
-  std::unique_ptr<Fd> fd_;
+  io::File file_;
   bool committed_ = false;
 };
 
@@ -238,8 +204,8 @@ void read_exact(int fd, void* out, uint64_t size, uint64_t offset, const std::st
 }  // namespace
 
 SafetensorsContents read_safetensors(const std::string& path) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  FLAME_CHECK(fd.get() >= 0, "load_safetensors: cannot open '{}': {}", path, errno_text());
+  const io::File fd(path, O_RDONLY | O_CLOEXEC);
+  FLAME_CHECK(fd.is_open(), "load_safetensors: cannot open '{}': {}", path, errno_text());
   struct stat info {};
   FLAME_CHECK(::fstat(fd.get(), &info) == 0, "load_safetensors: cannot stat '{}': {}", path, errno_text());
   const auto file_size = static_cast<uint64_t>(info.st_size);

@@ -8,12 +8,12 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
-#include <cstring>
 #include <filesystem>
 #include <string_view>
 #include <utility>
 
 #include "core/error.h"
+#include "core/file_io.h"
 #include "nn/safetensors.h"
 
 namespace flame::train {
@@ -29,69 +29,20 @@ constexpr const char* kStateFile = "state.json";
 constexpr const char* kCompleteFile = "COMPLETE";
 constexpr const char* kTempPrefix = ".tmp-";
 
-std::string errno_text() { return std::strerror(errno); }
+using io::errno_text;
+using io::fsync_directory;
 
 std::string join(const std::string& dir, const std::string& name) { return (fs::path(dir) / name).string(); }
 
 /// "-<pid>": the suffix of this process's temporary directories.
 std::string pid_suffix() { return fmt::format("-{}", ::getpid()); }
 
-/// An open file descriptor, closed on destruction.
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() { close(); }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  /// Closes now; returns false (errno set) when close() failed.
-  bool close() {
-    if (fd_ < 0) return true;
-    const int fd = std::exchange(fd_, -1);
-    return ::close(fd) == 0;
-  }
-
- private:
-  int fd_;
-};
-
-/// fsync()s a directory, so that the entries created or renamed in it survive a crash.
-void fsync_directory(const std::string& dir) {
-  Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  FLAME_CHECK(fd.get() >= 0, "cannot open directory '{}' to fsync it: {}", dir, errno_text());
-  FLAME_CHECK(::fsync(fd.get()) == 0, "fsync of directory '{}' failed: {}", dir, errno_text());
-}
-
 /// Creates `path` (which must not exist) holding `bytes`, fsync'ed.
 void write_synced_file(const std::string& path, const std::string& bytes) {
-  Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
-  FLAME_CHECK(fd.get() >= 0, "cannot create '{}': {}", path, errno_text());
-  const char* data = bytes.data();
-  size_t left = bytes.size();
-  while (left > 0) {
-    const ssize_t n = ::write(fd.get(), data, left);
-    if (n < 0 && errno == EINTR) continue;
-    FLAME_CHECK(n > 0, "writing '{}' failed: {}", path, errno_text());
-    data += n;
-    left -= static_cast<size_t>(n);
-  }
-  FLAME_CHECK(::fsync(fd.get()) == 0, "fsync of '{}' failed: {}", path, errno_text());
-  FLAME_CHECK(fd.close(), "closing '{}' failed: {}", path, errno_text());
-}
-
-std::string read_text_file(const std::string& path) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  FLAME_CHECK(fd.get() >= 0, "cannot open '{}': {}", path, errno_text());
-  std::string text;
-  char buffer[1 << 16];
-  while (true) {
-    const ssize_t n = ::read(fd.get(), buffer, sizeof(buffer));
-    if (n < 0 && errno == EINTR) continue;
-    FLAME_CHECK(n >= 0, "reading '{}' failed: {}", path, errno_text());
-    if (n == 0) break;
-    text.append(buffer, static_cast<size_t>(n));
-  }
-  return text;
+  io::File file(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  FLAME_CHECK(file.is_open(), "cannot create '{}': {}", path, errno_text());
+  io::write_all(file.get(), bytes.data(), bytes.size(), path);
+  io::sync_and_close(file, path);
 }
 
 /// Whether `path` exists (as anything, links not followed); raises for errors other than ENOENT.
@@ -124,7 +75,7 @@ std::optional<int64_t> parse_dir_name(const std::string& name) {
 /// state.json of checkpoint directory `dir`, validated (Note [checkpoint layout]).
 json read_state(const std::string& dir) {
   const std::string path = join(dir, kStateFile);
-  const std::string text = read_text_file(path);
+  const std::string text = io::read_whole_file(path);
   json state;
   try {
     state = json::parse(text);

@@ -9,10 +9,9 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 
 #include "core/error.h"
+#include "core/file_io.h"
 
 #if defined(__x86_64__)
 #include <nmmintrin.h>
@@ -160,7 +159,7 @@ TensorBoardWriter::TensorBoardWriter(const std::string& log_dir) {
     path_ = n == 0 ? stem + ".flame" : fmt::format("{}.{}.flame", stem, n);
     fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     FLAME_CHECK(fd_ >= 0 || errno == EEXIST, "TensorBoardWriter: cannot create the event file '{}': {}", path_,
-                std::strerror(errno));
+                io::errno_text());
   }
   FLAME_CHECK(fd_ >= 0, "TensorBoardWriter: {} event files named '{}*.flame' already exist; remove them",
               kMaxFileNameTries, stem);
@@ -201,25 +200,17 @@ void TensorBoardWriter::append_event(const std::string& event) {
 }
 
 void TensorBoardWriter::flush() {
-  size_t written = 0;
-  while (written < buffer_.size()) {
-    const ssize_t n = ::write(fd_, buffer_.data() + written, buffer_.size() - written);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const std::string reason = n < 0 ? std::strerror(errno) : "nothing written";
-      buffer_.erase(0, written);
-      FLAME_FAIL("TensorBoardWriter: cannot write to the event file '{}': {}", path_, reason);
-    }
-    written += static_cast<size_t>(n);
+  const size_t written = io::write_fully(fd_, buffer_.data(), buffer_.size());
+  if (written < buffer_.size()) {
+    const std::string reason = errno != 0 ? io::errno_text() : "nothing written";
+    buffer_.erase(0, written);  // the unwritten events are kept for the next flush
+    FLAME_FAIL("TensorBoardWriter: cannot write to the event file '{}': {}", path_, reason);
   }
   buffer_.clear();
 }
 
 std::vector<std::string> read_tfrecords(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  FLAME_CHECK(in.is_open(), "read_tfrecords: cannot open '{}': {}", path, std::strerror(errno));
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  FLAME_CHECK(!in.bad(), "read_tfrecords: read error in '{}'", path);
+  const std::string bytes = io::read_whole_file(path, "read_tfrecords: ");
   std::vector<std::string> records;
   size_t offset = 0;
   while (offset < bytes.size()) {
