@@ -23,13 +23,7 @@ srun --mpi=pmix bash -c 'echo "pmix rank \$PMIX_RANK of \$SLURM_NTASKS"; exec "$
 SCRIPT
 
 job_output=$work/job.out
-started=$SECONDS
-timeout 120 sbatch --wait --parsable -n 2 -J flame-slurm-mpi -o "$job_output" "$work/job.sh" \
-  >"$work/sbatch.out"
-status=$?
-job_id=$(head -n 1 "$work/sbatch.out")
-echo "job $job_id: sbatch --wait exited with $status after $((SECONDS - started)) s"
-[ "$status" -eq 0 ] || fail "job ${job_id:-?} failed: sbatch --wait exited with $status"
+sbatch_wait 120 -n 2 -J flame-slurm-mpi "$work/job.sh"
 expect_job_field "$job_id" JobState COMPLETED
 ranks=$(sed -n 's/^pmix rank \([0-9]*\) of 2$/\1/p' "$job_output" | sort | tr '\n' ' ')
 [ "$ranks" = "0 1 " ] || fail "the job's tasks reported PMIx ranks '$ranks', expected '0 1 '"

@@ -120,6 +120,24 @@ progress = false
 EOF
 }
 
+# sbatch_wait SECONDS SBATCH_ARGUMENTS...: runs `sbatch --wait --parsable -o "$job_output"
+# SBATCH_ARGUMENTS...` (job options, then the batch script) and waits for the job's end. sbatch
+# --wait exits with the job's exit status; SECONDS bounds it so that a stuck job cannot hang the
+# test. Sets job_id (sbatch's output is kept in $work/sbatch.out) and fails the test unless the job
+# was submitted, finished within SECONDS and exited 0.
+sbatch_wait() {
+  local limit=$1 status started=$SECONDS
+  shift
+  [ -n "$job_output" ] || fail "sbatch_wait: set job_output first"
+  timeout "$limit" sbatch --wait --parsable -o "$job_output" "$@" >"$work/sbatch.out"
+  status=$?
+  job_id=$(head -n 1 "$work/sbatch.out")
+  echo "job ${job_id:-?}: sbatch --wait exited with $status after $((SECONDS - started)) s"
+  [ -n "$job_id" ] || fail "sbatch did not submit the job (it exited with $status)"
+  [ "$status" -ne 124 ] || fail "job $job_id did not finish within $limit s"
+  [ "$status" -eq 0 ] || fail "job $job_id failed: sbatch --wait exited with $status"
+}
+
 # job_field JOB FIELD: FIELD's value in `scontrol show job JOB` (JobState, Restarts, ExitCode, ...).
 job_field() {
   timeout 10 scontrol show job -o "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1

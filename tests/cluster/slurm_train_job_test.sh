@@ -17,16 +17,7 @@ srun --mpi=pmix "$flame_train" "$work/cfg.toml" --set train.device=cpu
 EOF
 
 job_output=$work/job.out
-started=$SECONDS
-# sbatch --wait exits with the job's exit status; the bound keeps a stuck job from hanging the test.
-timeout 240 sbatch --wait --parsable -n 2 -J flame-slurm-train -o "$job_output" "$work/job.sh" \
-  >"$work/sbatch.out"
-status=$?
-job_id=$(head -n 1 "$work/sbatch.out")
-echo "job $job_id: sbatch --wait exited with $status after $((SECONDS - started)) s"
-[ -n "$job_id" ] || fail "sbatch did not submit the job"
-[ "$status" -ne 124 ] || fail "job $job_id did not finish within 240 s"
-[ "$status" -eq 0 ] || fail "job $job_id failed: sbatch --wait exited with $status"
+sbatch_wait 240 -n 2 -J flame-slurm-train "$work/job.sh"
 # The controller's record agrees (no accounting database here: scontrol shows a finished job for
 # 5 s at least).
 expect_job_field "$job_id" JobState COMPLETED

@@ -26,17 +26,17 @@ class DamagedImages : public ::testing::Test {
   virtual int compression() const { return 0; }
   std::string shard(int i) const { return dir_.file(data::Manifest::read(dir_.path()).shards[i].file); }
   std::string manifest_path() const { return dir_.file("manifest.json"); }
-  json manifest_json() const { return json::parse(read_file_text(manifest_path())); }
-  void set_manifest(const json& manifest) const { write_file_text(manifest_path(), manifest.dump(2)); }
+  json manifest_json() const { return json::parse(read_file(manifest_path())); }
+  void set_manifest(const json& manifest) const { write_file(manifest_path(), manifest.dump(2)); }
   std::string open_error(Verification verification = Verification::Structure) const {
     return error_of([&] { ShardedDataset dataset(dir_.path(), verification); });
   }
   // Overwrites `count` bytes of `path` at `offset` with `value`.
   static void overwrite(const std::string& path, int64_t offset, int64_t count, char value) {
-    std::string bytes = read_file_text(path);
+    std::string bytes = read_file(path);
     ASSERT_LE(offset + count, static_cast<int64_t>(bytes.size()));
     bytes.replace(static_cast<size_t>(offset), static_cast<size_t>(count), static_cast<size_t>(count), value);
-    write_file_text(path, bytes);
+    write_file(path, bytes);
   }
 
   TempDir dir_;
@@ -65,7 +65,7 @@ TEST_F(DamagedImages, CorruptSuperblock) {
 TEST_F(DamagedImages, CorruptSampleBytesFailTheChecksum) {
   // Find image 130 (row 2 of shard 1) in the file and damage it: HDF5 still reads the file, so
   // the structure check passes and only the checksum can tell.
-  std::string bytes = read_file_text(shard(1));
+  std::string bytes = read_file(shard(1));
   std::string pixels;
   for (int64_t j = 0; j < 784; ++j) pixels += static_cast<char>(image_pixel(130, j));
   size_t at = bytes.find(pixels);
@@ -159,7 +159,7 @@ TEST_F(DamagedImages, ManifestErrors) {
   expect_mentions(error_with([](json& m) { m["shards"][0]["sha256"] = "abc"; }), {path, "not 64 lower-case hex"});
   expect_mentions(error_with([](json& m) { m["shards"][1]["file"] = "../elsewhere.h5"; }), {path, "plain file name"});
 
-  write_file_text(path, "{ \"version\": 1, \"kind\": ");
+  write_file(path, "{ \"version\": 1, \"kind\": ");
   expect_mentions(open_error(), {path, "not valid JSON"});
   std::filesystem::remove(path);
   expect_mentions(open_error(), {path, "cannot be opened"});
@@ -217,33 +217,33 @@ TEST_F(DamagedTokens, ShardWithWrongTokenDtype) {
 }
 
 TEST_F(DamagedTokens, ManifestTokenCountDisagreesWithShard) {
-  json manifest = json::parse(read_file_text(manifest_path()));
+  json manifest = json::parse(read_file(manifest_path()));
   manifest["shards"][2]["tokens"] = 58;
   manifest["shards"][2]["samples"] = 7;
-  write_file_text(manifest_path(), manifest.dump());
+  write_file(manifest_path(), manifest.dump());
   expect_mentions(open_error(), {dir_.file("shard-00002.h5"), "holds 50 tokens", "the manifest says 58"});
 }
 
 TEST_F(DamagedTokens, ManifestWindowsDisagreeWithTokens) {
-  json manifest = json::parse(read_file_text(manifest_path()));
+  json manifest = json::parse(read_file(manifest_path()));
   manifest["shards"][0]["samples"] = 7;
-  write_file_text(manifest_path(), manifest.dump());
+  write_file(manifest_path(), manifest.dump());
   expect_mentions(open_error(), {manifest_path(), "lists 7 samples", "50 tokens make 6 windows"});
 }
 
 TEST_F(DamagedTokens, ManifestTokenFieldErrors) {
-  json good = json::parse(read_file_text(manifest_path()));
+  json good = json::parse(read_file(manifest_path()));
   json manifest = good;
   manifest["fields"][0]["dtype"] = "u8";
-  write_file_text(manifest_path(), manifest.dump());
+  write_file(manifest_path(), manifest.dump());
   expect_mentions(open_error(), {manifest_path(), "unknown dtype 'u8'", "u16 or u32"});
   manifest = good;
   manifest["fields"][0]["shape"] = {10};
-  write_file_text(manifest_path(), manifest.dump());
+  write_file(manifest_path(), manifest.dump());
   expect_mentions(open_error(), {manifest_path(), "expected [window + 1] = [9]"});
   manifest = good;
   manifest.erase("window");
-  write_file_text(manifest_path(), manifest.dump());
+  write_file(manifest_path(), manifest.dump());
   expect_mentions(open_error(), {manifest_path(), "missing key 'window'"});
 }
 

@@ -7,7 +7,6 @@
 
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <initializer_list>
 #include <string>
 
@@ -65,15 +64,6 @@ std::string error_of(Body&& body) {
 inline void expect_mentions(const std::string& message, std::initializer_list<std::string> fragments) {
   for (const std::string& fragment : fragments)
     EXPECT_NE(message.find(fragment), std::string::npos) << "missing '" << fragment << "' in: " << message;
-}
-
-inline std::string read_file_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-inline void write_file_text(const std::string& path, const std::string& text) {
-  std::ofstream(path, std::ios::binary | std::ios::trunc) << text;
 }
 
 }  // namespace flame::test

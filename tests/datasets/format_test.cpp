@@ -176,7 +176,7 @@ TEST_P(TokenStreamRoundTrip, WindowsStayInsideShards) {
   EXPECT_EQ(read_back.window, 8);
   EXPECT_EQ(read_back.fields[0].dtype, dtype);
   EXPECT_EQ(read_back.fields[0].sample_shape, Shape{9});
-  const std::string manifest_text = read_file_text(dir.file("manifest.json"));
+  const std::string manifest_text = read_file(dir.file("manifest.json"));
   EXPECT_NE(manifest_text.find(bytes == 2 ? "\"u16\"" : "\"u32\""), std::string::npos) << manifest_text;
 
   ShardedDataset dataset(dir.path(), data::Verification::Checksums);
@@ -292,7 +292,7 @@ TEST(ShardFormat, OpensUnchangedInH5py) {
   write_images(images.path(), 150, 100, 4);
   write_tokens(tokens.path(), DType::I32, 170, 8, 50, 0);
   const std::string script = dir_script(images.path(), tokens.path());
-  write_file_text(images.file("check.py"), script);
+  write_file(images.file("check.py"), script);
   EXPECT_EQ(std::system(("python3 " + images.file("check.py")).c_str()), 0) << script;
 }
 

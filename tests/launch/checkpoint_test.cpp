@@ -12,7 +12,6 @@
 #include <algorithm>
 #include <csignal>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <limits>
 #include <sstream>
@@ -29,6 +28,7 @@ using test::raises_error;
 using test::tensors_identical;
 
 using test::TempDir;
+using test::write_file;
 
 /// The sorted names of the entries of `dir`.
 std::vector<std::string> entries(const std::string& dir) {
@@ -36,11 +36,6 @@ std::vector<std::string> entries(const std::string& dir) {
   for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename().string());
   std::sort(out.begin(), out.end());
   return out;
-}
-
-void write_text(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << text;
 }
 
 /// A checkpoint with tensors of several dtypes whose values depend on `step`, and a nested state.
@@ -178,11 +173,11 @@ TEST(CheckpointStore, LatestSkipsIncompleteTemporaryAndCorruptDirectories) {
   fs::copy(dir3, fs::path(root) / ".tmp-step-00000010-12345");
   // A newer complete directory whose state.json does not parse, and one whose step disagrees.
   fs::copy(dir3, fs::path(root) / "step-00000011");
-  write_text(root + "/step-00000011/state.json", "{\"step\": 11,");
+  write_file(root + "/step-00000011/state.json", "{\"step\": 11,");
   fs::copy(dir3, fs::path(root) / "step-00000012");
   // Names that are not checkpoints at all.
   fs::create_directory(fs::path(root) / "step-12");
-  write_text(root + "/notes.txt", "hello");
+  write_file(root + "/notes.txt", "hello");
 
   CapturedLog log;
   EXPECT_EQ(store.latest(), dir3);
@@ -249,7 +244,7 @@ TEST(CheckpointStore, RemovesStaleTemporariesOfThisProcessOnly) {
   const std::string mine = fmt::format("{}/.tmp-step-00000007-{}", root, getpid());
   const std::string other = root + "/.tmp-step-00000007-999999999";
   fs::create_directories(mine);
-  write_text(mine + "/model.safetensors", "half written");
+  write_file(mine + "/model.safetensors", "half written");
   fs::create_directories(other);
   CheckpointStore store(root, 2);
   store.save(make_data(8));
@@ -260,7 +255,7 @@ TEST(CheckpointStore, RemovesStaleTemporariesOfThisProcessOnly) {
 TEST(CheckpointStore, UnwritableRootFailsNamingThePath) {
   TempDir tmp;
   // A root below a regular file cannot be created, even by root (where chmod does not block writes).
-  write_text(tmp.file("file"), "not a directory");
+  write_file(tmp.file("file"), "not a directory");
   const std::string root = tmp.file("file/ckpt");
   CheckpointStore store(root, 2);
   EXPECT_TRUE(raises_error([&] { store.save(make_data(1)); },
@@ -373,7 +368,7 @@ class LoadCheckpoint : public ::testing::Test {
   std::string file(const std::string& name) const { return dir_ + "/" + name; }
   /// Rewrites state.json with `state` and expects loading to fail naming it and the fragments.
   void expect_bad_state(const json& state, const std::vector<std::string>& fragments) {
-    write_text(file("state.json"), state.dump());
+    write_file(file("state.json"), state.dump());
     std::vector<std::string> all = fragments;
     all.push_back(file("state.json"));
     EXPECT_TRUE(raises_error([&] { load_checkpoint(dir_); }, all)) << state.dump();
@@ -397,7 +392,7 @@ TEST_F(LoadCheckpoint, MissingOrTruncatedTensorFiles) {
 }
 
 TEST_F(LoadCheckpoint, MissingOrCorruptState) {
-  write_text(file("state.json"), "{\"step\": 5, \"format\"");
+  write_file(file("state.json"), "{\"step\": 5, \"format\"");
   EXPECT_TRUE(raises_error([&] { load_checkpoint(dir_); }, {file("state.json"), "not valid JSON"}));
   fs::remove(file("state.json"));
   EXPECT_TRUE(raises_error([&] { load_checkpoint(dir_); }, {file("state.json"), "No such file"}));

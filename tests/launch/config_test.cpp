@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <map>
 
@@ -536,7 +535,7 @@ class ConfigFiles : public ::testing::Test {
   void TearDown() override { fs::remove_all(dir_); }
   std::string write(const std::string& name, const std::string& text) const {
     const std::string path = (dir_ / name).string();
-    std::ofstream(path) << text;
+    test::write_file(path, text);
     return path;
   }
   fs::path dir_;

@@ -17,7 +17,6 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <iterator>
 #include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -33,17 +32,9 @@ namespace {
 namespace fs = std::filesystem;
 using test::raises_error;
 
+using test::read_file;
 using test::TempDir;
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
+using test::write_file;
 
 std::vector<std::string> read_lines(const std::string& path) {
   std::ifstream in(path);
@@ -171,7 +162,7 @@ TEST(JsonlWriter, RejectsBadNamesAndStepsWritingNothing) {
 TEST(JsonlWriter, UnopenablePathRaisesNamingIt) {
   TempDir dir;
   const std::string not_a_directory = dir.file("plain_file");
-  write_bytes(not_a_directory, "x");
+  write_file(not_a_directory, "x");
   // A parent that is a regular file blocks the open even for root.
   const std::string under_file = not_a_directory + "/metrics.jsonl";
   EXPECT_TRUE(raises_error([&] { JsonlWriter writer(under_file); }, {"cannot create the directory", under_file}));
@@ -417,7 +408,7 @@ TEST(TensorBoardWriter, WritesFramedEventsThatParseBack) {
     for (const Scalar& s : sample_scalars()) writer.add_scalar(s.tag, s.value, s.step);
   }  // the destructor flushes
   const double after = unix_now();
-  const std::string bytes = read_bytes(path);
+  const std::string bytes = read_file(path);
   const std::vector<std::string> frames = walk_frames(bytes);
   expect_sample_events(frames, before, after);
   EXPECT_EQ(read_tfrecords(path), frames);
@@ -462,7 +453,7 @@ TEST(TensorBoardWriter, RejectsEmptyTagsAndNegativeSteps) {
 TEST(TensorBoardWriter, UncreatableDirectoryRaisesNamingIt) {
   TempDir dir;
   const std::string not_a_directory = dir.file("plain_file");
-  write_bytes(not_a_directory, "x");
+  write_file(not_a_directory, "x");
   const std::string log_dir = not_a_directory + "/tb";
   EXPECT_TRUE(raises_error([&] { TensorBoardWriter writer(log_dir); }, {"cannot create the log directory", log_dir}));
   EXPECT_TRUE(raises_error([] { TensorBoardWriter writer(""); }, {"log directory is empty"}));
@@ -490,7 +481,7 @@ TEST(ReadTfRecords, RaisesForCorruptOrTruncatedFrames) {
     path = writer.path();
     writer.add_scalar("loss", 1.0, 1);
   }
-  const std::string good = read_bytes(path);
+  const std::string good = read_file(path);
   const std::vector<std::string> records = read_tfrecords(path);
   ASSERT_EQ(records.size(), 2u);
   const size_t second = 16 + records[0].size();  // byte offset of the second frame
@@ -498,21 +489,21 @@ TEST(ReadTfRecords, RaisesForCorruptOrTruncatedFrames) {
 
   std::string bytes = good;
   bytes[second] ^= 1;  // its length
-  write_bytes(bad, bytes);
+  write_file(bad, bytes);
   EXPECT_TRUE(raises_error([&] { read_tfrecords(bad); },
                            {bad, fmt::format("length CRC of the frame at byte {} does not match", second)}));
 
   bytes = good;
   bytes[second + 12] ^= 1;  // its data
-  write_bytes(bad, bytes);
+  write_file(bad, bytes);
   EXPECT_TRUE(raises_error([&] { read_tfrecords(bad); },
                            {bad, fmt::format("data CRC of the frame at byte {} does not match", second)}));
 
-  write_bytes(bad, good.substr(0, good.size() - 1));  // the data CRC cut short
+  write_file(bad, good.substr(0, good.size() - 1));  // the data CRC cut short
   EXPECT_TRUE(
       raises_error([&] { read_tfrecords(bad); }, {bad, "is truncated", fmt::format("frame at byte {} needs", second)}));
 
-  write_bytes(bad, good.substr(0, second + 5));  // the header cut short
+  write_file(bad, good.substr(0, second + 5));  // the header cut short
   EXPECT_TRUE(raises_error([&] { read_tfrecords(bad); }, {bad, "has 5 of its 12 header bytes"}));
 
   EXPECT_TRUE(raises_error([&] { read_tfrecords(dir.file("missing")); }, {"cannot open", dir.file("missing")}));

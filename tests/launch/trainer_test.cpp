@@ -35,7 +35,9 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using test::raises_error;
 
+using test::read_file;
 using test::TempDir;
+using test::write_file;
 
 // --- datasets ------------------------------------------------------------------------------------
 
@@ -100,24 +102,10 @@ progress = false
 
 // --- reading the outputs ------------------------------------------------------------------------
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  EXPECT_TRUE(in.good()) << "cannot read " << path;
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-void write_text(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << text;
-  ASSERT_TRUE(out.good()) << "cannot write " << path;
-}
-
 /// The records of a metrics.jsonl file, in order.
 std::vector<json> read_jsonl(const std::string& path) {
   std::vector<json> records;
-  std::istringstream lines(read_text(path));
+  std::istringstream lines(read_file(path));
   for (std::string line; std::getline(lines, line);) {
     if (!line.empty()) records.push_back(json::parse(line));
   }
@@ -265,7 +253,7 @@ TEST(Trainer, ShortRunResultAndOutputs) {
   EXPECT_EQ(fs::path(result.last_checkpoint), fs::path(root) / "step-00000012");
 
   // summary.json: the result, as JSON.
-  const json summary = json::parse(read_text(dir.file("run/summary.json")));
+  const json summary = json::parse(read_file(dir.file("run/summary.json")));
   EXPECT_EQ(summary.at("steps").get<int64_t>(), 12);
   EXPECT_EQ(summary.at("stopped").get<bool>(), false);
   EXPECT_EQ(summary.at("resumed_from_step").get<int64_t>(), 0);
@@ -311,7 +299,7 @@ TEST(Trainer, ShortRunResultAndOutputs) {
   for (const auto& [step, value] : accuracy) EXPECT_EQ(tb_accuracy[step], static_cast<float>(value)) << step;
 
   // The rank's log file.
-  const std::string log = read_text(dir.file("run/logs/rank-0.log"));
+  const std::string log = read_file(dir.file("run/logs/rank-0.log"));
   EXPECT_NE(log.find("[rank 0]"), std::string::npos) << log;
   EXPECT_NE(log.find("done: 12 steps"), std::string::npos) << log;
 
@@ -338,7 +326,7 @@ TEST(Trainer, RunWithoutTestSetHasNoEvaluation) {
   EXPECT_FALSE(result.test_accuracy.has_value());
   EXPECT_FALSE(result.test_loss.has_value());
   EXPECT_FALSE(result.time_to_90_s.has_value());
-  const json summary = json::parse(read_text(dir.file("run/summary.json")));
+  const json summary = json::parse(read_file(dir.file("run/summary.json")));
   EXPECT_TRUE(summary.at("test_accuracy").is_null());
   EXPECT_TRUE(summary.at("test_loss").is_null());
   const std::vector<json> records = read_jsonl(dir.file("run/metrics.jsonl"));
@@ -391,7 +379,7 @@ TEST_P(TrainerResume, StopThenResumeReproducesUninterruptedRun) {
   EXPECT_EQ(b1.steps, c.stop_after);
   EXPECT_EQ(fs::path(b1.last_checkpoint), fs::path(b_config.checkpoint.dir) / checkpoint_dir_name(c.stop_after));
   EXPECT_EQ(checkpoint_names(b_config.checkpoint.dir), (std::vector<std::string>{checkpoint_dir_name(c.stop_after)}));
-  EXPECT_TRUE(json::parse(read_text(dir.file("b/summary.json"))).at("stopped").get<bool>());
+  EXPECT_TRUE(json::parse(read_file(dir.file("b/summary.json"))).at("stopped").get<bool>());
 
   RunOptions resume;
   resume.resume = ResumeMode::Auto;
@@ -440,7 +428,7 @@ TEST_P(TrainerResume, StopThenResumeReproducesUninterruptedRun) {
   EXPECT_EQ(b_last.state.at("next_batch"), a_last.state.at("next_batch"));
   EXPECT_EQ(b_last.state.at("rng"), a_last.state.at("rng"));
 
-  const std::string b_log = read_text(dir.file("b/logs/rank-0.log"));
+  const std::string b_log = read_file(dir.file("b/logs/rank-0.log"));
   EXPECT_NE(b_log.find(fmt::format("resumed from {}", b1.last_checkpoint)), std::string::npos) << b_log;
 }
 
@@ -488,7 +476,7 @@ TEST(Trainer, AutoResumeWithoutCheckpointStartsFromScratch) {
   EXPECT_EQ(result.final_loss, reference.final_loss);
   EXPECT_EQ(series(read_jsonl(dir.file("auto/metrics.jsonl")), "loss"),
             series(read_jsonl(dir.file("fresh/metrics.jsonl")), "loss"));
-  const std::string log = read_text(dir.file("auto/logs/rank-0.log"));
+  const std::string log = read_file(dir.file("auto/logs/rank-0.log"));
   EXPECT_NE(log.find("no checkpoint in"), std::string::npos) << log;
 }
 
@@ -517,7 +505,7 @@ TEST(Trainer, StoppedRunReportsTheStoppingStepsLoss) {
     ASSERT_TRUE(stopped.stopped);
     ASSERT_EQ(stopped.steps, stop_after);
     EXPECT_EQ(stopped.final_loss, a_loss.at(stop_after));
-    const json summary = json::parse(read_text(b.log.dir + "/summary.json"));
+    const json summary = json::parse(read_file(b.log.dir + "/summary.json"));
     EXPECT_EQ(summary.at("final_loss").get<double>(), a_loss.at(stop_after));
   }
 }
@@ -540,7 +528,7 @@ TEST(Trainer, AutoResumeOfAFinishedRunKeepsItsResult) {
   EXPECT_EQ(again.resumed_from_step, 6);
   EXPECT_EQ(again.last_checkpoint, first.last_checkpoint);
   EXPECT_EQ(again.final_loss, first.final_loss);
-  const json summary = json::parse(read_text(dir.file("run/summary.json")));
+  const json summary = json::parse(read_file(dir.file("run/summary.json")));
   EXPECT_EQ(summary.at("final_loss").get<double>(), first.final_loss);
   EXPECT_EQ(summary.at("checkpoint").get<std::string>(), first.last_checkpoint);
   // No step ran, so no loss was appended to metrics.jsonl.
@@ -583,7 +571,7 @@ TEST(Trainer, SigtermStopsAfterTheStepWithACheckpoint) {
   const std::map<int64_t, double> loss = series(read_jsonl(metrics), "loss");
   ASSERT_FALSE(loss.empty());
   EXPECT_EQ(loss.rbegin()->first, result.steps) << "no step after the stopping one";
-  EXPECT_NE(read_text(dir.file("run/logs/rank-0.log")).find("by SIGTERM"), std::string::npos);
+  EXPECT_NE(read_file(dir.file("run/logs/rank-0.log")).find("by SIGTERM"), std::string::npos);
   // train() put the previous SIGTERM disposition back.
   struct sigaction after {};
   sigaction(SIGTERM, nullptr, &after);
@@ -666,10 +654,10 @@ TEST(TrainerErrors, CheckpointOfAnotherWorldSize) {
 
   // Rewrite state.json as a 2-rank run would have: still valid JSON, COMPLETE left in place.
   const std::string state_path = (fs::path(first.last_checkpoint) / "state.json").string();
-  json state = json::parse(read_text(state_path));
+  json state = json::parse(read_file(state_path));
   state["world_size"] = 2;
   state["rng"].push_back(state["rng"][0]);
-  write_text(state_path, state.dump(2));
+  write_file(state_path, state.dump(2));
   ASSERT_TRUE(fs::exists(fs::path(first.last_checkpoint) / "COMPLETE"));
   ASSERT_EQ(load_checkpoint(first.last_checkpoint).state.at("world_size").get<int>(), 2);
 
@@ -684,13 +672,13 @@ TEST(TrainerErrors, CheckpointOfAnotherWorldSize) {
 TEST(TrainerErrors, CheckpointDirUnderRegularFile) {
   TempDir dir;
   write_quadrant_images(dir.file("train"), 64, 1);
-  write_text(dir.file("blocker"), "a regular file\n");
+  write_file(dir.file("blocker"), "a regular file\n");
   const Config config = make_config(
       dir, {"train.steps=8", "checkpoint.every_steps=4", fmt::format("checkpoint.dir=\"{}\"", dir.file("blocker/ck"))});
   EXPECT_TRUE(raises_error([&] { train(config); }, {dir.file("blocker")}));
 
   // The failure came at the first checkpoint (step 4); what was written before it is intact.
-  EXPECT_EQ(read_text(dir.file("blocker")), "a regular file\n");
+  EXPECT_EQ(read_file(dir.file("blocker")), "a regular file\n");
   const std::map<int64_t, double> loss = series(read_jsonl(dir.file("run/metrics.jsonl")), "loss");
   EXPECT_EQ(keys(loss), (std::vector<int64_t>{1, 2, 3, 4}));
   for (const auto& [step, value] : loss) EXPECT_TRUE(std::isfinite(value)) << step;
@@ -700,7 +688,7 @@ TEST(TrainerErrors, CheckpointDirUnderRegularFile) {
   int64_t tb_losses = 0;
   for (const Scalar& s : read_event_file(events[0], &file_version)) tb_losses += s.tag == "train/loss";
   EXPECT_EQ(tb_losses, 4);
-  EXPECT_NE(read_text(dir.file("run/logs/rank-0.log")).find("training mlp"), std::string::npos);
+  EXPECT_NE(read_file(dir.file("run/logs/rank-0.log")).find("training mlp"), std::string::npos);
 }
 
 }  // namespace

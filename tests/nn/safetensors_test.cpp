@@ -10,9 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
-#include <iterator>
 #include <optional>
 
 #include "support/test_support.h"
@@ -24,17 +22,9 @@ namespace fs = std::filesystem;
 using namespace std::string_literals;
 using test::raises_error;
 
+using test::read_file;
 using test::TempDir;
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
+using test::write_file;
 
 std::string le64(uint64_t value) {
   std::string out(8, '\0');
@@ -46,7 +36,7 @@ std::string le64(uint64_t value) {
 /// size unless given.
 void write_raw(const std::string& path, const std::string& header, const std::string& data,
                std::optional<uint64_t> length = std::nullopt) {
-  write_bytes(path, le64(length.value_or(header.size())) + header + data);
+  write_file(path, le64(length.value_or(header.size())) + header + data);
 }
 
 template <class T>
@@ -109,7 +99,7 @@ TEST(Safetensors, RoundTripsEveryDtypeShapeAndLayout) {
   EXPECT_EQ(dir.entries(), std::vector<std::string>{"all.safetensors"}) << "no temporary file is left";
 
   // The layout of the file: the header is padded to 8 bytes so the data is aligned.
-  const std::string bytes = read_bytes(path);
+  const std::string bytes = read_file(path);
   uint64_t header_size = 0;
   std::memcpy(&header_size, bytes.data(), 8);
   EXPECT_EQ(header_size % 8, 0u);
@@ -199,15 +189,15 @@ TEST(Safetensors, TruncatedFilesRaiseClearErrors) {
   TempDir dir;
   const std::string path = dir.file("model.safetensors");
   save_safetensors(path, {{"first", ones({4}, kF32)}, {"last", ones({2, 2}, kF64)}});
-  const std::string bytes = read_bytes(path);
+  const std::string bytes = read_file(path);
   uint64_t header_size = 0;
   std::memcpy(&header_size, bytes.data(), 8);
 
-  write_bytes(path, bytes.substr(0, bytes.size() - 3));  // data cut short
+  write_file(path, bytes.substr(0, bytes.size() - 3));  // data cut short
   EXPECT_TRUE(raises_error([&] { load_safetensors(path); }, {path, "'last'", "past the end of the data"}));
-  write_bytes(path, bytes.substr(0, 8 + header_size / 2));  // header cut short
+  write_file(path, bytes.substr(0, 8 + header_size / 2));  // header cut short
   EXPECT_TRUE(raises_error([&] { load_safetensors(path); }, {path, "runs past the end of the file"}));
-  write_bytes(path, bytes.substr(0, 5));  // not even a length
+  write_file(path, bytes.substr(0, 5));  // not even a length
   EXPECT_TRUE(raises_error([&] { load_safetensors(path); }, {path, "fewer than the 8-byte header length"}));
   EXPECT_TRUE(
       raises_error([&] { load_safetensors(dir.file("missing.safetensors")); }, {"cannot open", "missing.safetensors"}));

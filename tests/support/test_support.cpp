@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <limits>
 #include <stdexcept>
 
@@ -370,6 +371,27 @@ std::vector<std::string> TempDir::entries() const {
     names.push_back(entry.path().filename().string());
   std::sort(names.begin(), names.end());
   return names;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    ADD_FAILURE() << "cannot read " << path << ": " << std::strerror(errno);
+    return "";
+  }
+  std::string bytes;
+  char chunk[1 << 16];
+  while (in.read(chunk, sizeof chunk) || in.gcount() > 0) bytes.append(chunk, static_cast<size_t>(in.gcount()));
+  if (in.bad()) ADD_FAILURE() << "cannot read " << path << ": " << std::strerror(errno);
+  return bytes;
+}
+
+void write_file(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) FAIL() << "cannot write " << path << ": " << std::strerror(errno);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  out.close();
+  if (!out) FAIL() << "cannot write " << path << ": " << std::strerror(errno);
 }
 
 ::testing::AssertionResult raises_error(const std::function<void()>& fn, const std::vector<std::string>& fragments) {

@@ -133,6 +133,13 @@ class TempDir {
   std::string path_;
 };
 
+/// The whole content of the file at `path`, byte for byte. A file that cannot be opened or read
+/// fails the running test ("cannot read <path>: <reason>") and gives what was read ("" if nothing).
+std::string read_file(const std::string& path);
+/// Replaces the file at `path` with `bytes`, byte for byte (created if missing). A file that cannot
+/// be opened, written or closed fails the running test (fatally: "cannot write <path>: <reason>").
+void write_file(const std::string& path, const std::string& bytes);
+
 /// Success when `fn` throws flame::Error whose message contains every fragment.
 ::testing::AssertionResult raises_error(const std::function<void()>& fn,
                                         const std::vector<std::string>& fragments = {});

@@ -10,7 +10,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <numeric>
 #include <string>
@@ -36,7 +35,9 @@ std::string fashion_mnist_dir() {
   return env && *env ? env : "/usr/share/datasets/fashion-mnist";
 }
 
+using test::read_file;
 using test::TempDir;
+using test::write_file;
 
 /// The whole decompressed content of a .gz file.
 std::vector<uint8_t> gunzip(const std::string& path) {
@@ -65,13 +66,6 @@ std::vector<uint8_t> idx_header(const std::vector<uint32_t>& dims, uint8_t magic
     for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<uint8_t>(d >> shift));
   return out;
 }
-
-std::vector<uint8_t> read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), {});
-}
-
-void write_file(const std::string& path, const std::string& bytes) { std::ofstream(path, std::ios::binary) << bytes; }
 
 std::vector<int64_t> iota(int64_t n) {
   std::vector<int64_t> out(static_cast<size_t>(n));
@@ -365,10 +359,9 @@ TEST(PrepVerify, GoodDatasetPassesCorruptShardFailsNamingIt) {
 
   // Flip one byte in the middle of the second shard (inside the image data).
   const std::string shard = options.out + "/" + data::Manifest::read(options.out).shards[1].file;
-  std::vector<uint8_t> bytes_of_shard = read_file(shard);
+  std::string bytes_of_shard = read_file(shard);
   bytes_of_shard[bytes_of_shard.size() / 2] ^= 0x5A;
-  std::ofstream(shard, std::ios::binary)
-      .write(reinterpret_cast<const char*>(bytes_of_shard.data()), static_cast<std::streamsize>(bytes_of_shard.size()));
+  write_file(shard, bytes_of_shard);
   const std::string shard_name = fs::path(shard).filename().string();
   const std::string message = error_of([&] { verify_dataset(options.out); });
   EXPECT_NE(message.find(shard_name), std::string::npos) << message;
