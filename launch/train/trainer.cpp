@@ -271,6 +271,7 @@ class Trainer {
   std::shared_ptr<data::ShardedDataset> train_set_, test_set_;
   std::pair<size_t, size_t> fields_{0, 1};
   std::unique_ptr<data::DataLoader> loader_;
+  std::unique_ptr<data::DataLoader> test_loader_;  // built by the first evaluate(), restarted by later ones
   std::shared_ptr<nn::Module> model_;
   std::unique_ptr<dist::DistributedDataParallel> ddp_;
   std::unique_ptr<optim::Optimizer> optimizer_;
@@ -403,18 +404,22 @@ std::optional<std::pair<double, double>> Trainer::evaluate() {
   if (!test_set_) return std::nullopt;
   autograd::NoGradGuard no_grad;
   model_->eval();
-  data::DistributedSampler sampler(test_set_->size(), group_.rank, group_.world_size, 0, data::Shuffle::Off,
-                                   data::Remainder::Drop);
-  data::DataLoaderOptions options;
-  options.batch_size = config_.eval.batch_size;
-  options.workers = config_.data.workers;
-  options.device = device_;
-  options.last_batch = data::LastBatch::Keep;
-  data::DataLoader loader(test_set_, sampler, options);
+  if (test_loader_) {
+    test_loader_->set_epoch(0);  // the same unshuffled pass again
+  } else {
+    data::DistributedSampler sampler(test_set_->size(), group_.rank, group_.world_size, 0, data::Shuffle::Off,
+                                     data::Remainder::Drop);
+    data::DataLoaderOptions options;
+    options.batch_size = config_.eval.batch_size;
+    options.workers = config_.data.workers;
+    options.device = device_;
+    options.last_batch = data::LastBatch::Keep;
+    test_loader_ = std::make_unique<data::DataLoader>(test_set_, sampler, options);
+  }
   const TensorOptions f64(kF64, device_);
   Tensor loss_sum = zeros({}, f64), correct = zeros({}, f64);
   int64_t count = 0;
-  while (std::optional<data::Batch> batch = loader.next()) {
+  while (std::optional<data::Batch> batch = test_loader_->next()) {
     const Tensor& labels = batch->fields[fields_.second];
     const Tensor logits = model_->forward(preprocess(batch->fields[fields_.first]));
     const int64_t n = labels.size(0);
