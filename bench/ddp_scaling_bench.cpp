@@ -3,7 +3,8 @@
 // `mpirun -np 2 ddp_scaling_bench` (one GPU per rank, cuda:local_rank); scripts/bench_summary.py
 // joins the two runs (efficiency = t(W=1) / t(W=2), per-rank batch fixed).
 //
-// Models, f32, batch 256 per rank (each rank draws its own random batch and labels):
+// Models, f32, batch 256 per rank unless --batch says otherwise (each rank draws its own random
+// batch and labels):
 //   cnn: flame-train's Fashion-MNIST CNN (launch/train/models.h: conv 1->32, conv 32->64, linear
 //        3136->128->10; 421,642 parameters) on 1x28x28 inputs;
 //   mlp: Linear(1024,4096) - ReLU - Linear(4096,4096) - ReLU - Linear(4096,10).
@@ -36,8 +37,10 @@
 //
 // Usage: ddp_scaling_bench [--model cnn|mlp|all] [--calls blocking|nonblocking|all]
 //                          [--max-ctas N] [--carveout N] [--priority high|default]
-//                          [--step bucket|after-sync|all]
-// (defaults: every model, blocking calls, both steps).
+//                          [--step bucket|after-sync|all] [--batch N] [--reduce f32|bf16]
+// (defaults: every model, blocking calls, both steps, batch 256, gradients reduced in f32).
+// --reduce bf16 sets DdpOptions::reduce_dtype (gradients all-reduced in bf16, as PyTorch's
+// bf16_compress_hook).
 // (--max-ctas, --carveout and --priority set CommunicatorOptions::nccl_max_ctas,
 // overlap_sm_carveout and high_priority_stream, dist/communicator.h; --step bucket replaces
 // synchronize_gradients() + AdamW step() with ddp.step(optimizer), whose wait_ms is then 0 and
@@ -46,7 +49,7 @@
 // Rank 0 prints
 //   {"bench": "ddp_step", "impl": "flame", "model": "cnn"|"mlp", "world": W,
 //    "nccl_calls": "nonblocking"|"blocking", "step": "bucket"|"after-sync", "dtype": "f32",
-//    "size": "b256", "value": <ms>, "unit": "ms/step", "device": ...}
+//    "reduce": "f32"|"bf16", "size": "b<batch>", "value": <ms>, "unit": "ms/step", "device": ...}
 //   {"bench": "ddp_overlap", "impl": "flame", "model": "mlp", "world": W, "nccl_calls": ...,
 //    "dtype": "f32", "size": "b256", "step_ms": ..., "step_no_comm_ms": ..., "comm_ms": ...,
 //    "exposed_ms": ..., "hidden_fraction": ..., "buckets": ..., "bucket_mib": ...,
@@ -62,6 +65,7 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -80,7 +84,7 @@
 namespace flame {
 namespace {
 
-constexpr int64_t kBatch = 256;  // per rank
+constexpr int64_t kDefaultBatch = 256;  // per rank
 constexpr int64_t kSide = 28;
 constexpr int64_t kMlpIn = 1024;
 constexpr int64_t kMlpHidden = 4096;
@@ -105,8 +109,10 @@ std::shared_ptr<nn::Module> make_model(Model model) {
   return train::make_model("cnn");  // flame-train's Fashion-MNIST CNN (launch/train/models.h)
 }
 
-/// The per-rank input batch: x [256, 1, 28, 28] (cnn) or [256, 1024] (mlp), f32.
-Shape input_shape(Model model) { return model == Model::Cnn ? Shape{kBatch, 1, kSide, kSide} : Shape{kBatch, kMlpIn}; }
+/// The per-rank input batch: x [batch, 1, 28, 28] (cnn) or [batch, 1024] (mlp), f32.
+Shape input_shape(Model model, int64_t batch) {
+  return model == Model::Cnn ? Shape{batch, 1, kSide, kSide} : Shape{batch, kMlpIn};
+}
 
 /// Median milliseconds of kRuns calls of `body`, each bracketed by events on `stream`.
 double median_ms(cudaStream_t stream, const std::function<void()>& body) {
@@ -125,8 +131,8 @@ struct Phases {
   double host_ms = 0;  // the host's time to issue one step
 };
 
-Phases time_phases(cudaStream_t stream, dist::DistributedDataParallel& ddp, optim::AdamW& optimizer,
-                   bool bucket_step, const std::function<Tensor()>& forward_loss) {
+Phases time_phases(cudaStream_t stream, dist::DistributedDataParallel& ddp, optim::AdamW& optimizer, bool bucket_step,
+                   const std::function<Tensor()>& forward_loss) {
   constexpr int kMarks = 5;  // before zero_grad, after the loss, after backward, after sync, after the step
   std::vector<cudaEvent_t> marks(static_cast<size_t>(kRuns) * kMarks);
   for (cudaEvent_t& event : marks) FLAME_CUDA_CHECK(cudaEventCreate(&event));
@@ -167,39 +173,54 @@ Phases time_phases(cudaStream_t stream, dist::DistributedDataParallel& ddp, opti
                 bench::median(host_ms)};
 }
 
+/// One benchmark case: the model, how NCCL is called and configured, and how the step is taken.
+struct Case {
+  Model model = Model::Mlp;
+  dist::NcclCalls calls = dist::NcclCalls::Blocking;
+  dist::CommunicatorOptions options;  // --max-ctas, --carveout, --priority
+  bool bucket_step = true;            // ddp.step(optimizer), or synchronize_gradients() + step()
+  int64_t batch = kDefaultBatch;      // per rank
+  std::optional<DType> reduce_dtype;  // DdpOptions::reduce_dtype (--reduce bf16)
+};
+
 /// Prints one JSON line (rank 0 only): the common keys, `extra` (already formatted "key": value
 /// pairs, each followed by ", "), then value, unit and device.
-void emit_line(const std::string& bench_name, Model model, int world, dist::NcclCalls calls, bool bucket_step,
-               const std::string& extra, double value, const std::string& unit, const std::string& device) {
+void emit_line(const std::string& bench_name, const Case& c, int world, const std::string& extra, double value,
+               const std::string& unit, const std::string& device) {
   fmt::print(
       "{{\"bench\": \"{}\", \"impl\": \"flame\", \"model\": \"{}\", \"world\": {}, \"nccl_calls\": \"{}\", "
-      "\"step\": \"{}\", \"dtype\": \"f32\", \"size\": \"b{}\", {}\"value\": {:.6g}, \"unit\": \"{}\", "
-      "\"device\": \"{}\"}}\n",
-      bench_name, model_name(model), world, calls_name(calls), bucket_step ? "bucket" : "after-sync", kBatch, extra,
-      value, unit, device);
+      "\"step\": \"{}\", \"dtype\": \"f32\", \"reduce\": \"{}\", \"size\": \"b{}\", {}\"value\": {:.6g}, "
+      "\"unit\": \"{}\", \"device\": \"{}\"}}\n",
+      bench_name, model_name(c.model), world, calls_name(c.calls), c.bucket_step ? "bucket" : "after-sync",
+      c.reduce_dtype ? dtype_name(*c.reduce_dtype) : "f32", c.batch, extra, value, unit, device);
   std::fflush(stdout);
 }
 
 /// Times one (model, NCCL mode) case; false when the loss did not behave.
-bool run_case(const dist::ProcessGroup& group, Device device, Model model_kind, dist::NcclCalls calls,
-              dist::CommunicatorOptions comm_options, bool bucket_step) {
+bool run_case(const dist::ProcessGroup& group, Device device, const Case& c) {
+  const Model model_kind = c.model;
+  const bool bucket_step = c.bucket_step;
+  dist::CommunicatorOptions comm_options = c.options;
   const cudaStream_t stream = cuda::compute_stream(device.index);
   const bool print = group.rank == 0;
   const std::string device_name = bench::json_escape(cuda::context(device.index).properties.name);
-  const std::string label = fmt::format("{} {} world {}", model_name(model_kind), calls_name(calls), group.world_size);
+  const std::string label =
+      fmt::format("{} {} b{} world {}", model_name(model_kind), calls_name(c.calls), c.batch, group.world_size);
 
-  comm_options.nccl_calls = calls;
+  comm_options.nccl_calls = c.calls;
   std::unique_ptr<dist::Communicator> comm = dist::make_nccl_communicator(group, comm_options);
 
   manual_seed(0);
   std::shared_ptr<nn::Module> model = make_model(model_kind);
   model->to(device);
-  dist::DistributedDataParallel ddp(model, *comm);
+  dist::DdpOptions ddp_options;
+  ddp_options.reduce_dtype = c.reduce_dtype;
+  dist::DistributedDataParallel ddp(model, *comm, ddp_options);
   optim::AdamW optimizer(ddp.parameters(), optim::AdamWOptions{.lr = 1e-3});
 
   manual_seed(1000 + static_cast<uint64_t>(group.rank));  // a different batch on every rank
-  const Tensor x = randn(input_shape(model_kind), TensorOptions(kF32, device));
-  const Tensor y = randint(0, kClasses, {kBatch}, TensorOptions(kI64, device));
+  const Tensor x = randn(input_shape(model_kind, c.batch), TensorOptions(kF32, device));
+  const Tensor y = randint(0, kClasses, {c.batch}, TensorOptions(kI64, device));
 
   const auto step = [&] {
     ddp.zero_grad();
@@ -229,17 +250,18 @@ bool run_case(const dist::ProcessGroup& group, Device device, Model model_kind, 
       fmt::print(stderr, "ddp_scaling_bench: note: {} cudaMalloc calls during the timed {} steps\n", mallocs, label);
     fmt::print(stderr, "ddp_scaling_bench: {}: loss {:.4f} after the first step, {:.4f} after {} steps\n", label,
                first_loss, final_loss, kWarmup + kRuns);
-    emit_line("ddp_step", model_kind, group.world_size, calls, bucket_step, "", step_ms, "ms/step", device_name);
+    emit_line("ddp_step", c, group.world_size, "", step_ms, "ms/step", device_name);
   }
-  const Phases phases = time_phases(stream, ddp, optimizer, bucket_step, [&] { return nn::cross_entropy(ddp.forward(x), y); });
+  const Phases phases =
+      time_phases(stream, ddp, optimizer, bucket_step, [&] { return nn::cross_entropy(ddp.forward(x), y); });
   if (print) {
-    const std::string extra =
-        fmt::format("\"forward_ms\": {:.6g}, \"backward_ms\": {:.6g}, \"wait_ms\": {:.6g}, \"optimizer_ms\": {:.6g}, "
-                    "\"host_ms\": {:.6g}, \"max_ctas\": {}, \"carveout\": {}, \"high_priority\": {}, ",
-                    phases.forward_ms, phases.backward_ms, phases.wait_ms, phases.optimizer_ms, phases.host_ms,
-                    comm_options.nccl_max_ctas, comm_options.overlap_sm_carveout,
-                    comm_options.high_priority_stream ? "true" : "false");
-    emit_line("ddp_phases", model_kind, group.world_size, calls, bucket_step, extra,
+    const std::string extra = fmt::format(
+        "\"forward_ms\": {:.6g}, \"backward_ms\": {:.6g}, \"wait_ms\": {:.6g}, \"optimizer_ms\": {:.6g}, "
+        "\"host_ms\": {:.6g}, \"max_ctas\": {}, \"carveout\": {}, \"high_priority\": {}, ",
+        phases.forward_ms, phases.backward_ms, phases.wait_ms, phases.optimizer_ms, phases.host_ms,
+        comm_options.nccl_max_ctas, comm_options.overlap_sm_carveout,
+        comm_options.high_priority_stream ? "true" : "false");
+    emit_line("ddp_phases", c, group.world_size, extra,
               phases.forward_ms + phases.backward_ms + phases.wait_ms + phases.optimizer_ms, "ms/step", device_name);
   }
   const bool loss_fell = std::isfinite(final_loss) && final_loss < first_loss;
@@ -266,8 +288,9 @@ bool run_case(const dist::ProcessGroup& group, Device device, Model model_kind, 
     std::vector<Tensor> flats;
     double bucket_bytes = 0.0;
     for (const dist::Bucket& bucket : ddp.reducer().buckets()) {
-      flats.push_back(zeros(bucket.flat.shape(), TensorOptions(bucket.flat.dtype(), bucket.flat.device())));
-      bucket_bytes += static_cast<double>(bucket.flat.numel()) * 4.0;
+      const Tensor& wire = bucket.reduced.defined() ? bucket.reduced : bucket.flat;  // what the step all-reduces
+      flats.push_back(zeros(wire.shape(), TensorOptions(wire.dtype(), wire.device())));
+      bucket_bytes += static_cast<double>(wire.nbytes());
     }
     const auto reduce_all = [&] {
       for (size_t b = 0; b < flats.size(); ++b)
@@ -293,7 +316,7 @@ bool run_case(const dist::ProcessGroup& group, Device device, Model model_kind, 
           "\"step_ms\": {:.6g}, \"step_no_comm_ms\": {:.6g}, \"comm_ms\": {:.6g}, \"exposed_ms\": {:.6g}, "
           "\"hidden_fraction\": {:.6g}, \"buckets\": {}, \"bucket_mib\": {:.6g}, ",
           step_ms, local_ms, comm_ms, exposed_ms, hidden_fraction, flats.size(), bucket_bytes / (1 << 20));
-      emit_line("ddp_overlap", model_kind, group.world_size, calls, bucket_step, extra, hidden_fraction, "fraction", device_name);
+      emit_line("ddp_overlap", c, group.world_size, extra, hidden_fraction, "fraction", device_name);
     }
   }
   cuda::synchronize(device.index);
@@ -304,32 +327,40 @@ bool run_case(const dist::ProcessGroup& group, Device device, Model model_kind, 
 struct Selection {
   std::vector<Model> models{Model::Cnn, Model::Mlp};
   std::vector<dist::NcclCalls> calls{dist::NcclCalls::Blocking};
-  dist::CommunicatorOptions options;           // --max-ctas, --carveout, --priority
   std::vector<bool> bucket_steps{true, false};  // --step: ddp.step(optimizer) and/or sync + step()
+  Case common;                                  // --max-ctas, --carveout, --priority, --batch, --reduce
 };
 
 Selection parse_arguments(int argc, char** argv) {
   Selection selection;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
-    FLAME_CHECK(i + 1 < argc && (flag == "--model" || flag == "--calls" || flag == "--max-ctas" ||
-                                 flag == "--carveout" || flag == "--priority" || flag == "--step"),
-                "ddp_scaling_bench: unknown argument '{}'; usage: ddp_scaling_bench [--model cnn|mlp|all] "
-                "[--calls blocking|nonblocking|all] [--max-ctas N] [--carveout N] [--priority high|default] "
-                "[--step bucket|after-sync|all]",
-                flag);
+    FLAME_CHECK(
+        i + 1 < argc && (flag == "--model" || flag == "--calls" || flag == "--max-ctas" || flag == "--carveout" ||
+                         flag == "--priority" || flag == "--step" || flag == "--batch" || flag == "--reduce"),
+        "ddp_scaling_bench: unknown argument '{}'; usage: ddp_scaling_bench [--model cnn|mlp|all] "
+        "[--calls blocking|nonblocking|all] [--max-ctas N] [--carveout N] [--priority high|default] "
+        "[--step bucket|after-sync|all] [--batch N] [--reduce f32|bf16]",
+        flag);
     const std::string value = argv[++i];
     if (flag == "--step") {
       FLAME_CHECK(value == "bucket" || value == "after-sync" || value == "all",
                   "ddp_scaling_bench: --step must be bucket, after-sync or all");
       if (value != "all") selection.bucket_steps = {value == "bucket"};
     } else if (flag == "--max-ctas") {
-      selection.options.nccl_max_ctas = std::stoi(value);
+      selection.common.options.nccl_max_ctas = std::stoi(value);
     } else if (flag == "--carveout") {
-      selection.options.overlap_sm_carveout = std::stoi(value);
+      selection.common.options.overlap_sm_carveout = std::stoi(value);
     } else if (flag == "--priority") {
       FLAME_CHECK(value == "high" || value == "default", "ddp_scaling_bench: --priority must be high or default");
-      selection.options.high_priority_stream = value == "high";
+      selection.common.options.high_priority_stream = value == "high";
+    } else if (flag == "--batch") {
+      selection.common.batch = std::stoll(value);
+      FLAME_CHECK(selection.common.batch >= 1, "ddp_scaling_bench: --batch must be at least 1, got {}", value);
+    } else if (flag == "--reduce") {
+      FLAME_CHECK(value == "f32" || value == "bf16", "ddp_scaling_bench: --reduce must be f32 or bf16, got '{}'",
+                  value);
+      if (value == "bf16") selection.common.reduce_dtype = DType::BF16;
     } else if (flag == "--model") {
       FLAME_CHECK(value == "cnn" || value == "mlp" || value == "all",
                   "ddp_scaling_bench: --model must be cnn, mlp or all, got '{}'", value);
@@ -351,8 +382,13 @@ int run(const Selection& selection) {
   bool all_right = true;
   for (const Model model : selection.models)
     for (const dist::NcclCalls calls : selection.calls)
-      for (const bool bucket_step : selection.bucket_steps)
-        all_right = run_case(group, device, model, calls, selection.options, bucket_step) && all_right;
+      for (const bool bucket_step : selection.bucket_steps) {
+        Case c = selection.common;
+        c.model = model;
+        c.calls = calls;
+        c.bucket_step = bucket_step;
+        all_right = run_case(group, device, c) && all_right;
+      }
   return all_right ? 0 : 1;
 }
 

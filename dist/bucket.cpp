@@ -50,6 +50,9 @@ std::shared_ptr<Reducer> Reducer::make(nn::NamedTensors params, Communicator& co
 Reducer::Reducer(nn::NamedTensors params, Communicator& communicator, BucketOptions options, UnusedParameters unused)
     : params_(std::move(params)), communicator_(communicator), unused_(unused) {
   FLAME_CHECK(!params_.empty(), "DistributedDataParallel: the module has no parameters to synchronise");
+  FLAME_CHECK(!options.reduce_dtype || is_floating(*options.reduce_dtype),
+              "DistributedDataParallel: reduce_dtype must be a floating dtype (bf16, f16, f32 or f64), got {}",
+              dtype_name(*options.reduce_dtype));
   std::vector<Tensor> tensors;
   const Device device = params_.front().second.device();
   for (const auto& [name, p] : params_) {
@@ -73,6 +76,8 @@ Reducer::Reducer(nn::NamedTensors params, Communicator& communicator, BucketOpti
     for (size_t k : members) numel += tensors[k].numel();
     const Tensor& first = tensors[members.front()];
     bucket.flat = zeros({numel}, TensorOptions(first.dtype(), first.device()));
+    if (options.reduce_dtype && *options.reduce_dtype != first.dtype())
+      bucket.reduced = zeros({numel}, TensorOptions(*options.reduce_dtype, first.device()));
     int64_t offset = 0;
     for (size_t k : members) {
       bucket_of_[k] = buckets_.size();
@@ -136,7 +141,9 @@ void Reducer::launch_ready_buckets() {
   autograd::NoGradGuard no_grad;
   while (next_launch_ < buckets_.size() && buckets_[next_launch_].ready) {
     Bucket& bucket = buckets_[next_launch_];
-    bucket.collective = communicator_.all_reduce_overlapped(bucket.flat, ReduceOp::Avg, bucket.label);
+    if (bucket.reduced.defined()) bucket.reduced.copy_(bucket.flat);
+    const Tensor& wire = bucket.reduced.defined() ? bucket.reduced : bucket.flat;
+    bucket.collective = communicator_.all_reduce_overlapped(wire, ReduceOp::Avg, bucket.label);
     if (next_launch_ == 0) last_round_launches_.clear();
     last_round_launches_.push_back(next_launch_);
     ++launches_;
@@ -148,6 +155,13 @@ void Reducer::wait_for_bucket(size_t index) {
   FLAME_CHECK(index < buckets_.size(), "DistributedDataParallel: bucket {} does not exist ({} buckets)", index,
               buckets_.size());
   communicator_.compute_wait(buckets_[index].collective);
+  write_back(buckets_[index]);
+}
+
+void Reducer::write_back(Bucket& bucket) {
+  if (!bucket.reduced.defined()) return;
+  autograd::NoGradGuard no_grad;
+  bucket.flat.copy_(bucket.reduced);
 }
 
 void Reducer::finish(ComputeWaits waits) {
@@ -165,7 +179,10 @@ void Reducer::finish(ComputeWaits waits) {
       params_[k].second.set_grad(buckets_[bucket_of_[k]].views[slot_of_[k]]);
     }
   }
-  if (waits == ComputeWaits::All) communicator_.compute_wait();
+  if (waits == ComputeWaits::All) {
+    communicator_.compute_wait();
+    for (Bucket& bucket : buckets_) write_back(bucket);
+  }
   reset_round();
   ++rounds_;
   if (unused_ == UnusedParameters::Error) {

@@ -50,10 +50,19 @@
 //   wait per step, the price of this option); a parameter some rank used gets the mean (its bucket
 //   view) as .grad, one no rank used keeps no gradient.
 // Because the collectives stay matched, a rank's missing gradient never leaves the others waiting.
+//
+// Reduced precision (BucketOptions::reduce_dtype, e.g. bf16 for f32 gradients, as PyTorch DDP's
+// bf16_compress_hook): each bucket then also has `reduced`, a flat buffer of that dtype. At launch
+// the bucket is converted into it on the compute stream and `reduced` is all-reduced instead of
+// `flat` (half the bytes for bf16, so half of NCCL's time on the SMs it shares with backward);
+// once that all-reduce is waited for (finish(All), or wait_for_bucket() under PerBucket), the
+// mean is converted back into `flat`, so every .grad holds the mean rounded to reduce_dtype. The
+// conversions are elementwise passes over the bucket on the compute stream.
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -75,16 +84,20 @@ enum class GradSync { Reduce, AccumulateLocally };
 struct BucketOptions {
   size_t first_bucket_bytes = size_t{1} << 20;
   size_t bucket_cap_bytes = size_t{25} << 20;
+  /// A floating dtype to all-reduce gradients in (DType::BF16 halves f32 traffic); unset, or the
+  /// parameters' own dtype: their own dtype. Bucket caps still count the parameters' bytes.
+  std::optional<DType> reduce_dtype;
 };
 
 /// One flat bucket: its tensor and the parameters it holds (indices into the reducer's list).
 struct Bucket {
   Tensor flat;                 // [sum of numel], the parameters' dtype and device
+  Tensor reduced;              // [sum of numel] in BucketOptions::reduce_dtype; undefined when flat is reduced
   std::vector<size_t> params;  // in bucket order (reverse registration order)
   std::vector<Tensor> views;   // views[k]: flat's slice for params[k], shaped like it
   size_t pending = 0;          // parameters not yet ready in the current round
   bool ready = false;
-  std::string label;  // "DDP bucket <index>", names its all-reduce in errors
+  std::string label;        // "DDP bucket <index>", names its all-reduce in errors
   uint64_t collective = 0;  // the communicator's number for its latest all-reduce (compute_wait)
 };
 
@@ -108,7 +121,8 @@ class Reducer : public std::enable_shared_from_this<Reducer> {
   enum class ComputeWaits { All, PerBucket };
   void finish(ComputeWaits waits = ComputeWaits::All);
   /// Orders the compute stream's later work after bucket `index`'s latest all-reduce (and the
-  /// buckets launched before it), without blocking the host.
+  /// buckets launched before it), without blocking the host. With a reduce_dtype it also converts
+  /// the bucket's mean back into its gradients, so under PerBucket every bucket must be waited for.
   void wait_for_bucket(size_t index);
   /// Collective: raises on every rank (UnusedParameters::Error) when some rank left a parameter
   /// without a gradient in a finish() since the last check, naming it and `when`.
@@ -137,6 +151,8 @@ class Reducer : public std::enable_shared_from_this<Reducer> {
   void adopt_grad(size_t param);
   void mark_ready(size_t param);
   void launch_ready_buckets();
+  /// With a reduce_dtype: converts the bucket's reduced mean back into its gradients (flat).
+  void write_back(Bucket& bucket);
   void reset_round();
 
   nn::NamedTensors params_;

@@ -25,7 +25,8 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<nn::Module> mod
     for (const auto& [name, p] : params) communicator_.broadcast(p, 0, "DDP parameter " + name);
     for (const auto& [name, b] : buffers) communicator_.broadcast(b, 0, "DDP buffer " + name);
   }
-  reducer_ = Reducer::make(params, communicator_, BucketOptions{options_.first_bucket_bytes, options_.bucket_cap_bytes},
+  reducer_ = Reducer::make(params, communicator_,
+                           BucketOptions{options_.first_bucket_bytes, options_.bucket_cap_bytes, options_.reduce_dtype},
                            options_.unused_parameters);
   for (const Bucket& bucket : reducer_->buckets()) {
     std::vector<Tensor>& members = bucket_params_.emplace_back();

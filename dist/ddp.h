@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,10 @@ struct DdpOptions {
   /// Relative tolerance of the checksum comparison (0: bitwise-equal checksums, as identical
   /// updates give).
   double checksum_rtol = 0.0;
+  /// All-reduce the gradients in this floating dtype instead of the parameters' own: DType::BF16
+  /// halves the bytes of f32 gradients (as PyTorch DDP's bf16_compress_hook), and every rank gets
+  /// the same mean rounded to bf16 (Note [ddp buckets]). Unset: the parameters' dtype.
+  std::optional<DType> reduce_dtype;
 };
 
 class DistributedDataParallel {

@@ -160,6 +160,16 @@ def print_allreduce(records):
     print_table(rows)
 
 
+def ddp_variant(record):
+    """' bf16' / ' b1024' when a DDP record reduced in another dtype or used another batch than the default."""
+    tags = ""
+    if record.get("reduce", "f32") != "f32":
+        tags += f" {record['reduce']}"
+    if record.get("size", "b256") != "b256":
+        tags += f" {record['size']}"
+    return tags
+
+
 def print_ddp(records):
     """The DDP weak-scaling table (world 1 joined with world 2) and the overlap rows."""
     steps = {}
@@ -168,6 +178,7 @@ def print_ddp(records):
             calls = r["nccl_calls"] if r.get("impl", "flame") == "flame" else r["impl"]
             if r.get("impl", "flame") == "flame" and "step" in r:
                 calls += f" {r['step']}"
+            calls += ddp_variant(r)
             steps[(r["model"], calls, int(r["world"]))] = r["value"]
     header = ("ddp step (weak scaling)", "W=1 ms/step", "W=2 ms/step", "efficiency", "target")
     rows = [header]
@@ -184,7 +195,7 @@ def print_ddp(records):
     rows = [header]
     overlap = [r for r in records if r["bench"] == "ddp_overlap"]
     for r in sorted(overlap, key=lambda r: (r["model"], r["nccl_calls"], r.get("step", ""), int(r["world"]))):
-        label = f"ddp {r['model']} {r['nccl_calls']}" + (f" {r['step']}" if "step" in r else "")
+        label = f"ddp {r['model']} {r['nccl_calls']}" + (f" {r['step']}" if "step" in r else "") + ddp_variant(r)
         rows.append((f"{label} W={r['world']}", fmt_value(r["step_ms"]),
                      fmt_value(r["step_no_comm_ms"]), fmt_value(r["comm_ms"]), f"{r['exposed_ms']:.4g}",
                      f"{r['hidden_fraction']:.3f}"))

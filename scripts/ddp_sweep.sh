@@ -7,7 +7,9 @@
 #
 # Usage: scripts/ddp_sweep.sh [--model cnn|mlp|all]
 # FLAME_SWEEP_VARIANTS=default (DDP's per-bucket step, SM carve-out), nccl (NCCL CTA limits, SM
-# carve-out, stream priority) or placement (mpirun's CPU binding).
+# carve-out, stream priority), placement (mpirun's CPU binding) or scaling (FLAME's ddp.step and
+# PyTorch DDP, W=1 and W=2, per-rank batch 256, 512 and 1024, gradients reduced in f32 and in
+# bf16; prints the weak-scaling efficiency of each).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$root/build-gpu}
@@ -42,7 +44,12 @@ variant() {
     echo "   FAILED (rc $rc): $(tail -n 3 "$out/sweep-$name.err")"
     failed=1
   fi
-  python3 - "$name" "$out/sweep-$name.out" >>"$jsonl" <<'PY'
+  tag_records "$name"
+}
+
+# tag_records NAME: appends sweep-NAME.out's JSON lines to the sweep's JSONL, tagged with NAME.
+tag_records() {
+  python3 - "$1" "$out/sweep-$1.out" >>"$jsonl" <<'PY'
 import json, sys
 for line in open(sys.argv[2]):
     if line.startswith("{"):
@@ -52,12 +59,29 @@ for line in open(sys.argv[2]):
 PY
 }
 
+# torch_variant NAME WORLD "ARGUMENTS": PyTorch DDP (bench/torch_ddp_reference.py) on the same step.
+torch_variant() {
+  local name=$1 world=$2
+  local -a args
+  read -r -a args <<<"${3:-}"
+  echo "== $name (PyTorch, W=$world; ${3:-})"
+  timeout 180 mpirun -np "$world" -x NCCL_NVLS_ENABLE=0 -x TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
+    python3 "$root/bench/torch_ddp_reference.py" --model "$model" "${args[@]}" \
+    >"$out/sweep-$name.out" 2>"$out/sweep-$name.err"
+  local rc=$?
+  if [ $rc -ne 0 ]; then
+    echo "   FAILED (rc $rc): $(tail -n 3 "$out/sweep-$name.err")"
+    failed=1
+  fi
+  tag_records "$name"
+}
+
 variants=${FLAME_SWEEP_VARIANTS:-default}
 case $variants in
-  default | nccl | placement) ;;
-  *) echo "ddp_sweep: FLAME_SWEEP_VARIANTS must be default, nccl or placement, got '$variants'" >&2; exit 2 ;;
+  default | nccl | placement | scaling) ;;
+  *) echo "ddp_sweep: FLAME_SWEEP_VARIANTS must be default, nccl, placement or scaling, got '$variants'" >&2; exit 2 ;;
 esac
-variant w1 1
+[ "$variants" = scaling ] || variant w1 1
 case $variants in
   default)
     variant w1-bucket 1 "" "" "--step bucket"
@@ -87,6 +111,16 @@ case $variants in
     variant bind-none 2 "--bind-to none"
     variant pe-4 2 "--map-by slot:PE=4 --bind-to core"
     ;;
+  scaling)
+    for batch in 256 512 1024; do
+      for reduce in f32 bf16; do
+        for world in 1 2; do
+          variant "flame-b$batch-$reduce-w$world" "$world" "" "" "--step bucket --batch $batch --reduce $reduce"
+          torch_variant "torch-b$batch-$reduce-w$world" "$world" "--batch $batch --reduce $reduce"
+        done
+      done
+    done
+    ;;
 esac
 
 python3 - "$jsonl" <<'PY'
@@ -103,5 +137,17 @@ for r in rows:
     print(f"{r['variant']:18} {r['model']:5} {r['world']:>2} {step.get(key, float('nan')):8.3f} {r['forward_ms']:7.3f} "
           f"{r['backward_ms']:7.3f} {r['wait_ms']:7.3f} {r['optimizer_ms']:7.3f} {r.get('host_ms', float('nan')):7.3f} "
           f"{'' if h is None else f'{h:7.2f}'}")
+
+# Weak scaling per implementation, model, batch and reduction dtype: efficiency = t(W=1) / t(W=2).
+steps = {}
+for r in rows:
+    if r["bench"] == "ddp_step" and r["variant"].startswith(("flame-", "torch-")):
+        steps.setdefault((r["impl"], r["model"], r["size"], r.get("reduce", "f32")), {})[int(r["world"])] = r["value"]
+if steps:
+    print(f"\n{'impl':6} {'model':5} {'batch':6} {'reduce':6} {'W=1 ms':>8} {'W=2 ms':>8} {'efficiency':>10}")
+    for (impl, model, size, reduce), by_world in sorted(steps.items()):
+        one, two = by_world.get(1), by_world.get(2)
+        efficiency = f"{one / two:10.3f}" if one and two else f"{'missing':>10}"
+        print(f"{impl:6} {model:5} {size:6} {reduce:6} {one or float('nan'):8.3f} {two or float('nan'):8.3f} {efficiency}")
 PY
 exit $failed

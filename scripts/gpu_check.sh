@@ -265,6 +265,13 @@ if [ $built -eq 1 ] && [ "${FLAME_GPU_CHECK_SKIP_BENCH:-0}" != 1 ]; then
     # PyTorch DDP on the same models and step, same run.
     run_bench torch_ddp_w1 mpirun --allow-run-as-root -np 1 -x NCCL_NVLS_ENABLE=0 python3 "$root/bench/torch_ddp_reference.py"
     run_bench torch_ddp_w2 mpirun --allow-run-as-root -np 2 -x NCCL_NVLS_ENABLE=0 python3 "$root/bench/torch_ddp_reference.py"
+    # Gradients all-reduced in bf16 (DdpOptions::reduce_dtype; PyTorch's bf16_compress_hook).
+    for world in 1 2; do
+      run_bench "ddp_scaling_bf16_w$world" mpirun --allow-run-as-root -np "$world" -x NCCL_NVLS_ENABLE=0 \
+        "$build/bench/ddp_scaling_bench" --step bucket --reduce bf16
+      run_bench "torch_ddp_bf16_w$world" mpirun --allow-run-as-root -np "$world" -x NCCL_NVLS_ENABLE=0 \
+        python3 "$root/bench/torch_ddp_reference.py" --reduce bf16
+    done
   fi
   # flame-train: the Fashion-MNIST CNN of configs/fashion_mnist_cnn.toml on 1 GPU and on 2 (issue 6),
   # and PyTorch's same training in the same run (bench/torch_fashion_mnist.py).

@@ -37,10 +37,13 @@ constexpr std::array<EnumName<OptimizerKind>, 3> kOptimizerNames{
 constexpr std::array<EnumName<ScheduleChoice>, 3> kScheduleNames{{{ScheduleChoice::Constant, "constant"},
                                                                   {ScheduleChoice::Step, "step"},
                                                                   {ScheduleChoice::WarmupCosine, "warmup_cosine"}}};
+constexpr std::array<EnumName<ReduceDtype>, 2> kReduceDtypeNames{
+    {{ReduceDtype::Param, "param"}, {ReduceDtype::BF16, "bf16"}}};
 
 constexpr const auto& names_of(DeviceChoice) { return kDeviceNames; }
 constexpr const auto& names_of(OptimizerKind) { return kOptimizerNames; }
 constexpr const auto& names_of(ScheduleChoice) { return kScheduleNames; }
+constexpr const auto& names_of(ReduceDtype) { return kReduceDtypeNames; }
 
 template <class E>
 std::string_view name_of(E value) {
@@ -182,6 +185,7 @@ void visit_keys(Visitor& v, C& c) {
   v.key("bucket_cap_mb", c.ddp.bucket_cap_mb, kPositive);
   v.key("check_every", c.ddp.check_every, IntRange{0});
   v.key("timeout_s", c.ddp.timeout_s, kPositive);
+  v.key("reduce_dtype", c.ddp.reduce_dtype);
 }
 
 // --- the known sections and keys -------------------------------------------------------------------
@@ -653,5 +657,6 @@ std::string to_toml(const Config& config) {
 std::string_view to_string(DeviceChoice device) { return name_of(device); }
 std::string_view to_string(OptimizerKind kind) { return name_of(kind); }
 std::string_view to_string(ScheduleChoice kind) { return name_of(kind); }
+std::string_view to_string(ReduceDtype dtype) { return name_of(dtype); }
 
 }  // namespace flame::train

@@ -30,6 +30,12 @@ enum class ScheduleChoice {
   WarmupCosine,  // "warmup_cosine": linear warmup over warmup_steps, then cosine decay to min_lr
 };
 
+/// ddp.reduce_dtype: the dtype the gradients are all-reduced in (dist::DdpOptions::reduce_dtype).
+enum class ReduceDtype {
+  Param,  // "param": the parameters' own dtype, no conversion
+  BF16,   // "bf16": bf16, half the bytes of f32 gradients; every rank gets the mean rounded to bf16
+};
+
 /// [model]
 struct ModelConfig {
   /// model.name: a model registered with the trainer ("mlp", "cnn", ...). The config only checks
@@ -115,6 +121,7 @@ struct DdpConfig {
   double bucket_cap_mb = 25.0;   // ddp.bucket_cap_mb: > 0
   int64_t check_every = 100;     // ddp.check_every: >= 0 steps between desync checksums; 0 = only at the end
   double timeout_s = 300.0;      // ddp.timeout_s: > 0 seconds before a collective is declared hung
+  ReduceDtype reduce_dtype = ReduceDtype::Param;  // ddp.reduce_dtype
   bool operator==(const DdpConfig&) const = default;
 };
 
@@ -155,9 +162,10 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 std::string to_toml(const Config& config);
 
 /// The names used in the config and in logs: "auto" / "cpu" / "cuda", "sgd" / "adam" / "adamw",
-/// "constant" / "step" / "warmup_cosine".
+/// "constant" / "step" / "warmup_cosine", "param" / "bf16".
 std::string_view to_string(DeviceChoice device);
 std::string_view to_string(OptimizerKind kind);
 std::string_view to_string(ScheduleChoice kind);
+std::string_view to_string(ReduceDtype dtype);
 
 }  // namespace flame::train

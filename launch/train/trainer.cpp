@@ -496,9 +496,15 @@ RunResult Trainer::run() {
   resume_if_asked();
   ddp_ = std::make_unique<dist::DistributedDataParallel>(
       model_, gradients_ ? *gradients_ : *control_,
-      dist::DdpOptions{static_cast<size_t>(config_.ddp.first_bucket_mb * (1 << 20)),
-                       static_cast<size_t>(config_.ddp.bucket_cap_mb * (1 << 20)), dist::UnusedParameters::Error,
-                       config_.ddp.check_every, 0.0});
+      dist::DdpOptions{
+          .first_bucket_bytes = static_cast<size_t>(config_.ddp.first_bucket_mb * (1 << 20)),
+          .bucket_cap_bytes = static_cast<size_t>(config_.ddp.bucket_cap_mb * (1 << 20)),
+          .unused_parameters = dist::UnusedParameters::Error,
+          .check_every_n_steps = config_.ddp.check_every,
+          .checksum_rtol = 0.0,
+          .reduce_dtype =
+              config_.ddp.reduce_dtype == ReduceDtype::BF16 ? std::optional<DType>(DType::BF16) : std::nullopt,
+      });
   if (group_.rank == 0) {
     metrics_ = std::make_unique<JsonlWriter>((log_dir_ / "metrics.jsonl").string());
     if (config_.log.tensorboard)

@@ -102,14 +102,15 @@ TEST(Ddp, MatchesSingleProcessTrainingOnTheGlobalBatch) {
 /// Trains two identically initialised replicas on the same data for 3 AdamW steps, one with
 /// synchronize_gradients() + optimizer.step(), the other with ddp.step(optimizer), and expects the
 /// same parameters and optimizer state bit for bit. With `extra`, each optimizer also holds a
-/// parameter outside the module (updated after every bucket).
-void check_ddp_step_matches_separate_step(uint64_t seed, bool extra) {
+/// parameter outside the module (updated after every bucket); with `reduce_dtype`, both reduce in
+/// that dtype.
+void check_ddp_step_matches_separate_step(uint64_t seed, bool extra, std::optional<DType> reduce_dtype = std::nullopt) {
   constexpr int64_t kLocal = 4;
   const int64_t global = kLocal * world();
   auto separate_model = make_mlp(seed + rank());  // each rank different: DDP broadcasts rank 0's
   auto fused_model = make_mlp(seed + rank());
-  DistributedDataParallel separate(separate_model, comm(), small_buckets());
-  DistributedDataParallel fused(fused_model, comm(), small_buckets());
+  DistributedDataParallel separate(separate_model, comm(), small_buckets(reduce_dtype));
+  DistributedDataParallel fused(fused_model, comm(), small_buckets(reduce_dtype));
   ASSERT_GE(fused.reducer().buckets().size(), 3u) << "the test wants several buckets";
   expect_same_parameters(*fused_model, *separate_model, 0.0, "after construction");
 
@@ -182,8 +183,47 @@ TEST(Ddp, StepMatchesSynchronizeThenOptimizerStepBitForBit) {
   check_ddp_step_matches_separate_step(1100, /*extra=*/false);
 }
 
-TEST(Ddp, StepUpdatesParametersOutsideTheModuleToo) {
-  check_ddp_step_matches_separate_step(1200, /*extra=*/true);
+TEST(Ddp, StepUpdatesParametersOutsideTheModuleToo) { check_ddp_step_matches_separate_step(1200, /*extra=*/true); }
+
+TEST(Ddp, StepWithBf16ReductionMatchesSynchronizeThenOptimizerStepBitForBit) {
+  check_ddp_step_matches_separate_step(1250, /*extra=*/false, DType::BF16);
+}
+
+TEST(Ddp, Bf16ReduceDtypeGivesEveryRankTheMeanRoundedToBf16) {
+  constexpr int64_t kLocal = 5;
+  const int64_t global = kLocal * world();
+  auto model = make_mlp(1400 + rank());
+  DistributedDataParallel ddp(model, comm(), small_buckets(DType::BF16));
+  auto reference = clone_mlp(*model);
+  for (const Bucket& bucket : ddp.reducer().buckets()) {
+    EXPECT_EQ(bucket.flat.dtype(), DType::F32);
+    ASSERT_TRUE(bucket.reduced.defined());
+    EXPECT_EQ(bucket.reduced.dtype(), DType::BF16);
+    EXPECT_EQ(bucket.reduced.numel(), bucket.flat.numel());
+  }
+  optim::AdamW opt(ddp.parameters(), {.lr = 1e-2});
+  for (int step = 0; step < 3; ++step) {
+    const Batch batch = global_batch(global, 140 + step);
+    const Batch mine = batch.slice(rank() * kLocal, kLocal);
+    opt.zero_grad();
+    nn::mse_loss(ddp.forward(mine.x), mine.y).backward();
+    ddp.synchronize_gradients();
+    reference->zero_grad();
+    nn::mse_loss(reference->forward(batch.x), batch.y).backward();
+    expect_bf16_reduced_grads(*model, *reference, "step " + std::to_string(step));
+    opt.step();
+    // The reference follows the replicas' parameters, so each step compares one gradient.
+    reference->load_state_dict(model->state_dict());
+  }
+  // Every rank applied the same rounded mean: the replicas are still bitwise equal.
+  EXPECT_NO_THROW(ddp.check_parameters_in_sync("after 3 steps reduced in bf16"));
+}
+
+TEST(Ddp, ReduceDtypeMustBeFloating) {
+  auto model = make_mlp(1500);
+  const std::string message = error_of([&] { DistributedDataParallel ddp(model, comm(), small_buckets(DType::I32)); });
+  EXPECT_NE(message.find("reduce_dtype"), std::string::npos) << message;
+  EXPECT_NE(message.find("i32"), std::string::npos) << message;
 }
 
 TEST(Ddp, StepInsideNoSyncRaisesOnEveryRank) {
@@ -203,7 +243,8 @@ TEST(Ddp, StepInsideNoSyncRaisesOnEveryRank) {
   }
   EXPECT_EQ(opt.step_count(), 0);
   const nn::NamedTensors params = model->named_parameters();
-  for (size_t i = 0; i < params.size(); ++i) EXPECT_EQ(params[i].second.to_vector<float>(), before[i]) << params[i].first;
+  for (size_t i = 0; i < params.size(); ++i)
+    EXPECT_EQ(params[i].second.to_vector<float>(), before[i]) << params[i].first;
   // After the block, a reducing backward and step() work (the accumulated gradient is reduced too).
   nn::mse_loss(ddp.forward(mine.x), mine.y).backward();
   EXPECT_NO_THROW(ddp.step(opt));

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -90,6 +91,27 @@ inline void expect_same_grads(const nn::Module& got, const nn::Module& want, dou
   }
 }
 
+/// Expects every gradient of `got` to be exactly representable in bf16 (it was all-reduced in
+/// bf16) and within bf16 rounding of `want`'s, the float32 mean on the global batch: each rank's
+/// gradient and the sum are rounded to 8 significant bits, so per tensor the error stays below
+/// 2^-5 of its largest magnitude.
+inline void expect_bf16_reduced_grads(const nn::Module& got, const nn::Module& want, const std::string& at) {
+  const int rank = ProcessGroup::init().rank;
+  const nn::NamedTensors g = got.named_parameters(), w = want.named_parameters();
+  ASSERT_EQ(g.size(), w.size());
+  for (size_t i = 0; i < g.size(); ++i) {
+    ASSERT_TRUE(g[i].second.grad().defined()) << g[i].first;
+    const Tensor grad = g[i].second.grad();
+    EXPECT_EQ(grad.to_vector<float>(), grad.to(DType::BF16).to_vector<float>())
+        << "grad of " << g[i].first << " " << at << " rank " << rank << " is not a bf16 value";
+    const std::vector<float> reference = w[i].second.grad().to_vector<float>();
+    double largest = 0;
+    for (float v : reference) largest = std::max(largest, static_cast<double>(std::abs(v)));
+    EXPECT_LE(max_abs_diff(grad, w[i].second.grad()), largest / 32)
+        << "grad of " << g[i].first << " " << at << " rank " << rank;
+  }
+}
+
 /// The flame::Error message `fn` raises, or "" when it raises nothing.
 inline std::string error_of(const std::function<void()>& fn) {
   try {
@@ -100,8 +122,9 @@ inline std::string error_of(const std::function<void()>& fn) {
   return "";
 }
 
-inline DdpOptions small_buckets() {
+inline DdpOptions small_buckets(std::optional<DType> reduce_dtype = std::nullopt) {
   DdpOptions options;
+  options.reduce_dtype = reduce_dtype;
   options.first_bucket_bytes = 64;  // the last layer's bias and part of its weight
   options.bucket_cap_bytes = 512;
   return options;

@@ -100,6 +100,7 @@ first_bucket_mb = 2
 bucket_cap_mb = 50.5
 check_every = 0
 timeout_s = 60
+reduce_dtype = "bf16"
 )";
 
 Config everything() {
@@ -112,7 +113,7 @@ Config everything() {
   c.eval = {200, 512};
   c.checkpoint = {"/scratch/ckpt", 500, 2};
   c.log = {"runs/everything", 25, false, false};
-  c.ddp = {2.0, 50.5, 0, 60.0};
+  c.ddp = {2.0, 50.5, 0, 60.0, ReduceDtype::BF16};
   return c;
 }
 
@@ -158,6 +159,7 @@ TEST(Config, Defaults) {
   EXPECT_EQ(c.ddp.bucket_cap_mb, 25.0);
   EXPECT_EQ(c.ddp.check_every, 100);
   EXPECT_EQ(c.ddp.timeout_s, 300.0);
+  EXPECT_EQ(c.ddp.reduce_dtype, ReduceDtype::Param);
 }
 
 TEST(Config, EverySectionParsed) { EXPECT_EQ(parse_config(kEverything, "everything.toml"), everything()); }
@@ -184,6 +186,8 @@ TEST(Config, EnumNames) {
   EXPECT_EQ(to_string(ScheduleChoice::Constant), "constant");
   EXPECT_EQ(to_string(ScheduleChoice::Step), "step");
   EXPECT_EQ(to_string(ScheduleChoice::WarmupCosine), "warmup_cosine");
+  EXPECT_EQ(to_string(ReduceDtype::Param), "param");
+  EXPECT_EQ(to_string(ReduceDtype::BF16), "bf16");
   // Every name parses back to its value.
   for (DeviceChoice d : {DeviceChoice::Auto, DeviceChoice::Cpu, DeviceChoice::Cuda}) {
     EXPECT_EQ(parse({}, {fmt::format("train.device={}", to_string(d))}).train.device, d);
@@ -194,6 +198,10 @@ TEST(Config, EnumNames) {
   for (ScheduleChoice k : {ScheduleChoice::Constant, ScheduleChoice::Step, ScheduleChoice::WarmupCosine}) {
     EXPECT_EQ(parse({}, {fmt::format("schedule.name={}", to_string(k))}).schedule.kind, k);
   }
+  for (ReduceDtype d : {ReduceDtype::Param, ReduceDtype::BF16}) {
+    EXPECT_EQ(parse({}, {fmt::format("ddp.reduce_dtype={}", to_string(d))}).ddp.reduce_dtype, d);
+  }
+  EXPECT_EQ(parse({{"ddp.reduce_dtype", "\"bf16\""}}).ddp.reduce_dtype, ReduceDtype::BF16);
 }
 
 // --- to_toml -------------------------------------------------------------------------------------
@@ -219,11 +227,13 @@ TEST(Config, RoundTripExactFloatsAndEscapedStrings) {
   c.optimizer.beta2 = 1.0 - 1e-16;
   c.ddp.bucket_cap_mb = 1e300;
   c.ddp.timeout_s = 25.0;  // written "25.0", a TOML float
+  c.ddp.reduce_dtype = ReduceDtype::BF16;
   c.train.seed = static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
   c.data.test_dir = "dir with \"quotes\", a \\ backslash,\ta tab and \x01";
   c.log.dir = "runs/ünïcode";
   const std::string text = to_toml(c);
   EXPECT_NE(text.find("timeout_s = 25.0\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("reduce_dtype = \"bf16\"\n"), std::string::npos) << text;
   EXPECT_EQ(parse_config(text, "written.toml"), c) << text;
 }
 
@@ -311,6 +321,7 @@ TEST(ConfigErrors, WrongTypes) {
       {"log.dir", "{ a = 1 }", "log.dir must be a non-empty string, got a table"},
       {"train.device", "0", "train.device must be one of \"auto\", \"cpu\", \"cuda\", got an integer 0"},
       {"schedule.name", "1979-05-27", "schedule.name must be one of"},
+      {"ddp.reduce_dtype", "16", "ddp.reduce_dtype must be one of \"param\", \"bf16\", got an integer 16"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.key + " = " + c.value);
@@ -385,6 +396,13 @@ TEST(ConfigErrors, UnknownEnumNamesListTheAllowedOnes) {
         parse({{"schedule.name", "\"cosine\""}});
       },
       {"schedule.name must be one of \"constant\", \"step\", \"warmup_cosine\", got a string \"cosine\""}));
+  EXPECT_TRUE(raises_error(
+      [] {
+        parse({{"ddp.reduce_dtype", "\"fp8\""}});
+      },
+      {"ddp.reduce_dtype must be one of \"param\", \"bf16\", got a string \"fp8\""}));
+  EXPECT_TRUE(raises_error([] { parse({}, {"ddp.reduce_dtype=BF16"}); },
+                           {"--set 'ddp.reduce_dtype=BF16'", "ddp.reduce_dtype must be one of"}));
   EXPECT_TRUE(raises_error([] { parse({{"optimizer.name", "\"AdamW\""}}); }, {"optimizer.name must be one of"}));
 }
 

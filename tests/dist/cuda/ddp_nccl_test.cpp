@@ -120,6 +120,42 @@ TEST_F(DdpNccl, BucketByBucketStepEqualsSynchronizeThenStep) {
   ddp.check_parameters_in_sync("after the bucket-by-bucket steps");
 }
 
+TEST_F(DdpNccl, Bf16ReductionGivesTheMeanRoundedToBf16AndStepEqualsSynchronizeThenStep) {
+  // reduce_dtype bf16: NCCL all-reduces bf16 buckets; each rank's .grad is the mean rounded to bf16,
+  // and ddp.step (conversion back per bucket) gives the same bits as synchronize + step.
+  constexpr int64_t kLocal = 5;
+  const int64_t global = kLocal * world();
+  auto model = make_mlp(270, kHidden, device());
+  auto twin = clone_mlp(*model, device());
+  auto reference = clone_mlp(*model, device());
+  DistributedDataParallel ddp(model, comm(), small_buckets(DType::BF16));
+  DistributedDataParallel twin_ddp(twin, comm(), small_buckets(DType::BF16));
+  ASSERT_GE(ddp.reducer().buckets().size(), 3u);
+  ASSERT_TRUE(ddp.reducer().buckets()[0].reduced.defined());
+  EXPECT_EQ(ddp.reducer().buckets()[0].reduced.dtype(), DType::BF16);
+  optim::AdamW opt(ddp.parameters(), {.lr = 1e-2});
+  optim::AdamW twin_opt(twin_ddp.parameters(), {.lr = 1e-2});
+  for (int step = 0; step < 3; ++step) {
+    const std::string at = "step " + std::to_string(step);
+    const Batch batch = global_batch(global, 80 + step, device());
+    const Batch mine = batch.slice(rank() * kLocal, kLocal);
+    twin_ddp.zero_grad();
+    nn::mse_loss(twin_ddp.forward(mine.x), mine.y).backward();
+    twin_ddp.synchronize_gradients();
+    reference->load_state_dict(twin->state_dict());
+    reference->zero_grad();
+    nn::mse_loss(reference->forward(batch.x), batch.y).backward();
+    expect_bf16_reduced_grads(*twin, *reference, at);
+    twin_opt.step();
+    ddp.zero_grad();
+    nn::mse_loss(ddp.forward(mine.x), mine.y).backward();
+    ddp.step(opt);
+    expect_same_grads(*model, *twin, 0.0, at);
+    expect_same_parameters(*model, *twin, 0.0, at);
+  }
+  ddp.check_parameters_in_sync("after the bf16-reduced steps");
+}
+
 TEST_F(DdpNccl, NoSyncAccumulatesLocallyThenReducesTheSum) {
   constexpr int64_t kMicro = 3, kMicroBatch = 4;
   const int64_t global = kMicro * kMicroBatch * world();
