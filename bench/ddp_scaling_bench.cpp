@@ -38,11 +38,12 @@
 // Usage: ddp_scaling_bench [--model cnn|mlp|all] [--calls blocking|nonblocking|all]
 //                          [--max-ctas N] [--carveout N] [--priority high|default]
 //                          [--step bucket|after-sync|all] [--batch N] [--reduce f32|bf16]
+//                          [--carveout-min-kib N]
 // (defaults: every model, blocking calls, both steps, batch 256, gradients reduced in f32).
 // --reduce bf16 sets DdpOptions::reduce_dtype (gradients all-reduced in bf16, as PyTorch's
 // bf16_compress_hook).
-// (--max-ctas, --carveout and --priority set CommunicatorOptions::nccl_max_ctas,
-// overlap_sm_carveout and high_priority_stream, dist/communicator.h; --step bucket replaces
+// (--max-ctas, --carveout, --carveout-min-kib and --priority set CommunicatorOptions::nccl_max_ctas,
+// overlap_sm_carveout, overlap_carveout_min_bytes and high_priority_stream, dist/communicator.h; --step bucket replaces
 // synchronize_gradients() + AdamW step() with ddp.step(optimizer), whose wait_ms is then 0 and
 // optimizer_ms holds the waits.
 //
@@ -257,9 +258,10 @@ bool run_case(const dist::ProcessGroup& group, Device device, const Case& c) {
   if (print) {
     const std::string extra = fmt::format(
         "\"forward_ms\": {:.6g}, \"backward_ms\": {:.6g}, \"wait_ms\": {:.6g}, \"optimizer_ms\": {:.6g}, "
-        "\"host_ms\": {:.6g}, \"max_ctas\": {}, \"carveout\": {}, \"high_priority\": {}, ",
+        "\"host_ms\": {:.6g}, \"max_ctas\": {}, \"carveout\": {}, \"carveout_min_bytes\": {}, "
+        "\"high_priority\": {}, ",
         phases.forward_ms, phases.backward_ms, phases.wait_ms, phases.optimizer_ms, phases.host_ms,
-        comm_options.nccl_max_ctas, comm_options.overlap_sm_carveout,
+        comm_options.nccl_max_ctas, comm_options.overlap_sm_carveout, comm_options.overlap_carveout_min_bytes,
         comm_options.high_priority_stream ? "true" : "false");
     emit_line("ddp_phases", c, group.world_size, extra,
               phases.forward_ms + phases.backward_ms + phases.wait_ms + phases.optimizer_ms, "ms/step", device_name);
@@ -335,13 +337,13 @@ Selection parse_arguments(int argc, char** argv) {
   Selection selection;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
-    FLAME_CHECK(
-        i + 1 < argc && (flag == "--model" || flag == "--calls" || flag == "--max-ctas" || flag == "--carveout" ||
-                         flag == "--priority" || flag == "--step" || flag == "--batch" || flag == "--reduce"),
-        "ddp_scaling_bench: unknown argument '{}'; usage: ddp_scaling_bench [--model cnn|mlp|all] "
-        "[--calls blocking|nonblocking|all] [--max-ctas N] [--carveout N] [--priority high|default] "
-        "[--step bucket|after-sync|all] [--batch N] [--reduce f32|bf16]",
-        flag);
+    FLAME_CHECK(i + 1 < argc && (flag == "--model" || flag == "--calls" || flag == "--max-ctas" ||
+                                 flag == "--carveout" || flag == "--priority" || flag == "--step" ||
+                                 flag == "--batch" || flag == "--reduce" || flag == "--carveout-min-kib"),
+                "ddp_scaling_bench: unknown argument '{}'; usage: ddp_scaling_bench [--model cnn|mlp|all] "
+                "[--calls blocking|nonblocking|all] [--max-ctas N] [--carveout N] [--priority high|default] "
+                "[--step bucket|after-sync|all] [--batch N] [--reduce f32|bf16] [--carveout-min-kib N]",
+                flag);
     const std::string value = argv[++i];
     if (flag == "--step") {
       FLAME_CHECK(value == "bucket" || value == "after-sync" || value == "all",
@@ -351,6 +353,8 @@ Selection parse_arguments(int argc, char** argv) {
       selection.common.options.nccl_max_ctas = std::stoi(value);
     } else if (flag == "--carveout") {
       selection.common.options.overlap_sm_carveout = std::stoi(value);
+    } else if (flag == "--carveout-min-kib") {
+      selection.common.options.overlap_carveout_min_bytes = std::stoul(value) << 10;
     } else if (flag == "--priority") {
       FLAME_CHECK(value == "high" || value == "default", "ddp_scaling_bench: --priority must be high or default");
       selection.common.options.high_priority_stream = value == "high";

@@ -50,12 +50,16 @@ void set_gemm_sm_target(int device, int sms) {
   ctx.gemm_sm_target = sms;
 }
 
+int gemm_sm_target(int device) { return context(device).gemm_sm_target; }
+
 #else
 
 namespace {
 [[noreturn]] void no_cuda(const char* what, int device) {
-  FLAME_FAIL("{}(cuda:{}): FLAME was built without CUDA (reconfigure with -DFLAME_WITH_CUDA=ON on a "
-             "machine with the CUDA toolkit)", what, device);
+  FLAME_FAIL(
+      "{}(cuda:{}): FLAME was built without CUDA (reconfigure with -DFLAME_WITH_CUDA=ON on a "
+      "machine with the CUDA toolkit)",
+      what, device);
 }
 }  // namespace
 
@@ -70,6 +74,7 @@ uint64_t malloc_count(int device) { no_cuda("malloc_count", device); }
 void empty_cache(int device) { no_cuda("empty_cache", device); }
 int multiprocessor_count(int device) { no_cuda("multiprocessor_count", device); }
 void set_gemm_sm_target(int device, int) { no_cuda("set_gemm_sm_target", device); }
+int gemm_sm_target(int device) { no_cuda("gemm_sm_target", device); }
 
 #endif
 

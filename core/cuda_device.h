@@ -33,5 +33,7 @@ int multiprocessor_count(int device = 0);
 /// (Note [SM carve-out] in dist/nccl_communicator.cpp). Host-side only, takes effect in stream order
 /// with the matmuls launched after it. Raises for sms < 0 or more than the device has.
 void set_gemm_sm_target(int device, int sms);
+/// The value set_gemm_sm_target last set on `device` (0: all SMs).
+int gemm_sm_target(int device = 0);
 
 }  // namespace flame::cuda

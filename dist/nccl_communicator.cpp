@@ -10,11 +10,13 @@
 // Note [SM carve-out]: DDP's bucket all-reduces run beside backward's GEMMs. NCCL's kernels hold
 // some SMs (24 CTAs on the 2x H200) for the whole collective, and a cuBLAS kernel planned for every
 // SM then runs partial waves on what is left. With CommunicatorOptions::overlap_sm_carveout = c
-// (world > 1), the first all_reduce_overlapped() of a round sets cuBLAS's SM target to (SMs - c)
-// for the matmuls launched after it, and the compute_wait() that covers the last collective, or
-// synchronize(), restores all SMs. Measured on the 2x H200 (MLP benchmark, docs/PERFORMANCE.md):
-// the W=2 step 1.38 ms without, 1.32 ms with c = 32; c = 24, 40 and 48 were no better than none
-// (cuBLAS's kernel choice changes with the target), so the automatic value is 32 on 132 SMs.
+// (world > 1), the first all_reduce_overlapped() of a round of at least overlap_carveout_min_bytes
+// (4 MiB) sets cuBLAS's SM target to (SMs - c) for the matmuls launched after it, and the
+// compute_wait() that covers the last collective, or synchronize(), restores all SMs. Smaller
+// all-reduces (DDP's 1 MiB first bucket, a whole small model's gradients) take NCCL a few
+// microseconds, so they do not make the rest of backward run its GEMMs on fewer SMs. Measured on the 2x H200 (MLP
+// benchmark, docs/PERFORMANCE.md): the W=2 step 1.38 ms without, 1.32 ms with c = 32; c = 24, 40 and 48 were no better
+// than none (cuBLAS's kernel choice changes with the target), so the automatic value is 32 on 132 SMs.
 //
 // Note [NCCL timeouts]: nothing waits forever, in either NcclCalls mode.
 // - synchronize() (the host's only wait) raises flame::Error after the timeout, naming the
@@ -108,13 +110,14 @@ class NcclCommunicator final : public Communicator {
                 group.world_size);
     cuda::context(device_.index);  // makes device_ current
     const int sms = cuda::multiprocessor_count(device_.index);
-    FLAME_CHECK(options_.nccl_max_ctas >= 0 &&
-                    (options_.overlap_sm_carveout == CommunicatorOptions::kAutoCarveout ||
-                     (options_.overlap_sm_carveout >= 0 && options_.overlap_sm_carveout < sms)),
-                "make_nccl_communicator: nccl_max_ctas ({}) must be >= 0 and overlap_sm_carveout ({}) in [0, {}) (the "
-                "SMs of {}) or kAutoCarveout",
-                options_.nccl_max_ctas, options_.overlap_sm_carveout, sms, device_.str());
-    if (options_.overlap_sm_carveout == CommunicatorOptions::kAutoCarveout) options_.overlap_sm_carveout = std::min(32, sms / 4);
+    FLAME_CHECK(
+        options_.nccl_max_ctas >= 0 && (options_.overlap_sm_carveout == CommunicatorOptions::kAutoCarveout ||
+                                        (options_.overlap_sm_carveout >= 0 && options_.overlap_sm_carveout < sms)),
+        "make_nccl_communicator: nccl_max_ctas ({}) must be >= 0 and overlap_sm_carveout ({}) in [0, {}) (the "
+        "SMs of {}) or kAutoCarveout",
+        options_.nccl_max_ctas, options_.overlap_sm_carveout, sms, device_.str());
+    if (options_.overlap_sm_carveout == CommunicatorOptions::kAutoCarveout)
+      options_.overlap_sm_carveout = std::min(32, sms / 4);
     if (group.world_size == 1) options_.overlap_sm_carveout = 0;  // nothing runs beside the GEMMs
     overlap_gemm_sms_ = sms - options_.overlap_sm_carveout;
     int priority = 0;
@@ -220,7 +223,8 @@ class NcclCommunicator final : public Communicator {
                                nccl_op(op), comm_, stream_);
         },
         ComputeWaits::Later);
-    if (options_.overlap_sm_carveout > 0 && !carved_out_) {  // Note [SM carve-out]
+    if (options_.overlap_sm_carveout > 0 && !carved_out_ &&
+        tensor.nbytes() >= options_.overlap_carveout_min_bytes) {  // Note [SM carve-out]
       cuda::set_gemm_sm_target(device_.index, overlap_gemm_sms_);
       carved_out_ = true;
     }
@@ -445,7 +449,8 @@ class NcclCommunicator final : public Communicator {
         query_error = recycle_finished();
         // The host raises by itself while in synchronize(); give it twice the timeout before acting.
         const auto limit = host_waiting_.load() ? 2 * options_.timeout : options_.timeout;
-        if (!issued_.empty() && now - issued_.front().when > limit) late = label(issued_.front().op, issued_.front().what);
+        if (!issued_.empty() && now - issued_.front().when > limit)
+          late = label(issued_.front().op, issued_.front().what);
       }
       if (query_error != cudaSuccess)
         watchdog_abort(fmt::format("CUDA error {} on the communication stream", cudaGetErrorString(query_error)));

@@ -258,19 +258,23 @@ if [ $built -eq 1 ] && [ "${FLAME_GPU_CHECK_SKIP_BENCH:-0}" != 1 ]; then
     bench_results+=("allreduce_bench NOT BUILT")
     status=1
   fi
-  # DDP step time at 1 and 2 ranks (weak scaling) and the MLP's hidden share of communication.
+  # DDP step time at 1 and 2 ranks (weak scaling) and the MLP's hidden share of communication; one
+  # process per model, as a training job runs one (a model measured after another in the same
+  # process ran up to 0.08 ms slower at W=2, docs/PERFORMANCE.md).
   if [ "$gpu_count" -ge 2 ] && [ -x "$build/bench/ddp_scaling_bench" ]; then
-    run_bench ddp_scaling_w1 mpirun --allow-run-as-root -np 1 -x NCCL_NVLS_ENABLE=0 "$build/bench/ddp_scaling_bench"
-    run_bench ddp_scaling_w2 mpirun --allow-run-as-root -np 2 -x NCCL_NVLS_ENABLE=0 "$build/bench/ddp_scaling_bench"
-    # PyTorch DDP on the same models and step, same run.
-    run_bench torch_ddp_w1 mpirun --allow-run-as-root -np 1 -x NCCL_NVLS_ENABLE=0 python3 "$root/bench/torch_ddp_reference.py"
-    run_bench torch_ddp_w2 mpirun --allow-run-as-root -np 2 -x NCCL_NVLS_ENABLE=0 python3 "$root/bench/torch_ddp_reference.py"
-    # Gradients all-reduced in bf16 (DdpOptions::reduce_dtype; PyTorch's bf16_compress_hook).
-    for world in 1 2; do
-      run_bench "ddp_scaling_bf16_w$world" mpirun --allow-run-as-root -np "$world" -x NCCL_NVLS_ENABLE=0 \
-        "$build/bench/ddp_scaling_bench" --step bucket --reduce bf16
-      run_bench "torch_ddp_bf16_w$world" mpirun --allow-run-as-root -np "$world" -x NCCL_NVLS_ENABLE=0 \
-        python3 "$root/bench/torch_ddp_reference.py" --reduce bf16
+    for model in cnn mlp; do
+      for world in 1 2; do
+        run_bench "ddp_scaling_${model}_w$world" mpirun --allow-run-as-root -np "$world" -x NCCL_NVLS_ENABLE=0 \
+          "$build/bench/ddp_scaling_bench" --model "$model"
+        # PyTorch DDP on the same model and step, same run.
+        run_bench "torch_ddp_${model}_w$world" mpirun --allow-run-as-root -np "$world" -x NCCL_NVLS_ENABLE=0 \
+          python3 "$root/bench/torch_ddp_reference.py" --model "$model"
+        # Gradients all-reduced in bf16 (DdpOptions::reduce_dtype; PyTorch's bf16_compress_hook).
+        run_bench "ddp_scaling_${model}_bf16_w$world" mpirun --allow-run-as-root -np "$world" -x NCCL_NVLS_ENABLE=0 \
+          "$build/bench/ddp_scaling_bench" --model "$model" --step bucket --reduce bf16
+        run_bench "torch_ddp_${model}_bf16_w$world" mpirun --allow-run-as-root -np "$world" -x NCCL_NVLS_ENABLE=0 \
+          python3 "$root/bench/torch_ddp_reference.py" --model "$model" --reduce bf16
+      done
     done
   fi
   # flame-train: the Fashion-MNIST CNN of configs/fashion_mnist_cnn.toml on 1 GPU and on 2 (issue 6),
