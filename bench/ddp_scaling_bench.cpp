@@ -1,7 +1,9 @@
 // Weak scaling of a full DistributedDataParallel training step, and how much of its communication
 // backward hides. An MPI program: run as `mpirun -np 1 ddp_scaling_bench` and
 // `mpirun -np 2 ddp_scaling_bench` (one GPU per rank, cuda:local_rank); scripts/bench_summary.py
-// joins the two runs (efficiency = t(W=1) / t(W=2), per-rank batch fixed).
+// joins the two runs (efficiency = t(W=1) / t(W=2), per-rank batch fixed). Measure one model per
+// process (--model cnn, --model mlp), as a training job runs: a model measured after another one in
+// the same process ran slower at W=2 (docs/PERFORMANCE.md, ninth run).
 //
 // Models, f32, batch 256 per rank unless --batch says otherwise (each rank draws its own random
 // batch and labels):

@@ -112,11 +112,16 @@ case $variants in
     variant pe-4 2 "--map-by slot:PE=4 --bind-to core"
     ;;
   scaling)
-    for batch in 256 512 1024; do
-      for reduce in f32 bf16; do
-        for world in 1 2; do
-          variant "flame-b$batch-$reduce-w$world" "$world" "" "" "--step bucket --batch $batch --reduce $reduce"
-          torch_variant "torch-b$batch-$reduce-w$world" "$world" "--batch $batch --reduce $reduce"
+    # One process per model: a model measured after another in the same process ran slower at W=2.
+    models=$model
+    [ "$model" = all ] && models="cnn mlp"
+    for model in $models; do
+      for batch in 256 512 1024; do
+        for reduce in f32 bf16; do
+          for world in 1 2; do
+            variant "flame-$model-b$batch-$reduce-w$world" "$world" "" "" "--step bucket --batch $batch --reduce $reduce"
+            torch_variant "torch-$model-b$batch-$reduce-w$world" "$world" "--batch $batch --reduce $reduce"
+          done
         done
       done
     done
