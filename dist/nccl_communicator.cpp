@@ -13,10 +13,12 @@
 // (world > 1), the first all_reduce_overlapped() of a round of at least overlap_carveout_min_bytes
 // (4 MiB) sets cuBLAS's SM target to (SMs - c) for the matmuls launched after it, and the
 // compute_wait() that covers the last collective, or synchronize(), restores all SMs. Smaller
-// all-reduces (DDP's 1 MiB first bucket, a whole small model's gradients) take NCCL a few
-// microseconds, so they do not make the rest of backward run its GEMMs on fewer SMs. Measured on the 2x H200 (MLP
-// benchmark, docs/PERFORMANCE.md): the W=2 step 1.38 ms without, 1.32 ms with c = 32; c = 24, 40 and 48 were no better
-// than none (cuBLAS's kernel choice changes with the target), so the automatic value is 32 on 132 SMs.
+// all-reduces (DDP's 1 MiB first bucket, all of a small model's gradients) take NCCL tens of
+// microseconds, so they do not make the rest of backward plan its GEMMs for fewer SMs.
+// Measured on the 2x H200 (MLP benchmark, docs/PERFORMANCE.md, ninth run), W=2 step at batch 256:
+// 1.377 ms without a carve-out, 1.280 ms with c = 32 from the first all-reduce, 1.254 ms with
+// c = 32 from the first of >= 4 MiB; c = 24 and 40 were slower (1.366, 1.397 ms: cuBLAS's kernel
+// choice changes with the target), so the automatic value is 32 on 132 SMs.
 //
 // Note [NCCL timeouts]: nothing waits forever, in either NcclCalls mode.
 // - synchronize() (the host's only wait) raises flame::Error after the timeout, naming the
