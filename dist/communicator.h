@@ -113,7 +113,7 @@ struct CommunicatorOptions {
   static constexpr int kAutoCarveout = -1;
   int overlap_sm_carveout = kAutoCarveout;
   /// The carve-out starts at the first overlapped all-reduce of at least this many bytes: smaller
-  /// ones (DDP's 1 MiB first bucket) finish within a few microseconds and leave the GEMMs that
+  /// ones (DDP's 1 MiB first bucket) finish within tens of microseconds and leave the GEMMs that
   /// follow them all SMs.
   size_t overlap_carveout_min_bytes = size_t{4} << 20;
   /// NCCL: the communication stream gets the device's highest priority, so NCCL's blocks are
