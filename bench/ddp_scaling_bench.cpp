@@ -3,7 +3,8 @@
 // `mpirun -np 2 ddp_scaling_bench` (one GPU per rank, cuda:local_rank); scripts/bench_summary.py
 // joins the two runs (efficiency = t(W=1) / t(W=2), per-rank batch fixed). Measure one model per
 // process (--model cnn, --model mlp), as a training job runs: a model measured after another one in
-// the same process ran slower at W=2 (docs/PERFORMANCE.md, ninth run).
+// the same process ran slower at W=2 (docs/PERFORMANCE.md, ninth run). --between-cases release
+// returns the caching allocator's cached blocks to the driver after each case.
 //
 // Models, f32, batch 256 per rank unless --batch says otherwise (each rank draws its own random
 // batch and labels):
@@ -40,7 +41,7 @@
 // Usage: ddp_scaling_bench [--model cnn|mlp|all] [--calls blocking|nonblocking|all]
 //                          [--max-ctas N] [--carveout N] [--priority high|default]
 //                          [--step bucket|after-sync|all] [--batch N] [--reduce f32|bf16]
-//                          [--carveout-min-kib N]
+//                          [--carveout-min-kib N] [--between-cases keep|release]
 // (defaults: every model, blocking calls, both steps, batch 256, gradients reduced in f32).
 // --reduce bf16 sets DdpOptions::reduce_dtype (gradients all-reduced in bf16, as PyTorch's
 // bf16_compress_hook).
@@ -333,19 +334,22 @@ struct Selection {
   std::vector<dist::NcclCalls> calls{dist::NcclCalls::Blocking};
   std::vector<bool> bucket_steps{true, false};  // --step: ddp.step(optimizer) and/or sync + step()
   Case common;                                  // --max-ctas, --carveout, --priority, --batch, --reduce
+  bool release_cache_between_cases = false;     // --between-cases release: cuda::empty_cache() after each
 };
 
 Selection parse_arguments(int argc, char** argv) {
   Selection selection;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
-    FLAME_CHECK(i + 1 < argc && (flag == "--model" || flag == "--calls" || flag == "--max-ctas" ||
-                                 flag == "--carveout" || flag == "--priority" || flag == "--step" ||
-                                 flag == "--batch" || flag == "--reduce" || flag == "--carveout-min-kib"),
-                "ddp_scaling_bench: unknown argument '{}'; usage: ddp_scaling_bench [--model cnn|mlp|all] "
-                "[--calls blocking|nonblocking|all] [--max-ctas N] [--carveout N] [--priority high|default] "
-                "[--step bucket|after-sync|all] [--batch N] [--reduce f32|bf16] [--carveout-min-kib N]",
-                flag);
+    FLAME_CHECK(
+        i + 1 < argc && (flag == "--model" || flag == "--calls" || flag == "--max-ctas" || flag == "--carveout" ||
+                         flag == "--priority" || flag == "--step" || flag == "--batch" || flag == "--reduce" ||
+                         flag == "--carveout-min-kib" || flag == "--between-cases"),
+        "ddp_scaling_bench: unknown argument '{}'; usage: ddp_scaling_bench [--model cnn|mlp|all] "
+        "[--calls blocking|nonblocking|all] [--max-ctas N] [--carveout N] [--priority high|default] "
+        "[--step bucket|after-sync|all] [--batch N] [--reduce f32|bf16] [--carveout-min-kib N] "
+        "[--between-cases keep|release]",
+        flag);
     const std::string value = argv[++i];
     if (flag == "--step") {
       FLAME_CHECK(value == "bucket" || value == "after-sync" || value == "all",
@@ -355,6 +359,10 @@ Selection parse_arguments(int argc, char** argv) {
       selection.common.options.nccl_max_ctas = std::stoi(value);
     } else if (flag == "--carveout") {
       selection.common.options.overlap_sm_carveout = std::stoi(value);
+    } else if (flag == "--between-cases") {
+      FLAME_CHECK(value == "keep" || value == "release",
+                  "ddp_scaling_bench: --between-cases must be keep or release, got '{}'", value);
+      selection.release_cache_between_cases = value == "release";
     } else if (flag == "--carveout-min-kib") {
       selection.common.options.overlap_carveout_min_bytes = std::stoul(value) << 10;
     } else if (flag == "--priority") {
@@ -394,6 +402,7 @@ int run(const Selection& selection) {
         c.calls = calls;
         c.bucket_step = bucket_step;
         all_right = run_case(group, device, c) && all_right;
+        if (selection.release_cache_between_cases) cuda::empty_cache(device.index);
       }
   return all_right ? 0 : 1;
 }
