@@ -4,7 +4,10 @@
 // joins the two runs (efficiency = t(W=1) / t(W=2), per-rank batch fixed). Measure one model per
 // process (--model cnn, --model mlp), as a training job runs: a model measured after another one in
 // the same process ran slower at W=2 (docs/PERFORMANCE.md, ninth run). --between-cases release
-// returns the caching allocator's cached blocks to the driver after each case.
+// returns the caching allocator's cached blocks to the driver after each case (it did not remove the
+// slowdown). The cases share one NCCL communicator per NcclCalls mode (--communicator shared, the
+// default): with one communicator per case (--communicator per-case), every case after the first
+// ran its compute about 7% slower at W=2.
 //
 // Models, f32, batch 256 per rank unless --batch says otherwise (each rank draws its own random
 // batch and labels):
@@ -42,6 +45,7 @@
 //                          [--max-ctas N] [--carveout N] [--priority high|default]
 //                          [--step bucket|after-sync|all] [--batch N] [--reduce f32|bf16]
 //                          [--carveout-min-kib N] [--between-cases keep|release]
+//                          [--communicator per-case|shared]
 // (defaults: every model, blocking calls, both steps, batch 256, gradients reduced in f32).
 // --reduce bf16 sets DdpOptions::reduce_dtype (gradients all-reduced in bf16, as PyTorch's
 // bf16_compress_hook).
@@ -201,7 +205,8 @@ void emit_line(const std::string& bench_name, const Case& c, int world, const st
 }
 
 /// Times one (model, NCCL mode) case; false when the loss did not behave.
-bool run_case(const dist::ProcessGroup& group, Device device, const Case& c) {
+/// `shared`: the communicator to use, or null to create one for this case.
+bool run_case(const dist::ProcessGroup& group, Device device, const Case& c, dist::Communicator* shared) {
   const Model model_kind = c.model;
   const bool bucket_step = c.bucket_step;
   dist::CommunicatorOptions comm_options = c.options;
@@ -212,7 +217,9 @@ bool run_case(const dist::ProcessGroup& group, Device device, const Case& c) {
       fmt::format("{} {} b{} world {}", model_name(model_kind), calls_name(c.calls), c.batch, group.world_size);
 
   comm_options.nccl_calls = c.calls;
-  std::unique_ptr<dist::Communicator> comm = dist::make_nccl_communicator(group, comm_options);
+  std::unique_ptr<dist::Communicator> own;
+  if (shared == nullptr) own = dist::make_nccl_communicator(group, comm_options);
+  dist::Communicator* const comm = shared != nullptr ? shared : own.get();
 
   manual_seed(0);
   std::shared_ptr<nn::Module> model = make_model(model_kind);
@@ -335,6 +342,7 @@ struct Selection {
   std::vector<bool> bucket_steps{true, false};  // --step: ddp.step(optimizer) and/or sync + step()
   Case common;                                  // --max-ctas, --carveout, --priority, --batch, --reduce
   bool release_cache_between_cases = false;     // --between-cases release: cuda::empty_cache() after each
+  bool shared_communicator = true;              // --communicator shared: one per NcclCalls mode, not per case
 };
 
 Selection parse_arguments(int argc, char** argv) {
@@ -344,11 +352,11 @@ Selection parse_arguments(int argc, char** argv) {
     FLAME_CHECK(
         i + 1 < argc && (flag == "--model" || flag == "--calls" || flag == "--max-ctas" || flag == "--carveout" ||
                          flag == "--priority" || flag == "--step" || flag == "--batch" || flag == "--reduce" ||
-                         flag == "--carveout-min-kib" || flag == "--between-cases"),
+                         flag == "--carveout-min-kib" || flag == "--between-cases" || flag == "--communicator"),
         "ddp_scaling_bench: unknown argument '{}'; usage: ddp_scaling_bench [--model cnn|mlp|all] "
         "[--calls blocking|nonblocking|all] [--max-ctas N] [--carveout N] [--priority high|default] "
         "[--step bucket|after-sync|all] [--batch N] [--reduce f32|bf16] [--carveout-min-kib N] "
-        "[--between-cases keep|release]",
+        "[--between-cases keep|release] [--communicator per-case|shared]",
         flag);
     const std::string value = argv[++i];
     if (flag == "--step") {
@@ -359,6 +367,10 @@ Selection parse_arguments(int argc, char** argv) {
       selection.common.options.nccl_max_ctas = std::stoi(value);
     } else if (flag == "--carveout") {
       selection.common.options.overlap_sm_carveout = std::stoi(value);
+    } else if (flag == "--communicator") {
+      FLAME_CHECK(value == "per-case" || value == "shared",
+                  "ddp_scaling_bench: --communicator must be per-case or shared, got '{}'", value);
+      selection.shared_communicator = value == "shared";
     } else if (flag == "--between-cases") {
       FLAME_CHECK(value == "keep" || value == "release",
                   "ddp_scaling_bench: --between-cases must be keep or release, got '{}'", value);
@@ -394,14 +406,21 @@ int run(const Selection& selection) {
   const Device device = group.cuda_device();
   FLAME_CUDA_CHECK(cudaSetDevice(device.index));
   bool all_right = true;
+  std::unique_ptr<dist::Communicator> shared_communicators[2];  // --communicator shared: blocking, nonblocking
   for (const Model model : selection.models)
     for (const dist::NcclCalls calls : selection.calls)
       for (const bool bucket_step : selection.bucket_steps) {
+        std::unique_ptr<dist::Communicator>& shared = shared_communicators[calls == dist::NcclCalls::Blocking ? 0 : 1];
+        if (selection.shared_communicator && shared == nullptr) {
+          dist::CommunicatorOptions options = selection.common.options;
+          options.nccl_calls = calls;
+          shared = dist::make_nccl_communicator(group, options);
+        }
         Case c = selection.common;
         c.model = model;
         c.calls = calls;
         c.bucket_step = bucket_step;
-        all_right = run_case(group, device, c) && all_right;
+        all_right = run_case(group, device, c, shared.get()) && all_right;
         if (selection.release_cache_between_cases) cuda::empty_cache(device.index);
       }
   return all_right ? 0 : 1;

@@ -112,7 +112,7 @@ case $variants in
     variant pe-4 2 "--map-by slot:PE=4 --bind-to core"
     ;;
   scaling)
-    # One process per model: a model measured after another in the same process ran slower at W=2.
+    # One process per model, as a training job runs one (docs/PERFORMANCE.md, ninth run).
     models=$model
     [ "$model" = all ] && models="cnn mlp"
     for model in $models; do

@@ -259,8 +259,8 @@ if [ $built -eq 1 ] && [ "${FLAME_GPU_CHECK_SKIP_BENCH:-0}" != 1 ]; then
     status=1
   fi
   # DDP step time at 1 and 2 ranks (weak scaling) and the MLP's hidden share of communication; one
-  # process per model, as a training job runs one (a model measured after another in the same
-  # process ran up to 0.08 ms slower at W=2, docs/PERFORMANCE.md).
+  # process per model, as a training job runs one (docs/PERFORMANCE.md, ninth run: a second NCCL
+  # communicator in a process slowed its compute; the benchmark now shares one between its cases).
   if [ "$gpu_count" -ge 2 ] && [ -x "$build/bench/ddp_scaling_bench" ]; then
     for model in cnn mlp; do
       for world in 1 2; do
