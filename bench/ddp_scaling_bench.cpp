@@ -18,10 +18,10 @@
 // ("bucket": each bucket's parameters are updated as soon as it is reduced) or
 // ddp.synchronize_gradients() and AdamW step() ("after-sync"), then ddp.after_step(). The
 // communicator has the default CommunicatorOptions (blocking NCCL calls, automatic SM carve-out)
-// unless the flags below say otherwise. For each model, NcclCalls mode and step (a fresh
-// communicator, model and DDP per case), kWarmup steps, then kRuns steps each bracketed by CUDA
-// events on the compute stream; the median is reported. Sanity check: the loss must stay finite
-// and fall.
+// unless the flags below say otherwise. For each model, NcclCalls mode and step (a fresh model and
+// DDP per case; one communicator per NcclCalls mode, shared by the cases), kWarmup steps, then kRuns
+// steps each bracketed by CUDA events on the compute stream; the median is reported. Sanity check: the loss must stay
+// finite and fall.
 //
 // Overlap (world > 1, mlp, every case), on the same DDP after the timed steps:
 //   step_without_comm: the same step with everything from zero_grad() to the optimizer step inside
@@ -30,6 +30,8 @@
 //                      bucket's size, issued back to back on the communicator after a barrier and
 //                      bracketed by events on the compute stream (median of kRuns);
 //   exposed_ms = step_with_comm - step_without_comm; hidden_fraction = 1 - exposed_ms / comm_ms.
+//   With --reduce bf16 the step also holds the two conversions, which neither the no-comm step nor
+//   comm_ms has, so its hidden_fraction understates what backward hides.
 //
 // Phases (every case): kRuns more steps with events on the compute stream between the parts of
 // the step, medians of each part:
@@ -185,7 +187,7 @@ Phases time_phases(cudaStream_t stream, dist::DistributedDataParallel& ddp, opti
 struct Case {
   Model model = Model::Mlp;
   dist::NcclCalls calls = dist::NcclCalls::Blocking;
-  dist::CommunicatorOptions options;  // --max-ctas, --carveout, --priority
+  dist::CommunicatorOptions options;  // --max-ctas, --carveout, --carveout-min-kib, --priority
   bool bucket_step = true;            // ddp.step(optimizer), or synchronize_gradients() + step()
   int64_t batch = kDefaultBatch;      // per rank
   std::optional<DType> reduce_dtype;  // DdpOptions::reduce_dtype (--reduce bf16)
@@ -335,14 +337,25 @@ bool run_case(const dist::ProcessGroup& group, Device device, const Case& c, dis
   return loss_fell;
 }
 
+/// What happens between two cases.
+enum class BetweenCases {
+  Keep,     // the caching allocator keeps its cached blocks
+  Release,  // cuda::empty_cache(): they go back to the driver
+};
+/// Which NCCL communicator a case uses.
+enum class CommunicatorScope {
+  Shared,   // one per NcclCalls mode for every case (a second communicator in a process slowed it)
+  PerCase,  // a fresh one per case
+};
+
 /// The cases chosen on the command line (every model and mode by default).
 struct Selection {
   std::vector<Model> models{Model::Cnn, Model::Mlp};
   std::vector<dist::NcclCalls> calls{dist::NcclCalls::Blocking};
-  std::vector<bool> bucket_steps{true, false};  // --step: ddp.step(optimizer) and/or sync + step()
-  Case common;                                  // --max-ctas, --carveout, --priority, --batch, --reduce
-  bool release_cache_between_cases = false;     // --between-cases release: cuda::empty_cache() after each
-  bool shared_communicator = true;              // --communicator shared: one per NcclCalls mode, not per case
+  std::vector<bool> bucket_steps{true, false};                  // --step: ddp.step(optimizer) and/or sync + step()
+  Case common;                                                  // --max-ctas, --carveout, --priority, --batch, --reduce
+  BetweenCases between_cases = BetweenCases::Keep;              // --between-cases
+  CommunicatorScope communicators = CommunicatorScope::Shared;  // --communicator
 };
 
 Selection parse_arguments(int argc, char** argv) {
@@ -370,13 +383,15 @@ Selection parse_arguments(int argc, char** argv) {
     } else if (flag == "--communicator") {
       FLAME_CHECK(value == "per-case" || value == "shared",
                   "ddp_scaling_bench: --communicator must be per-case or shared, got '{}'", value);
-      selection.shared_communicator = value == "shared";
+      selection.communicators = value == "shared" ? CommunicatorScope::Shared : CommunicatorScope::PerCase;
     } else if (flag == "--between-cases") {
       FLAME_CHECK(value == "keep" || value == "release",
                   "ddp_scaling_bench: --between-cases must be keep or release, got '{}'", value);
-      selection.release_cache_between_cases = value == "release";
+      selection.between_cases = value == "release" ? BetweenCases::Release : BetweenCases::Keep;
     } else if (flag == "--carveout-min-kib") {
-      selection.common.options.overlap_carveout_min_bytes = std::stoul(value) << 10;
+      const long long kib = std::stoll(value);
+      FLAME_CHECK(kib >= 0, "ddp_scaling_bench: --carveout-min-kib must be >= 0, got {}", value);
+      selection.common.options.overlap_carveout_min_bytes = static_cast<size_t>(kib) << 10;
     } else if (flag == "--priority") {
       FLAME_CHECK(value == "high" || value == "default", "ddp_scaling_bench: --priority must be high or default");
       selection.common.options.high_priority_stream = value == "high";
@@ -406,12 +421,14 @@ int run(const Selection& selection) {
   const Device device = group.cuda_device();
   FLAME_CUDA_CHECK(cudaSetDevice(device.index));
   bool all_right = true;
-  std::unique_ptr<dist::Communicator> shared_communicators[2];  // --communicator shared: blocking, nonblocking
+  // --communicator shared: blocking, nonblocking. With --calls all both are alive at once, so the
+  // figures of the mode measured second may carry the second-communicator slowdown.
+  std::unique_ptr<dist::Communicator> shared_communicators[2];
   for (const Model model : selection.models)
     for (const dist::NcclCalls calls : selection.calls)
       for (const bool bucket_step : selection.bucket_steps) {
         std::unique_ptr<dist::Communicator>& shared = shared_communicators[calls == dist::NcclCalls::Blocking ? 0 : 1];
-        if (selection.shared_communicator && shared == nullptr) {
+        if (selection.communicators == CommunicatorScope::Shared && shared == nullptr) {
           dist::CommunicatorOptions options = selection.common.options;
           options.nccl_calls = calls;
           shared = dist::make_nccl_communicator(group, options);
@@ -421,7 +438,7 @@ int run(const Selection& selection) {
         c.calls = calls;
         c.bucket_step = bucket_step;
         all_right = run_case(group, device, c, shared.get()) && all_right;
-        if (selection.release_cache_between_cases) cuda::empty_cache(device.index);
+        if (selection.between_cases == BetweenCases::Release) cuda::empty_cache(device.index);
       }
   return all_right ? 0 : 1;
 }

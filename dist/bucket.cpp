@@ -158,6 +158,11 @@ void Reducer::wait_for_bucket(size_t index) {
   write_back(buckets_[index]);
 }
 
+void Reducer::wait_for_all_buckets() {
+  communicator_.compute_wait();
+  for (Bucket& bucket : buckets_) write_back(bucket);
+}
+
 void Reducer::write_back(Bucket& bucket) {
   if (!bucket.reduced.defined()) return;
   autograd::NoGradGuard no_grad;
@@ -179,14 +184,14 @@ void Reducer::finish(ComputeWaits waits) {
       params_[k].second.set_grad(buckets_[bucket_of_[k]].views[slot_of_[k]]);
     }
   }
-  if (waits == ComputeWaits::All) {
-    communicator_.compute_wait();
-    for (Bucket& bucket : buckets_) write_back(bucket);
-  }
+  // The first round under Error checks for unused parameters, which may raise: wait for every
+  // bucket then too, so that whoever catches the error finds the means in every .grad.
+  const bool first_check = unused_ == UnusedParameters::Error && rounds_ == 0;
+  if (waits == ComputeWaits::All || first_check) wait_for_all_buckets();
   reset_round();
   ++rounds_;
   if (unused_ == UnusedParameters::Error) {
-    if (rounds_ == 1) check_unused("in the first backward");
+    if (first_check) check_unused("in the first backward");
     return;
   }
 

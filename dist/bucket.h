@@ -57,7 +57,10 @@
 // `flat` (half the bytes for bf16, so half of NCCL's time on the SMs it shares with backward);
 // once that all-reduce is waited for (finish(All), or wait_for_bucket() under PerBucket), the
 // mean is converted back into `flat`, so every .grad holds the mean rounded to reduce_dtype. The
-// conversions are elementwise passes over the bucket on the compute stream.
+// conversions are elementwise passes over the bucket on the compute stream; on the 2x H200 they
+// cost about what the smaller all-reduce saves (docs/PERFORMANCE.md, ninth run). The first round
+// under Error, whose check may raise, and a DDP step that raises wait for every bucket, so .grad
+// holds the means whenever control returns.
 #pragma once
 
 #include <cstdint>
@@ -124,6 +127,9 @@ class Reducer : public std::enable_shared_from_this<Reducer> {
   /// buckets launched before it), without blocking the host. With a reduce_dtype it also converts
   /// the bucket's mean back into its gradients, so under PerBucket every bucket must be waited for.
   void wait_for_bucket(size_t index);
+  /// Orders the compute stream's later work after every bucket's latest all-reduce (with a
+  /// reduce_dtype, converting every mean back), without blocking the host.
+  void wait_for_all_buckets();
   /// Collective: raises on every rank (UnusedParameters::Error) when some rank left a parameter
   /// without a gradient in a finish() since the last check, naming it and `when`.
   void check_unused(const std::string& when);

@@ -105,14 +105,16 @@ struct CommunicatorOptions {
   /// NCCL: at most this many CTAs (one SM each) per collective (ncclConfig_t::maxCTAs); 0 leaves
   /// it to NCCL (24 on the 2x H200 machine).
   int nccl_max_ctas = 0;
-  /// NCCL, more than one rank: while overlapped all-reduces are in flight (from
-  /// all_reduce_overlapped() to the compute_wait() or synchronize() after the last one), cuBLAS
+  /// NCCL, more than one rank: while overlapped all-reduces are in flight (from the first
+  /// all_reduce_overlapped() of at least overlap_carveout_min_bytes to the compute_wait() or
+  /// synchronize() after the last one), cuBLAS
   /// plans GEMMs for this many fewer SMs, leaving them to NCCL's kernels (Note [SM carve-out] in
   /// dist/nccl_communicator.cpp). 0: no carve-out; kAutoCarveout: a quarter of the device's SMs,
   /// at most 32 (32 on an H100 or H200, the best value measured there).
   static constexpr int kAutoCarveout = -1;
   int overlap_sm_carveout = kAutoCarveout;
-  /// The carve-out starts at the first overlapped all-reduce of at least this many bytes: smaller
+  /// The carve-out starts at the first overlapped all-reduce of at least this many bytes (the bytes
+  /// sent: a bf16 bucket counts half its f32 gradients): smaller
   /// ones (DDP's 1 MiB first bucket) finish within tens of microseconds and leave the GEMMs that
   /// follow them all SMs.
   size_t overlap_carveout_min_bytes = size_t{4} << 20;

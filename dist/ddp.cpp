@@ -53,13 +53,20 @@ void DistributedDataParallel::step(optim::Optimizer& optimizer) {
               "drift apart. End the no_sync() block before the last micro-step's backward, or call optimizer.step() "
               "only after a reducing backward");
   reducer_->finish(Reducer::ComputeWaits::PerBucket);
-  optimizer.step_in_groups(bucket_params_, [&](size_t g) {
-    if (g < bucket_params_.size()) {
-      reducer_->wait_for_bucket(g);
-    } else {
-      communicator_.compute_wait();  // parameters outside the module: after every bucket
-    }
-  });
+  try {
+    optimizer.step_in_groups(bucket_params_, [&](size_t g) {
+      if (g < bucket_params_.size()) {
+        reducer_->wait_for_bucket(g);
+      } else {
+        communicator_.compute_wait();  // parameters outside the module: after every bucket
+      }
+    });
+  } catch (...) {
+    // e.g. the optimizer does not hold the module's parameters: the buckets are still waited for,
+    // so the next backward does not write them while they are reduced, and .grad holds the means.
+    reducer_->wait_for_all_buckets();
+    throw;
+  }
 }
 
 DistributedDataParallel::NoSyncGuard::NoSyncGuard(Reducer& reducer) : reducer_(reducer) {

@@ -41,9 +41,12 @@ struct DdpOptions {
   /// Relative tolerance of the checksum comparison (0: bitwise-equal checksums, as identical
   /// updates give).
   double checksum_rtol = 0.0;
-  /// All-reduce the gradients in this floating dtype instead of the parameters' own: DType::BF16
-  /// halves the bytes of f32 gradients (as PyTorch DDP's bf16_compress_hook), and every rank gets
-  /// the same mean rounded to bf16 (Note [ddp buckets]). Unset: the parameters' dtype.
+  /// All-reduce the gradients in this floating dtype instead of the parameters' own: with NCCL,
+  /// DType::BF16 halves the bytes of f32 gradients (as PyTorch DDP's bf16_compress_hook), and every
+  /// rank gets the same mean rounded to bf16 (Note [ddp buckets]). It costs a conversion each way
+  /// per step and a buffer of that dtype beside each bucket (half the gradients' memory for bf16).
+  /// The MPI backend reduces bf16 through an f32 copy, so there it saves nothing. F16 can overflow
+  /// to inf where bf16 cannot. Unset: the parameters' dtype.
   std::optional<DType> reduce_dtype;
 };
 

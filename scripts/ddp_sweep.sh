@@ -131,7 +131,7 @@ esac
 python3 - "$jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print(f"{'variant':18} {'model':5} {'W':>2} {'step ms':>8} {'fwd':>7} {'bwd':>7} {'wait':>7} {'optim':>7} {'host':>7} {'hidden':>7}")
+print(f"{'variant':24} {'model':5} {'W':>2} {'step ms':>8} {'fwd':>7} {'bwd':>7} {'wait':>7} {'optim':>7} {'host':>7} {'hidden':>7}")
 step = {(r["variant"], r["model"]): r["value"] for r in rows if r["bench"] == "ddp_step"}
 hidden = {(r["variant"], r["model"]): r["value"] for r in rows if r["bench"] == "ddp_overlap"}
 for r in rows:
@@ -139,7 +139,7 @@ for r in rows:
         continue
     key = (r["variant"], r["model"])
     h = hidden.get(key)
-    print(f"{r['variant']:18} {r['model']:5} {r['world']:>2} {step.get(key, float('nan')):8.3f} {r['forward_ms']:7.3f} "
+    print(f"{r['variant']:24} {r['model']:5} {r['world']:>2} {step.get(key, float('nan')):8.3f} {r['forward_ms']:7.3f} "
           f"{r['backward_ms']:7.3f} {r['wait_ms']:7.3f} {r['optimizer_ms']:7.3f} {r.get('host_ms', float('nan')):7.3f} "
           f"{'' if h is None else f'{h:7.2f}'}")
 

@@ -219,11 +219,36 @@ TEST(Ddp, Bf16ReduceDtypeGivesEveryRankTheMeanRoundedToBf16) {
   EXPECT_NO_THROW(ddp.check_parameters_in_sync("after 3 steps reduced in bf16"));
 }
 
-TEST(Ddp, ReduceDtypeMustBeFloating) {
+TEST(Ddp, ReduceDtypeMustBeFloatingAndTheParametersOwnDtypeAddsNoBuffer) {
   auto model = make_mlp(1500);
   const std::string message = error_of([&] { DistributedDataParallel ddp(model, comm(), small_buckets(DType::I32)); });
   EXPECT_NE(message.find("reduce_dtype"), std::string::npos) << message;
   EXPECT_NE(message.find("i32"), std::string::npos) << message;
+  DistributedDataParallel same(model, comm(), small_buckets(DType::F32));
+  for (const Bucket& bucket : same.reducer().buckets()) EXPECT_FALSE(bucket.reduced.defined());
+}
+
+TEST(Ddp, Bf16ReductionOfGradientsAccumulatedUnderNoSync) {
+  constexpr int64_t kMicro = 2, kMicroBatch = 3;
+  const int64_t global = kMicro * kMicroBatch * world();
+  auto model = make_mlp(1600 + rank());
+  DistributedDataParallel ddp(model, comm(), small_buckets(DType::BF16));
+  auto reference = clone_mlp(*model);
+  const Batch batch = global_batch(global, 160);
+  ddp.zero_grad();
+  for (int64_t m = 0; m < kMicro; ++m) {
+    const Batch mine = batch.slice((rank() * kMicro + m) * kMicroBatch, kMicroBatch);
+    auto run = [&] { (nn::mse_loss(ddp.forward(mine.x), mine.y) * (1.0 / kMicro)).backward(); };
+    if (m + 1 < kMicro) {
+      auto guard = ddp.no_sync();
+      run();
+    } else {
+      run();
+    }
+  }
+  ddp.synchronize_gradients();
+  nn::mse_loss(reference->forward(batch.x), batch.y).backward();
+  expect_bf16_reduced_grads(*model, *reference, "after accumulation under no_sync()");
 }
 
 TEST(Ddp, StepInsideNoSyncRaisesOnEveryRank) {
@@ -403,6 +428,44 @@ TEST(Ddp, UnusedParameterInALaterStepRaisesAtTheNextCheckAndReplicasStayEqual) {
   model->use_second = true;
   step();
   EXPECT_NO_THROW(ddp.check_parameters_in_sync("after step 4"));
+}
+
+/// The gradients of `module`, named, for comparing them across ranks.
+nn::NamedTensors named_grads(const nn::Module& module) {
+  nn::NamedTensors grads;
+  for (const auto& [name, p] : module.named_parameters()) grads.emplace_back(name, p.grad());
+  return grads;
+}
+
+TEST(Ddp, StepThatRaisesLeavesEveryRankTheMeanGradients) {
+  // After ddp.step raises (bf16 reduction, so the means reach .grad only when converted back),
+  // every rank must still hold the same mean gradients, and the next step must work.
+  if (world() == 1) GTEST_SKIP() << "needs at least two ranks";
+  manual_seed(1700);
+  auto model = std::make_shared<SwitchableHeads>();
+  model->use_second = rank() != 0;  // an unused parameter on rank 0 in the first backward
+  DdpOptions options;
+  options.reduce_dtype = DType::BF16;
+  DistributedDataParallel ddp(model, comm(), options);
+  optim::AdamW optimizer(ddp.parameters(), optim::AdamWOptions{.lr = 1e-2});
+  const Batch mine = global_batch(2 * world(), 170).slice(2 * rank(), 2);
+  nn::mse_loss(ddp.forward(mine.x), mine.y).backward();
+  const std::string unused = error_of([&] { ddp.step(optimizer); });
+  EXPECT_NE(unused.find("'second.weight' received no gradient"), std::string::npos) << unused;
+  EXPECT_NO_THROW(check_in_sync(named_grads(*model), comm(), "after the unused-parameter error", 0.0));
+
+  // An optimizer that does not hold the module's parameters: step_in_groups raises.
+  model->use_second = true;
+  Tensor stranger = full({2}, 1.0, TensorOptions(DType::F32));
+  stranger.requires_grad_(true);
+  optim::AdamW foreign({stranger}, {.lr = 1e-2});
+  nn::mse_loss(ddp.forward(mine.x), mine.y).backward();
+  EXPECT_NE(error_of([&] { ddp.step(foreign); }), "");
+  EXPECT_NO_THROW(check_in_sync(named_grads(*model), comm(), "after the foreign-optimizer error", 0.0));
+
+  nn::mse_loss(ddp.forward(mine.x), mine.y).backward();
+  EXPECT_NO_THROW(ddp.step(optimizer));
+  EXPECT_NO_THROW(ddp.check_parameters_in_sync("after a complete step"));
 }
 
 TEST(Ddp, UnusedParameterIsIgnoredUnderIgnorePolicy) {

@@ -155,21 +155,26 @@ TEST_F(Nccl, SmCarveOutAndCtaLimitKeepResultsAndCheckTheirRange) {
   options.high_priority_stream = true;
   auto limited = dist::make_nccl_communicator(group(), options);
   const int sms = cuda::multiprocessor_count(device().index);
-  // Below overlap_carveout_min_bytes: no carve-out.
-  Tensor small = full({1 << 18}, rank(), {kF32, device()});  // 1 MiB
-  limited->compute_wait(limited->all_reduce_overlapped(small, ReduceOp::Sum, "small bucket"));
-  EXPECT_EQ(cuda::gemm_sm_target(device().index), 0);
-  // A matmul issued while the carve-out is on gives the same product (to f32 rounding).
   manual_seed(5);
   const Tensor a = randn({192, 160}, {kF32, device()});
   const Tensor b = randn({160, 96}, {kF32, device()});
   const std::vector<float> before = matmul(a, b).to_vector<float>();
-  Tensor bucket = full({1 << 20}, rank(), {kF32, device()});
+  // Below overlap_carveout_min_bytes: no carve-out yet.
+  Tensor small = full({1 << 18}, rank(), {kF32, device()});  // 1 MiB
+  const uint64_t first = limited->all_reduce_overlapped(small, ReduceOp::Sum, "small bucket");
+  EXPECT_EQ(cuda::gemm_sm_target(device().index), 0);
+  // The first one of at least 2 MiB starts it, later in the round.
+  Tensor bucket = full({1 << 20}, rank(), {kF32, device()});  // 4 MiB
   const uint64_t n = limited->all_reduce_overlapped(bucket, ReduceOp::Avg, "bucket 0");
-  EXPECT_EQ(cuda::gemm_sm_target(device().index), world() > 1 ? sms - 32 : 0);  // 4 MiB: carved out
+  EXPECT_EQ(cuda::gemm_sm_target(device().index), world() > 1 ? sms - 32 : 0);
+  // A matmul issued while the carve-out is on gives the same product (to f32 rounding).
   const Tensor during = matmul(a, b);
+  limited->compute_wait(first);  // not the last collective: the carve-out stays
+  EXPECT_EQ(cuda::gemm_sm_target(device().index), world() > 1 ? sms - 32 : 0);
   limited->compute_wait(n);
   EXPECT_EQ(cuda::gemm_sm_target(device().index), 0);  // the last collective waited for: all SMs
+  EXPECT_TRUE(
+      all_close(small, {1 << 18}, std::vector<double>(1 << 18, world() * (world() - 1) / 2.0), tolerance_for(kF32)));
   EXPECT_TRUE(all_close(during, {192, 96}, std::vector<double>(before.begin(), before.end()), tolerance_for(kF32)));
   EXPECT_TRUE(all_close(bucket, {1 << 20}, std::vector<double>(1 << 20, (world() - 1) / 2.0), tolerance_for(kF32)));
   limited->barrier();
