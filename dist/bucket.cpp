@@ -92,6 +92,14 @@ Reducer::Reducer(nn::NamedTensors params, Communicator& communicator, BucketOpti
   }
 }
 
+Reducer::~Reducer() {
+  if (launches_ == 0) return;
+  try {
+    communicator_.compute_wait();
+  } catch (...) {  // a failed communicator: nothing more can be waited for, and a destructor must not throw
+  }
+}
+
 void Reducer::register_hooks() {
   std::weak_ptr<Reducer> weak = weak_from_this();
   for (size_t k = 0; k < params_.size(); ++k) {
@@ -104,11 +112,18 @@ void Reducer::register_hooks() {
 void Reducer::on_grad_ready(size_t param) {
   adopt_grad(param);
   if (sync_ == GradSync::AccumulateLocally) return;
-  FLAME_CHECK(!param_ready_[param],
-              "DistributedDataParallel: parameter '{}' got a gradient twice without synchronize_gradients() in "
-              "between. Call synchronize_gradients() after every backward outside no_sync() (before the "
-              "optimizer step), or run accumulation steps inside no_sync()",
-              params_[param].first);
+  if (param_ready_[param]) {
+    // Autograd has already added this gradient into the bucket view, possibly while the bucket is
+    // reduced: this round's gradients are wrong from here on (Note [ddp buckets]).
+    gradients_invalid_ = true;
+    FLAME_FAIL(
+        "DistributedDataParallel: parameter '{}' got a gradient twice without synchronize_gradients() in between "
+        "(two backwards, or one through two forwards, per reduction). This step's gradients are now invalid: call "
+        "synchronize_gradients() (it finishes the reduction on every rank, then raises) and ddp.zero_grad() "
+        "before the next backward. Call synchronize_gradients() after every backward outside no_sync() (before "
+        "the optimizer step), or run accumulation steps inside no_sync()",
+        params_[param].first);
+  }
   mark_ready(param);
 }
 
@@ -170,6 +185,15 @@ void Reducer::write_back(Bucket& bucket) {
 }
 
 void Reducer::finish(ComputeWaits waits) {
+  // Invalid gradients: finish the round like any other (the collectives stay matched across ranks)
+  // and wait for every bucket, since no optimizer step follows; then raise.
+  finish_round(gradients_invalid_ ? ComputeWaits::All : waits);
+  FLAME_CHECK(!gradients_invalid_,
+              "DistributedDataParallel: the gradients are invalid since a parameter got a gradient twice in one "
+              "reduction; call ddp.zero_grad() before the next backward (the optimizer must not step on them)");
+}
+
+void Reducer::finish_round(ComputeWaits waits) {
   std::vector<int32_t> used;  // [P], UnusedParameters::Ignore only: 1 where this rank produced a gradient
   if (unused_ == UnusedParameters::Ignore)
     for (size_t k = 0; k < params_.size(); ++k) used.push_back(param_ready_[k] ? 1 : 0);
@@ -224,7 +248,8 @@ void Reducer::check_unused(const std::string& when) {
   for (size_t k = 0; k < params_.size(); ++k) {
     FLAME_CHECK(ranks_without[k] == 0,
                 "DistributedDataParallel: parameter '{}' received no gradient on {} of {} ranks{} {}. Likely causes: "
-                "it is not used by forward() for every input, or its output does not reach the loss. Make every "
+                "it is not used by forward() for every input, its output does not reach the loss, or a backward raised "
+                "before reaching it. Make every "
                 "parameter take part in the loss, or construct DDP with DdpOptions::unused_parameters = "
                 "UnusedParameters::Ignore",
                 params_[k].first, ranks_without[k], world, mine[k] ? " (including this one)" : "", when);
@@ -236,6 +261,7 @@ void Reducer::zero_grads() {
               "DistributedDataParallel: zero_grad() while a backward's reduction is unfinished; call "
               "synchronize_gradients() first");
   autograd::NoGradGuard no_grad;
+  gradients_invalid_ = false;
   for (Bucket& bucket : buckets_) {
     bucket.flat.zero_();
     for (size_t k = 0; k < bucket.params.size(); ++k) params_[bucket.params[k]].second.set_grad(bucket.views[k]);

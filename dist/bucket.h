@@ -51,6 +51,12 @@
 //   view) as .grad, one no rank used keeps no gradient.
 // Because the collectives stay matched, a rank's missing gradient never leaves the others waiting.
 //
+// Errors. A parameter that gets a gradient twice in one round (two backwards per reduction) has
+// had it added into its bucket view, possibly while the bucket is reduced, before its hook can
+// raise: the round's gradients are invalid. finish() then still completes the round (the ranks'
+// collectives stay matched), waits for every bucket and raises, and keeps raising until
+// zero_grads(). Destroying the reducer orders the compute stream after every launched all-reduce.
+//
 // Reduced precision (BucketOptions::reduce_dtype, e.g. bf16 for f32 gradients, as PyTorch DDP's
 // bf16_compress_hook): each bucket then also has `reduced`, a flat buffer of that dtype. At launch
 // the bucket is converted into it on the compute stream and `reduced` is all-reduced instead of
@@ -116,12 +122,19 @@ class Reducer : public std::enable_shared_from_this<Reducer> {
   static std::shared_ptr<Reducer> make(nn::NamedTensors params, Communicator& communicator, BucketOptions options,
                                        UnusedParameters unused);
   Reducer(nn::NamedTensors params, Communicator& communicator, BucketOptions options, UnusedParameters unused);
+  /// Orders the compute stream after every all-reduce launched (a backward that raised may have left
+  /// some in flight), so the buckets are not freed while NCCL still uses them.
+  ~Reducer();
+  Reducer(const Reducer&) = delete;
+  Reducer& operator=(const Reducer&) = delete;
 
   /// See Note [ddp buckets]: launches what is pending, orders the compute stream after the
   /// all-reduces (all of them, or none with ComputeWaits::PerBucket: the caller then orders its
   /// work after each bucket with wait_for_bucket()) and starts a new round. Under Error, the first
   /// call also runs check_unused().
   enum class ComputeWaits { All, PerBucket };
+  /// Raises (after finishing the round) while the gradients are invalid: a parameter got a
+  /// gradient twice in one round, until zero_grads().
   void finish(ComputeWaits waits = ComputeWaits::All);
   /// Orders the compute stream's later work after bucket `index`'s latest all-reduce (and the
   /// buckets launched before it), without blocking the host. With a reduce_dtype it also converts
@@ -160,6 +173,7 @@ class Reducer : public std::enable_shared_from_this<Reducer> {
   /// With a reduce_dtype: converts the bucket's reduced mean back into its gradients (flat).
   void write_back(Bucket& bucket);
   void reset_round();
+  void finish_round(ComputeWaits waits);
 
   nn::NamedTensors params_;
   Communicator& communicator_;
@@ -173,6 +187,7 @@ class Reducer : public std::enable_shared_from_this<Reducer> {
   int64_t rounds_ = 0;                       // finish() calls so far
   size_t ready_params_ = 0;
   size_t next_launch_ = 0;
+  bool gradients_invalid_ = false;           // a parameter got a gradient twice; cleared by zero_grads()
   uint64_t launches_ = 0;                    // all-reduces launched since construction
   std::vector<size_t> last_round_launches_;  // bucket indices, in launch order, of the latest round
 };

@@ -63,9 +63,9 @@ uint64_t parameter_signature(const std::string& name, const Tensor& tensor) {
   return hash;
 }
 
-void verify_same_signatures(const nn::NamedTensors& tensors, Communicator& communicator, const std::string& what) {
+void verify_same_signatures(const nn::NamedTensors& tensors, Communicator& communicator, Device device,
+                            const std::string& what) {
   const int world = communicator.group().world_size;
-  const Device device = tensors.empty() ? kCPU : tensors.front().second.device();
   std::vector<int64_t> hashes;  // [P]
   uint64_t combined = 0;
   for (const auto& [name, t] : tensors) {

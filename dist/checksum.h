@@ -17,8 +17,10 @@ uint64_t parameter_signature(const std::string& name, const Tensor& tensor);
 /// and dtypes in the same order, by all-gathering [count, hash of all signatures] (i64 [2] per
 /// rank). On a mismatch every rank raises flame::Error naming the first differing entry as rank 0
 /// and the first differing rank describe it, or the differing counts. `what` names the tensors
-/// ("parameter", "buffer").
-void verify_same_signatures(const nn::NamedTensors& tensors, Communicator& communicator, const std::string& what);
+/// ("parameter", "buffer"); `device` is where the check's own tensors go (the communicator's
+/// device). Every rank must call it, also with an empty list (a rank may hold none).
+void verify_same_signatures(const nn::NamedTensors& tensors, Communicator& communicator, Device device,
+                            const std::string& what);
 
 /// Per-tensor checksum: [P, 2] f64 on the tensors' device, row i = (sum, sum of squares) of
 /// tensor i, accumulated in f64. Cheap (two reductions per tensor) and stays on the device.

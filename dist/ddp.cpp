@@ -18,8 +18,11 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<nn::Module> mod
               options_.check_every_n_steps, options_.checksum_rtol);
   const nn::NamedTensors params = module_->named_parameters();
   const nn::NamedTensors buffers = module_->named_buffers();
-  verify_same_signatures(params, communicator_, "parameter");
-  if (!buffers.empty()) verify_same_signatures(buffers, communicator_, "buffer");
+  // The check's own tensors go where the parameters are (the communicator's device); a rank without
+  // buffers still takes part in the buffer check, so that the ranks' collectives stay matched.
+  const Device device = params.empty() ? kCPU : params.front().second.device();
+  verify_same_signatures(params, communicator_, device, "parameter");
+  verify_same_signatures(buffers, communicator_, device, "buffer");
   {
     autograd::NoGradGuard no_grad;
     for (const auto& [name, p] : params) communicator_.broadcast(p, 0, "DDP parameter " + name);

@@ -291,6 +291,18 @@ void Trainer::set_up() {
   const dist::CommunicatorOptions comm_options{
       std::chrono::milliseconds(static_cast<int64_t>(config_.ddp.timeout_s * 1000.0))};
   control_ = dist::make_mpi_communicator(group_, comm_options);
+  if (config_.train.device == DeviceChoice::Auto && group_.is_distributed()) {
+    // Every rank must choose alike (NCCL or MPI for the gradients): the CPU for all when some node
+    // has fewer usable GPUs than ranks.
+    Tensor on_cuda = full({1}, device_.is_cuda() ? 1.0 : 0.0, TensorOptions(DType::I32));
+    control_->all_reduce(on_cuda, dist::ReduceOp::Sum, "train.device = \"auto\" agreement");
+    const int64_t ranks_on_cuda = static_cast<int64_t>(on_cuda.item());
+    if (ranks_on_cuda < group_.world_size && device_.is_cuda()) {
+      log_->warn("train.device = \"auto\": {} of {} ranks have no GPU of their own, so every rank trains on the CPU",
+                 group_.world_size - ranks_on_cuda, group_.world_size);
+      device_ = kCPU;
+    }
+  }
   if (device_.is_cuda()) gradients_ = dist::make_nccl_communicator(group_, comm_options);
 
   train_set_ = std::make_shared<data::ShardedDataset>(config_.data.train_dir);

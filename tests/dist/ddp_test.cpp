@@ -468,6 +468,60 @@ TEST(Ddp, StepThatRaisesLeavesEveryRankTheMeanGradients) {
   EXPECT_NO_THROW(ddp.check_parameters_in_sync("after a complete step"));
 }
 
+TEST(Ddp, GradientTwiceInOneReductionInvalidatesTheStepUntilZeroGrad) {
+  // Two forwards, then two backwards: the second adds into buckets already reduced. Every rank must
+  // raise, refuse the step until ddp.zero_grad(), and stay equal to the others.
+  auto model = make_mlp(1800 + rank());
+  DistributedDataParallel ddp(model, comm(), small_buckets());
+  optim::AdamW optimizer(ddp.parameters(), optim::AdamWOptions{.lr = 1e-2});
+  const Batch batch = global_batch(4 * world(), 180);
+  const Batch a = batch.slice(4 * rank(), 2), b = batch.slice(4 * rank() + 2, 2);
+  Tensor loss_a = nn::mse_loss(ddp.forward(a.x), a.y);
+  Tensor loss_b = nn::mse_loss(ddp.forward(b.x), b.y);
+  loss_a.backward();
+  const std::string twice = error_of([&] { loss_b.backward(); });
+  EXPECT_NE(twice.find("got a gradient twice"), std::string::npos) << twice;
+  EXPECT_NE(twice.find("ddp.zero_grad()"), std::string::npos) << twice;
+  const std::string invalid = error_of([&] { ddp.step(optimizer); });
+  EXPECT_NE(invalid.find("gradients are invalid"), std::string::npos) << invalid;
+  EXPECT_EQ(optimizer.step_count(), 0);
+  EXPECT_FALSE(ddp.reducer().round_in_progress());
+  // Still invalid without ddp.zero_grad(), even after a complete backward.
+  nn::mse_loss(ddp.forward(a.x), a.y).backward();
+  EXPECT_NE(error_of([&] { ddp.synchronize_gradients(); }).find("gradients are invalid"), std::string::npos);
+  ddp.zero_grad();
+  nn::mse_loss(ddp.forward(a.x), a.y).backward();
+  EXPECT_NO_THROW(ddp.step(optimizer));
+  EXPECT_EQ(optimizer.step_count(), 1);
+  EXPECT_NO_THROW(ddp.check_parameters_in_sync("after the step following the error"));
+}
+
+/// A linear layer that registers a buffer when asked to.
+class MaybeBuffered : public nn::Module {
+ public:
+  explicit MaybeBuffered(bool with_buffer) {
+    linear_ = register_module("lin", std::make_shared<nn::Linear>(kIn, kOut));
+    if (with_buffer) register_buffer("running", zeros({kOut}));
+  }
+  Tensor forward(const Tensor& x) override { return linear_->forward(x); }
+  std::string type_name() const override { return "MaybeBuffered"; }
+
+ private:
+  std::shared_ptr<nn::Linear> linear_;
+};
+
+TEST(Ddp, BufferOnSomeRanksOnlyRaisesOnEveryRank) {
+  if (world() == 1) GTEST_SKIP() << "needs at least two ranks";
+  manual_seed(1900);
+  auto model = std::make_shared<MaybeBuffered>(/*with_buffer=*/rank() == 1);
+  const std::string message = error_of([&] { DistributedDataParallel ddp(model, comm()); });
+  EXPECT_NE(message.find("different buffers"), std::string::npos) << message;
+  EXPECT_NE(message.find("'running'"), std::string::npos) << message;
+  // The communicator is still usable: the ranks' collectives stayed matched.
+  auto same = std::make_shared<MaybeBuffered>(/*with_buffer=*/true);
+  EXPECT_NO_THROW(DistributedDataParallel ddp(same, comm()));
+}
+
 TEST(Ddp, UnusedParameterIsIgnoredUnderIgnorePolicy) {
   manual_seed(700);
   auto model = std::make_shared<TwoHeads>(/*use_second=*/rank() == world() - 1 && world() > 1);
