@@ -27,8 +27,15 @@ void DistributedSampler::set_epoch(int64_t epoch) {
 }
 
 int64_t DistributedSampler::size() const {
-  if (remainder_ == Remainder::Drop || dataset_size_ == 0) return dataset_size_ / world_size_;
-  return (dataset_size_ + world_size_ - 1) / world_size_;
+  switch (remainder_) {
+    case Remainder::Drop:
+      return dataset_size_ / world_size_;
+    case Remainder::Pad:
+      return (dataset_size_ + world_size_ - 1) / world_size_;
+    case Remainder::Uneven:
+      return dataset_size_ / world_size_ + (rank_ < dataset_size_ % world_size_ ? 1 : 0);
+  }
+  FLAME_FAIL("DistributedSampler: unknown remainder policy");
 }
 
 // Note [sampler permutation].

@@ -12,8 +12,10 @@ namespace flame::data {
 
 /// What to do with the samples left over when the dataset does not divide evenly among ranks.
 enum class Remainder {
-  Drop,  // each rank takes floor(N / W) samples; the rest are skipped this epoch
-  Pad,   // each rank takes ceil(N / W); the permutation wraps around to fill the last share
+  Drop,    // each rank takes floor(N / W) samples; the rest are skipped this epoch
+  Pad,     // each rank takes ceil(N / W); the permutation wraps around to fill the last share
+  Uneven,  // every sample exactly once: ranks r < N mod W take ceil(N / W), the others floor(N / W).
+           // For evaluation: the ranks' batch counts may differ, so not for DDP training steps
 };
 
 /// Whether the sampler permutes the dataset each epoch.
@@ -30,9 +32,9 @@ enum class Shuffle {
 /// modulo are involved, so every rank on every platform computes the same permutation (the modulo
 /// bias is below (i + 1) / 2^64). With Remainder::Pad the permuted list is extended to
 /// ceil(N / W) * W entries by wrapping around (entry p is perm[p % N]); with Remainder::Drop it is
-/// cut to floor(N / W) * W entries. Rank r then takes entries r, r + W, r + 2W, ... (strided, as
-/// PyTorch's DistributedSampler does), so the W shares are disjoint and together cover every kept
-/// entry exactly once.
+/// cut to floor(N / W) * W entries; with Remainder::Uneven it stays N entries. Rank r then takes
+/// entries r, r + W, r + 2W, ... (strided, as PyTorch's DistributedSampler does), so the W shares
+/// are disjoint and together cover every kept entry exactly once.
 
 /// One permutation of [0, N) per (seed, epoch), identical on every rank (Philox-based, so it does
 /// not depend on the platform); rank r of W takes a disjoint, equal share of it.
@@ -44,7 +46,8 @@ class DistributedSampler {
   /// Selects the permutation of `epoch` (>= 0). Call it with the same value on every rank.
   void set_epoch(int64_t epoch);
   int64_t epoch() const { return epoch_; }
-  /// Samples this rank sees per epoch: floor(N / W) with Drop, ceil(N / W) with Pad.
+  /// Samples this rank sees per epoch: floor(N / W) with Drop, ceil(N / W) with Pad, and with
+  /// Uneven ceil(N / W) for ranks below N mod W, floor(N / W) for the others.
   int64_t size() const;
   int64_t dataset_size() const { return dataset_size_; }
   int rank() const { return rank_; }

@@ -252,7 +252,13 @@ class Trainer {
   /// One optimizer step; returns the step's loss (this rank, a device scalar).
   Tensor train_step();
   /// Mean loss and accuracy over the test split (collective); nullopt without a test set.
-  std::optional<std::pair<double, double>> evaluate();
+  /// The test set's mean loss and accuracy over every sample, and how many samples that was.
+  struct Evaluation {
+    double loss = 0.0;
+    double accuracy = 0.0;
+    int64_t samples = 0;
+  };
+  std::optional<Evaluation> evaluate();
   /// Writes a checkpoint of the current step (rank 0; collective); `result` holds the numbers a
   /// resumed run that has nothing left to do reports, `trained_s` the training seconds so far.
   std::string save_checkpoint(const RunResult& result, double trained_s);
@@ -412,15 +418,17 @@ Tensor Trainer::train_step() {
   return step_loss;
 }
 
-std::optional<std::pair<double, double>> Trainer::evaluate() {
+std::optional<Trainer::Evaluation> Trainer::evaluate() {
   if (!test_set_) return std::nullopt;
   autograd::NoGradGuard no_grad;
   model_->eval();
   if (test_loader_) {
     test_loader_->set_epoch(0);  // the same unshuffled pass again
   } else {
+    // Every test sample exactly once, whatever the world size (the loop has no collective, so the
+    // ranks' batch counts may differ).
     data::DistributedSampler sampler(test_set_->size(), group_.rank, group_.world_size, 0, data::Shuffle::Off,
-                                     data::Remainder::Drop);
+                                     data::Remainder::Uneven);
     data::DataLoaderOptions options;
     options.batch_size = config_.eval.batch_size;
     options.workers = config_.data.workers;
@@ -444,7 +452,7 @@ std::optional<std::pair<double, double>> Trainer::evaluate() {
       sum_over_ranks(*control_, {loss_sum.item(), correct.item(), static_cast<double>(count)}, "evaluation sums");
   FLAME_CHECK(totals[2] > 0, "data.test '{}' has no sample to evaluate on {} ranks", config_.data.test_dir,
               group_.world_size);
-  return std::make_pair(totals[0] / totals[2], totals[1] / totals[2]);
+  return Evaluation{totals[0] / totals[2], totals[1] / totals[2], static_cast<int64_t>(totals[2])};
 }
 
 std::string Trainer::save_checkpoint(const RunResult& result, double trained_s) {
@@ -561,16 +569,21 @@ RunResult Trainer::run() {
     }
     if ((config_.eval.every_steps > 0 && step_ % config_.eval.every_steps == 0) || last) {
       if (const auto eval = evaluate()) {
-        result.test_loss = eval->first;
-        result.test_accuracy = eval->second;
-        if (!result.time_to_90_s && eval->second >= 0.9) result.time_to_90_s = trained_before_ + seconds_since_start();
+        result.test_loss = eval->loss;
+        result.test_accuracy = eval->accuracy;
+        if (!result.time_to_90_s && eval->accuracy >= 0.9)
+          result.time_to_90_s = trained_before_ + seconds_since_start();
         progress.note(
-            fmt::format("step {}: test loss {:.4f}, test accuracy {:.2f}%", step_, eval->first, 100.0 * eval->second));
-        log_->debug("evaluation at step {}: loss {:.6f} accuracy {:.6f}", step_, eval->first, eval->second);
-        if (metrics_) metrics_->write(step_, {{"test_loss", eval->first}, {"test_accuracy", eval->second}});
+            fmt::format("step {}: test loss {:.4f}, test accuracy {:.2f}%", step_, eval->loss, 100.0 * eval->accuracy));
+        log_->debug("evaluation at step {}: loss {:.6f} accuracy {:.6f} on {} samples", step_, eval->loss,
+                    eval->accuracy, eval->samples);
+        if (metrics_)
+          metrics_->write(step_, {{"test_loss", eval->loss},
+                                  {"test_accuracy", eval->accuracy},
+                                  {"test_samples", static_cast<double>(eval->samples)}});
         if (tensorboard_) {
-          tensorboard_->add_scalar("test/loss", eval->first, step_);
-          tensorboard_->add_scalar("test/accuracy", eval->second, step_);
+          tensorboard_->add_scalar("test/loss", eval->loss, step_);
+          tensorboard_->add_scalar("test/accuracy", eval->accuracy, step_);
         }
       }
     }

@@ -1,4 +1,4 @@
-// DistributedSampler: exactly-once coverage for W = 1..8 with both remainders, the documented
+// DistributedSampler: exactly-once coverage for W = 1..8 with every remainder policy, the documented
 // Philox permutation (Note [sampler permutation]), epochs and seeds, argument checks.
 #include <gtest/gtest.h>
 
@@ -52,6 +52,21 @@ TEST(DistributedSampler, DropCoversEachSampleAtMostOnceWithEqualShares) {
           }
           EXPECT_EQ(covered, (n / world) * world);
         }
+      }
+    }
+  }
+}
+
+TEST(DistributedSampler, UnevenCoversEverySampleExactlyOnce) {
+  for (Shuffle shuffle : {Shuffle::On, Shuffle::Off}) {
+    for (int world = 1; world <= 8; ++world) {
+      for (int64_t n : kSizes) {
+        SCOPED_TRACE(testing::Message() << "N=" << n << " W=" << world << " shuffle=" << (shuffle == Shuffle::On));
+        std::vector<int64_t> shares;
+        const std::vector<int64_t> count = coverage(n, world, Remainder::Uneven, shuffle, /*epoch=*/2, &shares);
+        for (int rank = 0; rank < world; ++rank)
+          EXPECT_EQ(shares[static_cast<size_t>(rank)], n / world + (rank < n % world ? 1 : 0)) << "rank " << rank;
+        for (int64_t c : count) EXPECT_EQ(c, 1);
       }
     }
   }

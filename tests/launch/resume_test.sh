@@ -10,14 +10,16 @@
 #      exit status 85 with a checkpoint written after the step it stopped at;
 #   3. resumes it with --resume auto and expects it to finish;
 #   4. compares: summary.json's final_loss and every logged loss after the resume step must be
-#      identical (the same JSON text) to the reference run's.
+#      identical (the same JSON text) to the reference run's;
+#   5. checks that every evaluation covered all 255 test samples, whatever NP (255 is odd, so two
+#      ranks get 128 and 127).
 set -euo pipefail
 train=$1 prep=$2 work=$3 np=$4 signal=$5
 rm -rf "$work"
 mkdir -p "$work"
 cd "$work"
 "$prep" synthetic --out data/train --kind images --samples 2048 --seed 11 >/dev/null
-"$prep" synthetic --out data/test --kind images --samples 256 --seed 12 >/dev/null
+"$prep" synthetic --out data/test --kind images --samples 255 --seed 12 >/dev/null
 cat >run.toml <<'TOML'
 [model]
 name = "mlp"
@@ -111,6 +113,8 @@ b = json.load(open("interrupted/summary.json"))
 assert json.dumps(a["final_loss"]) == json.dumps(b["final_loss"]), (a["final_loss"], b["final_loss"])
 assert a["steps"] == b["steps"] == 400
 assert json.dumps(a["test_accuracy"]) == json.dumps(b["test_accuracy"])
+evaluated = [json.loads(line)["test_samples"] for line in open("reference/metrics.jsonl") if "test_samples" in line]
+assert evaluated and all(n == 255 for n in evaluated), f"evaluations covered {evaluated} samples, not 255"
 print(f"resume_test: stopped at step {stopped_at}; {len(later)} later losses and the final loss "
       f"{a['final_loss']} identical")
 PY

@@ -280,7 +280,8 @@ TEST(Trainer, ShortRunResultAndOutputs) {
   EXPECT_EQ(keys(accuracy), (std::vector<int64_t>{6, 12}));
   EXPECT_EQ(accuracy.at(12), *result.test_accuracy);
   EXPECT_EQ(series(records, "test_loss").at(12), *result.test_loss);
-  for (const json& r : records) EXPECT_GT(r.at("time").get<double>(), 1.5e9) << r.dump();  // Unix seconds
+  EXPECT_EQ(series(records, "test_samples"), (std::map<int64_t, double>{{6, 40.0}, {12, 40.0}}));  // every one
+  for (const json& r : records) EXPECT_GT(r.at("time").get<double>(), 1.5e9) << r.dump();          // Unix seconds
 
   // The TensorBoard event file holds the same scalars (as float32).
   const std::vector<std::string> events = files_containing(dir.file("run/tensorboard"), "tfevents");
