@@ -89,6 +89,11 @@ void DistributedDataParallel::check_parameters_in_sync(const std::string& when) 
   check_in_sync(module_->named_parameters(), communicator_, when, options_.checksum_rtol);
 }
 
+void DistributedDataParallel::set_steps(int64_t steps) {
+  FLAME_CHECK(steps >= 0, "DistributedDataParallel::set_steps: {} steps is negative", steps);
+  steps_ = steps;
+}
+
 void DistributedDataParallel::after_step() {
   ++steps_;
   if (options_.check_every_n_steps > 0 && steps_ % options_.check_every_n_steps == 0)

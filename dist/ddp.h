@@ -110,6 +110,9 @@ class DistributedDataParallel {
   /// Counts optimizer steps; every DdpOptions::check_every_n_steps-th call runs
   /// check_parameters_in_sync("after step N").
   void after_step();
+  /// Sets the count of optimizer steps taken so far, e.g. to the step a run resumed from, so that
+  /// the periodic check keeps the run's cadence and names its step numbers. Raises for steps < 0.
+  void set_steps(int64_t steps);
 
   nn::Module& module() { return *module_; }
   const std::shared_ptr<nn::Module>& module_ptr() const { return module_; }

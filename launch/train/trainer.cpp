@@ -525,6 +525,7 @@ RunResult Trainer::run() {
           .reduce_dtype =
               config_.ddp.reduce_dtype == ReduceDtype::BF16 ? std::optional<DType>(DType::BF16) : std::nullopt,
       });
+  ddp_->set_steps(step_);  // a resumed run keeps its check cadence (ddp.check_every) and step numbers
   if (group_.rank == 0) {
     metrics_ = std::make_unique<JsonlWriter>((log_dir_ / "metrics.jsonl").string());
     if (config_.log.tensorboard)
@@ -588,7 +589,9 @@ RunResult Trainer::run() {
       }
     }
     if (checkpoint_now) {
-      if (last) ddp_->check_parameters_in_sync(fmt::format("at the end (step {})", step_));
+      // At the end, unless after_step() just ran the periodic check on this step.
+      const bool just_checked = config_.ddp.check_every > 0 && step_ % config_.ddp.check_every == 0;
+      if (last && !just_checked) ddp_->check_parameters_in_sync(fmt::format("at the end (step {})", step_));
       result.last_checkpoint = save_checkpoint(result, trained_before_ + seconds_since_start());
     }
     if (tensorboard_) tensorboard_->flush();

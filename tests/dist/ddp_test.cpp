@@ -335,6 +335,25 @@ TEST(Ddp, DesyncCheckNamesTheDivergingParameterOnEveryRank) {
   EXPECT_EQ(message.find("'2.weight'"), std::string::npos) << message;
 }
 
+TEST(Ddp, SetStepsKeepsTheCheckCadenceOfAResumedRun) {
+  auto model = make_mlp(410);
+  DdpOptions options;
+  options.check_every_n_steps = 4;
+  DistributedDataParallel ddp(model, comm(), options);
+  EXPECT_TRUE(error_of([&] { ddp.set_steps(-1); }).find("negative") != std::string::npos);
+  ddp.set_steps(6);  // resumed after step 6: the next check is after step 8
+  if (world() == 1) GTEST_SKIP() << "needs at least two ranks";
+  if (rank() == 0) {
+    autograd::NoGradGuard no_grad;
+    Tensor bias = model->named_parameters()[1].second;  // "0.bias"
+    bias.add_(1e-3);
+  }
+  EXPECT_NO_THROW(ddp.after_step());  // step 7: no check
+  const std::string message = error_of([&] { ddp.after_step(); });
+  EXPECT_NE(message.find("after step 8"), std::string::npos) << message;
+  EXPECT_EQ(ddp.steps(), 8);
+}
+
 TEST(Ddp, ParameterMismatchAtConstructionRaisesOnEveryRank) {
   if (world() == 1) GTEST_SKIP() << "needs at least two ranks";
   auto model = make_mlp(500, rank() == 1 ? kHidden + 1 : kHidden);
