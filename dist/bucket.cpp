@@ -10,10 +10,17 @@
 
 namespace flame::dist {
 
-std::vector<std::vector<size_t>> assign_buckets(const std::vector<Tensor>& params, const BucketOptions& options) {
+void check_bucket_options(const BucketOptions& options) {
   FLAME_CHECK(options.first_bucket_bytes > 0 && options.bucket_cap_bytes > 0,
               "DistributedDataParallel: bucket caps must be positive (first_bucket_bytes {}, bucket_cap_bytes {})",
               options.first_bucket_bytes, options.bucket_cap_bytes);
+  FLAME_CHECK(!options.reduce_dtype || is_floating(*options.reduce_dtype),
+              "DistributedDataParallel: reduce_dtype must be a floating dtype (bf16, f16, f32 or f64), got {}",
+              dtype_name(*options.reduce_dtype));
+}
+
+std::vector<std::vector<size_t>> assign_buckets(const std::vector<Tensor>& params, const BucketOptions& options) {
+  check_bucket_options(options);
   struct Open {
     size_t bucket;
     size_t bytes;
@@ -50,9 +57,7 @@ std::shared_ptr<Reducer> Reducer::make(nn::NamedTensors params, Communicator& co
 Reducer::Reducer(nn::NamedTensors params, Communicator& communicator, BucketOptions options, UnusedParameters unused)
     : params_(std::move(params)), communicator_(communicator), unused_(unused) {
   FLAME_CHECK(!params_.empty(), "DistributedDataParallel: the module has no parameters to synchronise");
-  FLAME_CHECK(!options.reduce_dtype || is_floating(*options.reduce_dtype),
-              "DistributedDataParallel: reduce_dtype must be a floating dtype (bf16, f16, f32 or f64), got {}",
-              dtype_name(*options.reduce_dtype));
+  check_bucket_options(options);
   std::vector<Tensor> tensors;
   const Device device = params_.front().second.device();
   for (const auto& [name, p] : params_) {

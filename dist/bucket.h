@@ -110,6 +110,9 @@ struct Bucket {
   uint64_t collective = 0;  // the communicator's number for its latest all-reduce (compute_wait)
 };
 
+/// Raises flame::Error for a cap that is not positive or a reduce_dtype that is not floating.
+void check_bucket_options(const BucketOptions& options);
+
 /// Assigns parameters to buckets (Note [ddp buckets]): returns, per bucket, the parameter indices
 /// in bucket order. Pure function of the shapes, dtypes and devices, so identical on every rank.
 std::vector<std::vector<size_t>> assign_buckets(const std::vector<Tensor>& params, const BucketOptions& options);

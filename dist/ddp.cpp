@@ -16,6 +16,8 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<nn::Module> mod
   FLAME_CHECK(options_.check_every_n_steps >= 0 && options_.checksum_rtol >= 0,
               "DistributedDataParallel: check_every_n_steps ({}) and checksum_rtol ({}) must be >= 0",
               options_.check_every_n_steps, options_.checksum_rtol);
+  const BucketOptions bucket_options{options_.first_bucket_bytes, options_.bucket_cap_bytes, options_.reduce_dtype};
+  check_bucket_options(bucket_options);  // before any collective changes the module
   const nn::NamedTensors params = module_->named_parameters();
   const nn::NamedTensors buffers = module_->named_buffers();
   // The check's own tensors go where the parameters are (the communicator's device); a rank without
@@ -28,9 +30,7 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<nn::Module> mod
     for (const auto& [name, p] : params) communicator_.broadcast(p, 0, "DDP parameter " + name);
     for (const auto& [name, b] : buffers) communicator_.broadcast(b, 0, "DDP buffer " + name);
   }
-  reducer_ = Reducer::make(params, communicator_,
-                           BucketOptions{options_.first_bucket_bytes, options_.bucket_cap_bytes, options_.reduce_dtype},
-                           options_.unused_parameters);
+  reducer_ = Reducer::make(params, communicator_, bucket_options, options_.unused_parameters);
   for (const Bucket& bucket : reducer_->buckets()) {
     std::vector<Tensor>& members = bucket_params_.emplace_back();
     for (size_t k : bucket.params) members.push_back(reducer_->params()[k].second);

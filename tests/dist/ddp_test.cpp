@@ -220,10 +220,12 @@ TEST(Ddp, Bf16ReduceDtypeGivesEveryRankTheMeanRoundedToBf16) {
 }
 
 TEST(Ddp, ReduceDtypeMustBeFloatingAndTheParametersOwnDtypeAddsNoBuffer) {
-  auto model = make_mlp(1500);
+  auto model = make_mlp(1500 + rank());  // every rank different
   const std::string message = error_of([&] { DistributedDataParallel ddp(model, comm(), small_buckets(DType::I32)); });
   EXPECT_NE(message.find("reduce_dtype"), std::string::npos) << message;
   EXPECT_NE(message.find("i32"), std::string::npos) << message;
+  // Raised before any collective: every rank keeps its own initial parameters.
+  expect_same_parameters(*model, *make_mlp(1500 + rank()), 0.0, "after the rejected construction");
   DistributedDataParallel same(model, comm(), small_buckets(DType::F32));
   for (const Bucket& bucket : same.reducer().buckets()) EXPECT_FALSE(bucket.reduced.defined());
 }
