@@ -57,7 +57,6 @@ std::shared_ptr<Reducer> Reducer::make(nn::NamedTensors params, Communicator& co
 Reducer::Reducer(nn::NamedTensors params, Communicator& communicator, BucketOptions options, UnusedParameters unused)
     : params_(std::move(params)), communicator_(communicator), unused_(unused) {
   FLAME_CHECK(!params_.empty(), "DistributedDataParallel: the module has no parameters to synchronise");
-  check_bucket_options(options);
   std::vector<Tensor> tensors;
   const Device device = params_.front().second.device();
   for (const auto& [name, p] : params_) {
