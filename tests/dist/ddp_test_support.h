@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "core/autograd.h"
 #include "core/ops.h"
 #include "core/random.h"
 #include "dist/communicator.h"
@@ -110,6 +111,14 @@ inline void expect_bf16_reduced_grads(const nn::Module& got, const nn::Module& w
     EXPECT_LE(max_abs_diff(grad, w[i].second.grad()), largest / 32)
         << "grad of " << g[i].first << " " << at << " rank " << rank;
   }
+}
+
+/// Adds 1e-3 to `module`'s parameter number `index` (registration order) outside autograd: this
+/// replica then differs from the others, as the desynchronisation checks must notice.
+inline void perturb_parameter(const nn::Module& module, size_t index) {
+  autograd::NoGradGuard no_grad;
+  Tensor parameter = module.named_parameters()[index].second;
+  parameter.add_(1e-3);
 }
 
 /// The flame::Error message `fn` raises, or "" when it raises nothing.
