@@ -31,6 +31,9 @@ void write_shard(const std::string& path, const std::vector<ArrayToWrite>& array
     h5::Handle space =
         h5::check_id(H5Screate_simple(static_cast<int>(array.dims.size()), array.dims.data(), nullptr), path, context);
     h5::Handle properties = h5::check_id(H5Pcreate(H5P_DATASET_CREATE), path, context);
+    // No creation/modification times in the object header: the same samples give the same bytes
+    // (and SHA-256) whenever they are written.
+    h5::check_status(H5Pset_obj_track_times(properties.get(), false), path, context);
     std::vector<hsize_t> chunk = array.dims;
     chunk[0] = std::min(array.chunk_rows, array.dims[0]);
     h5::check_status(H5Pset_chunk(properties.get(), static_cast<int>(chunk.size()), chunk.data()), path, context);
