@@ -1,0 +1,170 @@
+// Experiment (issue 5, docs/PERFORMANCE.md "tenth run"): the tail of the mlp benchmark's DDP step at
+// batch 256 on 2 ranks, with plain NCCL and cuBLAS (not FLAME), to compare ways of all-reducing its
+// two large gradients before building one into FLAME. Built and run by run.sh.
+//
+// The step, as FLAME's ddp.step runs it: the 64 MiB weight gradient of the second layer (GEMM) is
+// all-reduced beside the input-gradient GEMM and the first layer's 16 MiB weight-gradient GEMM; the
+// 16 MiB one is all-reduced after them; an AdamW-like update of each runs when its all-reduce is
+// done. Printed: the step without communication (local_ms), with it (dist_ms), and the difference.
+// Modes (how each gradient is all-reduced):
+//   nccl    ncclAllReduce (ring kernels), cudaMalloc buffers;
+//   ce      CTA policy ZERO, symmetric windows: copy-engine alltoall, add kernel, copy-engine allgather;
+//   hybrid  the 64 MiB one as ce, the 16 MiB one with ncclAllReduce;
+//   rsce    CTA policy ZERO, symmetric windows: ncclReduceScatter (kernels), ncclAllGather (copy engines);
+//   rsce1   the 64 MiB one as rsce, the 16 MiB one with ncclAllReduce.
+// CARVE > 0 plans the GEMMs beside the all-reduces for (SMs - CARVE) SMs (not in ce and hybrid);
+// ADDBLOCKS is the ce add kernel's grid; CHUNKS > 1 computes and all-reduces the 64 MiB gradient in
+// that many row blocks, each all-reduced as soon as its GEMM is done.
+// Usage: mpirun -np 2 ddp_tail_emulation MODE CARVE [ADDBLOCKS] [CHUNKS]
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <mpi.h>
+#include <nccl.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#define CK(x) do { cudaError_t s_ = (x); if (s_ != cudaSuccess) { fprintf(stderr, "%s: %s\n", #x, cudaGetErrorString(s_)); MPI_Abort(MPI_COMM_WORLD, 1);} } while (0)
+#define NK(x) do { ncclResult_t s_ = (x); if (s_ != ncclSuccess) { fprintf(stderr, "%s: %s\n", #x, ncclGetErrorString(s_)); MPI_Abort(MPI_COMM_WORLD, 1);} } while (0)
+#define BK(x) do { cublasStatus_t s_ = (x); if (s_ != CUBLAS_STATUS_SUCCESS) { fprintf(stderr, "%s: %d\n", #x, (int)s_); MPI_Abort(MPI_COMM_WORLD, 1);} } while (0)
+
+__global__ void add_halves(const float4* a, const float4* b, float4* out, size_t n4) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
+    float4 x = a[i], y = b[i];
+    out[i] = make_float4(0.5f * (x.x + y.x), 0.5f * (x.y + y.y), 0.5f * (x.z + y.z), 0.5f * (x.w + y.w));
+  }
+}
+
+
+__global__ void adamw_like(float4* p, const float4* g, float4* m, float4* v, size_t n4) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
+    float4 pp = p[i], gg = g[i], mm = m[i], vv = v[i];
+#define UPD(c) mm.c = 0.9f * mm.c + 0.1f * gg.c; vv.c = 0.999f * vv.c + 0.001f * gg.c * gg.c; pp.c -= 1e-3f * (mm.c / (sqrtf(vv.c) + 1e-8f) + 0.01f * pp.c);
+    UPD(x) UPD(y) UPD(z) UPD(w)
+    p[i] = pp; m[i] = mm; v[i] = vv;
+  }
+}
+
+static double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Usage: mpirun -np 2 ar_step MODE(nccl|ce|hybrid) CARVE [ADDBLOCKS]
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  int rank, world;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  std::string mode = argv[1];
+  int carve = atoi(argv[2]);
+  int add_blocks = argc > 3 ? atoi(argv[3]) : 264;
+  int chunks = argc > 4 ? atoi(argv[4]) : 1;
+  CK(cudaSetDevice(rank));
+  int sms;
+  CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, rank));
+  ncclUniqueId id;
+  if (rank == 0) NK(ncclGetUniqueId(&id));
+  MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, MPI_COMM_WORLD);
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 1;
+  if (mode != "nccl") config.CTAPolicy = NCCL_CTA_POLICY_ZERO;
+  ncclComm_t comm;
+  NK(ncclCommInitRankConfig(&comm, world, id, rank, &config));
+  const size_t n1 = size_t(4096) * 4096, n2 = size_t(4096) * 1024;
+  float *b1, *b2, *recv;
+  ncclWindow_t w1 = nullptr, w2 = nullptr, wr = nullptr;
+  if (mode == "nccl") {
+    CK(cudaMalloc(&b1, n1 * 4)); CK(cudaMalloc(&b2, n2 * 4));
+  } else {
+    NK(ncclMemAlloc((void**)&b1, n1 * 4)); NK(ncclCommWindowRegister(comm, b1, n1 * 4, &w1, NCCL_WIN_COLL_SYMMETRIC));
+    NK(ncclMemAlloc((void**)&b2, n2 * 4)); NK(ncclCommWindowRegister(comm, b2, n2 * 4, &w2, NCCL_WIN_COLL_SYMMETRIC));
+    NK(ncclMemAlloc((void**)&recv, n1 * 4)); NK(ncclCommWindowRegister(comm, recv, n1 * 4, &wr, NCCL_WIN_COLL_SYMMETRIC));
+  }
+  CK(cudaMemset(b1, 0, n1 * 4)); CK(cudaMemset(b2, 0, n2 * 4));
+  float *x1, *g2, *w2m, *dx2, *g1, *x0, *p1, *m1, *v1, *p2, *m2, *v2;
+  auto alloc = [&](float** p, size_t n) { CK(cudaMalloc(p, n * 4)); CK(cudaMemset(*p, 0, n * 4)); };
+  alloc(&x1, 256 * 4096); alloc(&g2, 256 * 4096); alloc(&w2m, n1); alloc(&dx2, 256 * 4096);
+  alloc(&g1, 256 * 4096); alloc(&x0, 256 * 1024);
+  alloc(&p1, n1); alloc(&m1, n1); alloc(&v1, n1); alloc(&p2, n2); alloc(&m2, n2); alloc(&v2, n2);
+  cudaStream_t compute, commst;
+  CK(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking));
+  CK(cudaStreamCreateWithFlags(&commst, cudaStreamNonBlocking));
+  cublasHandle_t blas;
+  BK(cublasCreate(&blas));
+  BK(cublasSetStream(blas, compute));
+  const float one = 1.f, zero = 0.f;
+  auto ce_allreduce = [&](float* buf, size_t n) {
+    const size_t half = n / 2;
+    NK(ncclAlltoAll(buf, recv, half, ncclFloat32, comm, commst));
+    add_halves<<<add_blocks, 256, 0, commst>>>((const float4*)recv, (const float4*)(recv + half),
+                                               (float4*)(buf + rank * half), half / 4);
+    NK(ncclAllGather(buf + rank * half, buf, half, ncclFloat32, comm, commst));
+  };
+  auto rs_ce = [&](float* buf, size_t n) {
+    const size_t half = n / 2;  // in place: reduce-scatter with kernels, all-gather on the copy engines
+    NK(ncclReduceScatter(buf, buf + rank * half, half, ncclFloat32, ncclAvg, comm, commst));
+    NK(ncclAllGather(buf + rank * half, buf, half, ncclFloat32, comm, commst));
+  };
+  auto ring = [&](float* buf, size_t n) { NK(ncclAllReduce(buf, buf, n, ncclFloat32, ncclAvg, comm, commst)); };
+  cudaEvent_t t0, t1, r1, r2, d1, d2;
+  for (cudaEvent_t* e : {&t0, &t1}) CK(cudaEventCreate(e));
+  for (cudaEvent_t* e : {&r1, &r2, &d1, &d2}) CK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+  auto step = [&](bool comm_on) {
+    CK(cudaDeviceSynchronize());
+    MPI_Barrier(MPI_COMM_WORLD);
+    CK(cudaEventRecord(t0, compute));
+    // dW2 = g2^T x1 -> b1 [4096 x 4096]
+    const int rows = 4096 / chunks;
+    for (int c = 0; c < chunks; ++c) {
+      // rows [c*rows, (c+1)*rows) of dW2 (row-major [out, in]; column-major [in, out] here).
+      BK(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, 4096, rows, 256, &one, x1, 4096, g2 + c * rows, 4096, &zero,
+                     b1 + size_t(c) * rows * 4096, 4096));
+      CK(cudaEventRecord(r1, compute));
+      if (comm_on) {
+        CK(cudaStreamWaitEvent(commst, r1));
+        float* part = b1 + size_t(c) * rows * 4096;
+        if (mode == "nccl") ring(part, n1 / chunks);
+        else if (mode.rfind("rsce", 0) == 0) rs_ce(part, n1 / chunks);
+        else ce_allreduce(part, n1 / chunks);
+        if (c == 0 && mode != "ce" && mode != "hybrid" && carve > 0) BK(cublasSetSmCountTarget(blas, sms - carve));
+      }
+    }
+    if (comm_on) CK(cudaEventRecord(d1, commst));
+    // dX2 = g2 w2 ; dW1 = g1^T x0 -> b2 [4096 x 1024]
+    BK(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, 4096, 256, 4096, &one, w2m, 4096, g2, 4096, &zero, dx2, 4096));
+    BK(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, 1024, 4096, 256, &one, x0, 1024, g1, 4096, &zero, b2, 1024));
+    CK(cudaEventRecord(r2, compute));
+    if (comm_on) {
+      CK(cudaStreamWaitEvent(commst, r2));
+      if (mode == "ce") ce_allreduce(b2, n2); else if (mode == "rsce") rs_ce(b2, n2); else ring(b2, n2);
+      CK(cudaEventRecord(d2, commst));
+      CK(cudaStreamWaitEvent(compute, d1));
+      BK(cublasSetSmCountTarget(blas, 0));
+    }
+    adamw_like<<<sms * 4, 256, 0, compute>>>((float4*)p1, (const float4*)b1, (float4*)m1, (float4*)v1, n1 / 4);
+    if (comm_on) CK(cudaStreamWaitEvent(compute, d2));
+    adamw_like<<<sms * 4, 256, 0, compute>>>((float4*)p2, (const float4*)b2, (float4*)m2, (float4*)v2, n2 / 4);
+    CK(cudaEventRecord(t1, compute));
+    CK(cudaDeviceSynchronize());
+    float ms;
+    CK(cudaEventElapsedTime(&ms, t0, t1));
+    return double(ms);
+  };
+  std::vector<double> local, dist;
+  for (int it = 0; it < 330; ++it) {
+    double a = step(false), b = step(true);
+    if (it >= 30) { local.push_back(a); dist.push_back(b); }
+  }
+  if (rank == 0)
+    printf("{\"chunks\": %d, \"mode\": \"%s\", \"carve\": %d, \"add_blocks\": %d, \"local_ms\": %.4f, \"dist_ms\": %.4f, \"overhead_ms\": %.4f}\n",
+           chunks, mode.c_str(), carve, add_blocks, median(local), median(dist), median(dist) - median(local));
+  for (ncclWindow_t w : {w1, w2, wr}) if (w) NK(ncclCommWindowDeregister(comm, w));
+  NK(ncclCommDestroy(comm));
+  MPI_Finalize();
+  return 0;
+}
