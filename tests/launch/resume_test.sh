@@ -49,13 +49,16 @@ every_steps = 5
 progress = false
 TOML
 
+# The config's absolute path makes the command lines of this test's processes unique: the pkill
+# below must not reach another test's flame-train (CTest runs the variants of this test in parallel).
+config=$PWD/run.toml
 launch() {  # launch LOG_DIR EXTRA_ARGS... (in the background; sets $pid)
   local dir=$1
   shift
   if [ "$np" -eq 0 ]; then
-    "$train" run.toml --set "log.dir=$dir" "$@" >"$dir.out" 2>&1 &
+    "$train" "$config" --set "log.dir=$dir" "$@" >"$dir.out" 2>&1 &
   else
-    mpirun --allow-run-as-root --oversubscribe -np "$np" "$train" run.toml --set "log.dir=$dir" "$@" >"$dir.out" 2>&1 &
+    mpirun --allow-run-as-root --oversubscribe -np "$np" "$train" "$config" --set "log.dir=$dir" "$@" >"$dir.out" 2>&1 &
   fi
   pid=$!
 }
@@ -78,7 +81,7 @@ done
 if [ "$np" -eq 0 ]; then
   kill "-$signal" "$pid"
 else
-  pkill "-$signal" -f "^$train run.toml --set log.dir=interrupted" || fail "no flame-train rank to signal"
+  pkill "-$signal" -f "^$train $config --set log.dir=interrupted" || fail "no flame-train rank to signal"
 fi
 status=0
 wait "$pid" || status=$?
