@@ -35,20 +35,20 @@ class PinnedBuffer {
  public:
   PinnedBuffer(const std::vector<FieldSpec>& fields, int64_t batch_size) {
     FLAME_CUDA_CHECK(cudaEventCreateWithFlags(&copied_, cudaEventDisableTiming));
-    for (const FieldSpec& field : fields) {
-      Tensor host = Tensor::empty(batch_shape(batch_size, field), field.dtype);
-      if (host.nbytes() > 0) {
-        FLAME_CUDA_CHECK(cudaHostRegister(host.data_ptr(), host.nbytes(), cudaHostRegisterPortable));
+    try {
+      for (const FieldSpec& field : fields) {
+        Tensor host = Tensor::empty(batch_shape(batch_size, field), field.dtype);
+        if (host.nbytes() > 0) {
+          FLAME_CUDA_CHECK(cudaHostRegister(host.data_ptr(), host.nbytes(), cudaHostRegisterPortable));
+        }
+        fields_.push_back(std::move(host));  // registered (or empty): release() unregisters it
       }
-      fields_.push_back(std::move(host));
+    } catch (...) {
+      release();  // the fields registered before the failure, and the event
+      throw;
     }
   }
-  ~PinnedBuffer() {
-    cudaEventSynchronize(copied_);  // no copy may still read pages being unregistered
-    for (const Tensor& host : fields_)
-      if (host.nbytes() > 0) cudaHostUnregister(host.data_ptr());
-    cudaEventDestroy(copied_);
-  }
+  ~PinnedBuffer() { release(); }
   PinnedBuffer(const PinnedBuffer&) = delete;
   PinnedBuffer& operator=(const PinnedBuffer&) = delete;
 
@@ -63,6 +63,13 @@ class PinnedBuffer {
   cudaEvent_t copied() const { return copied_; }
 
  private:
+  void release() {
+    cudaEventSynchronize(copied_);  // no copy may still read pages being unregistered
+    for (const Tensor& host : fields_)
+      if (host.nbytes() > 0) cudaHostUnregister(host.data_ptr());
+    fields_.clear();
+    cudaEventDestroy(copied_);
+  }
   std::vector<Tensor> fields_;
   cudaEvent_t copied_ = nullptr;
 };
@@ -236,30 +243,36 @@ struct DataLoader::Impl {
     ready_cv.wait(lock, [this] { return ready.count(next_deliver) > 0; });
     auto found = ready.find(next_deliver);
     if (found->second.error) std::rethrow_exception(found->second.error);  // stays: raised again next time
-    Assembled assembled = std::move(found->second);
-    ready.erase(found);
     Batch batch;
     batch.epoch = epoch;
-    batch.index = next_deliver++;
-    work_cv.notify_all();
-    if (assembled.buffer < 0) {
-      batch.fields = std::move(assembled.fields);
+    batch.index = next_deliver;
+    if (found->second.buffer < 0) {
+      batch.fields = std::move(found->second.fields);
+      deliver(found);
       return batch;
     }
 #ifdef FLAME_WITH_CUDA
+    // The batch stays in `ready`, holding its pinned buffer, until the copy to the device has
+    // succeeded: a copy that raises (the device out of memory) loses nothing, and the next call
+    // tries the same batch again. Only this thread erases from `ready` (workers insert other
+    // batches), so the entry stays valid while the lock is released.
+    const std::vector<Tensor> host_fields = found->second.fields;
+    const int buffer = found->second.buffer;
     lock.unlock();
-    std::exception_ptr copy_error;
-    try {
-      batch.fields = copy_stream->to_device(assembled.fields, *pinned[static_cast<size_t>(assembled.buffer)]);
-    } catch (...) {
-      copy_error = std::current_exception();
-    }
+    batch.fields = copy_stream->to_device(host_fields, *pinned[static_cast<size_t>(buffer)]);
     lock.lock();
-    free_buffers.push_back(assembled.buffer);
-    work_cv.notify_all();
-    if (copy_error) std::rethrow_exception(copy_error);
+    free_buffers.push_back(buffer);
+    deliver(ready.find(next_deliver));
 #endif
     return batch;
+  }
+
+  /// Under the lock: removes the delivered batch `entry` (batch next_deliver) and moves on to the
+  /// next one.
+  void deliver(std::map<int64_t, Assembled>::iterator entry) {
+    ready.erase(entry);
+    ++next_deliver;
+    work_cv.notify_all();
   }
 };
 

@@ -1,6 +1,9 @@
+#include <fcntl.h>
+
 #include <cstring>
 #include <filesystem>
 
+#include "core/file_io.h"
 #include "datasets/dataset.h"
 #include "datasets/format.h"
 #include "datasets/hdf5_util.h"
@@ -47,6 +50,11 @@ void write_shard(const std::string& path, const std::vector<ArrayToWrite>& array
     h5::check_status(H5Dwrite(dataset.get(), array.type, H5S_ALL, H5S_ALL, H5P_DEFAULT, array.data), path, context);
   }
   h5::check_status(H5Fflush(file.get(), H5F_SCOPE_LOCAL), path, "ShardWriter: flushing shard");
+  file.reset();  // closed: everything HDF5 holds is written
+  // On disk before the manifest that lists it (Manifest::write syncs the manifest and the directory).
+  io::File written(path, O_RDONLY | O_CLOEXEC);
+  FLAME_CHECK(written.is_open(), "ShardWriter: cannot reopen shard '{}' to fsync it: {}", path, io::errno_text());
+  io::sync_and_close(written, path, "ShardWriter: ");
 }
 
 }  // namespace
@@ -124,6 +132,16 @@ ShardWriter::ShardWriter(std::string dir, std::vector<FieldSpec> fields, int64_t
   std::error_code error;
   std::filesystem::create_directories(dir, error);
   FLAME_CHECK(!error, "ShardWriter: cannot create directory '{}': {}", dir, error.message());
+  // A dataset written here before keeps its manifest until finish() writes the new one; the new
+  // shards overwrite the old files of the same names, so an unfinished rewrite would leave the old
+  // manifest describing new shards. It goes first: until finish(), the directory holds no dataset.
+  const std::string old_manifest = format::join(dir, format::kManifestName);
+  if (std::filesystem::exists(old_manifest, error)) {
+    std::filesystem::remove(old_manifest, error);
+    FLAME_CHECK(!error, "ShardWriter: cannot remove the earlier dataset's manifest '{}': {}", old_manifest,
+                error.message());
+    io::fsync_directory(dir);
+  }
   state_->dir = std::move(dir);
   state_->manifest.fields = std::move(fields);
   state_->shard_capacity = shard_samples;
@@ -204,10 +222,15 @@ void ShardWriter::append_tokens(const Tensor& tokens) {
   std::vector<uint8_t>& buffer = s.buffers[0];
   const int32_t* i32 = dtype == DType::I32 ? t.data<int32_t>() : nullptr;
   const int64_t* i64 = dtype == DType::I64 ? t.data<int64_t>() : nullptr;
+  // Every token is checked before any is buffered: a call that raises adds nothing.
   for (int64_t i = 0; i < t.numel(); ++i) {
-    int64_t value = i32 ? i32[i] : i64[i];
-    FLAME_CHECK(value >= 0 && value <= limit, "ShardWriter '{}': token {} at position {} does not fit in u{}", s.dir,
-                value, i, 8 * bytes);
+    const int64_t value = i32 ? i32[i] : i64[i];
+    FLAME_CHECK(value >= 0 && value <= limit,
+                "ShardWriter '{}': token {} at position {} does not fit in u{}; nothing of this call was written",
+                s.dir, value, i, 8 * bytes);
+  }
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    const int64_t value = i32 ? i32[i] : i64[i];
     uint8_t le[4];
     std::memcpy(le, &value, 4);  // little-endian host: the low bytes come first
     buffer.insert(buffer.end(), le, le + bytes);

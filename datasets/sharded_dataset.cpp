@@ -1,4 +1,5 @@
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -110,6 +111,36 @@ struct ShardedDataset::State {
   }
 };
 
+namespace {
+
+/// The soft limit on this process's open files, as text ("unlimited" when there is none).
+std::string open_file_limit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return "unknown";
+  return limit.rlim_cur == RLIM_INFINITY ? std::string("unlimited") : std::to_string(limit.rlim_cur);
+}
+
+/// Each open shard holds up to 2 descriptors, for the dataset's lifetime. When `shards` would need
+/// more than the soft limit on open files leaves (the usual default, 1024, is reached at about 500
+/// shards), raises the soft limit towards the hard limit, which any process may do.
+void make_room_for_shards(size_t shards) {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur == RLIM_INFINITY) return;
+  std::error_code error;
+  rlim_t open_now = 0;
+  for (auto it = std::filesystem::directory_iterator("/proc/self/fd", error);
+       !error && it != std::filesystem::directory_iterator(); it.increment(error))
+    ++open_now;
+  const rlim_t wanted = open_now + 2 * static_cast<rlim_t>(shards) + 64;
+  if (limit.rlim_cur >= wanted) return;
+  const rlim_t raised = limit.rlim_max == RLIM_INFINITY ? wanted : std::min(wanted, limit.rlim_max);
+  if (raised <= limit.rlim_cur) return;
+  limit.rlim_cur = raised;
+  (void)setrlimit(RLIMIT_NOFILE, &limit);  // best effort: opening then raises a clear error if still short
+}
+
+}  // namespace
+
 void ShardedDataset::State::open_shard(size_t index) {
   const ShardInfo& info = manifest.shards[index];
   OpenShard& shard = shards[index];
@@ -120,7 +151,18 @@ void ShardedDataset::State::open_shard(size_t index) {
               "ShardedDataset: shard '{}' listed in '{}' is missing (or not a regular file)", shard.path,
               manifest_path);
   h5::Lock guard = h5::lock();
-  shard.file = h5::check_id(H5Fopen(shard.path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), shard.path,
+  errno = 0;
+  const hid_t file = H5Fopen(shard.path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  const int open_errno = errno;
+  if (file < 0 && (open_errno == EMFILE || open_errno == ENFILE)) {
+    const std::string detail = h5::error_detail();
+    FLAME_FAIL("ShardedDataset: cannot open shard '{}' ({} of {}): too many open files: {} (each open shard "
+               "holds up to 2 file descriptors; the limit is {}, raise it with `ulimit -n`): {}",
+               shard.path, index + 1, manifest.shards.size(),
+               open_errno == EMFILE ? "this process is at its limit" : "the system is at its limit",
+               open_file_limit(), detail);
+  }
+  shard.file = h5::check_id(file, shard.path,
                             "ShardedDataset: cannot open shard (truncated, corrupt or not an HDF5 file)");
   for (size_t f = 0; f < manifest.fields.size(); ++f) check_field(shard, f);
 }
@@ -282,6 +324,7 @@ ShardedDataset::ShardedDataset(const std::string& dir, Verification verification
     s.unit_bytes.push_back(tokens ? static_cast<int64_t>(dtype_size(field.dtype)) : bytes);
   }
   s.shards.resize(s.manifest.shards.size());
+  make_room_for_shards(s.shards.size());
   int64_t first = 0;
   for (size_t i = 0; i < s.shards.size(); ++i) {
     s.open_shard(i);

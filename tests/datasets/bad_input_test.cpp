@@ -3,6 +3,9 @@
 // datasets and broken manifests. Each error must name the file and what is wrong.
 #include <gtest/gtest.h>
 
+#include <sys/resource.h>
+
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -258,6 +261,78 @@ TEST(ShardedDataset, ReadRejectsBadIndicesAndBuffers) {
         dataset.read_into({1, 2}, {Tensor::empty({2, 1, 28, 28}, DType::U8), Tensor::empty({3}, DType::I64)});
       }),
       {"field 'label'", "shape [2]"});
+}
+
+// A dataset rewritten in its directory: the earlier manifest is gone from the start, so an
+// unfinished rewrite cannot pass for the old dataset with new shards under it.
+TEST(ShardWriter, ARewriteRemovesTheEarlierManifestUntilFinished) {
+  TempDir dir;
+  write_images(dir.path(), 300, 100);
+  const std::vector<data::FieldSpec> fields{{"image", DType::U8, {1, 28, 28}}, {"label", DType::I64, {}}};
+  const auto batch = [](int64_t n) {
+    return std::vector<Tensor>{zeros({n, 1, 28, 28}, DType::U8), zeros({n}, DType::I64)};
+  };
+  {
+    ShardWriter writer(dir.path(), fields, 100);
+    EXPECT_FALSE(std::filesystem::exists(dir.file("manifest.json")));
+    writer.append(batch(150));  // one new shard written, then dropped without finish()
+  }
+  expect_mentions(error_of([&] { ShardedDataset dataset(dir.path()); }), {"manifest.json"});
+  ShardWriter writer(dir.path(), fields, 100);
+  writer.append(batch(150));
+  writer.finish();
+  EXPECT_EQ(ShardedDataset(dir.path(), Verification::Checksums).size(), 150);
+}
+
+TEST(ShardWriter, ATokenCallThatRaisesAddsNothing) {
+  TempDir dir;
+  ShardWriter writer = ShardWriter::token_stream(dir.path(), DType::I32, 4, 100);
+  std::vector<int32_t> bad(20);
+  for (int32_t i = 0; i < 20; ++i) bad[static_cast<size_t>(i)] = 100 + i;
+  bad[15] = 70000;
+  expect_mentions(error_of([&] { writer.append_tokens(from_vector(bad, {20}, DType::I32)); }),
+                  {"70000", "position 15", "nothing of this call"});
+  writer.append_tokens(from_vector(std::vector<int32_t>{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, {10}, DType::I32));
+  const data::Manifest manifest = writer.finish();
+  ASSERT_EQ(manifest.shards.size(), 1u);
+  EXPECT_EQ(manifest.shards[0].tokens, 10);
+  const std::vector<Tensor> first = ShardedDataset(dir.path()).read({0});
+  EXPECT_EQ(first[0].data<int32_t>()[0], 1);  // not a token of the call that raised
+}
+
+// Each open shard holds up to two descriptors. Run in a child process (a death test), which lowers
+// its own limits on open files.
+TEST(ShardedDataset, OpenFileLimits) {
+  TempDir dir;
+  write_images(dir.path(), 120, 1);  // 120 shards of one image
+  const auto set_limits = [](rlim_t soft, rlim_t hard) {
+    rlimit limit{soft, hard};
+    if (setrlimit(RLIMIT_NOFILE, &limit) != 0) std::_Exit(3);
+  };
+  // A soft limit too low for the shards is raised towards the hard limit, and the dataset opens.
+  EXPECT_EXIT(
+      {
+        set_limits(64, 4096);
+        ShardedDataset dataset(dir.path());
+        std::_Exit(dataset.size() == 120 ? 0 : 1);
+      },
+      ::testing::ExitedWithCode(0), "");
+  // A hard limit too low: a clear error, not "corrupt shard".
+  EXPECT_EXIT(
+      {
+        set_limits(64, 64);
+        try {
+          ShardedDataset dataset(dir.path());
+        } catch (const Error& error) {
+          const std::string message = error.what();
+          const bool clear = message.find("too many open files") != std::string::npos &&
+                             message.find("ulimit -n") != std::string::npos &&
+                             message.find("corrupt") == std::string::npos;
+          std::_Exit(clear ? 0 : 2);
+        }
+        std::_Exit(1);
+      },
+      ::testing::ExitedWithCode(0), "");
 }
 
 }  // namespace
