@@ -180,7 +180,9 @@ Entry parse_entry(const std::string& name, const json& value, const std::string&
   entry.end = read_offset(value["data_offsets"][1], where);
   FLAME_CHECK(entry.begin <= entry.end, "{}: data_offsets [{}, {}] end before they begin", where, entry.begin,
               entry.end);
-  const uint64_t nbytes = numel * dtype_size(entry.dtype);
+  uint64_t nbytes = 0;
+  FLAME_CHECK(!__builtin_mul_overflow(numel, static_cast<uint64_t>(dtype_size(entry.dtype)), &nbytes),
+              "{}: shape {} of {} needs more than 2^64 bytes", where, shape.dump(), dtype);
   FLAME_CHECK(entry.end - entry.begin == nbytes,
               "{}: data_offsets [{}, {}] cover {} bytes, but {} of shape {} "
               "needs {}",

@@ -184,7 +184,8 @@ void visit_keys(Visitor& v, C& c) {
   v.key("first_bucket_mb", c.ddp.first_bucket_mb, kPositive);
   v.key("bucket_cap_mb", c.ddp.bucket_cap_mb, kPositive);
   v.key("check_every", c.ddp.check_every, IntRange{0});
-  v.key("timeout_s", c.ddp.timeout_s, kPositive);
+  // At least a millisecond (the communicators count whole milliseconds), at most about 31 years.
+  v.key("timeout_s", c.ddp.timeout_s, FloatRange{0.001, Bound::Closed, 1e9, Bound::Closed});
   v.key("reduce_dtype", c.ddp.reduce_dtype);
 }
 

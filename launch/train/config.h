@@ -120,7 +120,7 @@ struct DdpConfig {
   double first_bucket_mb = 1.0;  // ddp.first_bucket_mb: > 0
   double bucket_cap_mb = 25.0;   // ddp.bucket_cap_mb: > 0
   int64_t check_every = 100;     // ddp.check_every: >= 0 steps between desync checksums; 0 = only at the end
-  double timeout_s = 300.0;      // ddp.timeout_s: > 0 seconds before a collective is declared hung
+  double timeout_s = 300.0;      // ddp.timeout_s: [0.001, 1e9] seconds before a collective is declared hung
   ReduceDtype reduce_dtype = ReduceDtype::Param;  // ddp.reduce_dtype
   bool operator==(const DdpConfig&) const = default;
 };

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -59,6 +60,39 @@ void JsonlWriter::write(int64_t step, const std::vector<std::pair<std::string, d
   const bool flushed = std::fflush(file_.get()) == 0;
   FLAME_CHECK(written && flushed, "JsonlWriter: cannot write step {} to the metrics file '{}': {}", step, path_,
               std::strerror(errno));
+}
+
+int64_t drop_records_after(const std::string& path, int64_t step) {
+  std::error_code error;
+  if (!std::filesystem::exists(path, error)) return 0;
+  std::ifstream in(path);
+  FLAME_CHECK(in.good(), "metrics: cannot read '{}' to drop the records after step {}: {}", path, step,
+              std::strerror(errno));
+  std::string kept;
+  int64_t dropped = 0;
+  for (std::string line; std::getline(in, line);) {
+    const nlohmann::json record = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    const bool keep = record.is_object() && record.contains("step") && record["step"].is_number_integer() &&
+                      record["step"].get<int64_t>() <= step;
+    if (keep) {
+      kept += line;
+      kept += '\n';
+    } else {
+      ++dropped;
+    }
+  }
+  FLAME_CHECK(in.eof(), "metrics: reading '{}' failed: {}", path, std::strerror(errno));
+  if (dropped == 0) return 0;
+  const std::string temporary = path + ".tmp";
+  {
+    std::ofstream out(temporary, std::ios::trunc);
+    out << kept;
+    out.flush();
+    FLAME_CHECK(out.good(), "metrics: cannot write '{}': {}", temporary, std::strerror(errno));
+  }
+  std::filesystem::rename(temporary, path, error);
+  FLAME_CHECK(!error, "metrics: cannot replace '{}' with '{}': {}", path, temporary, error.message());
+  return dropped;
 }
 
 }  // namespace flame::train

@@ -7,8 +7,11 @@
 // the shortest form that reads back to the same double; NaN and the infinities, which JSON has no
 // numbers for, are written as the strings "NaN", "Infinity" and "-Infinity" (which Python's float()
 // reads back). The file is opened for appending, so a resumed run continues the file of the run it
-// resumes; each record is flushed to the operating system as soon as it is written, so a crash of
-// the process loses at most the line being written.
+// resumes. The resumed run first drops the records of steps after its checkpoint
+// (drop_records_after): the run that stopped logged them, and the resumed run logs those steps again.
+// A run that starts from scratch moves an earlier run's file aside (metrics.earlier-<time>.jsonl). Each
+// record is flushed to the operating system as soon as it is written, so a crash of the process loses
+// at most the line being written.
 #pragma once
 
 #include <cstdint>
@@ -40,5 +43,11 @@ class JsonlWriter {
   std::string path_;
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> file_;
 };
+
+/// Rewrites the metrics file `path` without its records of steps after `step`, and without a last
+/// line cut short by a crash; atomically (a temporary file renamed over it). Returns how many lines
+/// were dropped. A missing file drops nothing. Raises flame::Error naming the path when it cannot
+/// be read or written.
+int64_t drop_records_after(const std::string& path, int64_t step);
 
 }  // namespace flame::train

@@ -5,16 +5,22 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <fmt/chrono.h>
+#include <fmt/ranges.h>
+
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdlib>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
 #include <utility>
 #include <vector>
 
@@ -158,6 +164,20 @@ Tensor preprocess(const Tensor& image) {
   return (image.to(kF32) * (1.0 / (255.0 * kStd))) - (kMean / kStd);
 }
 
+/// state.json's `key` as a T, raising flame::Error naming the file and the key when it is missing
+/// or of another type (`what`: what it must be).
+template <typename T>
+T state_field(const nlohmann::json& state, const char* key, const std::string& dir, const char* what) {
+  FLAME_CHECK(state.is_object() && state.contains(key),
+              "checkpoint '{}/state.json' has no \"{}\" ({}); it is damaged or was not written by flame-train", dir,
+              key, what);
+  try {
+    return state.at(key).get<T>();
+  } catch (const nlohmann::json::exception&) {
+    FLAME_FAIL("checkpoint '{}/state.json': \"{}\" must be {}, got {}", dir, key, what, state.at(key).dump());
+  }
+}
+
 /// Every rank's generator states, [W, 4] i64: CPU seed, CPU offset, device seed, device offset.
 std::vector<int64_t> gather_rng_states(dist::Communicator& control, Device device) {
   const Generator& cpu = default_generator(kCPU);
@@ -247,6 +267,11 @@ class Trainer {
  private:
   void set_up();
   void resume_if_asked();
+  /// Rank 0, a run starting from scratch: moves an earlier run's checkpoints and metrics.jsonl aside.
+  void set_aside_earlier_run();
+  /// Raises when the checkpoint's config differs from this run's in a key that fixes the model,
+  /// the data order or the optimizer; logs the other differences.
+  void check_resumed_config(const nlohmann::json& state, const std::string& dir) const;
   /// The next micro-batch of this rank, rolling over to the next epoch when one ends.
   data::Batch next_batch();
   /// One optimizer step; returns the step's loss (this rank, a device scalar).
@@ -288,6 +313,7 @@ class Trainer {
   int64_t total_steps_ = 0;
   int64_t step_ = 0;
   int64_t resumed_from_ = 0;
+  int stop_signal_ = 0;           // the stop signal the ranks agreed on (SIGUSR1 when any rank got one)
   nlohmann::json resumed_state_;  // state.json of the checkpoint resumed from
   double trained_before_ = 0.0;   // training seconds of the earlier calls (resumed runs)
 };
@@ -355,25 +381,89 @@ void Trainer::resume_if_asked() {
   step = chosen.to_vector<int64_t>()[0];
   if (step < 0) {
     if (options_.resume == ResumeMode::Auto) log_->info("no checkpoint in {}: starting from scratch", store_->root());
+    if (group_.rank == 0) set_aside_earlier_run();
     return;
   }
   const std::string dir = (fs::path(store_->root()) / checkpoint_dir_name(step)).string();
   const CheckpointData data = load_checkpoint(dir);
   const nlohmann::json& state = data.state;
-  const int saved_world = state.at("world_size").get<int>();
+  const int saved_world = state_field<int>(state, "world_size", dir, "an integer");
   FLAME_CHECK(saved_world == group_.world_size,
               "checkpoint '{}' was written by {} ranks but this run has {}; resume with {} ranks (the data order "
               "depends on the world size), or start a new run with --resume none",
               dir, saved_world, group_.world_size, saved_world);
+  check_resumed_config(state, dir);
+  const auto epoch = state_field<int64_t>(state, "epoch", dir, "an integer");
+  const auto next_batch = state_field<int64_t>(state, "next_batch", dir, "an integer");
+  const auto rng = state_field<nlohmann::json>(state, "rng", dir, "an array");
+  FLAME_CHECK(rng.is_array() && rng.size() == static_cast<size_t>(group_.world_size),
+              "checkpoint '{}/state.json': \"rng\" must hold one entry per rank ({}), got {}", dir, group_.world_size,
+              rng.dump());
   model_->load_state_dict(data.model);
   optimizer_->load_state_dict(data.optimizer);
-  loader_->restore(data::LoaderState{state.at("epoch").get<int64_t>(), state.at("next_batch").get<int64_t>()});
-  restore_rng_states(state.at("rng"), group_.rank, device_);
+  loader_->restore(data::LoaderState{epoch, next_batch});
+  restore_rng_states(rng, group_.rank, device_);
   step_ = resumed_from_ = step;
   resumed_state_ = state;
   resumed_state_["checkpoint"] = dir;
   trained_before_ = state.value("trained_s", 0.0);
   log_->info("resumed from {} (step {} of {})", dir, step, total_steps_);
+  if (group_.rank == 0) {
+    // Records of steps after the checkpoint came from the run that stopped without saving them;
+    // this run logs those steps again.
+    const int64_t dropped = drop_records_after((log_dir_ / "metrics.jsonl").string(), step);
+    if (dropped > 0) log_->info("metrics.jsonl: dropped {} records of steps after {} (logged again now)", dropped, step);
+  }
+}
+
+void Trainer::set_aside_earlier_run() {
+  const std::string stamp = fmt::format("{:%Y%m%dT%H%M%SZ}", fmt::gmtime(std::time(nullptr)));
+  const fs::path checkpoints = store_->root(), metrics = log_dir_ / "metrics.jsonl";
+  const std::pair<fs::path, fs::path> moves[] = {
+      {checkpoints, fs::path(checkpoints.string() + ".earlier-" + stamp)},
+      {metrics, log_dir_ / fmt::format("metrics.earlier-{}.jsonl", stamp)},
+  };
+  for (const auto& [from, to] : moves) {
+    std::error_code error;
+    const bool present = fs::is_directory(from, error) ? !fs::is_empty(from, error) : fs::exists(from, error);
+    if (!present) continue;
+    fs::rename(from, to, error);
+    FLAME_CHECK(!error, "flame-train: cannot move the earlier run's '{}' aside to '{}': {}", from.string(),
+                to.string(), error.message());
+    log_->warn("starting from scratch: moved the earlier run's {} to {} (--resume auto continues a run)",
+               from.string(), to.string());
+  }
+}
+
+void Trainer::check_resumed_config(const nlohmann::json& state, const std::string& dir) const {
+  const Config saved = parse_config(state_field<std::string>(state, "config", dir, "the run's config as TOML"),
+                                    dir + "/state.json (config)");
+  std::vector<std::string> fixed;  // keys that fix the model, the data order or the optimizer
+  const auto compare = [&](const char* key, const auto& was, const auto& now) {
+    if (!(was == now)) fixed.push_back(fmt::format("{} = {} (now {})", key, was, now));
+  };
+  compare("model.name", saved.model.name, config_.model.name);
+  compare("data.train", saved.data.train_dir, config_.data.train_dir);
+  compare("data.shuffle", saved.data.shuffle, config_.data.shuffle);
+  compare("train.batch_size", saved.train.batch_size, config_.train.batch_size);
+  compare("train.grad_accum", saved.train.grad_accum, config_.train.grad_accum);
+  compare("train.seed", saved.train.seed, config_.train.seed);
+  if (saved.optimizer.kind != config_.optimizer.kind)
+    fixed.push_back(fmt::format("optimizer.name = {} (now {})", to_string(saved.optimizer.kind), to_string(config_.optimizer.kind)));
+  FLAME_CHECK(fixed.empty(),
+              "checkpoint '{}' was written with {}; a run resumes only with the same model, data order and "
+              "optimizer (start a new run in another log.dir, or with --resume none)",
+              dir, fmt::join(fixed, ", "));
+  // Other changes (a longer train.steps, another learning rate) are allowed, and logged.
+  std::vector<std::string> changed;
+  std::istringstream was(to_toml(saved)), now(to_toml(config_));
+  std::set<std::string> was_lines, now_lines;
+  for (std::string line; std::getline(was, line);) was_lines.insert(line);
+  for (std::string line; std::getline(now, line);) now_lines.insert(line);
+  for (const std::string& line : now_lines)
+    if (!was_lines.count(line) && !line.empty() && line.front() != '[') changed.push_back(line);
+  if (!changed.empty())
+    log_->warn("resuming {} with a changed config: {}", dir, fmt::join(changed, "; "));
 }
 
 data::Batch Trainer::next_batch() {
@@ -484,7 +574,12 @@ bool Trainer::stop_requested() {
   const bool agreement_step = step_ % config_.log.every_steps == 0 ||
                               (config_.checkpoint.every_steps > 0 && step_ % config_.checkpoint.every_steps == 0);
   if (!agreement_step) return false;
-  return sum_over_ranks(*control_, {g_stop_signal != 0 ? 1.0 : 0.0}, "stop flag")[0] > 0;
+  // Which signal matters too: SIGUSR1 on any rank makes rank 0 requeue the Slurm job.
+  const std::vector<double> got = sum_over_ranks(
+      *control_, {g_stop_signal != 0 ? 1.0 : 0.0, g_stop_signal == SIGUSR1 ? 1.0 : 0.0}, "stop flags");
+  if (got[0] == 0) return false;
+  stop_signal_ = got[1] > 0 ? SIGUSR1 : (g_stop_signal != 0 ? static_cast<int>(g_stop_signal) : SIGTERM);
+  return true;
 }
 
 void Trainer::write_summary(const RunResult& result) const {
@@ -603,11 +698,11 @@ RunResult Trainer::run() {
   result.samples_per_s = seconds > 0 ? static_cast<double>((step_ - resumed_from_) * samples_per_step) / seconds : 0.0;
   if (stopped) {
     log_->warn("stopped after step {} by {} (checkpoint {}); resume with --resume auto", step_,
-               g_stop_signal == SIGUSR1   ? "SIGUSR1"
-               : g_stop_signal == SIGTERM ? "SIGTERM"
-                                          : "a stop request",
+               stop_signal_ == SIGUSR1   ? "SIGUSR1"
+               : stop_signal_ == SIGTERM ? "SIGTERM"
+                                         : "a stop request",
                result.last_checkpoint);
-    if (group_.rank == 0 && g_stop_signal == SIGUSR1) requeue_slurm_job(*log_);
+    if (group_.rank == 0 && stop_signal_ == SIGUSR1) requeue_slurm_job(*log_);
   } else {
     log_->info("done: {} steps, final loss {:.4f}{}, {:.0f} samples/s", step_, result.final_loss,
                result.test_accuracy ? fmt::format(", test accuracy {:.2f}%", 100.0 * *result.test_accuracy) : "",

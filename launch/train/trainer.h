@@ -25,15 +25,20 @@
 // so the run goes on with the same parameters, the same batches in the same order, the same
 // learning rates and the same random streams as an uninterrupted run, which makes every later loss
 // bit-identical (tested on the CPU with 1 and 2 ranks). A checkpoint resumes only with the world
-// size that wrote it (the data order depends on it); another is a clear error.
+// size that wrote it (the data order depends on it), and with the same model, data order and
+// optimizer keys of the config (model.name, data.train, data.shuffle, train.batch_size,
+// train.grad_accum, train.seed, optimizer.name); another is a clear error, other config changes
+// are logged. A run that starts from scratch moves an earlier run's checkpoints and metrics.jsonl
+// aside (.earlier-<time>), so that a later --resume auto cannot pick the earlier run's steps.
 //
 // Note [stop requests]
 // SIGTERM and SIGUSR1 set a flag (async-signal-safe). After every log step (log.every_steps) and
-// every periodic checkpoint step the ranks all-reduce it through the MPI control communicator, so
+// every periodic checkpoint step the ranks all-reduce it (and whether it was SIGUSR1) through the
+// MPI control communicator, so
 // they stop after the same step even when the signal reached them at different times (and no step
 // pays a host collective for it otherwise); then a checkpoint of that step is written and train()
 // returns with stopped = true (flame-train exits with kExitStopped). Under Slurm (SLURM_JOB_ID set), SIGUSR1 —
-// the warning `#SBATCH --signal=USR1@90` sends before the time limit — also makes rank 0 run
+// the warning `#SBATCH --signal=USR1@90` sends before the time limit — on any rank also makes rank 0 run
 // `scontrol requeue $SLURM_JOB_ID`, so the job comes back and resumes with `--resume auto`;
 // SIGTERM (scancel, or the time limit itself) does not requeue.
 #pragma once

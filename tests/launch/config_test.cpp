@@ -371,8 +371,10 @@ TEST(ConfigErrors, OutOfRange) {
       {"ddp.first_bucket_mb", "0", "a finite number > 0"},
       {"ddp.bucket_cap_mb", "-25", "a finite number > 0"},
       {"ddp.check_every", "-1", "an integer >= 0"},
-      {"ddp.timeout_s", "0", "a finite number > 0"},
-      {"ddp.timeout_s", "-inf", "a finite number > 0"},
+      {"ddp.timeout_s", "0", "a finite number in [0.001, 1000000000]"},
+      {"ddp.timeout_s", "0.0001", "a finite number in [0.001, 1000000000]"},
+      {"ddp.timeout_s", "1e17", "a finite number in [0.001, 1000000000]"},
+      {"ddp.timeout_s", "-inf", "a finite number in [0.001, 1000000000]"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.key + " = " + c.value);

@@ -188,6 +188,25 @@ std::vector<Crc32cMethod> available_methods() {
   return methods;
 }
 
+TEST(JsonlWriter, DropRecordsAfterKeepsEarlierStepsAndDropsATornLine) {
+  TempDir dir;
+  const std::string path = dir.file("metrics.jsonl");
+  EXPECT_EQ(drop_records_after(path, 5), 0);  // no file: nothing to drop
+  EXPECT_FALSE(std::filesystem::exists(path));
+  {
+    JsonlWriter writer(path);
+    for (int64_t step = 1; step <= 8; ++step) writer.write(step, {{"loss", 1.0 / double(step)}});
+  }
+  write_file(path, read_file(path) + R"({"step": 9, "los)");  // the line a crash cut short
+  EXPECT_EQ(drop_records_after(path, 5), 4);                     // steps 6, 7, 8 and the torn line
+  std::ifstream in(path);
+  std::vector<int64_t> steps;
+  for (std::string line; std::getline(in, line);) steps.push_back(nlohmann::json::parse(line).at("step"));
+  EXPECT_EQ(steps, (std::vector<int64_t>{1, 2, 3, 4, 5}));
+  EXPECT_EQ(drop_records_after(path, 5), 0);
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+}
+
 TEST(Crc32c, MatchesTheCheckValuesWithEveryMethod) {
   for (Crc32cMethod method : available_methods()) {
     SCOPED_TRACE(method == Crc32cMethod::kHardware ? "hardware" : "portable");

@@ -536,6 +536,68 @@ TEST(Trainer, AutoResumeOfAFinishedRunKeepsItsResult) {
   EXPECT_EQ(keys(series(read_jsonl(dir.file("run/metrics.jsonl")), "loss")), (std::vector<int64_t>{1, 2, 3, 4, 5, 6}));
 }
 
+/// How many records of `path` carry `name`, per step.
+std::map<int64_t, int> record_counts(const std::string& path, const std::string& name) {
+  std::map<int64_t, int> counts;
+  for (const json& record : read_jsonl(path))
+    if (record.contains(name)) ++counts[record.at("step").get<int64_t>()];
+  return counts;
+}
+
+// A run that crashed after logging steps past its last checkpoint: the resumed run logs those
+// steps again, and metrics.jsonl holds each step once (the crashed run's later records dropped).
+TEST(Trainer, ResumeAfterACrashLogsEachStepOnce) {
+  TempDir dir;
+  write_quadrant_images(dir.file("train"), 64, 9);
+  const Config config = make_config(dir, {"train.steps=12", "checkpoint.every_steps=5"});
+  RunOptions stop;
+  stop.stop_after_steps = 8;  // checkpoints at 5 and 8, losses logged for steps 1..8
+  ASSERT_TRUE(train(config, stop).stopped);
+  // The crash: step 8's checkpoint never happened.
+  fs::remove_all(fs::path(config.checkpoint.dir) / checkpoint_dir_name(8));
+  RunOptions resume;
+  resume.resume = ResumeMode::Auto;
+  const RunResult resumed = train(config, resume);
+  EXPECT_EQ(resumed.resumed_from_step, 5);
+  EXPECT_EQ(resumed.steps, 12);
+  const std::map<int64_t, int> counts = record_counts(dir.file("run/metrics.jsonl"), "loss");
+  EXPECT_EQ(counts.size(), 12u);
+  for (const auto& [step, count] : counts) EXPECT_EQ(count, 1) << "step " << step;
+  const std::string log = read_file(dir.file("run/logs/rank-0.log"));
+  EXPECT_NE(log.find("dropped 3 records of steps after 5"), std::string::npos) << log;
+}
+
+// A run started from scratch (--resume none) where an earlier run left checkpoints: they are moved
+// aside, so a later --resume auto continues this run, not the earlier one's newer step.
+TEST(Trainer, AFreshRunMovesTheEarlierRunAside) {
+  TempDir dir;
+  write_quadrant_images(dir.file("train"), 64, 10);
+  const Config earlier = make_config(dir, {"train.steps=10", "checkpoint.every_steps=5"});
+  train(earlier);
+  const Config later = make_config(dir, {"train.steps=12", "checkpoint.every_steps=5", "optimizer.lr=2e-3"});
+  RunOptions stop;
+  stop.stop_after_steps = 6;
+  ASSERT_TRUE(train(later, stop).stopped);
+  EXPECT_EQ(checkpoint_names(later.checkpoint.dir),
+            (std::vector<std::string>{checkpoint_dir_name(5), checkpoint_dir_name(6)}));
+  const std::vector<std::string> moved = files_containing(dir.file("run"), ".earlier-");
+  ASSERT_EQ(moved.size(), 2u);  // checkpoints.earlier-<time>, metrics.earlier-<time>.jsonl
+  for (const std::string& name : moved) {
+    if (name.find("checkpoints.earlier-") != std::string::npos)
+      EXPECT_EQ(checkpoint_names(name).back(), checkpoint_dir_name(10));
+    else
+      EXPECT_EQ(record_counts(name, "loss").size(), 10u) << name;
+  }
+  RunOptions resume;
+  resume.resume = ResumeMode::Auto;
+  const RunResult resumed = train(later, resume);
+  EXPECT_EQ(resumed.resumed_from_step, 6);
+  EXPECT_EQ(resumed.steps, 12);
+  const std::map<int64_t, int> counts = record_counts(dir.file("run/metrics.jsonl"), "loss");
+  EXPECT_EQ(counts.size(), 12u);
+  for (const auto& [step, count] : counts) EXPECT_EQ(count, 1) << "step " << step;
+}
+
 // --- stop by a real signal -----------------------------------------------------------------------------
 
 TEST(Trainer, SigtermStopsAfterTheStepWithACheckpoint) {
@@ -668,6 +730,61 @@ TEST(TrainerErrors, CheckpointOfAnotherWorldSize) {
   resume.resume = ResumeMode::Auto;
   EXPECT_TRUE(raises_error([&] { train(longer, resume); },
                            {first.last_checkpoint, "written by 2 ranks", "this run has 1", "resume with 2 ranks"}));
+}
+
+// A checkpoint resumes only under the config that fixes its model, data order and optimizer; other
+// changes (a learning rate) are allowed and logged.
+TEST(TrainerErrors, ResumeWithAnotherDataOrderOrModel) {
+  TempDir dir;
+  write_quadrant_images(dir.file("train"), 64, 12);
+  const Config config = make_config(dir, {"train.steps=10"});
+  RunOptions stop;
+  stop.stop_after_steps = 4;
+  const RunResult first = train(config, stop);
+  ASSERT_TRUE(first.stopped);
+  RunOptions resume;
+  resume.resume = ResumeMode::Auto;
+  for (const auto& [key, value] : std::vector<std::pair<std::string, std::string>>{
+           {"train.batch_size", "4"}, {"train.seed", "99"}, {"data.shuffle", "false"}, {"model.name", "\"cnn\""},
+           {"optimizer.name", "\"sgd\""}, {"train.grad_accum", "2"}}) {
+    SCOPED_TRACE(key + " = " + value);
+    const Config changed = make_config(dir, {"train.steps=10", key + "=" + value});
+    EXPECT_TRUE(raises_error([&] { train(changed, resume); }, {first.last_checkpoint, key, "same model, data order"}));
+  }
+  const Config other_lr = make_config(dir, {"train.steps=10", "optimizer.lr=5e-4"});
+  const RunResult resumed = train(other_lr, resume);
+  EXPECT_EQ(resumed.resumed_from_step, 4);
+  EXPECT_EQ(resumed.steps, 10);
+  const std::string log = read_file(dir.file("run/logs/rank-0.log"));
+  EXPECT_NE(log.find("with a changed config: lr = 0.0005"), std::string::npos) << log;
+}
+
+TEST(TrainerErrors, StateJsonWithoutTheTrainersKeys) {
+  TempDir dir;
+  write_quadrant_images(dir.file("train"), 32, 13);
+  const Config config = make_config(dir, {"train.steps=3"});
+  const RunResult first = train(config);
+  const std::string state_path = (fs::path(first.last_checkpoint) / "state.json").string();
+  const json good = json::parse(read_file(state_path));
+  Config longer = config;
+  longer.train.steps = 6;
+  RunOptions resume;
+  resume.resume = ResumeMode::Auto;
+  for (const char* key : {"world_size", "epoch", "next_batch", "rng", "config"}) {
+    SCOPED_TRACE(key);
+    json state = good;
+    state.erase(key);
+    write_file(state_path, state.dump(2));
+    EXPECT_TRUE(raises_error([&] { train(longer, resume); }, {state_path, fmt::format("no \"{}\"", key)}));
+  }
+  json state = good;
+  state["epoch"] = "zero";
+  write_file(state_path, state.dump(2));
+  EXPECT_TRUE(raises_error([&] { train(longer, resume); }, {state_path, "\"epoch\" must be an integer"}));
+  state = good;
+  state["rng"] = json::array();
+  write_file(state_path, state.dump(2));
+  EXPECT_TRUE(raises_error([&] { train(longer, resume); }, {state_path, "one entry per rank"}));
 }
 
 TEST(TrainerErrors, CheckpointDirUnderRegularFile) {

@@ -167,6 +167,9 @@ TEST(Safetensors, CorruptFilesRaiseClearErrors) {
   expect_corrupt(dir, "{" + entry("w", "F32", "[2]", 8, 0) + "}", eight, {"'w'", "end before they begin"});
   expect_corrupt(dir, "{" + entry("w", "Q7", "[2]", 0, 8) + "}", eight, {"'w'", "unsupported dtype 'Q7'"});
   expect_corrupt(dir, "{" + entry("w", "I8", "[8]", 0, 8) + "}", eight, {"'w'", "unsupported dtype 'I8'"});
+  // 2^62 f64 elements: 2^65 bytes, which would wrap to 0 and match [0, 0].
+  expect_corrupt(dir, "{" + entry("w", "F64", "[4611686018427387904]", 0, 0) + "}", "",
+                 {"'w'", "more than 2^64 bytes"});
   expect_corrupt(dir, "{" + entry("w", "F32", "[-2]", 0, 8) + "}", eight, {"'w'", "non-negative"});
   expect_corrupt(dir, "{" + entry("w", "F32", "[2.5]", 0, 8) + "}", eight, {"'w'", "non-negative integers"});
   expect_corrupt(dir, R"({"w": {"shape": [2], "data_offsets": [0, 8]}})", eight, {"'w'", "\"dtype\""});
