@@ -544,6 +544,13 @@ std::map<int64_t, int> record_counts(const std::string& path, const std::string&
   return counts;
 }
 
+/// Steps 1..steps each have exactly one loss record in `path`.
+void expect_each_step_logged_once(const std::string& path, int64_t steps) {
+  const std::map<int64_t, int> counts = record_counts(path, "loss");
+  EXPECT_EQ(static_cast<int64_t>(counts.size()), steps);
+  for (const auto& [step, count] : counts) EXPECT_EQ(count, 1) << "step " << step;
+}
+
 // A run that crashed after logging steps past its last checkpoint: the resumed run logs those
 // steps again, and metrics.jsonl holds each step once (the crashed run's later records dropped).
 TEST(Trainer, ResumeAfterACrashLogsEachStepOnce) {
@@ -560,9 +567,7 @@ TEST(Trainer, ResumeAfterACrashLogsEachStepOnce) {
   const RunResult resumed = train(config, resume);
   EXPECT_EQ(resumed.resumed_from_step, 5);
   EXPECT_EQ(resumed.steps, 12);
-  const std::map<int64_t, int> counts = record_counts(dir.file("run/metrics.jsonl"), "loss");
-  EXPECT_EQ(counts.size(), 12u);
-  for (const auto& [step, count] : counts) EXPECT_EQ(count, 1) << "step " << step;
+  expect_each_step_logged_once(dir.file("run/metrics.jsonl"), 12);
   const std::string log = read_file(dir.file("run/logs/rank-0.log"));
   EXPECT_NE(log.find("dropped 3 records of steps after 5"), std::string::npos) << log;
 }
@@ -593,9 +598,7 @@ TEST(Trainer, AFreshRunMovesTheEarlierRunAside) {
   const RunResult resumed = train(later, resume);
   EXPECT_EQ(resumed.resumed_from_step, 6);
   EXPECT_EQ(resumed.steps, 12);
-  const std::map<int64_t, int> counts = record_counts(dir.file("run/metrics.jsonl"), "loss");
-  EXPECT_EQ(counts.size(), 12u);
-  for (const auto& [step, count] : counts) EXPECT_EQ(count, 1) << "step " << step;
+  expect_each_step_logged_once(dir.file("run/metrics.jsonl"), 12);
 }
 
 // --- stop by a real signal -----------------------------------------------------------------------------
