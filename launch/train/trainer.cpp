@@ -443,25 +443,39 @@ void Trainer::check_resumed_config(const nlohmann::json& state, const std::strin
     if (!(was == now)) fixed.push_back(fmt::format("{} = {} (now {})", key, was, now));
   };
   compare("model.name", saved.model.name, config_.model.name);
-  compare("data.train", saved.data.train_dir, config_.data.train_dir);
+  if (fs::weakly_canonical(saved.data.train_dir) != fs::weakly_canonical(config_.data.train_dir))
+    fixed.push_back(fmt::format("data.train = {} (now {})", saved.data.train_dir, config_.data.train_dir));
   compare("data.shuffle", saved.data.shuffle, config_.data.shuffle);
   compare("train.batch_size", saved.train.batch_size, config_.train.batch_size);
   compare("train.grad_accum", saved.train.grad_accum, config_.train.grad_accum);
   compare("train.seed", saved.train.seed, config_.train.seed);
   if (saved.optimizer.kind != config_.optimizer.kind)
-    fixed.push_back(fmt::format("optimizer.name = {} (now {})", to_string(saved.optimizer.kind), to_string(config_.optimizer.kind)));
+    fixed.push_back(fmt::format("optimizer.name = {} (now {})", to_string(saved.optimizer.kind),
+                                to_string(config_.optimizer.kind)));
   FLAME_CHECK(fixed.empty(),
               "checkpoint '{}' was written with {}; a run resumes only with the same model, data order and "
               "optimizer (start a new run in another log.dir, or with --resume none)",
               dir, fmt::join(fixed, ", "));
   // Other changes (a longer train.steps, another learning rate) are allowed, and logged.
+  // to_toml writes one "key = value" line per key under its [section]: compare "section.key = value".
+  const auto settings = [](const Config& config) {
+    std::set<std::string> out;
+    std::istringstream text(to_toml(config));
+    std::string section;
+    for (std::string line; std::getline(text, line);) {
+      if (line.empty()) continue;
+      if (line.front() == '[') {
+        section = line.substr(1, line.find(']') - 1);
+      } else {
+        out.insert(section.empty() ? line : section + "." + line);
+      }
+    }
+    return out;
+  };
+  const std::set<std::string> was = settings(saved), now = settings(config_);
   std::vector<std::string> changed;
-  std::istringstream was(to_toml(saved)), now(to_toml(config_));
-  std::set<std::string> was_lines, now_lines;
-  for (std::string line; std::getline(was, line);) was_lines.insert(line);
-  for (std::string line; std::getline(now, line);) now_lines.insert(line);
-  for (const std::string& line : now_lines)
-    if (!was_lines.count(line) && !line.empty() && line.front() != '[') changed.push_back(line);
+  for (const std::string& setting : now)
+    if (!was.count(setting)) changed.push_back(setting);
   if (!changed.empty())
     log_->warn("resuming {} with a changed config: {}", dir, fmt::join(changed, "; "));
 }

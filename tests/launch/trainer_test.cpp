@@ -740,6 +740,7 @@ TEST(TrainerErrors, CheckpointOfAnotherWorldSize) {
 TEST(TrainerErrors, ResumeWithAnotherDataOrderOrModel) {
   TempDir dir;
   write_quadrant_images(dir.file("train"), 64, 12);
+  write_quadrant_images(dir.file("train2"), 64, 12);  // the same samples in another directory
   const Config config = make_config(dir, {"train.steps=10"});
   RunOptions stop;
   stop.stop_after_steps = 4;
@@ -749,17 +750,21 @@ TEST(TrainerErrors, ResumeWithAnotherDataOrderOrModel) {
   resume.resume = ResumeMode::Auto;
   for (const auto& [key, value] : std::vector<std::pair<std::string, std::string>>{
            {"train.batch_size", "4"}, {"train.seed", "99"}, {"data.shuffle", "false"}, {"model.name", "\"cnn\""},
-           {"optimizer.name", "\"sgd\""}, {"train.grad_accum", "2"}}) {
+           {"optimizer.name", "\"sgd\""}, {"train.grad_accum", "2"},
+           {"data.train", fmt::format("\"{}\"", dir.file("train2"))}}) {
     SCOPED_TRACE(key + " = " + value);
     const Config changed = make_config(dir, {"train.steps=10", key + "=" + value});
     EXPECT_TRUE(raises_error([&] { train(changed, resume); }, {first.last_checkpoint, key, "same model, data order"}));
   }
-  const Config other_lr = make_config(dir, {"train.steps=10", "optimizer.lr=5e-4"});
+  // The same data directory spelled another way, and another learning rate: allowed.
+  const Config other_lr = make_config(
+      dir, {"train.steps=10", "optimizer.lr=5e-4", fmt::format("data.train=\"{}/./train\"", dir.path())});
   const RunResult resumed = train(other_lr, resume);
   EXPECT_EQ(resumed.resumed_from_step, 4);
   EXPECT_EQ(resumed.steps, 10);
   const std::string log = read_file(dir.file("run/logs/rank-0.log"));
-  EXPECT_NE(log.find("with a changed config: lr = 0.0005"), std::string::npos) << log;
+  EXPECT_NE(log.find("with a changed config: data.train = "), std::string::npos) << log;
+  EXPECT_NE(log.find("; optimizer.lr = 0.0005"), std::string::npos) << log;
 }
 
 TEST(TrainerErrors, StateJsonWithoutTheTrainersKeys) {
