@@ -30,15 +30,18 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntr
   FLAME_CHECK(logits.size(1) > 0, "cross_entropy: logits {} have no classes", logits.describe());
 
   const Tensor loss = cross_entropy_rows(logits, target, options.ignore_index, eps);  // [N]
+  // Sums (and the count of rows) accumulate in f32 (f64 for f64 logits) and are rounded to the
+  // logits' dtype once, as PyTorch does: an f16 sum of 65520 rows, or of losses past 65504, is inf.
+  const DType accumulate = logits.dtype() == DType::F64 ? DType::F64 : DType::F32;
   switch (options.reduction) {
     case Reduction::None:
       return loss;
     case Reduction::Sum:
-      return sum(loss);
+      return sum(loss.to(accumulate)).to(logits.dtype());
     case Reduction::Mean: {
       // The count of rows that are not ignored stays on the device (no host sync).
-      const Tensor counted = ne(target, static_cast<double>(options.ignore_index)).to(logits.dtype());
-      return div(sum(loss), sum(counted));
+      const Tensor counted = ne(target, static_cast<double>(options.ignore_index)).to(accumulate);
+      return div(sum(loss.to(accumulate)), sum(counted)).to(logits.dtype());
     }
   }
   FLAME_FAIL("cross_entropy: unknown reduction {}", static_cast<int>(options.reduction));

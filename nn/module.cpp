@@ -2,6 +2,7 @@
 
 #include <functional>
 #include <map>
+#include <unordered_set>
 
 #include "core/autograd.h"
 
@@ -47,16 +48,30 @@ void Module::collect(const std::string& prefix, bool recurse, bool params, Named
   for (const auto& [name, child] : children_) child->collect(prefix + name + ".", true, params, out);
 }
 
+namespace {
+
+/// `all` without the entries whose tensor appeared under an earlier name (a tied parameter, a child
+/// module added twice): the first name wins, as in PyTorch.
+NamedTensors first_name_of_each(NamedTensors all) {
+  std::unordered_set<const TensorImpl*> seen;
+  NamedTensors out;
+  for (auto& entry : all)
+    if (seen.insert(entry.second.impl_ptr().get()).second) out.push_back(std::move(entry));
+  return out;
+}
+
+}  // namespace
+
 NamedTensors Module::named_parameters(bool recurse) const {
   NamedTensors out;
   collect("", recurse, true, out);
-  return out;
+  return first_name_of_each(std::move(out));
 }
 
 NamedTensors Module::named_buffers(bool recurse) const {
   NamedTensors out;
   collect("", recurse, false, out);
-  return out;
+  return first_name_of_each(std::move(out));
 }
 
 std::vector<Tensor> Module::parameters(bool recurse) const {
@@ -111,8 +126,10 @@ void Module::zero_grad() {
 }
 
 NamedTensors Module::state_dict() const {
-  NamedTensors out = named_parameters();
-  for (auto& entry : named_buffers()) out.push_back(std::move(entry));
+  // Every name, a tied tensor's included (as PyTorch's state_dict): parameters, then buffers.
+  NamedTensors out;
+  collect("", true, true, out);
+  collect("", true, false, out);
   return out;
 }
 

@@ -28,10 +28,13 @@ class Module {
   virtual std::string type_name() const = 0;
   Tensor operator()(const Tensor& input) { return forward(input); }
 
-  /// Parameters (leaves that require grad), this module's first, then each child's in order.
+  /// Parameters (leaves that require grad), this module's first, then each child's in order. A
+  /// tensor registered under several names (tied weights, a child added twice) is listed once,
+  /// under its first name, as in PyTorch: optimizers, gradient clipping and DDP see it once.
   std::vector<Tensor> parameters(bool recurse = true) const;
   NamedTensors named_parameters(bool recurse = true) const;
-  /// Buffers: state that is saved but not trained (e.g. running statistics).
+  /// Buffers: state that is saved but not trained (e.g. running statistics); listed once each, as
+  /// parameters are.
   NamedTensors named_buffers(bool recurse = true) const;
   const std::vector<std::pair<std::string, std::shared_ptr<Module>>>& named_children() const { return children_; }
 
@@ -47,7 +50,7 @@ class Module {
   /// Clears every parameter's gradient (PyTorch's zero_grad(set_to_none=True)).
   void zero_grad();
 
-  /// Parameters then buffers, by dotted name.
+  /// Parameters then buffers, by dotted name; a tied tensor under each of its names (as PyTorch).
   NamedTensors state_dict() const;
   /// Copies values in by name. Raises flame::Error naming the tensor for a missing or unexpected
   /// name (when strict), a shape or a dtype mismatch; nothing is changed unless every entry fits.

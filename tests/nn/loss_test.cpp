@@ -122,6 +122,32 @@ TEST(CrossEntropy, LargeLogitsStayFinite) {
   for (double x : test::host_values(loss)) EXPECT_TRUE(std::isfinite(x));
 }
 
+// Half-precision logits: the mean's sum and count accumulate in f32, so 70000 rows (more than f16's
+// largest finite value, 65504) give the right loss and gradients, not inf/NaN and zero gradients.
+TEST(CrossEntropy, HalfPrecisionMeanOverManyRowsStaysFinite) {
+  constexpr int64_t kRows = 70000;
+  for (DType dtype : {DType::F16, DType::BF16}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    std::vector<double> v(2 * kRows);
+    for (int64_t i = 0; i < kRows; ++i) v[static_cast<size_t>(2 * i + 1)] = 10.0;  // rows [0, 10]
+    Tensor logits = from_vector(v, {kRows, 2}, dtype);
+    logits.requires_grad_(true);
+    const Tensor loss = nn::cross_entropy(logits, zeros({kRows}, kI64));  // every target is class 0
+    const double expected = std::log1p(std::exp(10.0));                   // 10.0000454
+    EXPECT_NEAR(loss.item(), expected, 0.02 * expected);
+    // The sum itself, 700003, fits bf16 but not f16 (inf there, as in PyTorch).
+    if (dtype == DType::BF16) {
+      EXPECT_NEAR(nn::cross_entropy(logits, zeros({kRows}, kI64), {-100, 0.0, Reduction::Sum}).to(kF64).item(),
+                  expected * kRows, 0.02 * expected * kRows);
+    }
+    loss.backward();
+    // d loss / d logit[i][0] = (softmax_0 - 1) / N
+    const double grad = (1.0 / (1.0 + std::exp(10.0)) - 1.0) / kRows;
+    const double first = logits.grad().to(kF64).to_vector<double>()[0];
+    EXPECT_NEAR(first, grad, 0.02 * std::abs(grad));
+  }
+}
+
 TEST(CrossEntropy, AllTargetsIgnoredGivesNanMeanLikePyTorch) {
   const Tensor logits = rand({3, 4}, kF64);
   const Tensor target = full({3}, -100, kI64);

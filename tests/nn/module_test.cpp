@@ -10,6 +10,8 @@
 #include "nn/dropout.h"
 #include "nn/linear.h"
 #include "nn/loss.h"
+#include "nn/optim/adam.h"
+#include "nn/optim/clip.h"
 #include "support/test_support.h"
 
 namespace flame {
@@ -69,6 +71,50 @@ TEST(Module, NamedParametersFollowRegistrationOrderWithDottedNames) {
   EXPECT_EQ(names_of(model->state_dict()),
             (std::vector<std::string>{"0.weight", "0.bias", "2.0.weight", "2.0.bias", "3.scale", "3.proj.weight",
                                       "3.proj.bias", "3.count"}));
+}
+
+/// Holds `shared` as its parameter "w": two of them in one model tie their weights.
+class Holder : public nn::Module {
+ public:
+  explicit Holder(Tensor shared) { w_ = register_parameter("w", std::move(shared)); }
+  Tensor forward(const Tensor& input) override { return mul(input, w_); }
+  std::string type_name() const override { return "Holder"; }
+  Tensor w_;
+};
+
+class TiedPair : public nn::Module {
+ public:
+  TiedPair() {
+    const Tensor w = from_vector<float>({3.f, 4.f}, {2});
+    enc_ = register_module("enc", std::make_shared<Holder>(w));
+    dec_ = register_module("dec", std::make_shared<Holder>(w));
+  }
+  Tensor forward(const Tensor& input) override { return (*dec_)((*enc_)(input)); }
+  std::string type_name() const override { return "TiedPair"; }
+  std::shared_ptr<Holder> enc_, dec_;
+};
+
+// A tied tensor is one parameter, under its first name (as PyTorch's remove_duplicate): the
+// optimizer accepts model.parameters(), clipping counts it once; state_dict keeps both names.
+TEST(Module, TiedParametersAreListedOnceUnderTheFirstName) {
+  TiedPair model;
+  EXPECT_EQ(names_of(model.named_parameters()), (std::vector<std::string>{"enc.w"}));
+  ASSERT_EQ(model.parameters().size(), 1u);
+  EXPECT_EQ(names_of(model.state_dict()), (std::vector<std::string>{"enc.w", "dec.w"}));
+
+  const Tensor w = model.parameters()[0];
+  w.set_grad(from_vector<float>({3.f, 4.f}, {2}));
+  const Tensor norm = optim::clip_grad_norm_(model.parameters(), 1.0);
+  EXPECT_NEAR(norm.item(), 5.0, 1e-6);  // counted twice it would be 7.07
+  EXPECT_NEAR(w.grad().to_vector<float>()[0], 0.6, 1e-6);
+  optim::AdamW optimizer(model.parameters());  // raised "the same tensor" before
+  optimizer.step();
+
+  // Loading by either name writes the one tensor.
+  TiedPair other;
+  other.load_state_dict(model.state_dict());
+  EXPECT_EQ(other.enc_->w_.to_vector<float>(), w.to_vector<float>());
+  EXPECT_TRUE(other.enc_->w_.impl_ptr() == other.dec_->w_.impl_ptr());
 }
 
 TEST(Module, RegisteringANameTwiceRaises) {
