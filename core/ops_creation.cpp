@@ -1,5 +1,7 @@
 // Creation ops: constant fills, ranges, host data, and Philox random draws.
+#include <climits>
 #include <cmath>
+#include <utility>
 #include <cstring>
 
 #include "core/backend.h"
@@ -73,6 +75,22 @@ Tensor randint(int64_t low, int64_t high, const Shape& shape, TensorOptions opti
   FLAME_CHECK(static_cast<uint64_t>(high - low) <= (uint64_t{1} << 32),
               "randint: range [{}, {}) is wider than 2^32, which one Philox word cannot cover", low, high);
   FLAME_CHECK(options.dtype != kBool, "randint: bool output is not supported; use u8");
+  // Every value of [low, high) must be stored exactly: no wrap (u8 of 300) and no rounding up to
+  // `high` (f16 above 2048).
+  const auto [least, most] = [&]() -> std::pair<int64_t, int64_t> {
+    switch (options.dtype) {
+      case DType::U8: return {0, 255};
+      case DType::I32: return {INT32_MIN, INT32_MAX};
+      case DType::F16: return {-(int64_t{1} << 11), int64_t{1} << 11};
+      case DType::BF16: return {-(int64_t{1} << 8), int64_t{1} << 8};
+      case DType::F32: return {-(int64_t{1} << 24), int64_t{1} << 24};
+      case DType::F64: return {-(int64_t{1} << 53), int64_t{1} << 53};
+      default: return {INT64_MIN, INT64_MAX};
+    }
+  }();
+  FLAME_CHECK(low >= least && high - 1 <= most,
+              "randint: range [{}, {}) does not fit {} exactly (its exact integers run from {} to {})", low, high,
+              dtype_name(options.dtype), least, most);
   return draw(RandomKind::Integer, shape, options, gen, 4, low, high);
 }
 

@@ -37,11 +37,19 @@ int64_t wrap_dim(int64_t dim, int64_t ndim, const char* op) {
 
 namespace {
 
+/// At most 2^59 elements: their byte count (up to 8 bytes each) and every offset into them fit in
+/// an int64 with room to spare.
+constexpr int64_t kMaxNumel = int64_t{1} << 59;
+
 void check_shape(const Shape& shape, const char* op) {
   FLAME_CHECK(shape.size() <= static_cast<size_t>(kMaxDims), "{}: shape {} has {} dims; at most {} are supported",
               op, shape_str(shape), shape.size(), kMaxDims);
-  for (int64_t size : shape)
+  int64_t numel = 1;
+  for (int64_t size : shape) {
     FLAME_CHECK(size >= 0, "{}: negative size in shape {}", op, shape_str(shape));
+    FLAME_CHECK(!__builtin_mul_overflow(numel, size, &numel) && numel <= kMaxNumel,
+                "{}: shape {} has more than 2^59 elements", op, shape_str(shape));
+  }
 }
 
 /// Strides for viewing (shape, strides) as new_shape without copying, if the layout allows it
@@ -80,7 +88,8 @@ Shape infer_shape(Shape shape, int64_t numel, const char* op) {
       infer = static_cast<int64_t>(i);
     } else {
       FLAME_CHECK(shape[i] >= 0, "{}: invalid size in shape {}", op, shape_str(shape));
-      known *= shape[i];
+      FLAME_CHECK(!__builtin_mul_overflow(known, shape[i], &known), "{}: shape {} is invalid for {} elements", op,
+                  shape_str(shape), numel);
     }
   }
   if (infer >= 0) {
@@ -150,10 +159,15 @@ Tensor Tensor::from_storage(std::shared_ptr<Storage> storage, Shape shape, Strid
     if (shape[i] == 0) last = offset - 1;
     FLAME_CHECK(strides[i] >= 0, "from_storage: negative strides are not supported");
   }
+  bool overflow = false;
   if (last >= offset)
-    for (size_t i = 0; i < shape.size(); ++i) last += (shape[i] - 1) * strides[i];
-  FLAME_CHECK(offset >= 0 && (last < offset ||
-                              static_cast<size_t>(last + 1) * dtype_size(dtype) <= storage->nbytes()),
+    for (size_t i = 0; i < shape.size(); ++i) {
+      int64_t span = 0;
+      overflow = overflow || __builtin_mul_overflow(shape[i] - 1, strides[i], &span) ||
+                 __builtin_add_overflow(last, span, &last);
+    }
+  FLAME_CHECK(offset >= 0 && !overflow &&
+                  (last < offset || static_cast<size_t>(last + 1) * dtype_size(dtype) <= storage->nbytes()),
               "from_storage: layout (shape {}, strides {}, offset {}) exceeds a storage of {} bytes",
               shape_str(shape), shape_str(strides), offset, storage->nbytes());
   auto impl = std::make_shared<TensorImpl>();
@@ -259,8 +273,8 @@ Tensor Tensor::narrow(int64_t d, int64_t start, int64_t length) const {
   FLAME_CHECK(dim() > 0, "narrow: cannot narrow a 0-d tensor");
   d = wrap_dim(d, dim(), "narrow");
   if (start < 0) start += shape()[d];
-  FLAME_CHECK(start >= 0 && length >= 0 && start + length <= shape()[d],
-              "narrow: range [{}, {}) out of bounds for dim {} of size {} in {}", start, start + length, d,
+  FLAME_CHECK(start >= 0 && start <= shape()[d] && length >= 0 && length <= shape()[d] - start,
+              "narrow: start {} and length {} out of bounds for dim {} of size {} in {}", start, length, d,
               shape()[d], describe());
   Shape s = shape();
   s[d] = length;
@@ -283,7 +297,7 @@ Tensor Tensor::slice(int64_t d, int64_t start, int64_t end, int64_t step) const 
   end = std::clamp<int64_t>(end, start, n);
   Shape s = shape();
   Strides st = strides();
-  s[d] = (end - start + step - 1) / step;
+  s[d] = end > start ? (end - start - 1) / step + 1 : 0;
   st[d] *= step;
   Tensor out = make_view(*this, std::move(s), std::move(st), offset() + start * strides()[d]);
   if (autograd::needs_grad({this}))
@@ -340,6 +354,7 @@ Tensor Tensor::expand(const Shape& new_shape) const {
       st[i] = 0;
     }
   }
+  check_shape(s, "expand");
   Tensor out = make_view(*this, std::move(s), std::move(st), offset());
   if (autograd::needs_grad({this}))
     record_unary(out, *this, "ExpandBackward",
@@ -469,6 +484,7 @@ bool same_layout(const Tensor& a, const Tensor& b) {
 Tensor& Tensor::copy_(const Tensor& src_in) {
   FLAME_CHECK(src_in.defined(), "copy_: source tensor is undefined");
   detail::prepare_inplace("copy_", *this, {&src_in});
+  detail::check_no_internal_overlap("copy_", *this);
   Tensor src = src_in;
   if (src.device() != device()) src = src.to(device());
   src = src.expand(shape());
@@ -480,6 +496,7 @@ Tensor& Tensor::copy_(const Tensor& src_in) {
 
 Tensor& Tensor::fill_(double value) {
   detail::prepare_inplace("fill_", *this);
+  detail::check_no_internal_overlap("fill_", *this);
   if (numel() > 0) backend_for(device()).fill(*this, value);
   return *this;
 }

@@ -169,7 +169,11 @@ class Tensor {
   void backward(const Tensor& gradient = Tensor(), bool retain_graph = false) const;
   /// The same data, cut from the graph (requires_grad false).
   Tensor detach() const;
-  /// Runs `hook(leaf)` in every backward as soon as this leaf's gradient is final.
+  /// Runs `hook(leaf)` in every backward as soon as this leaf's gradient is final. That can be
+  /// before backward has finished using the leaf's values (Note [early gradients]: a linear layer's
+  /// weight gradient goes on before its input gradient is computed from the weight), so the hook
+  /// must not change the leaf: one that does (an optimizer step inside backward) raises
+  /// flame::Error. Step the optimizer after backward.
   void register_grad_ready_hook(GradReadyHook hook) const;
   /// Autograd's per-tensor record, created on first use (internal to core/).
   AutogradMeta& autograd_meta() const;

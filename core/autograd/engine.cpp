@@ -32,7 +32,14 @@ class AccumulateGrad final : public Node {
       meta.grad.add_(grad);
     else
       meta.grad = grad.clone();
+    const uint64_t version = leaf.storage()->version();
     for (const GradReadyHook& hook : meta.ready_hooks) hook(leaf);
+    // Backward may still need the leaf's values (Note [early gradients]): a hook must not change it.
+    FLAME_CHECK(leaf.storage()->version() == version,
+                "a gradient-ready hook changed {} in place during backward, which may still need its values "
+                "(a linear layer's input gradient uses its weight after the weight's gradient is ready); step "
+                "the optimizer after backward",
+                leaf.describe());
     return {};
   }
   const char* name() const override { return "AccumulateGrad"; }

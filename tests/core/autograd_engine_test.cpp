@@ -677,6 +677,20 @@ TEST(AutogradEarlyGradients, MatmulHandsOnTheWeightGradientBeforeComputingTheInp
   EXPECT_TRUE(all_close(w.grad(), {3, 2}, gw, kTol));
 }
 
+// A hook that steps its weight in place would change the input gradient computed after it (the
+// weight is still needed): it raises instead of giving a wrong gradient.
+TEST(AutogradEarlyGradients, AHookThatChangesItsLeafRaises) {
+  HostRng rng;
+  Tensor x = leaf(rng, {4, 3}), w = leaf(rng, {3, 2});
+  w.register_grad_ready_hook([](const Tensor& weight) {
+    autograd::NoGradGuard no_grad;
+    Tensor handle = weight;  // the same tensor, through a non-const handle
+    handle.sub_(mul(weight.grad(), 100.0));
+  });
+  EXPECT_TRUE(test::raises_error([&] { sum(matmul(x, w)).backward(); },
+                                 {"gradient-ready hook changed", "in place during backward", "after backward"}));
+}
+
 TEST(AutogradEarlyGradients, TwoLayerGradientsStayExact) {
   HostRng rng;
   const int64_t n = 4, in = 3, hid = 5, out = 2;

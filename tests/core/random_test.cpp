@@ -220,6 +220,16 @@ TEST(RandomStatistics, NormalMomentsAndTails) {
   }
 }
 
+// A range the dtype cannot hold exactly raises rather than wrapping (u8) or rounding up to high (f16).
+TEST(RandomErrors, RandintRangeMustFitTheDtype) {
+  EXPECT_TRUE(test::raises_error([] { (void)randint(0, 300, {8}, kU8); }, {"[0, 300)", "u8"}));
+  EXPECT_TRUE(test::raises_error([] { (void)randint(-1, 5, {8}, kU8); }, {"u8"}));
+  EXPECT_TRUE(test::raises_error([] { (void)randint(0, 4097, {8}, DType::F16); }, {"f16", "2048"}));
+  EXPECT_TRUE(test::raises_error([] { (void)randint(0, 1000, {8}, DType::BF16); }, {"bf16"}));
+  EXPECT_EQ(randint(0, 256, {8}, kU8).numel(), 8);
+  EXPECT_EQ(randint(-2048, 2049, {8}, DType::F16).numel(), 8);
+}
+
 TEST(RandomStatistics, RandintCoversTheRangeUniformly) {
   const int64_t n = 100000, low = -3, high = 5;
   Generator gen(test::test_seed());

@@ -1,6 +1,7 @@
 // Tensor metadata and views (view, reshape, transpose, permute, narrow, slice, select, expand,
 // squeeze, unsqueeze, flatten): shapes, strides and offsets as in PyTorch, values read through the
 // views against host index math, storage sharing, and copies (contiguous, clone, copy_, to_vector).
+#include <climits>
 #include <fmt/format.h>
 
 #include <functional>
@@ -410,6 +411,31 @@ TEST(TensorStorage, FromStorageBuildsAView) {
   EXPECT_TRUE(all_close(v, {2, 3}, {2, 5, 8, 3, 6, 9}, kExact));
   EXPECT_TRUE(test::raises_error([&] { (void)Tensor::from_storage(storage, {2, 3}, {1, 3}, 3, kF64); }));
   EXPECT_TRUE(test::raises_error([&] { (void)Tensor::from_storage(storage, {11}, {1}, 0, kF64); }));
+  // A stride whose span overflows int64 is out of bounds, not wrapped into range.
+  EXPECT_TRUE(test::raises_error(
+      [&] { (void)Tensor::from_storage(storage, {3}, {INT64_MAX / 2 + 2}, 0, kF64); }, {"exceeds a storage"}));
+}
+
+// Sizes and bounds whose arithmetic would overflow int64 raise instead of wrapping.
+TEST(TensorEdgeCases, OverflowingSizesAndBoundsRaise) {
+  const int64_t huge = (int64_t{1} << 62) + 1;
+  EXPECT_TRUE(test::raises_error([&] { (void)Tensor::empty({huge, 4}); }, {"more than 2^59 elements"}));
+  EXPECT_TRUE(test::raises_error([&] { (void)arange(0, 4).unsqueeze(0).expand({huge, 4}); },
+                                 {"expand", "more than 2^59 elements"}));
+  EXPECT_TRUE(test::raises_error([&] { (void)zeros({2, 3}).reshape({-1, huge, 4}); }, {"invalid for 6 elements"}));
+  const Tensor x = zeros({2, 3});
+  EXPECT_TRUE(test::raises_error([&] { (void)x.narrow(1, 1, INT64_MAX); }, {"out of bounds"}));
+  EXPECT_TRUE(test::raises_error([&] { (void)x.narrow(1, 2, INT64_MAX - 1); }, {"out of bounds"}));
+  EXPECT_EQ(x.slice(1, 0, 3, INT64_MAX).shape(), (Shape{2, 1}));
+  EXPECT_EQ(x.slice(1, 1, 3, 5).shape(), (Shape{2, 1}));
+  EXPECT_EQ(x.slice(1, 3, 3, 2).shape(), (Shape{2, 0}));
+}
+
+// copy_ and fill_ into an expanded view (elements sharing memory) raise, as add_ does.
+TEST(TensorEdgeCases, CopyAndFillRefuseAnExpandedDestination) {
+  Tensor e = arange(0, 3).unsqueeze(0).expand({2, 3});
+  EXPECT_TRUE(test::raises_error([&] { e.copy_(ones({2, 3}, kI64)); }, {"copy_", "share memory"}));
+  EXPECT_TRUE(test::raises_error([&] { e.fill_(1.0); }, {"fill_", "share memory"}));
 }
 
 }  // namespace
