@@ -5,6 +5,8 @@
 #include <fmt/format.h>
 
 #include <functional>
+#include <limits>
+#include <cmath>
 #include <memory>
 #include <numeric>
 
@@ -371,6 +373,25 @@ TEST(TensorCopy, ToVectorConvertsTypes) {
   EXPECT_EQ(i.to_vector<int64_t>(), (std::vector<int64_t>{5, -6, 7}));
   const Tensor b = test::make_tensor({1, 0, 1}, {3}, kBool);
   EXPECT_EQ(b.to_vector<uint8_t>(), (std::vector<uint8_t>{1, 0, 1}));
+}
+
+// f64 to f16 and bf16 rounds once, to nearest even (not through a float rounded to nearest first).
+TEST(TensorCopy, DoubleToHalfPrecisionRoundsOnce) {
+  const double tiny = std::ldexp(1.0, -40);
+  const std::vector<double> values{1.0 + std::ldexp(1.0, -11) + tiny, 1.0 + std::ldexp(1.0, -11),
+                                   1.0 + 3 * std::ldexp(1.0, -11), -(1.0 + std::ldexp(1.0, -11) + tiny)};
+  EXPECT_EQ(from_vector(values, {4}, kF64).to(DType::F16).to_vector<double>(),
+            (std::vector<double>{1.0009765625, 1.0, 1.001953125, -1.0009765625}));
+  const std::vector<double> b{1.0 + std::ldexp(1.0, -8) + tiny, 1.0 + std::ldexp(1.0, -8)};
+  EXPECT_EQ(from_vector(b, {2}, kF64).to(DType::BF16).to_vector<double>(), (std::vector<double>{1.0078125, 1.0}));
+  // Past the largest float: infinity in both, and NaN stays NaN.
+  const Tensor big = from_vector(std::vector<double>{1e39, -1e300, std::nan("")}, {3}, kF64);
+  for (DType dtype : {DType::F16, DType::BF16}) {
+    const std::vector<double> out = big.to(dtype).to_vector<double>();
+    EXPECT_EQ(out[0], std::numeric_limits<double>::infinity());
+    EXPECT_EQ(out[1], -std::numeric_limits<double>::infinity());
+    EXPECT_TRUE(std::isnan(out[2]));
+  }
 }
 
 TEST(TensorCopy, ItemOfOneElementTensors) {
