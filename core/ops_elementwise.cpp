@@ -41,7 +41,9 @@ void check_binary_dtype(BinaryOp op, const Tensor& a) {
 }
 
 void check_scalar_fits(BinaryOp op, const Tensor& a, double scalar) {
-  if (is_floating(a.dtype())) return;
+  // A comparison is exact with any scalar (the backends compare in double when it is fractional,
+  // infinite or NaN), as PyTorch's: gt(i64 tensor, 0.5).
+  if (is_floating(a.dtype()) || is_comparison(op)) return;
   FLAME_CHECK(std::isfinite(scalar) && scalar == std::trunc(scalar),
               "{}: scalar {} is not an integer but the tensor is {}; convert the tensor with .to(kF32)",
               op_name(op), scalar, a.describe());

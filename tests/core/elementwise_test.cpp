@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "support/test_support.h"
 
@@ -267,6 +268,21 @@ TEST(Where, ConditionFromComparison) {
   std::vector<double> expected = test::round_to_dtype(v, kF32);
   for (double& e : expected) e = e > 0 ? e : 0.0;
   EXPECT_TRUE(all_close(out, {5, 6}, expected, test::tolerance_for(kF32)));
+}
+
+// Comparing an integer tensor with a fractional, infinite or NaN scalar is exact, as in PyTorch;
+// arithmetic with a fractional scalar still raises.
+TEST(Comparisons, IntegerTensorsCompareExactlyWithAnyScalar) {
+  for (DType dtype : {DType::I64, DType::I32, DType::U8}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    const Tensor x = from_vector(std::vector<int64_t>{0, 1, 2}, {3}, kI64).to(dtype);
+    EXPECT_EQ(gt(x, 0.5).to(kU8).to_vector<uint8_t>(), (std::vector<uint8_t>{0, 1, 1}));
+    EXPECT_EQ(le(x, 1.5).to(kU8).to_vector<uint8_t>(), (std::vector<uint8_t>{1, 1, 0}));
+    EXPECT_EQ(eq(x, 1.0000001).to(kU8).to_vector<uint8_t>(), (std::vector<uint8_t>{0, 0, 0}));
+    EXPECT_EQ(ne(x, std::nan("")).to(kU8).to_vector<uint8_t>(), (std::vector<uint8_t>{1, 1, 1}));
+    EXPECT_EQ(lt(x, std::numeric_limits<double>::infinity()).to(kU8).to_vector<uint8_t>(), (std::vector<uint8_t>{1, 1, 1}));
+    EXPECT_TRUE(test::raises_error([&] { (void)add(x, 0.5); }, {"not an integer"}));
+  }
 }
 
 }  // namespace

@@ -196,6 +196,20 @@ TEST_F(CudaOps, InPlaceBinaryOnViews) {
   }
 }
 
+// Integer tensors compared with a fractional, infinite or NaN scalar (the kernels compare in double).
+TEST_F(CudaOps, IntegerComparisonsWithAnyScalar) {
+  HostRng rng;
+  for (DType dtype : {DType::I64, DType::I32, DType::U8}) {
+    const Input x{test::case_inputs(rng, 24, 0, 9, dtype, true), {4, 6}, dtype, Layout::Transposed};
+    for (double scalar : {0.5, 3.25, -1.5, 1e30, std::numeric_limits<double>::infinity(), std::nan("")}) {
+      SCOPED_TRACE(fmt::format("{} vs {}", dtype_name(dtype), scalar));
+      EXPECT_TRUE(matches_cpu([&](const std::vector<Tensor>& t) { return gt(t[0], scalar); }, {x}, {}));
+      EXPECT_TRUE(matches_cpu([&](const std::vector<Tensor>& t) { return le(t[0], scalar); }, {x}, {}));
+      EXPECT_TRUE(matches_cpu([&](const std::vector<Tensor>& t) { return ne(t[0], scalar); }, {x}, {}));
+    }
+  }
+}
+
 TEST_F(CudaOps, Where) {
   HostRng rng;
   for (DType dtype : value_dtypes()) {
