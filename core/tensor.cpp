@@ -1,6 +1,7 @@
 #include "core/tensor.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <numeric>
 #include <optional>
@@ -497,6 +498,8 @@ Tensor& Tensor::copy_(const Tensor& src_in) {
 Tensor& Tensor::fill_(double value) {
   detail::prepare_inplace("fill_", *this);
   detail::check_no_internal_overlap("fill_", *this);
+  FLAME_CHECK(is_floating(dtype()) || dtype() == DType::Bool || std::isfinite(value),
+              "fill_: {} has no integer value for {}", value, describe());
   if (numel() > 0) backend_for(device()).fill(*this, value);
   return *this;
 }

@@ -452,11 +452,16 @@ TEST(TensorEdgeCases, OverflowingSizesAndBoundsRaise) {
   EXPECT_EQ(x.slice(1, 3, 3, 2).shape(), (Shape{2, 0}));
 }
 
-// copy_ and fill_ into an expanded view (elements sharing memory) raise, as add_ does.
-TEST(TensorEdgeCases, CopyAndFillRefuseAnExpandedDestination) {
+// copy_ and fill_ into an expanded view (elements sharing memory) raise, as add_ does; so does
+// filling an integer tensor with NaN or infinity.
+TEST(TensorEdgeCases, CopyAndFillRefuseWhatTheyCannotStore) {
   Tensor e = arange(0, 3).unsqueeze(0).expand({2, 3});
   EXPECT_TRUE(test::raises_error([&] { e.copy_(ones({2, 3}, kI64)); }, {"copy_", "share memory"}));
   EXPECT_TRUE(test::raises_error([&] { e.fill_(1.0); }, {"fill_", "share memory"}));
+  // An integer tensor has no value for NaN or infinity.
+  EXPECT_TRUE(test::raises_error([] { (void)full({1}, std::nan(""), kI64); }, {"no integer value"}));
+  EXPECT_TRUE(test::raises_error([] { (void)full({1}, -INFINITY, kU8); }, {"no integer value"}));
+  EXPECT_EQ(full({1}, std::nan(""), kBool).to(kU8).to_vector<uint8_t>(), (std::vector<uint8_t>{1}));
 }
 
 }  // namespace
