@@ -13,57 +13,24 @@
 // CARVE > 0 plans the GEMMs for (SMs - CARVE) SMs while the all-reduce runs (cublasSetSmCountTarget);
 // MAXCTAS > 0 sets ncclConfig_t::maxCTAs.
 // Usage: mpirun -np 2 allreduce_beside_gemm MODE MIB CARVE [MAXCTAS] [ADDBLOCKS]
-#include <cublas_v2.h>
-#include <cuda_runtime.h>
-#include <mpi.h>
-#include <nccl.h>
-
-#include <algorithm>
-#include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <string>
-#include <vector>
 
-#define CK(x) do { cudaError_t s_ = (x); if (s_ != cudaSuccess) { fprintf(stderr, "%s: %s\n", #x, cudaGetErrorString(s_)); MPI_Abort(MPI_COMM_WORLD, 1);} } while (0)
-#define NK(x) do { ncclResult_t s_ = (x); if (s_ != ncclSuccess) { fprintf(stderr, "%s: %s\n", #x, ncclGetErrorString(s_)); MPI_Abort(MPI_COMM_WORLD, 1);} } while (0)
-#define BK(x) do { cublasStatus_t s_ = (x); if (s_ != CUBLAS_STATUS_SUCCESS) { fprintf(stderr, "%s: %d\n", #x, (int)s_); MPI_Abort(MPI_COMM_WORLD, 1);} } while (0)
-
-__global__ void add_halves(const float4* a, const float4* b, float4* out, size_t n4) {
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
-    float4 x = a[i], y = b[i];
-    out[i] = make_float4(0.5f * (x.x + y.x), 0.5f * (x.y + y.y), 0.5f * (x.z + y.z), 0.5f * (x.w + y.w));
-  }
-}
-
-static double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+#include "experiment_util.cuh"
 
 int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
-  int rank, world;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &world);
   std::string mode = argv[1];
   size_t bytes = size_t(atoi(argv[2])) << 20;
   int carve = atoi(argv[3]);
   int maxctas = argc > 4 ? atoi(argv[4]) : 0;
   int add_blocks = argc > 5 ? atoi(argv[5]) : 264;
-  CK(cudaSetDevice(rank));
-  int sms;
-  CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, rank));
-
-  ncclUniqueId id;
-  if (rank == 0) NK(ncclGetUniqueId(&id));
-  MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, MPI_COMM_WORLD);
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-  config.blocking = 1;
   if (maxctas > 0) config.maxCTAs = maxctas;
   if (mode == "ce") config.CTAPolicy = NCCL_CTA_POLICY_ZERO;
-  ncclComm_t comm;
-  NK(ncclCommInitRankConfig(&comm, world, id, rank, &config));
+  int rank, world;
+  ncclComm_t comm = start_ranks(&argc, &argv, &rank, &world, config);
+  int sms;
+  CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, rank));
 
   const size_t n = bytes / 4;
   float *bucket = nullptr, *recv = nullptr;

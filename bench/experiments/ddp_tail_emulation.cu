@@ -16,30 +16,12 @@
 // ADDBLOCKS is the ce add kernel's grid; CHUNKS > 1 computes and all-reduces the 64 MiB gradient in
 // that many row blocks, each all-reduced as soon as its GEMM is done.
 // Usage: mpirun -np 2 ddp_tail_emulation MODE CARVE [ADDBLOCKS] [CHUNKS]
-#include <cublas_v2.h>
-#include <cuda_runtime.h>
-#include <mpi.h>
-#include <nccl.h>
-
-#include <algorithm>
-#include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <string>
-#include <vector>
 
-#define CK(x) do { cudaError_t s_ = (x); if (s_ != cudaSuccess) { fprintf(stderr, "%s: %s\n", #x, cudaGetErrorString(s_)); MPI_Abort(MPI_COMM_WORLD, 1);} } while (0)
-#define NK(x) do { ncclResult_t s_ = (x); if (s_ != ncclSuccess) { fprintf(stderr, "%s: %s\n", #x, ncclGetErrorString(s_)); MPI_Abort(MPI_COMM_WORLD, 1);} } while (0)
-#define BK(x) do { cublasStatus_t s_ = (x); if (s_ != CUBLAS_STATUS_SUCCESS) { fprintf(stderr, "%s: %d\n", #x, (int)s_); MPI_Abort(MPI_COMM_WORLD, 1);} } while (0)
+#include "experiment_util.cuh"
 
-__global__ void add_halves(const float4* a, const float4* b, float4* out, size_t n4) {
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
-    float4 x = a[i], y = b[i];
-    out[i] = make_float4(0.5f * (x.x + y.x), 0.5f * (x.y + y.y), 0.5f * (x.z + y.z), 0.5f * (x.w + y.w));
-  }
-}
-
-
+/// An AdamW-like update of n4 float4s: the memory traffic of the optimizer step (7 streams).
 __global__ void adamw_like(float4* p, const float4* g, float4* m, float4* v, size_t n4) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
     float4 pp = p[i], gg = g[i], mm = m[i], vv = v[i];
@@ -49,32 +31,17 @@ __global__ void adamw_like(float4* p, const float4* g, float4* m, float4* v, siz
   }
 }
 
-static double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-// Usage: mpirun -np 2 ar_step MODE(nccl|ce|hybrid) CARVE [ADDBLOCKS]
 int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
-  int rank, world;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &world);
   std::string mode = argv[1];
   int carve = atoi(argv[2]);
   int add_blocks = argc > 3 ? atoi(argv[3]) : 264;
   int chunks = argc > 4 ? atoi(argv[4]) : 1;
-  CK(cudaSetDevice(rank));
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  if (mode != "nccl") config.CTAPolicy = NCCL_CTA_POLICY_ZERO;
+  int rank, world;
+  ncclComm_t comm = start_ranks(&argc, &argv, &rank, &world, config);
   int sms;
   CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, rank));
-  ncclUniqueId id;
-  if (rank == 0) NK(ncclGetUniqueId(&id));
-  MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, MPI_COMM_WORLD);
-  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-  config.blocking = 1;
-  if (mode != "nccl") config.CTAPolicy = NCCL_CTA_POLICY_ZERO;
-  ncclComm_t comm;
-  NK(ncclCommInitRankConfig(&comm, world, id, rank, &config));
   const size_t n1 = size_t(4096) * 4096, n2 = size_t(4096) * 1024;
   float *b1, *b2, *recv;
   ncclWindow_t w1 = nullptr, w2 = nullptr, wr = nullptr;
