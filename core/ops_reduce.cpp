@@ -120,9 +120,11 @@ Tensor reduce(ReduceOp op, const Tensor& x, const std::vector<int64_t>& dims, bo
   RowsView v = rows_view(name, x, dims);
   const DType out_dtype = op == ReduceOp::ArgMax ? kI64 : x.dtype();
   Tensor out = Tensor::empty(keepdim ? v.kept_shape : v.out_shape, TensorOptions(out_dtype, x.device()));
+  // max/min/argmax have no value over an empty dimension, even when the result is empty too (as
+  // PyTorch: max(zeros({0, 0}), 0) raises).
+  FLAME_CHECK(v.reduced > 0 || op == ReduceOp::Sum || op == ReduceOp::Mean || op == ReduceOp::Var,
+              "{}: cannot reduce over an empty dimension of {}", name, x.describe());
   if (out.numel() > 0 && v.reduced == 0) {
-    FLAME_CHECK(op == ReduceOp::Sum || op == ReduceOp::Mean || op == ReduceOp::Var,
-                "{}: cannot reduce over an empty dimension of {}", name, x.describe());
     out.fill_(op == ReduceOp::Sum ? 0.0 : std::numeric_limits<double>::quiet_NaN());
   } else if (out.numel() > 0) {
     backend_for(x.device()).reduce(op, v.input, out, v.outer, v.reduced, v.inner, correction);

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <numeric>
 #include <optional>
@@ -278,6 +279,20 @@ TEST(Reduction, MaxAndMinPropagateNaN) {
       EXPECT_TRUE(std::isnan(max(x).item()));
       EXPECT_TRUE(std::isnan(min(x).item()));
     });
+  }
+}
+
+// Over an empty dimension, sum is 0 and mean/var NaN; max/min/argmax have no value and raise,
+// even when the result would be empty too (PyTorch's rule).
+TEST(Reduction, EmptyDimensions) {
+  EXPECT_EQ(sum(zeros({0, 3}), {0}).to_vector<float>(), (std::vector<float>{0, 0, 0}));
+  EXPECT_TRUE(std::isnan(mean(zeros({0, 2}), {0}).to_vector<float>()[0]));
+  for (const auto& reduce : std::vector<std::function<Tensor(const Tensor&)>>{
+           [](const Tensor& t) { return max(t, 0); }, [](const Tensor& t) { return min(t, 0); },
+           [](const Tensor& t) { return argmax(t, 0); }}) {
+    EXPECT_TRUE(test::raises_error([&] { (void)reduce(zeros({0, 3})); }, {"empty dimension"}));
+    EXPECT_TRUE(test::raises_error([&] { (void)reduce(zeros({0, 0})); }, {"empty dimension"}));
+    EXPECT_EQ(reduce(zeros({3, 0})).shape(), (Shape{0}));  // a non-empty dimension reduced
   }
 }
 
