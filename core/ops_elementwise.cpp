@@ -1,4 +1,5 @@
 // Frontends of the elementwise ops: checks, broadcasting, output allocation, dispatch.
+#include <climits>
 #include <cmath>
 #include <limits>
 
@@ -137,12 +138,37 @@ Tensor gelu(const Tensor& x, GeluApproximation approximation) {
 }
 Tensor silu(const Tensor& x) { return unary(UnaryOp::Silu, x); }
 Tensor pow(const Tensor& x, double exponent) { return unary(UnaryOp::Pow, x, exponent); }
+namespace {
+
+/// An integer tensor clamped to a bound its dtype cannot hold would store wrapped values: raises.
+void check_clamp_bounds(const char* op, const Tensor& x, double min, double max) {
+  double lowest = 0, highest = 0;
+  switch (x.dtype()) {
+    case DType::U8: highest = 255; break;
+    case DType::I32: lowest = INT32_MIN, highest = INT32_MAX; break;
+    case DType::I64: lowest = -9223372036854775808.0, highest = 9223372036854775807.0; break;
+    default: return;  // floating types hold every bound (as infinity at worst); bool is refused later
+  }
+  FLAME_CHECK(!(min > highest) && !(max < lowest),
+              "{}: bounds [{}, {}] lie outside the values {} can hold ([{}, {}]), so every element would become "
+              "a value it cannot store", op, min, max, x.describe(), lowest, highest);
+}
+
+}  // namespace
+
 Tensor clamp(const Tensor& x, double min, double max) {
   FLAME_CHECK(!(min > max), "clamp: min {} is greater than max {}", min, max);
+  check_clamp_bounds("clamp", x, min, max);
   return unary(UnaryOp::Clamp, x, min, max);
 }
-Tensor clamp_min(const Tensor& x, double min) { return unary(UnaryOp::Clamp, x, min, kInf); }
-Tensor clamp_max(const Tensor& x, double max) { return unary(UnaryOp::Clamp, x, -kInf, max); }
+Tensor clamp_min(const Tensor& x, double min) {
+  check_clamp_bounds("clamp_min", x, min, kInf);
+  return unary(UnaryOp::Clamp, x, min, kInf);
+}
+Tensor clamp_max(const Tensor& x, double max) {
+  check_clamp_bounds("clamp_max", x, -kInf, max);
+  return unary(UnaryOp::Clamp, x, -kInf, max);
+}
 
 Tensor add(const Tensor& a, const Tensor& b) { return binary(BinaryOp::Add, a, b); }
 Tensor sub(const Tensor& a, const Tensor& b) { return binary(BinaryOp::Sub, a, b); }

@@ -285,5 +285,17 @@ TEST(Comparisons, IntegerTensorsCompareExactlyWithAnyScalar) {
   }
 }
 
+// Clamping an integer tensor to a bound its dtype cannot hold raises (the result would wrap); bounds
+// beyond the range on the side nothing reaches are harmless.
+TEST(Clamp, IntegerBoundsOutsideTheDtype) {
+  const Tensor x = from_vector(std::vector<int64_t>{-5, 0, 7}, {3}, kI64).to(DType::I32);
+  EXPECT_TRUE(test::raises_error([&] { (void)clamp_min(x, 3e9); }, {"clamp_min", "cannot store"}));
+  EXPECT_TRUE(test::raises_error([&] { (void)clamp_max(x, -3e9); }, {"clamp_max"}));
+  EXPECT_TRUE(test::raises_error([&] { (void)clamp(x.to(kU8), 300, 400); }, {"clamp"}));
+  EXPECT_EQ(clamp(x, -1e10, 1e10).to(kI64).to_vector<int64_t>(), (std::vector<int64_t>{-5, 0, 7}));
+  EXPECT_EQ(clamp_min(x, -3e9).to(kI64).to_vector<int64_t>(), (std::vector<int64_t>{-5, 0, 7}));
+  EXPECT_EQ(clamp(x, -1, 2).to(kI64).to_vector<int64_t>(), (std::vector<int64_t>{-1, 0, 2}));
+}
+
 }  // namespace
 }  // namespace flame
