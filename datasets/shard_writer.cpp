@@ -110,6 +110,16 @@ struct ShardWriter::State {
     for (auto& buffer : buffers) buffer.clear();
     buffered = 0;
   }
+
+  /// After finish(): removes shard files of an earlier dataset in this directory that the new
+  /// manifest does not list (a rewrite with fewer shards). Best effort: they are never read.
+  void remove_stale_shards() const {
+    std::error_code error;
+    for (int64_t index = static_cast<int64_t>(manifest.shards.size());; ++index) {
+      const std::string stale = format::join(dir, format::shard_file_name(index));
+      if (!std::filesystem::remove(stale, error)) break;
+    }
+  }
 };
 
 ShardWriter::ShardWriter(std::string dir, std::vector<FieldSpec> fields, int64_t shard_samples, int compression)
@@ -248,6 +258,7 @@ Manifest ShardWriter::finish() {
               "allowed",
               s.dir, s.manifest.kind == DatasetKind::TokenStream ? " (fewer tokens than one window)" : "");
   s.manifest.write(s.dir);
+  s.remove_stale_shards();
   return s.manifest;
 }
 

@@ -28,7 +28,9 @@ fi
 # Python packages the tests use (safetensors and h5py interop checks, TensorBoard's event reader).
 python_packages=(safetensors numpy h5py tensorboard)
 if ! python3 -c "import safetensors, numpy, h5py, tensorboard" >/dev/null 2>&1; then
-  pip_install=(python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore)
+  # PIP_ROOT_USER_ACTION rather than --root-user-action: pip before 22.1 (Ubuntu 22.04's) ignores it.
+  export PIP_ROOT_USER_ACTION=ignore
+  pip_install=(python3 -m pip install --quiet --disable-pip-version-check)
   # A Debian-managed python3 refuses plain pip installs (PEP 668); pyenv's or a venv's does not.
   "${pip_install[@]}" "${python_packages[@]}" 2>/dev/null ||
     "${pip_install[@]}" --break-system-packages "${python_packages[@]}"

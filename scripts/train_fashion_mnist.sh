@@ -14,16 +14,24 @@ source_dir=${FLAME_FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}
 if [ ! -f data/fashion-mnist/train/manifest.json ] || [ ! -f data/fashion-mnist/test/manifest.json ]; then
   "$build_dir/launch/prep/flame-prep" fashion-mnist --source "$source_dir" --out data/fashion-mnist
 fi
+# The run's log.dir: the config's, or the last `--set log.dir=...` among the extra arguments.
+log_dir=runs/fashion_mnist_cnn
+for argument in "$@"; do
+  case $argument in
+    log.dir=* | --set=log.dir=*) log_dir=${argument#*log.dir=} ;;
+  esac
+done
+log_dir=${log_dir#[\"\']} && log_dir=${log_dir%[\"\']}
 "$build_dir/launch/train/flame-train" configs/fashion_mnist_cnn.toml "$@"
-summary=runs/fashion_mnist_cnn/summary.json
-python3 - "$summary" <<'PY'
+python3 - "$log_dir" <<'PY'
 import json, sys
-summary = json.load(open(sys.argv[1]))
+log_dir = sys.argv[1]
+summary = json.load(open(f"{log_dir}/summary.json"))
 accuracy = summary["test_accuracy"]
 print(f"test accuracy {100 * accuracy:.2f}% after {summary['steps']} steps on {summary['world_size']} x "
       f"{summary['device']}, {summary['samples_per_s']:.0f} samples/s")
-print(f"metrics: runs/fashion_mnist_cnn/metrics.jsonl (TensorBoard: tensorboard --logdir runs/fashion_mnist_cnn/tensorboard)")
-print(f"logs: runs/fashion_mnist_cnn/logs/   checkpoint: {summary['checkpoint']}")
+print(f"metrics: {log_dir}/metrics.jsonl (TensorBoard: tensorboard --logdir {log_dir}/tensorboard)")
+print(f"logs: {log_dir}/logs/   checkpoint: {summary['checkpoint']}")
 if accuracy < 0.90:
     sys.exit(f"the test accuracy {100 * accuracy:.2f}% is below 90%")
 PY

@@ -282,6 +282,8 @@ TEST(ShardWriter, ARewriteRemovesTheEarlierManifestUntilFinished) {
   writer.append(batch(150));
   writer.finish();
   EXPECT_EQ(ShardedDataset(dir.path(), Verification::Checksums).size(), 150);
+  // The earlier dataset's third shard, listed by no manifest now, is gone.
+  EXPECT_EQ(dir.entries(), (std::vector<std::string>{"manifest.json", "shard-00000.h5", "shard-00001.h5"}));
 }
 
 TEST(ShardWriter, ATokenCallThatRaisesAddsNothing) {
