@@ -252,8 +252,9 @@ void Reducer::check_unused(const std::string& when) {
   for (size_t k = 0; k < params_.size(); ++k) {
     FLAME_CHECK(ranks_without[k] == 0,
                 "DistributedDataParallel: parameter '{}' received no gradient on {} of {} ranks{} {}. Likely causes: "
-                "it is not used by forward() for every input, its output does not reach the loss, or a backward raised "
-                "before reaching it. Make every "
+                "it is not used by forward() for every input, its output does not reach the loss, a backward raised "
+                "before reaching it, or the gradients of one backward were reduced twice (synchronize_gradients() "
+                "or step() called twice). Make every "
                 "parameter take part in the loss, or construct DDP with DdpOptions::unused_parameters = "
                 "UnusedParameters::Ignore",
                 params_[k].first, ranks_without[k], world, mine[k] ? " (including this one)" : "", when);

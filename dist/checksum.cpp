@@ -48,6 +48,7 @@ std::vector<int64_t> gather_i64(const std::vector<int64_t>& mine, Communicator& 
 bool agree(double a, double b, double rtol) {
   if (std::isnan(a) || std::isnan(b)) return std::isnan(a) && std::isnan(b);
   if (a == b) return true;
+  if (!std::isfinite(a) || !std::isfinite(b)) return false;  // rtol * inf would accept anything
   return std::abs(a - b) <= rtol * std::max(std::abs(a), std::abs(b));
 }
 

@@ -33,7 +33,16 @@ void wait_request(MPI_Request& request, std::chrono::milliseconds timeout, const
   const auto deadline = Clock::now() + timeout;
   for (int polls = 0;; ++polls) {
     int done = 0;
-    FLAME_MPI_CHECK(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
+    const int status = MPI_Test(&request, &done, MPI_STATUS_IGNORE);
+    if (status != MPI_SUCCESS) {
+      char text[MPI_MAX_ERROR_STRING] = {};
+      int length = 0;
+      MPI_Error_string(status, text, &length);
+      FLAME_FAIL(
+          "dist::{} (MPI){} failed on rank {}: {}. The ranks issued different collectives, or the same one with "
+          "different shapes or dtypes; the communicator is unusable, bring the job down with dist::abort_job.",
+          collective, what.empty() ? "" : " '" + what + "'", rank, text);
+    }
     if (done) return;
     if (Clock::now() > deadline) {
       FLAME_FAIL(
@@ -73,7 +82,16 @@ bool g_started_mpi = false;  // this module called MPI_Init_thread (so finalize(
 
 ProcessGroup make_group() {
   ProcessGroup group;
-  if (!launched_by_mpi_or_slurm()) return group;
+  if (!launched_by_mpi_or_slurm()) {
+    // srun started several tasks without MPI's process management: each would train alone as rank 0.
+    const int tasks = env_int("SLURM_STEP_NUM_TASKS", 1);
+    FLAME_CHECK(tasks <= 1,
+                "ProcessGroup::init: srun started {} tasks (this is task {}) without PMI or PMIx, so MPI cannot "
+                "join them into one job and each would train alone as rank 0; run srun with --mpi=pmix (or the "
+                "site's plugin: srun --mpi=list)",
+                tasks, env_int("SLURM_PROCID", 0));
+    return group;
+  }
   int initialized = 0;
   FLAME_MPI_CHECK(MPI_Initialized(&initialized));
   if (!initialized) {
@@ -98,7 +116,9 @@ ProcessGroup make_group() {
   if (std::getenv("OMPI_COMM_WORLD_LOCAL_RANK") != nullptr) {
     group.local_rank = env_int("OMPI_COMM_WORLD_LOCAL_RANK", node_rank);
     group.local_world_size = env_int("OMPI_COMM_WORLD_LOCAL_SIZE", node_size);
-  } else if (std::getenv("SLURM_LOCALID") != nullptr) {
+  } else if (std::getenv("SLURM_LOCALID") != nullptr && node_size > 1) {
+    // Slurm's local id only where MPI sees several ranks on this node (a lone rank, e.g. under
+    // FLAME_FORCE_MPI inside another step, is local rank 0 of 1).
     group.local_rank = env_int("SLURM_LOCALID", node_rank);
     group.local_world_size = node_size;
   } else {

@@ -333,6 +333,23 @@ TEST(Ddp, DesyncCheckNamesTheDivergingParameterOnEveryRank) {
   EXPECT_EQ(message.find("'2.weight'"), std::string::npos) << message;
 }
 
+// With a tolerance, an infinite checksum still agrees only with the same infinity (rtol * inf
+// would accept any value).
+TEST(Ddp, DesyncCheckWithATolerancePassesNoInfinity) {
+  if (world() == 1) GTEST_SKIP() << "needs at least two ranks";
+  const bool last = rank() == world() - 1;
+  const nn::NamedTensors same{{"w", full({3}, 2.0)}};
+  EXPECT_NO_THROW(check_in_sync(same, comm(), "identical", 1e-6));
+  const nn::NamedTensors inf_vs_finite{{"w", full({3}, last ? INFINITY : 2.0)}};
+  EXPECT_NE(error_of([&] { check_in_sync(inf_vs_finite, comm(), "inf vs finite", 1e-6); }).find("'w'"),
+            std::string::npos);
+  const nn::NamedTensors opposite{{"w", full({3}, last ? -INFINITY : INFINITY)}};
+  EXPECT_NE(error_of([&] { check_in_sync(opposite, comm(), "+inf vs -inf", 1e-6); }).find("'w'"),
+            std::string::npos);
+  const nn::NamedTensors within{{"w", full({3}, last ? 2.0 * (1 + 1e-9) : 2.0)}};
+  EXPECT_NO_THROW(check_in_sync(within, comm(), "within the tolerance", 1e-6));
+}
+
 TEST(Ddp, SetStepsKeepsTheCheckCadenceOfAResumedRun) {
   auto model = make_mlp(410);
   DdpOptions options;

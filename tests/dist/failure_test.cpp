@@ -5,6 +5,9 @@
 //   failure_test collective_timeout  rank 1 skips an all_reduce (and sleeps); the other ranks must
 //                                    raise flame::Error naming the collective, `what` and their rank
 //                                    after the 2 s timeout, then abort the job.
+//   failure_test mismatched_shapes   rank 1 all-reduces 5 elements where the others give 3: MPI
+//                                    reports an error, raised as flame::Error naming the collective,
+//                                    `what` and the rank, then the job is aborted.
 //   failure_test nccl_timeout        the same through NCCL (one GPU per rank): rank 1 skips an
 //                                    all_reduce; the others raise from synchronize() after the 3 s
 //                                    timeout, naming it (Note [NCCL timeouts]).
@@ -49,6 +52,12 @@ void collective_timeout(const dist::ProcessGroup& group) {
   comm->all_reduce(t, dist::ReduceOp::Sum, "grad bucket 0");
 }
 
+void mismatched_shapes(const dist::ProcessGroup& group) {
+  auto comm = dist::make_mpi_communicator(group, {std::chrono::seconds(10)});
+  Tensor t = ones({group.rank == 1 ? 5 : 3});
+  comm->all_reduce(t, dist::ReduceOp::Sum, "grad bucket 7");
+}
+
 /// One GPU per local rank, or nullopt after printing why the NCCL scenario is skipped.
 bool have_gpu_per_rank(const dist::ProcessGroup& group) {
   if (cuda::device_count() >= group.local_world_size) return true;
@@ -89,7 +98,14 @@ void nccl_watchdog(const dist::ProcessGroup& group) {
 
 int main(int argc, char** argv) {
   const std::string scenario = argc > 1 ? argv[1] : "";
-  const auto& group = dist::ProcessGroup::init();
+  const dist::ProcessGroup* started = nullptr;
+  try {
+    started = &dist::ProcessGroup::init();
+  } catch (const std::exception& e) {  // a launch that cannot form a job (process_group_srun_without_pmi)
+    std::fprintf(stderr, "failure_test: %s\n", e.what());
+    return 4;
+  }
+  const dist::ProcessGroup& group = *started;
   if (group.world_size < 2) {
     std::fprintf(stderr, "failure_test needs at least 2 ranks (run it under mpirun -np 2)\n");
     return 2;
@@ -99,12 +115,14 @@ int main(int argc, char** argv) {
       rank_throws(group);
     } else if (scenario == "collective_timeout") {
       collective_timeout(group);
+    } else if (scenario == "mismatched_shapes") {
+      mismatched_shapes(group);
     } else if (scenario == "nccl_timeout") {
       nccl_timeout(group);
     } else if (scenario == "nccl_watchdog") {
       nccl_watchdog(group);
     } else {
-      std::fprintf(stderr, "usage: failure_test rank_throws|collective_timeout|nccl_timeout|nccl_watchdog\n");
+      std::fprintf(stderr, "usage: failure_test rank_throws|collective_timeout|mismatched_shapes|nccl_timeout|nccl_watchdog\n");
       return 2;
     }
   } catch (const std::exception& e) {
