@@ -17,7 +17,8 @@ constexpr size_t kDescriptionBytes = 192;  // one entry's description, gathered 
 std::string describe_entry(const nn::NamedTensors& tensors, size_t index) {
   if (index >= tensors.size()) return fmt::format("nothing (it has only {} entries)", tensors.size());
   const auto& [name, t] = tensors[index];
-  return fmt::format("'{}' {} {}", name, shape_str(t.shape()), dtype_name(t.dtype()));
+  return fmt::format("'{}' {} {}{}", name, shape_str(t.shape()), dtype_name(t.dtype()),
+                     t.requires_grad() ? "" : " (frozen)");
 }
 
 /// All-gathers one fixed-size string per rank.
@@ -55,7 +56,10 @@ bool agree(double a, double b, double rtol) {
 }  // namespace
 
 uint64_t parameter_signature(const std::string& name, const Tensor& tensor) {
-  const std::string text = fmt::format("{}|{}|{}", name, shape_str(tensor.shape()), dtype_name(tensor.dtype()));
+  // Whether it requires grad too: DDP buckets only the parameters that do, so the ranks' buckets
+  // (and collectives) match only when they agree on it.
+  const std::string text = fmt::format("{}|{}|{}|{}", name, shape_str(tensor.shape()), dtype_name(tensor.dtype()),
+                                       tensor.requires_grad() ? "trained" : "frozen");
   uint64_t hash = 14695981039346656037ull;
   for (unsigned char c : text) {
     hash ^= c;

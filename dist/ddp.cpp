@@ -30,7 +30,15 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<nn::Module> mod
     for (const auto& [name, p] : params) communicator_.broadcast(p, 0, "DDP parameter " + name);
     for (const auto& [name, b] : buffers) communicator_.broadcast(b, 0, "DDP buffer " + name);
   }
-  reducer_ = Reducer::make(params, communicator_, bucket_options, options_.unused_parameters);
+  // Frozen parameters (requires_grad false) are broadcast and checked like the others but get no
+  // bucket: they have no gradient to reduce.
+  nn::NamedTensors trained;
+  for (const auto& entry : params)
+    if (entry.second.requires_grad()) trained.push_back(entry);
+  FLAME_CHECK(!trained.empty() || params.empty(),
+              "DistributedDataParallel: every parameter of the module is frozen (requires_grad false); there are "
+              "no gradients to synchronise");
+  reducer_ = Reducer::make(trained, communicator_, bucket_options, options_.unused_parameters);
   for (const Bucket& bucket : reducer_->buckets()) {
     std::vector<Tensor>& members = bucket_params_.emplace_back();
     for (size_t k : bucket.params) members.push_back(reducer_->params()[k].second);

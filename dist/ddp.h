@@ -52,10 +52,11 @@ struct DdpOptions {
 
 class DistributedDataParallel {
  public:
-  /// Collective: checks that every rank holds the same parameter and buffer names, shapes and
-  /// dtypes (raising on every rank, naming the first mismatch), broadcasts rank 0's parameters and
-  /// buffers, builds the buckets and registers the gradient-ready hooks. Every parameter must be
-  /// on the communicator's device. `communicator` must outlive this object.
+  /// Collective: checks that every rank holds the same parameter and buffer names, shapes, dtypes
+  /// and frozen flags (raising on every rank, naming the first mismatch), broadcasts rank 0's
+  /// parameters and buffers, builds the buckets of the parameters that require grad (frozen ones
+  /// get none) and registers their gradient-ready hooks. Every parameter must be on the
+  /// communicator's device. `communicator` must outlive this object.
   DistributedDataParallel(std::shared_ptr<nn::Module> module, Communicator& communicator, DdpOptions options = {});
   DistributedDataParallel(const DistributedDataParallel&) = delete;
   DistributedDataParallel& operator=(const DistributedDataParallel&) = delete;

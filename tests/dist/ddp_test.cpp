@@ -179,6 +179,57 @@ void check_ddp_step_matches_separate_step(uint64_t seed, bool extra, std::option
   fused.check_parameters_in_sync("after DDP::step");
 }
 
+/// Marks the first layer's weight and bias of `model` frozen (requires_grad false).
+void freeze_first_layer(nn::Module& model) {
+  for (size_t i : {size_t{0}, size_t{1}}) {
+    Tensor p = model.named_parameters()[i].second;
+    p.requires_grad_(false);
+  }
+}
+
+// A frozen first layer (fine-tuning): it is broadcast and checked but gets no bucket; the other
+// gradients are the global batch's mean, and ddp.step leaves the frozen layer as it was.
+TEST(Ddp, FrozenParametersAreBroadcastButNotReduced) {
+  constexpr int64_t kLocal = 4;
+  auto model = make_mlp(260 + rank());
+  freeze_first_layer(*model);
+  DistributedDataParallel ddp(model, comm(), small_buckets());
+  auto reference = clone_mlp(*model);
+  freeze_first_layer(*reference);
+  size_t bucketed = 0;
+  for (const Bucket& bucket : ddp.reducer().buckets()) bucketed += bucket.params.size();
+  EXPECT_EQ(bucketed, model->named_parameters().size() - 2);
+  const Tensor frozen_before = model->named_parameters()[0].second.clone();
+  optim::AdamW opt(model->parameters(), {.lr = 1e-2});  // the frozen ones included, as users often pass
+  optim::AdamW ref_opt(reference->parameters(), {.lr = 1e-2});
+  for (int step = 0; step < 2; ++step) {
+    const Batch batch = global_batch(kLocal * world(), 31 + step);
+    const Batch mine = batch.slice(rank() * kLocal, kLocal);
+    ddp.zero_grad();
+    nn::mse_loss(ddp.forward(mine.x), mine.y).backward();
+    ddp.step(opt);
+    ref_opt.zero_grad();
+    nn::mse_loss(reference->forward(batch.x), batch.y).backward();
+    ref_opt.step();
+    ddp.after_step();
+  }
+  EXPECT_FALSE(model->named_parameters()[0].second.grad().defined());
+  EXPECT_EQ(max_abs_diff(model->named_parameters()[0].second, frozen_before), 0.0);
+  expect_same_parameters(*model, *reference, 1e-5, "after 2 steps with a frozen first layer");
+  ddp.check_parameters_in_sync("with a frozen first layer");
+}
+
+// Ranks that disagree on which parameters are frozen would bucket differently: an error at
+// construction, naming the parameter.
+TEST(Ddp, RanksMustAgreeOnFrozenParameters) {
+  if (world() == 1) GTEST_SKIP() << "needs at least two ranks";
+  auto model = make_mlp(270);
+  if (rank() == 1) freeze_first_layer(*model);
+  const std::string message = error_of([&] { DistributedDataParallel ddp(model, comm()); });
+  EXPECT_NE(message.find("'0.weight'"), std::string::npos) << message;
+  EXPECT_NE(message.find("(frozen)"), std::string::npos) << message;
+}
+
 TEST(Ddp, StepMatchesSynchronizeThenOptimizerStepBitForBit) {
   check_ddp_step_matches_separate_step(1100, /*extra=*/false);
 }
