@@ -113,40 +113,61 @@ void verify_same_signatures(const nn::NamedTensors& tensors, Communicator& commu
       what, what, index, descriptions[0], descriptions[rank], rank, what, counts);
 }
 
+namespace {
+
+/// sum_i w_i x_i over the flat f64 `x`, with w_i = (i mod 1021) + 1: unlike the plain sums it changes
+/// when values move within the tensor (two entries swapped), unless they move by a multiple of 1021.
+Tensor position_weighted_sum(const Tensor& x) {
+  constexpr int64_t kPeriod = 1021;  // a prime, so no layout stride lines up with it
+  const Tensor flat = x.reshape({-1});
+  const int64_t n = flat.numel(), rows = n / kPeriod, tail = n % kPeriod;
+  const Tensor weights = arange(1.0, static_cast<double>(kPeriod + 1), 1.0, TensorOptions(DType::F64, x.device()));
+  Tensor total = zeros({}, TensorOptions(DType::F64, x.device()));
+  if (rows > 0) total = add(total, sum(flat.narrow(0, 0, rows * kPeriod).reshape({rows, kPeriod}) * weights));
+  if (tail > 0) total = add(total, sum(flat.narrow(0, rows * kPeriod, tail) * weights.narrow(0, 0, tail)));
+  return total;
+}
+
+}  // namespace
+
 Tensor parameter_checksums(const nn::NamedTensors& tensors) {
   FLAME_CHECK(!tensors.empty(), "parameter_checksums: no tensors");
   autograd::NoGradGuard no_grad;
   std::vector<Tensor> rows;
   for (const auto& [name, t] : tensors) {
     const Tensor x = t.detach().to(DType::F64);
-    rows.push_back(stack({sum(x), sum(x * x)}));
+    rows.push_back(stack({sum(x), sum(x * x), position_weighted_sum(x)}));
   }
-  return stack(rows);  // [P, 2]
+  return stack(rows);  // [P, 3]
 }
 
 void check_in_sync(const nn::NamedTensors& tensors, Communicator& communicator, const std::string& when, double rtol) {
+  constexpr int64_t kStats = 3;  // sum, sum of squares, position-weighted sum
   const int world = communicator.group().world_size;
   const int64_t count = static_cast<int64_t>(tensors.size());
   const Tensor local = parameter_checksums(tensors);
-  Tensor gathered = zeros({world * count, 2}, TensorOptions(DType::F64, local.device()));
+  Tensor gathered = zeros({world * count, kStats}, TensorOptions(DType::F64, local.device()));
   communicator.all_gather(local, gathered, "DDP parameter checksums");
   communicator.synchronize();
-  const std::vector<double> all = gathered.to_vector<double>();  // [W * P * 2]
+  const std::vector<double> all = gathered.to_vector<double>();  // [W * P * kStats]
+  const auto stats = [&](int r, int64_t i) { return &all[static_cast<size_t>((r * count + i) * kStats)]; };
+  const auto describe = [](const double* v) {
+    return fmt::format("(sum {:.17g}, sum of squares {:.17g}, position-weighted sum {:.17g})", v[0], v[1], v[2]);
+  };
   for (int64_t i = 0; i < count; ++i) {
-    const double s0 = all[2 * i], q0 = all[2 * i + 1];
+    const double* first = stats(0, i);
     std::string diverging;
     for (int r = 1; r < world; ++r) {
-      const double s = all[2 * (r * count + i)], q = all[2 * (r * count + i) + 1];
-      if (agree(s, s0, rtol) && agree(q, q0, rtol)) continue;
-      diverging +=
-          fmt::format("{}rank {} has (sum {:.17g}, sum of squares {:.17g})", diverging.empty() ? "" : "; ", r, s, q);
+      const double* other = stats(r, i);
+      if (agree(other[0], first[0], rtol) && agree(other[1], first[1], rtol) && agree(other[2], first[2], rtol))
+        continue;
+      diverging += fmt::format("{}rank {} has {}", diverging.empty() ? "" : "; ", r, describe(other));
     }
     FLAME_CHECK(diverging.empty(),
-                "DistributedDataParallel: parameters diverged across ranks {}: '{}' has (sum {:.17g}, sum of "
-                "squares {:.17g}) on rank 0 but {}. Every rank must apply the same update: look for a rank-"
-                "dependent random draw, an optimizer step skipped or repeated on some rank, or a gradient or "
-                "parameter changed outside DDP",
-                when, tensors[i].first, s0, q0, diverging);
+                "DistributedDataParallel: parameters diverged across ranks {}: '{}' has {} on rank 0 but {}. Every "
+                "rank must apply the same update: look for a rank-dependent random draw, an optimizer step skipped "
+                "or repeated on some rank, or a gradient or parameter changed outside DDP",
+                when, tensors[i].first, describe(first), diverging);
   }
 }
 

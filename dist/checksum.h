@@ -22,11 +22,13 @@ uint64_t parameter_signature(const std::string& name, const Tensor& tensor);
 void verify_same_signatures(const nn::NamedTensors& tensors, Communicator& communicator, Device device,
                             const std::string& what);
 
-/// Per-tensor checksum: [P, 2] f64 on the tensors' device, row i = (sum, sum of squares) of
-/// tensor i, accumulated in f64. Cheap (two reductions per tensor) and stays on the device.
+/// Per-tensor checksum: [P, 3] f64 on the tensors' device, row i = (sum, sum of squares,
+/// position-weighted sum) of tensor i, accumulated in f64. The weighted sum (weights (j mod 1021) + 1
+/// by flat position j) changes when values move within the tensor. Cheap (three reductions per
+/// tensor) and stays on the device.
 Tensor parameter_checksums(const nn::NamedTensors& tensors);
 
-/// Collective: all-gathers parameter_checksums() ([W * P, 2]), copies it to the host (a
+/// Collective: all-gathers parameter_checksums() ([W * P, 3]), copies it to the host (a
 /// synchronisation: call it every N steps, not every step) and compares every rank with rank 0.
 /// Two values agree when |a - b| <= rtol * max(|a|, |b|) (rtol 0: bitwise-equal results, which
 /// identical updates give), or both are NaN. Raises flame::Error on every rank naming `when`, the

@@ -401,6 +401,25 @@ TEST(Ddp, DesyncCheckWithATolerancePassesNoInfinity) {
   EXPECT_NO_THROW(check_in_sync(within, comm(), "within the tolerance", 1e-6));
 }
 
+// Two values swapped within a tensor keep its sum and sum of squares: the position-weighted sum
+// catches it.
+TEST(Ddp, DesyncCheckCatchesValuesSwappedWithinATensor) {
+  if (world() == 1) GTEST_SKIP() << "needs at least two ranks";
+  auto model = make_mlp(280);
+  DistributedDataParallel ddp(model, comm());
+  EXPECT_NO_THROW(ddp.check_parameters_in_sync("before swapping"));
+  if (rank() == world() - 1) {
+    autograd::NoGradGuard no_grad;
+    Tensor weight = model->named_parameters()[0].second;  // "0.weight" [16, 6]
+    const Tensor first = weight.select(0, 0).select(0, 0).clone(), second = weight.select(0, 3).select(0, 5).clone();
+    weight.select(0, 0).select(0, 0).copy_(second);
+    weight.select(0, 3).select(0, 5).copy_(first);
+  }
+  const std::string message = error_of([&] { ddp.check_parameters_in_sync("after swapping"); });
+  EXPECT_NE(message.find("'0.weight'"), std::string::npos) << message;
+  EXPECT_NE(message.find("position-weighted sum"), std::string::npos) << message;
+}
+
 TEST(Ddp, SetStepsKeepsTheCheckCadenceOfAResumedRun) {
   auto model = make_mlp(410);
   DdpOptions options;
