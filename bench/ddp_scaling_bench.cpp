@@ -47,10 +47,11 @@
 //                          [--max-ctas N] [--carveout N] [--priority high|default]
 //                          [--step bucket|after-sync|all] [--batch N] [--reduce f32|bf16]
 //                          [--carveout-min-kib N] [--between-cases keep|release]
-//                          [--communicator per-case|shared]
+//                          [--communicator per-case|shared] [--all-reduce ring|copy-engine]
 // (defaults: every model, blocking calls, both steps, batch 256, gradients reduced in f32).
 // --reduce bf16 sets DdpOptions::reduce_dtype (gradients all-reduced in bf16, as PyTorch's
-// bf16_compress_hook).
+// bf16_compress_hook). --all-reduce copy-engine sets CommunicatorOptions::overlap_all_reduce to
+// CopyEngineGather (Note [copy-engine all-reduce], dist/nccl_communicator.cpp; 2 ranks).
 // (--max-ctas, --carveout, --carveout-min-kib and --priority set CommunicatorOptions::nccl_max_ctas,
 // overlap_sm_carveout, overlap_carveout_min_bytes and high_priority_stream, dist/communicator.h; --step bucket replaces
 // synchronize_gradients() + AdamW step() with ddp.step(optimizer), whose wait_ms is then 0 and
@@ -59,7 +60,8 @@
 // Rank 0 prints
 //   {"bench": "ddp_step", "impl": "flame", "model": "cnn"|"mlp", "world": W,
 //    "nccl_calls": "nonblocking"|"blocking", "step": "bucket"|"after-sync", "dtype": "f32",
-//    "reduce": "f32"|"bf16", "size": "b<batch>", "value": <ms>, "unit": "ms/step", "device": ...}
+//    "reduce": "f32"|"bf16", "size": "b<batch>", ["all_reduce": "copy_engine",] "value": <ms>,
+//    "unit": "ms/step", "device": ...}
 //   {"bench": "ddp_overlap", "impl": "flame", "model": "mlp", "world": W, "nccl_calls": ...,
 //    "dtype": "f32", "size": "b256", "step_ms": ..., "step_no_comm_ms": ..., "comm_ms": ...,
 //    "exposed_ms": ..., "hidden_fraction": ..., "buckets": ..., "bucket_mib": ...,
@@ -199,10 +201,13 @@ void emit_line(const std::string& bench_name, const Case& c, int world, const st
                const std::string& unit, const std::string& device) {
   fmt::print(
       "{{\"bench\": \"{}\", \"impl\": \"flame\", \"model\": \"{}\", \"world\": {}, \"nccl_calls\": \"{}\", "
-      "\"step\": \"{}\", \"dtype\": \"f32\", \"reduce\": \"{}\", \"size\": \"b{}\", {}\"value\": {:.6g}, "
+      "\"step\": \"{}\", \"dtype\": \"f32\", \"reduce\": \"{}\", \"size\": \"b{}\", {}{}\"value\": {:.6g}, "
       "\"unit\": \"{}\", \"device\": \"{}\"}}\n",
       bench_name, model_name(c.model), world, calls_name(c.calls), c.bucket_step ? "bucket" : "after-sync",
-      c.reduce_dtype ? dtype_name(*c.reduce_dtype) : "f32", c.batch, extra, value, unit, device);
+      c.reduce_dtype ? dtype_name(*c.reduce_dtype) : "f32", c.batch,
+      c.options.overlap_all_reduce == dist::OverlapAllReduce::CopyEngineGather ? "\"all_reduce\": \"copy_engine\", "
+                                                                               : "",
+      extra, value, unit, device);
   std::fflush(stdout);
 }
 
@@ -362,17 +367,22 @@ Selection parse_arguments(int argc, char** argv) {
   Selection selection;
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
-    FLAME_CHECK(
-        i + 1 < argc && (flag == "--model" || flag == "--calls" || flag == "--max-ctas" || flag == "--carveout" ||
-                         flag == "--priority" || flag == "--step" || flag == "--batch" || flag == "--reduce" ||
-                         flag == "--carveout-min-kib" || flag == "--between-cases" || flag == "--communicator"),
-        "ddp_scaling_bench: unknown argument '{}'; usage: ddp_scaling_bench [--model cnn|mlp|all] "
-        "[--calls blocking|nonblocking|all] [--max-ctas N] [--carveout N] [--priority high|default] "
-        "[--step bucket|after-sync|all] [--batch N] [--reduce f32|bf16] [--carveout-min-kib N] "
-        "[--between-cases keep|release] [--communicator per-case|shared]",
-        flag);
+    FLAME_CHECK(i + 1 < argc && (flag == "--model" || flag == "--calls" || flag == "--max-ctas" ||
+                                 flag == "--carveout" || flag == "--priority" || flag == "--step" ||
+                                 flag == "--batch" || flag == "--reduce" || flag == "--carveout-min-kib" ||
+                                 flag == "--between-cases" || flag == "--communicator" || flag == "--all-reduce"),
+                "ddp_scaling_bench: unknown argument '{}'; usage: ddp_scaling_bench [--model cnn|mlp|all] "
+                "[--calls blocking|nonblocking|all] [--max-ctas N] [--carveout N] [--priority high|default] "
+                "[--step bucket|after-sync|all] [--batch N] [--reduce f32|bf16] [--carveout-min-kib N] "
+                "[--between-cases keep|release] [--communicator per-case|shared] [--all-reduce ring|copy-engine]",
+                flag);
     const std::string value = argv[++i];
-    if (flag == "--step") {
+    if (flag == "--all-reduce") {
+      FLAME_CHECK(value == "ring" || value == "copy-engine",
+                  "ddp_scaling_bench: --all-reduce must be ring or copy-engine, got '{}'", value);
+      selection.common.options.overlap_all_reduce =
+          value == "ring" ? dist::OverlapAllReduce::Ring : dist::OverlapAllReduce::CopyEngineGather;
+    } else if (flag == "--step") {
       FLAME_CHECK(value == "bucket" || value == "after-sync" || value == "all",
                   "ddp_scaling_bench: --step must be bucket, after-sync or all");
       if (value != "all") selection.bucket_steps = {value == "bucket"};

@@ -98,6 +98,14 @@ class Communicator {
 /// machine (docs/PERFORMANCE.md). Both bound every wait by the timeout.
 enum class NcclCalls { NonBlocking, Blocking };
 
+/// How the NCCL communicator runs all_reduce_overlapped() (DDP's bucket all-reduces) on 2 ranks
+/// (Note [copy-engine all-reduce] in dist/nccl_communicator.cpp).
+enum class OverlapAllReduce {
+  Ring,              // ncclAllReduce: NCCL's kernels, which hold SMs while backward runs
+  CopyEngineGather,  // f32 tensors of at least overlap_carveout_min_bytes: each rank's tensor goes
+                     // to the other on the copy engines, and a kernel sums the two in rank order
+};
+
 struct CommunicatorOptions {
   /// A collective that has not completed after this long raises (and the job is aborted).
   std::chrono::milliseconds timeout{std::chrono::minutes(5)};
@@ -121,6 +129,12 @@ struct CommunicatorOptions {
   /// NCCL: the communication stream gets the device's highest priority, so NCCL's blocks are
   /// scheduled ahead of waiting compute blocks.
   bool high_priority_stream = false;
+  /// NCCL: how overlapped all-reduces run. CopyEngineGather takes no SMs from backward while the
+  /// gradients move, at the price of a device buffer of twice the largest such tensor and two
+  /// memory passes over each; for exactly 2 ranks (an all-gather moves W/2 times a ring's bytes),
+  /// so a communicator of more ranks raises flame::Error (1 rank: nothing to move). Smaller tensors,
+  /// other dtypes and every other collective still use the ring. The MPI backend ignores it.
+  OverlapAllReduce overlap_all_reduce = OverlapAllReduce::Ring;
 };
 
 /// MPI collectives on CPU tensors (the backend the whole distributed path is tested with on CI).

@@ -20,6 +20,25 @@
 // c = 32 from the first of >= 4 MiB; c = 24 and 40 were slower (1.366, 1.397 ms: cuBLAS's kernel
 // choice changes with the target), so the automatic value is 32 on 132 SMs.
 //
+// Note [copy-engine all-reduce]: with CommunicatorOptions::overlap_all_reduce = CopyEngineGather on
+// 2 ranks, all_reduce_overlapped() of an f32 tensor of at least overlap_carveout_min_bytes runs, on
+// the communication stream:
+//   1. a device copy of the tensor into this rank's slot of a staging buffer [2, n], allocated with
+//      ncclMemAlloc and registered as a symmetric window of the communicator, which is created with
+//      NCCL_CTA_POLICY_ZERO (its ring all-reduces still run NCCL's kernels);
+//   2. ncclAllGather in place, which NCCL then runs on the copy engines: each
+//      rank's slot goes to the other over NVLink, and no SM is held while it moves;
+//   3. a kernel that writes (slot 0 + slot 1) * scale into the tensor (scale 1/2 for Avg).
+// The sum is taken in rank order on both ranks, so they hold bitwise the same result. For 2 ranks
+// an all-gather moves the same bytes as a ring all-reduce; for W ranks it moves W/2 times as many,
+// hence 2 ranks only. The staging buffer is reused by every such all-reduce (they run one after
+// another on the stream) and grows, collectively, to twice the largest tensor seen. No SM carve-out
+// is set for them: NCCL's kernels do not run.
+// Measured on the 2x H200 (docs/PERFORMANCE.md, eleventh run): with a step long enough to hide the
+// transfer (mlp, batch 1024 per rank) the step's communication overhead falls well below the ring's
+// with its 32-SM carve-out; at batch 256 the transfer outlasts the backward work after it and the
+// ring is faster, so Ring stays the default.
+//
 // Note [NCCL timeouts]: nothing waits forever, in either NcclCalls mode.
 // - synchronize() (the host's only wait) raises flame::Error after the timeout, naming the
 //   communicator's oldest unfinished collective and the rank, and aborts the communicator.
@@ -52,6 +71,7 @@
 #include <vector>
 
 #include "core/cuda/context.h"
+#include "core/cuda/nvrtc.h"
 #include "core/cuda_device.h"
 #include "core/ops.h"
 #include "dist/mpi_check.h"
@@ -94,6 +114,34 @@ ncclDataType_t nccl_type(DType dtype) {
   FLAME_FAIL("NCCL communicator: unknown dtype");
 }
 
+/// The last step of the copy-engine all-reduce (Note [copy-engine all-reduce]): out = (slots[0:n] +
+/// slots[n:2n]) * scale, the two ranks' tensors summed in rank order. The vector form needs n % 4 == 0
+/// and 16-byte aligned pointers.
+constexpr const char* kTwoRankMeanSource = R"(
+extern "C" __global__ void flame_two_rank_mean(const float* __restrict__ slots, float* __restrict__ out,
+                                               unsigned long long n, float scale) {
+  const float* second = slots + n;
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
+       i += (unsigned long long)gridDim.x * blockDim.x)
+    out[i] = (slots[i] + second[i]) * scale;
+}
+extern "C" __global__ void flame_two_rank_mean4(const float4* __restrict__ slots, float4* __restrict__ out,
+                                                unsigned long long n4, float scale) {
+  const float4* second = slots + n4;
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n4;
+       i += (unsigned long long)gridDim.x * blockDim.x) {
+    const float4 a = slots[i], b = second[i];
+    out[i] = make_float4((a.x + b.x) * scale, (a.y + b.y) * scale, (a.z + b.z) * scale, (a.w + b.w) * scale);
+  }
+}
+)";
+
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
+using StagingWindow = ncclWindow_t;
+#else
+using StagingWindow = void*;  // no symmetric windows before NCCL 2.27; CopyEngineGather is refused
+#endif
+
 std::string label(const char* op, const std::string& what) {
   return what.empty() ? std::string(op) : fmt::format("{} '{}'", op, what);
 }
@@ -106,6 +154,16 @@ class NcclCommunicator final : public Communicator {
       : Communicator(group), options_(options), device_(group.cuda_device()) {
     FLAME_CHECK(options_.timeout.count() > 0, "make_nccl_communicator: timeout must be positive, got {} ms",
                 options_.timeout.count());
+    FLAME_CHECK(options_.overlap_all_reduce == OverlapAllReduce::Ring || group.world_size <= 2,
+                "make_nccl_communicator: overlap_all_reduce CopyEngineGather is for 2 ranks (an all-gather moves W/2 "
+                "times the bytes of a ring all-reduce), this group has {}; use OverlapAllReduce::Ring",
+                group.world_size);
+#if NCCL_VERSION_CODE < NCCL_VERSION(2, 28, 0)
+    FLAME_CHECK(options_.overlap_all_reduce == OverlapAllReduce::Ring,
+                "make_nccl_communicator: overlap_all_reduce CopyEngineGather needs NCCL 2.28 or later (copy-engine "
+                "collectives); FLAME was built with NCCL {}.{}",
+                NCCL_MAJOR, NCCL_MINOR);
+#endif
     FLAME_CHECK(group.world_size == 1 || detail::mpi_active(),
                 "make_nccl_communicator: a group of {} ranks needs MPI to share the NCCL id; call "
                 "ProcessGroup::init() under mpirun/srun",
@@ -142,6 +200,12 @@ class NcclCommunicator final : public Communicator {
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = options_.nccl_calls == NcclCalls::Blocking ? 1 : 0;
     if (options_.nccl_max_ctas > 0) config.maxCTAs = options_.nccl_max_ctas;
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
+    // Note [copy-engine all-reduce]: one communicator for every collective, as a second one in the
+    // process slowed compute (docs/PERFORMANCE.md, ninth and eleventh runs).
+    copy_engines_ = options_.overlap_all_reduce == OverlapAllReduce::CopyEngineGather && group.world_size == 2;
+    if (copy_engines_) config.CTAPolicy = NCCL_CTA_POLICY_ZERO;
+#endif
     watchdog_ = std::thread([this] { watch(); });
     try {
       {
@@ -178,6 +242,7 @@ class NcclCommunicator final : public Communicator {
       ncclCommAbort(comm_);
       comm_ = nullptr;
     }
+    release_staging();
     if (comm_ != nullptr) {
       // Flush and destroy cleanly when possible; abort when finalising fails or outlasts the timeout.
       const ncclResult_t started = ncclCommFinalize(comm_);
@@ -218,6 +283,8 @@ class NcclCommunicator final : public Communicator {
     check_reducible("NCCL", "all_reduce", tensor.dtype(), op);
     FLAME_CHECK(tensor.is_contiguous(), "dist::all_reduce_overlapped '{}': the tensor must be contiguous, got {}", what,
                 tensor.describe());
+    if (copy_engines_ && tensor.dtype() == kF32 && tensor.nbytes() >= options_.overlap_carveout_min_bytes)
+      return copy_engine_all_reduce(tensor, op, what);
     enqueue(
         "all_reduce", what,
         [&] {
@@ -344,6 +411,85 @@ class NcclCommunicator final : public Communicator {
   }
 
   static ncclRedOp_t nccl_op(ReduceOp op) { return op == ReduceOp::Avg ? ncclAvg : ncclSum; }
+
+  /// Note [copy-engine all-reduce]. Returns the collective's number.
+  uint64_t copy_engine_all_reduce(const Tensor& tensor, ReduceOp op, const std::string& what) {
+    ensure_staging(tensor.nbytes(), what);
+    const size_t n = static_cast<size_t>(tensor.numel());
+    float* slots = static_cast<float*>(staging_);
+    float* own = slots + static_cast<size_t>(group_.rank) * n;
+    enqueue(
+        "all_reduce", what,
+        [&] {
+          FLAME_CUDA_CHECK(cudaMemcpyAsync(own, tensor.data_ptr(), tensor.nbytes(), cudaMemcpyDeviceToDevice, stream_));
+          const ncclResult_t status = ncclAllGather(own, slots, n, ncclFloat32, comm_, stream_);
+          if (status == ncclSuccess) launch_two_rank_mean(slots, static_cast<float*>(tensor.data_ptr()), n, op);
+          return status;
+        },
+        ComputeWaits::Later);
+    return issued_count_;
+  }
+
+  /// out = (slots[0:n] + slots[n:2n]) * (1/2 for Avg), on stream_.
+  void launch_two_rank_mean(const float* slots, float* out, size_t n, ReduceOp op) {
+    const bool vector =
+        n % 4 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0 && reinterpret_cast<uintptr_t>(slots) % 16 == 0;
+    const cudaKernel_t kernel = cuda::runtime_kernel(
+        kTwoRankMeanSource, vector ? "flame_two_rank_mean4" : "flame_two_rank_mean", device_.index);
+    unsigned long long items = vector ? n / 4 : n;
+    float scale = op == ReduceOp::Avg ? 0.5f : 1.0f;
+    constexpr unsigned int kThreads = 256;
+    const unsigned long long blocks = (items + kThreads - 1) / kThreads;
+    const unsigned int grid = static_cast<unsigned int>(std::max<unsigned long long>(
+        1, std::min<unsigned long long>(blocks, 4ull * cuda::multiprocessor_count(device_.index))));
+    const void* in = slots;
+    void* result = out;
+    void* args[] = {&in, &result, &items, &scale};
+    FLAME_CUDA_CHECK(
+        cudaLaunchKernel(reinterpret_cast<const void*>(kernel), dim3(grid), dim3(kThreads), args, 0, stream_));
+  }
+
+  /// Makes the staging buffer hold at least 2 * bytes (Note [copy-engine all-reduce]). Collective
+  /// when it grows; every rank grows it at the same all-reduce, as they issue the same ones.
+  void ensure_staging(size_t bytes, const std::string& what) {
+    const size_t need = 2 * bytes;
+    if (need <= staging_bytes_) return;
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
+    // Earlier all-reduces on stream_ may still read the old buffer; the watchdog bounds this wait.
+    if (staging_ != nullptr) FLAME_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    release_staging();
+    CallInProgress call(*this, "ncclCommWindowRegister");
+    ncclResult_t status = ncclMemAlloc(&staging_, need);
+    if (status == ncclSuccess) {
+      status = ncclCommWindowRegister(comm_, staging_, need, &staging_window_, NCCL_WIN_COLL_SYMMETRIC);
+      if (status != ncclSuccess) {
+        ncclMemFree(staging_);
+        staging_ = nullptr;
+      }
+    } else {
+      staging_ = nullptr;
+    }
+    if (status != ncclSuccess)
+      fail("all_reduce", what,
+           fmt::format("could not allocate and register the {}-byte copy-engine staging buffer: NCCL error {}: {}",
+                       need, ncclGetErrorString(status), ncclGetLastError(comm_)));
+    staging_bytes_ = need;
+#else
+    (void)what;
+#endif
+  }
+
+  /// Deregisters and frees the staging buffer (its window only while the communicator is usable).
+  void release_staging() {
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
+    if (staging_ == nullptr) return;
+    if (comm_ != nullptr && staging_window_ != nullptr) ncclCommWindowDeregister(comm_, staging_window_);
+    ncclMemFree(staging_);
+    staging_ = nullptr;
+    staging_window_ = nullptr;
+    staging_bytes_ = 0;
+#endif
+  }
 
   enum class ComputeWaits { Now, Later };
 
@@ -539,6 +685,12 @@ class NcclCommunicator final : public Communicator {
   CommunicatorOptions options_;
   Device device_;
   ncclComm_t comm_ = nullptr;
+  // Note [copy-engine all-reduce]: comm_ runs under NCCL_CTA_POLICY_ZERO (CopyEngineGather, 2 ranks)
+  // and owns the symmetric staging buffer [2, n] of staging_bytes_ bytes.
+  bool copy_engines_ = false;
+  void* staging_ = nullptr;
+  StagingWindow staging_window_ = nullptr;
+  size_t staging_bytes_ = 0;
   cudaStream_t stream_ = nullptr;       // communication stream (non-blocking) on device_
   cudaEvent_t inputs_ready_ = nullptr;  // recorded on the compute stream before each collective
   cudaEvent_t drained_ = nullptr;       // recorded on stream_ by synchronize()

@@ -161,8 +161,11 @@ def print_allreduce(records):
 
 
 def ddp_variant(record):
-    """' bf16' / ' b1024' when a DDP record reduced in another dtype or used another batch than the default."""
+    """' bf16' / ' b1024' / ' copy_engine' when a DDP record reduced in another dtype, used another batch
+    than the default or all-reduced on the copy engines."""
     tags = ""
+    if record.get("all_reduce", "ring") != "ring":
+        tags += f" {record['all_reduce']}"
     if record.get("reduce", "f32") != "f32":
         tags += f" {record['reduce']}"
     if record.get("size", "b256") != "b256":

@@ -9,7 +9,9 @@
 # FLAME_SWEEP_VARIANTS=default (DDP's per-bucket step, SM carve-out), nccl (NCCL CTA limits, SM
 # carve-out, stream priority), placement (mpirun's CPU binding) or scaling (FLAME's ddp.step and
 # PyTorch DDP, W=1 and W=2, per-rank batch 256, 512 and 1024, gradients reduced in f32 and in
-# bf16; prints the weak-scaling efficiency of each).
+# bf16; prints the weak-scaling efficiency of each) or copy-engine (ddp.step with the ring and with
+# the copy-engine all-reduce, CommunicatorOptions::overlap_all_reduce, and PyTorch DDP, per-rank batch
+# 256, 512 and 1024, W=1 and W=2; W=1 runs the ring only, as both are the same there).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$root/build-gpu}
@@ -78,10 +80,13 @@ torch_variant() {
 
 variants=${FLAME_SWEEP_VARIANTS:-default}
 case $variants in
-  default | nccl | placement | scaling) ;;
-  *) echo "ddp_sweep: FLAME_SWEEP_VARIANTS must be default, nccl, placement or scaling, got '$variants'" >&2; exit 2 ;;
+  default | nccl | placement | scaling | copy-engine) ;;
+  *)
+    echo "ddp_sweep: FLAME_SWEEP_VARIANTS must be default, nccl, placement, scaling or copy-engine, got '$variants'" >&2
+    exit 2
+    ;;
 esac
-[ "$variants" = scaling ] || variant w1 1
+[ "$variants" = scaling ] || [ "$variants" = copy-engine ] || variant w1 1
 case $variants in
   default)
     variant w1-bucket 1 "" "" "--step bucket"
@@ -126,6 +131,19 @@ case $variants in
       done
     done
     ;;
+  copy-engine)
+    models=$model
+    [ "$model" = all ] && models="cnn mlp"
+    for model in $models; do
+      for batch in 256 512 1024; do
+        variant "flame-$model-b$batch-w1" 1 "" "" "--step bucket --batch $batch"
+        variant "flame-$model-b$batch-ring-w2" 2 "" "" "--step bucket --batch $batch"
+        variant "flame-$model-b$batch-copy-engine-w2" 2 "" "" "--step bucket --batch $batch --all-reduce copy-engine"
+        torch_variant "torch-$model-b$batch-w1" 1 "--batch $batch"
+        torch_variant "torch-$model-b$batch-w2" 2 "--batch $batch"
+      done
+    done
+    ;;
 esac
 
 python3 - "$jsonl" <<'PY'
@@ -147,12 +165,17 @@ for r in rows:
 steps = {}
 for r in rows:
     if r["bench"] == "ddp_step" and r["variant"].startswith(("flame-", "torch-")):
-        steps.setdefault((r["impl"], r["model"], r["size"], r.get("reduce", "f32")), {})[int(r["world"])] = r["value"]
+        key = (r["impl"], r["model"], r["size"], r.get("reduce", "f32"), r.get("all_reduce", "ring"))
+        steps.setdefault(key, {})[int(r["world"])] = r["value"]
+for key, by_world in steps.items():  # W=1 has nothing to all-reduce: every algorithm shares the ring's run
+    if 1 not in by_world:
+        by_world[1] = steps.get(key[:4] + ("ring",), {}).get(1)
 if steps:
-    print(f"\n{'impl':6} {'model':5} {'batch':6} {'reduce':6} {'W=1 ms':>8} {'W=2 ms':>8} {'efficiency':>10}")
-    for (impl, model, size, reduce), by_world in sorted(steps.items()):
+    print(f"\n{'impl':6} {'model':5} {'batch':6} {'reduce':6} {'all-reduce':11} {'W=1 ms':>8} {'W=2 ms':>8} {'efficiency':>10}")
+    for (impl, model, size, reduce, algorithm), by_world in sorted(steps.items()):
         one, two = by_world.get(1), by_world.get(2)
         efficiency = f"{one / two:10.3f}" if one and two else f"{'missing':>10}"
-        print(f"{impl:6} {model:5} {size:6} {reduce:6} {one or float('nan'):8.3f} {two or float('nan'):8.3f} {efficiency}")
+        print(f"{impl:6} {model:5} {size:6} {reduce:6} {algorithm:11} {one or float('nan'):8.3f} "
+              f"{two or float('nan'):8.3f} {efficiency}")
 PY
 exit $failed

@@ -11,11 +11,19 @@
 //   ce      CTA policy ZERO, symmetric windows: copy-engine alltoall, add kernel, copy-engine allgather;
 //   hybrid  the 64 MiB one as ce, the 16 MiB one with ncclAllReduce;
 //   rsce    CTA policy ZERO, symmetric windows: ncclReduceScatter (kernels), ncclAllGather (copy engines);
-//   rsce1   the 64 MiB one as rsce, the 16 MiB one with ncclAllReduce.
+//   rsce1   the 64 MiB one as rsce, the 16 MiB one with ncclAllReduce;
+//   gather  CTA policy ZERO, symmetric windows: each rank's whole gradient to the other rank
+//           (ncclAllGather on the copy engines); the update sums the two in rank order (same bytes
+//           as the ring for 2 ranks, no SMs for the transfer, no separate add kernel);
+//   gathers the same, but a separate kernel sums the two into the bucket before the update;
+//   gatherf as FLAME's OverlapAllReduce::CopyEngineGather: on the communication stream, a device
+//           copy of the gradient into its rank's slot of the staging window, the all-gather in
+//           place, and a kernel writing the mean of the two slots back into the gradient.
 // CARVE > 0 plans the GEMMs beside the all-reduces for (SMs - CARVE) SMs (not in ce and hybrid);
 // ADDBLOCKS is the ce add kernel's grid; CHUNKS > 1 computes and all-reduces the 64 MiB gradient in
 // that many row blocks, each all-reduced as soon as its GEMM is done.
-// Usage: mpirun -np 2 ddp_tail_emulation MODE CARVE [ADDBLOCKS] [CHUNKS]
+// BATCH is the per-rank batch (256 unless given).
+// Usage: mpirun -np 2 ddp_tail_emulation MODE CARVE [ADDBLOCKS] [CHUNKS] [BATCH]
 #include <cstdlib>
 #include <string>
 
@@ -31,11 +39,22 @@ __global__ void adamw_like(float4* p, const float4* g, float4* m, float4* v, siz
   }
 }
 
+/// The same update with the gradient given as two ranks' halves-of-the-mean, summed in rank order.
+__global__ void adamw_like_sum2(float4* p, const float4* ga, const float4* gb, float4* m, float4* v, size_t n4) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
+    float4 pp = p[i], a = ga[i], b = gb[i], mm = m[i], vv = v[i];
+    float4 gg = make_float4(0.5f * (a.x + b.x), 0.5f * (a.y + b.y), 0.5f * (a.z + b.z), 0.5f * (a.w + b.w));
+    UPD(x) UPD(y) UPD(z) UPD(w)
+    p[i] = pp; m[i] = mm; v[i] = vv;
+  }
+}
+
 int main(int argc, char** argv) {
   std::string mode = argv[1];
   int carve = atoi(argv[2]);
   int add_blocks = argc > 3 ? atoi(argv[3]) : 264;
   int chunks = argc > 4 ? atoi(argv[4]) : 1;
+  const int batch = argc > 5 ? atoi(argv[5]) : 256;
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
   if (mode != "nccl") config.CTAPolicy = NCCL_CTA_POLICY_ZERO;
   int rank, world;
@@ -43,20 +62,27 @@ int main(int argc, char** argv) {
   int sms;
   CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, rank));
   const size_t n1 = size_t(4096) * 4096, n2 = size_t(4096) * 1024;
-  float *b1, *b2, *recv;
-  ncclWindow_t w1 = nullptr, w2 = nullptr, wr = nullptr;
+  float *b1, *b2, *recv, *rg1 = nullptr, *rg2 = nullptr;
+  ncclWindow_t w1 = nullptr, w2 = nullptr, wr = nullptr, wg1 = nullptr, wg2 = nullptr;
+  const bool gather = mode.rfind("gather", 0) == 0;
+  if (gather && chunks != 1) { fprintf(stderr, "gather modes take CHUNKS 1\n"); MPI_Abort(MPI_COMM_WORLD, 1); }
   if (mode == "nccl") {
     CK(cudaMalloc(&b1, n1 * 4)); CK(cudaMalloc(&b2, n2 * 4));
   } else {
     NK(ncclMemAlloc((void**)&b1, n1 * 4)); NK(ncclCommWindowRegister(comm, b1, n1 * 4, &w1, NCCL_WIN_COLL_SYMMETRIC));
     NK(ncclMemAlloc((void**)&b2, n2 * 4)); NK(ncclCommWindowRegister(comm, b2, n2 * 4, &w2, NCCL_WIN_COLL_SYMMETRIC));
     NK(ncclMemAlloc((void**)&recv, n1 * 4)); NK(ncclCommWindowRegister(comm, recv, n1 * 4, &wr, NCCL_WIN_COLL_SYMMETRIC));
+    if (gather) {
+      NK(ncclMemAlloc((void**)&rg1, 2 * n1 * 4)); NK(ncclCommWindowRegister(comm, rg1, 2 * n1 * 4, &wg1, NCCL_WIN_COLL_SYMMETRIC));
+      NK(ncclMemAlloc((void**)&rg2, 2 * n2 * 4)); NK(ncclCommWindowRegister(comm, rg2, 2 * n2 * 4, &wg2, NCCL_WIN_COLL_SYMMETRIC));
+      CK(cudaMemset(rg1, 0, 2 * n1 * 4)); CK(cudaMemset(rg2, 0, 2 * n2 * 4));
+    }
   }
   CK(cudaMemset(b1, 0, n1 * 4)); CK(cudaMemset(b2, 0, n2 * 4));
   float *x1, *g2, *w2m, *dx2, *g1, *x0, *p1, *m1, *v1, *p2, *m2, *v2;
   auto alloc = [&](float** p, size_t n) { CK(cudaMalloc(p, n * 4)); CK(cudaMemset(*p, 0, n * 4)); };
-  alloc(&x1, 256 * 4096); alloc(&g2, 256 * 4096); alloc(&w2m, n1); alloc(&dx2, 256 * 4096);
-  alloc(&g1, 256 * 4096); alloc(&x0, 256 * 1024);
+  alloc(&x1, batch * 4096); alloc(&g2, batch * 4096); alloc(&w2m, n1); alloc(&dx2, batch * 4096);
+  alloc(&g1, batch * 4096); alloc(&x0, batch * 1024);
   alloc(&p1, n1); alloc(&m1, n1); alloc(&v1, n1); alloc(&p2, n2); alloc(&m2, n2); alloc(&v2, n2);
   cudaStream_t compute, commst;
   CK(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking));
@@ -77,6 +103,12 @@ int main(int argc, char** argv) {
     NK(ncclReduceScatter(buf, buf + rank * half, half, ncclFloat32, ncclAvg, comm, commst));
     NK(ncclAllGather(buf + rank * half, buf, half, ncclFloat32, comm, commst));
   };
+  auto gather_flame = [&](float* buf, float* slots, size_t n) {
+    float* own = slots + size_t(rank) * n;
+    CK(cudaMemcpyAsync(own, buf, n * 4, cudaMemcpyDeviceToDevice, commst));
+    NK(ncclAllGather(own, slots, n, ncclFloat32, comm, commst));
+    add_halves<<<sms * 4, 256, 0, commst>>>((const float4*)slots, (const float4*)(slots + n), (float4*)buf, n / 4);
+  };
   auto ring = [&](float* buf, size_t n) { NK(ncclAllReduce(buf, buf, n, ncclFloat32, ncclAvg, comm, commst)); };
   cudaEvent_t t0, t1, r1, r2, d1, d2;
   for (cudaEvent_t* e : {&t0, &t1}) CK(cudaEventCreate(e));
@@ -89,7 +121,7 @@ int main(int argc, char** argv) {
     const int rows = 4096 / chunks;
     for (int c = 0; c < chunks; ++c) {
       // rows [c*rows, (c+1)*rows) of dW2 (row-major [out, in]; column-major [in, out] here).
-      BK(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, 4096, rows, 256, &one, x1, 4096, g2 + c * rows, 4096, &zero,
+      BK(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, 4096, rows, batch, &one, x1, 4096, g2 + c * rows, 4096, &zero,
                      b1 + size_t(c) * rows * 4096, 4096));
       CK(cudaEventRecord(r1, compute));
       if (comm_on) {
@@ -97,25 +129,41 @@ int main(int argc, char** argv) {
         float* part = b1 + size_t(c) * rows * 4096;
         if (mode == "nccl") ring(part, n1 / chunks);
         else if (mode.rfind("rsce", 0) == 0) rs_ce(part, n1 / chunks);
+        else if (mode == "gatherf") gather_flame(part, rg1, n1);
+        else if (gather) NK(ncclAllGather(part, rg1, n1, ncclFloat32, comm, commst));
         else ce_allreduce(part, n1 / chunks);
-        if (c == 0 && mode != "ce" && mode != "hybrid" && carve > 0) BK(cublasSetSmCountTarget(blas, sms - carve));
+        if (c == 0 && mode != "ce" && mode != "hybrid" && !gather && carve > 0) BK(cublasSetSmCountTarget(blas, sms - carve));
       }
     }
     if (comm_on) CK(cudaEventRecord(d1, commst));
     // dX2 = g2 w2 ; dW1 = g1^T x0 -> b2 [4096 x 1024]
-    BK(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, 4096, 256, 4096, &one, w2m, 4096, g2, 4096, &zero, dx2, 4096));
-    BK(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, 1024, 4096, 256, &one, x0, 1024, g1, 4096, &zero, b2, 1024));
+    BK(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, 4096, batch, 4096, &one, w2m, 4096, g2, 4096, &zero, dx2, 4096));
+    BK(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, 1024, 4096, batch, &one, x0, 1024, g1, 4096, &zero, b2, 1024));
     CK(cudaEventRecord(r2, compute));
     if (comm_on) {
       CK(cudaStreamWaitEvent(commst, r2));
-      if (mode == "ce") ce_allreduce(b2, n2); else if (mode == "rsce") rs_ce(b2, n2); else ring(b2, n2);
+      if (mode == "ce") ce_allreduce(b2, n2);
+      else if (mode == "rsce") rs_ce(b2, n2);
+      else if (mode == "gatherf") gather_flame(b2, rg2, n2);
+      else if (gather) NK(ncclAllGather(b2, rg2, n2, ncclFloat32, comm, commst));
+      else ring(b2, n2);
       CK(cudaEventRecord(d2, commst));
       CK(cudaStreamWaitEvent(compute, d1));
       BK(cublasSetSmCountTarget(blas, 0));
     }
-    adamw_like<<<sms * 4, 256, 0, compute>>>((float4*)p1, (const float4*)b1, (float4*)m1, (float4*)v1, n1 / 4);
+    auto update = [&](float* p, float* b, float* rg, float* m, float* v, size_t n) {
+      if (comm_on && mode == "gather") {
+        adamw_like_sum2<<<sms * 4, 256, 0, compute>>>((float4*)p, (const float4*)rg, (const float4*)(rg + n),
+                                                     (float4*)m, (float4*)v, n / 4);
+        return;
+      }
+      if (comm_on && mode == "gathers")
+        add_halves<<<sms * 4, 256, 0, compute>>>((const float4*)rg, (const float4*)(rg + n), (float4*)b, n / 4);
+      adamw_like<<<sms * 4, 256, 0, compute>>>((float4*)p, (const float4*)b, (float4*)m, (float4*)v, n / 4);
+    };
+    update(p1, b1, rg1, m1, v1, n1);
     if (comm_on) CK(cudaStreamWaitEvent(compute, d2));
-    adamw_like<<<sms * 4, 256, 0, compute>>>((float4*)p2, (const float4*)b2, (float4*)m2, (float4*)v2, n2 / 4);
+    update(p2, b2, rg2, m2, v2, n2);
     CK(cudaEventRecord(t1, compute));
     CK(cudaDeviceSynchronize());
     float ms;
@@ -128,9 +176,9 @@ int main(int argc, char** argv) {
     if (it >= 30) { local.push_back(a); dist.push_back(b); }
   }
   if (rank == 0)
-    printf("{\"chunks\": %d, \"mode\": \"%s\", \"carve\": %d, \"add_blocks\": %d, \"local_ms\": %.4f, \"dist_ms\": %.4f, \"overhead_ms\": %.4f}\n",
-           chunks, mode.c_str(), carve, add_blocks, median(local), median(dist), median(dist) - median(local));
-  for (ncclWindow_t w : {w1, w2, wr}) if (w) NK(ncclCommWindowDeregister(comm, w));
+    printf("{\"batch\": %d, \"chunks\": %d, \"mode\": \"%s\", \"carve\": %d, \"add_blocks\": %d, \"local_ms\": %.4f, \"dist_ms\": %.4f, \"overhead_ms\": %.4f}\n",
+           batch, chunks, mode.c_str(), carve, add_blocks, median(local), median(dist), median(dist) - median(local));
+  for (ncclWindow_t w : {w1, w2, wr, wg1, wg2}) if (w) NK(ncclCommWindowDeregister(comm, w));
   NK(ncclCommDestroy(comm));
   MPI_Finalize();
   return 0;

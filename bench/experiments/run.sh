@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds and runs the experiments of this folder on the 2-GPU machine (issue 5; results in
 # docs/PERFORMANCE.md, "tenth run"). Plain nvcc, NCCL, cuBLAS and MPI: not part of the CMake build.
-# Usage (on nvidia-h200-x2, from the repository root): bench/experiments/run.sh
+# Usage (on nvidia-h200-x2, from the repository root): bench/experiments/run.sh [all|tail]
+# (tail: only the DDP step's tail emulation)
 set -uo pipefail
+which=${1:-all}
 cd "$(dirname "$0")" || exit 1
 export NCCL_NVLS_ENABLE=0
 [ "$(id -u)" -eq 0 ] && export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -16,15 +18,17 @@ nvcc -O2 -arch=sm_90 -o "$bin/gemm_sm_target_sweep" gemm_sm_target_sweep.cu -lcu
 on2() { timeout 60 mpirun -np 2 -x NCCL_NVLS_ENABLE=0 "$@" 2>&1 | grep '^{'; }
 
 echo "== all-reduce beside the GEMMs: MODE MIB CARVE [MAXCTAS] [ADDBLOCKS]"
-for args in "nccl 64 0" "nccl 64 32" "nccl 64 16 16" "nccl 64 8 8" "sym 64 0" "sym 64 8" "ce 64 0 0 264" \
+[ "$which" = tail ] || for args in "nccl 64 0" "nccl 64 32" "nccl 64 16 16" "nccl 64 8 8" "sym 64 0" "sym 64 8" "ce 64 0 0 264" \
             "ce 64 0 0 66" "nccl 16 32" "sym 16 8" "ce 16 0 0 66"; do
   # shellcheck disable=SC2086
   on2 "$bin/allreduce_beside_gemm" $args
 done
-echo "== the DDP step's tail: MODE CARVE [ADDBLOCKS] [CHUNKS]"
-for args in "nccl 0" "nccl 32" "ce 0 264" "hybrid 0 264" "nccl 32 0 2" "nccl 32 0 4" "rsce 32" "rsce1 32"; do
+echo "== the DDP step's tail: MODE CARVE [ADDBLOCKS] [CHUNKS] [BATCH]"
+for args in "nccl 0" "nccl 32" "ce 0 264" "hybrid 0 264" "nccl 32 0 2" "nccl 32 0 4" "rsce 32" "rsce1 32" \
+            "gather 0" "gathers 0" "gatherf 0" "nccl 32 0 1 1024" "gather 0 0 1 1024" "gathers 0 0 1 1024" \
+            "gatherf 0 0 1 1024"; do
   # shellcheck disable=SC2086
   on2 "$bin/ddp_tail_emulation" $args
 done
 echo "== GEMMs under an SM target, alone"
-"$bin/gemm_sm_target_sweep"
+[ "$which" = tail ] || "$bin/gemm_sm_target_sweep"

@@ -120,6 +120,43 @@ TEST_F(DdpNccl, BucketByBucketStepEqualsSynchronizeThenStep) {
   ddp.check_parameters_in_sync("after the bucket-by-bucket steps");
 }
 
+TEST_F(DdpNccl, CopyEngineAllReduceTrainsAsTheRing) {
+  // Note [copy-engine all-reduce] with every bucket through the copy engines (threshold 0): the
+  // replicas must stay identical and end where the ring-reduced twin and one process end.
+  CommunicatorOptions options;
+  options.timeout = std::chrono::seconds(30);
+  options.overlap_all_reduce = OverlapAllReduce::CopyEngineGather;
+  options.overlap_carveout_min_bytes = 0;
+  auto gather = make_nccl_communicator(ProcessGroup::init(), options);
+  constexpr int64_t kLocal = 5;
+  const int64_t global = kLocal * world();
+  auto model = make_mlp(270, kHidden, device());
+  auto twin = clone_mlp(*model, device());
+  auto reference = clone_mlp(*model, device());
+  DistributedDataParallel ddp(model, *gather, small_buckets());
+  DistributedDataParallel twin_ddp(twin, comm(), small_buckets());
+  ASSERT_GE(ddp.reducer().buckets().size(), 3u);
+  optim::AdamW opt(ddp.parameters(), {.lr = 1e-2});
+  optim::AdamW twin_opt(twin_ddp.parameters(), {.lr = 1e-2});
+  optim::AdamW ref_opt(reference->parameters(), {.lr = 1e-2});
+  for (int step = 0; step < 3; ++step) {
+    const Batch batch = global_batch(global, 80 + step, device());
+    const Batch mine = batch.slice(rank() * kLocal, kLocal);
+    ddp.zero_grad();
+    nn::mse_loss(ddp.forward(mine.x), mine.y).backward();
+    ddp.step(opt);
+    twin_ddp.zero_grad();
+    nn::mse_loss(twin_ddp.forward(mine.x), mine.y).backward();
+    twin_ddp.step(twin_opt);
+    ref_opt.zero_grad();
+    nn::mse_loss(reference->forward(batch.x), batch.y).backward();
+    ref_opt.step();
+  }
+  expect_same_parameters(*model, *twin, 1e-6, "copy-engine all-reduce vs ring");
+  expect_same_parameters(*model, *reference, 1e-5, "after 3 AdamW steps");
+  ddp.check_parameters_in_sync("after the copy-engine steps");
+}
+
 TEST_F(DdpNccl, Bf16ReductionGivesTheMeanRoundedToBf16AndStepEqualsSynchronizeThenStep) {
   // reduce_dtype bf16: NCCL all-reduces bf16 buckets; each rank's .grad is the mean rounded to bf16,
   // and ddp.step (conversion back per bucket) gives the same bits as synchronize + step.

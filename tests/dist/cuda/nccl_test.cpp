@@ -2,6 +2,7 @@
 // with the reason, on fewer). Closed forms of the rank and world size W, as in collectives_test.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <string>
@@ -187,6 +188,58 @@ TEST_F(Nccl, SmCarveOutAndCtaLimitKeepResultsAndCheckTheirRange) {
   EXPECT_TRUE(raises_error([&] { dist::make_nccl_communicator(group(), bad); }, {"nccl_max_ctas"}));
   EXPECT_TRUE(raises_error([&] { cuda::set_gemm_sm_target(device().index, sms + 1); }, {"set_gemm_sm_target"}));
   EXPECT_TRUE(raises_error([&] { cuda::set_gemm_sm_target(device().index, -1); }, {"set_gemm_sm_target"}));
+}
+
+TEST_F(Nccl, CopyEngineGatherMatchesTheRingAndLeavesEveryRankTheSameBits) {
+  // Note [copy-engine all-reduce]: overlapped f32 all-reduces of at least 1 MiB go through the
+  // copy-engine all-gather and the rank-order sum; smaller ones and other dtypes through the ring.
+  dist::CommunicatorOptions options;
+  options.timeout = std::chrono::seconds(30);
+  options.overlap_all_reduce = dist::OverlapAllReduce::CopyEngineGather;
+  options.overlap_carveout_min_bytes = 1 << 20;
+  auto gather = dist::make_nccl_communicator(group(), options);
+  manual_seed(40 + rank());  // every rank its own values
+  struct Case {
+    int64_t numel;
+    DType dtype;
+    ReduceOp op;
+  };
+  const std::vector<Case> cases = {
+      {1 << 20, kF32, ReduceOp::Avg},        // 4 MiB: vector kernel
+      {(1 << 18) + 3, kF32, ReduceOp::Sum},  // just over 1 MiB, not a multiple of 4: scalar kernel
+      {1 << 21, kF32, ReduceOp::Avg},        // 8 MiB: the staging buffer grows
+      {1 << 20, kF32, ReduceOp::Sum},        // back to 4 MiB in the grown buffer
+      {1000, kF32, ReduceOp::Avg},           // below the threshold: ring
+      {1 << 20, kF64, ReduceOp::Sum},        // f64: ring
+  };
+  std::vector<Tensor> inputs, results;
+  std::vector<uint64_t> numbers;
+  for (const Case& c : cases) {
+    inputs.push_back(randn({c.numel}, {c.dtype, device()}));
+    results.push_back(inputs.back().clone());
+    numbers.push_back(gather->all_reduce_overlapped(results.back(), c.op, "bucket"));
+    // The copy engines need no carve-out; the 8 MiB f64 one, through the ring, starts it.
+    EXPECT_EQ(cuda::gemm_sm_target(device().index),
+              c.dtype == kF64 && world() > 1 ? cuda::multiprocessor_count(device().index) -
+                                                   std::min(32, cuda::multiprocessor_count(device().index) / 4)
+                                             : 0);
+  }
+  gather->compute_wait(numbers[2]);  // covers the first three
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE(i);
+    if (i == 3) gather->compute_wait();
+    Tensor ring = inputs[i].clone();
+    comm_->all_reduce(ring, cases[i].op, "ring");
+    EXPECT_TRUE(all_close(results[i], {cases[i].numel}, ring.to(kF64).to_vector<double>(), Tolerance{1e-6, 1e-6}));
+    // Both ranks hold the same bits: gather every rank's result and compare them exactly.
+    Tensor all = empty({world() * cases[i].numel}, {cases[i].dtype, device()});
+    comm_->all_gather(results[i], all, "results");
+    const std::vector<double> values = all.to(kF64).to_vector<double>();
+    for (int r = 1; r < world(); ++r)
+      EXPECT_TRUE(std::equal(values.begin(), values.begin() + cases[i].numel, values.begin() + r * cases[i].numel))
+          << "rank " << r << " differs from rank 0";
+  }
+  gather->barrier();
 }
 
 TEST_F(Nccl, NonBlockingCallsGiveTheSameResults) {
