@@ -34,10 +34,11 @@
 // hence 2 ranks only. The staging buffer is reused by every such all-reduce (they run one after
 // another on the stream) and grows, collectively, to twice the largest tensor seen. No SM carve-out
 // is set for them: NCCL's kernels do not run.
-// Measured on the 2x H200 (docs/PERFORMANCE.md, eleventh run): with a step long enough to hide the
-// transfer (mlp, batch 1024 per rank) the step's communication overhead falls well below the ring's
-// with its 32-SM carve-out; at batch 256 the transfer outlasts the backward work after it and the
-// ring is faster, so Ring stays the default.
+// One communicator serves both ways: a second one split off for the copy engines slowed every
+// kernel of the process, forward included. Measured on the 2x H200 (docs/PERFORMANCE.md, eleventh
+// run), mlp weak scaling 1 -> 2 GPUs: 0.977 at batch 1024 per rank (ring with its 32-SM carve-out:
+// 0.957), where the transfer hides behind the backward work after the large gradient; 0.877 at
+// batch 256 (ring: 0.936), where it does not. So Ring stays the default.
 //
 // Note [NCCL timeouts]: nothing waits forever, in either NcclCalls mode.
 // - synchronize() (the host's only wait) raises flame::Error after the timeout, naming the
