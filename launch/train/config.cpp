@@ -39,11 +39,14 @@ constexpr std::array<EnumName<ScheduleChoice>, 3> kScheduleNames{{{ScheduleChoic
                                                                   {ScheduleChoice::WarmupCosine, "warmup_cosine"}}};
 constexpr std::array<EnumName<ReduceDtype>, 2> kReduceDtypeNames{
     {{ReduceDtype::Param, "param"}, {ReduceDtype::BF16, "bf16"}}};
+constexpr std::array<EnumName<AllReduceChoice>, 2> kAllReduceNames{
+    {{AllReduceChoice::Ring, "ring"}, {AllReduceChoice::CopyEngine, "copy_engine"}}};
 
 constexpr const auto& names_of(DeviceChoice) { return kDeviceNames; }
 constexpr const auto& names_of(OptimizerKind) { return kOptimizerNames; }
 constexpr const auto& names_of(ScheduleChoice) { return kScheduleNames; }
 constexpr const auto& names_of(ReduceDtype) { return kReduceDtypeNames; }
+constexpr const auto& names_of(AllReduceChoice) { return kAllReduceNames; }
 
 template <class E>
 std::string_view name_of(E value) {
@@ -187,6 +190,7 @@ void visit_keys(Visitor& v, C& c) {
   // At least a millisecond (the communicators count whole milliseconds), at most about 31 years.
   v.key("timeout_s", c.ddp.timeout_s, FloatRange{0.001, Bound::Closed, 1e9, Bound::Closed});
   v.key("reduce_dtype", c.ddp.reduce_dtype);
+  v.key("all_reduce", c.ddp.all_reduce);
 }
 
 // --- the known sections and keys -------------------------------------------------------------------
@@ -659,5 +663,6 @@ std::string_view to_string(DeviceChoice device) { return name_of(device); }
 std::string_view to_string(OptimizerKind kind) { return name_of(kind); }
 std::string_view to_string(ScheduleChoice kind) { return name_of(kind); }
 std::string_view to_string(ReduceDtype dtype) { return name_of(dtype); }
+std::string_view to_string(AllReduceChoice choice) { return name_of(choice); }
 
 }  // namespace flame::train

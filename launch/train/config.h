@@ -36,6 +36,13 @@ enum class ReduceDtype {
   BF16,   // "bf16": bf16, half the bytes of f32 gradients; every rank gets the mean rounded to bf16
 };
 
+/// ddp.all_reduce: how the GPU ranks all-reduce large f32 gradient buckets during backward
+/// (dist::CommunicatorOptions::overlap_all_reduce).
+enum class AllReduceChoice {
+  Ring,        // "ring": NCCL's ring kernels, with the SM carve-out
+  CopyEngine,  // "copy_engine": 2 GPU ranks only; the copy engines move the buckets, no SM is held
+};
+
 /// [model]
 struct ModelConfig {
   /// model.name: a model registered with the trainer ("mlp", "cnn", ...). The config only checks
@@ -121,7 +128,8 @@ struct DdpConfig {
   double bucket_cap_mb = 25.0;   // ddp.bucket_cap_mb: > 0
   int64_t check_every = 100;     // ddp.check_every: >= 0 steps between desync checksums; 0 = only at the end
   double timeout_s = 300.0;      // ddp.timeout_s: [0.001, 1e9] seconds before a collective is declared hung
-  ReduceDtype reduce_dtype = ReduceDtype::Param;  // ddp.reduce_dtype
+  ReduceDtype reduce_dtype = ReduceDtype::Param;       // ddp.reduce_dtype
+  AllReduceChoice all_reduce = AllReduceChoice::Ring;  // ddp.all_reduce
   bool operator==(const DdpConfig&) const = default;
 };
 
@@ -162,10 +170,11 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 std::string to_toml(const Config& config);
 
 /// The names used in the config and in logs: "auto" / "cpu" / "cuda", "sgd" / "adam" / "adamw",
-/// "constant" / "step" / "warmup_cosine", "param" / "bf16".
+/// "constant" / "step" / "warmup_cosine", "param" / "bf16", "ring" / "copy_engine".
 std::string_view to_string(DeviceChoice device);
 std::string_view to_string(OptimizerKind kind);
 std::string_view to_string(ScheduleChoice kind);
 std::string_view to_string(ReduceDtype dtype);
+std::string_view to_string(AllReduceChoice choice);
 
 }  // namespace flame::train

@@ -1,12 +1,11 @@
 #include "launch/train/trainer.h"
 
+#include <fmt/chrono.h>
+#include <fmt/ranges.h>
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
-
-#include <fmt/chrono.h>
-#include <fmt/ranges.h>
 
 #include <atomic>
 #include <chrono>
@@ -335,7 +334,22 @@ void Trainer::set_up() {
       device_ = kCPU;
     }
   }
-  if (device_.is_cuda()) gradients_ = dist::make_nccl_communicator(group_, comm_options);
+  if (config_.ddp.all_reduce == AllReduceChoice::CopyEngine) {
+    FLAME_CHECK(!device_.is_cuda() || group_.world_size <= 2,
+                "ddp.all_reduce = \"copy_engine\" is for 2 GPU ranks (an all-gather moves W/2 times the bytes of "
+                "a ring all-reduce), this job has {}; use \"ring\"",
+                group_.world_size);
+    if (!device_.is_cuda())
+      log_->warn(
+          "ddp.all_reduce = \"copy_engine\" applies to GPU ranks; these ranks train on the CPU and "
+          "all-reduce through MPI");
+  }
+  if (device_.is_cuda()) {
+    dist::CommunicatorOptions gradient_options = comm_options;
+    if (config_.ddp.all_reduce == AllReduceChoice::CopyEngine)
+      gradient_options.overlap_all_reduce = dist::OverlapAllReduce::CopyEngineGather;
+    gradients_ = dist::make_nccl_communicator(group_, gradient_options);
+  }
 
   train_set_ = std::make_shared<data::ShardedDataset>(config_.data.train_dir);
   fields_ = image_label_fields(*train_set_);
@@ -412,7 +426,8 @@ void Trainer::resume_if_asked() {
     // Records of steps after the checkpoint came from the run that stopped without saving them;
     // this run logs those steps again.
     const int64_t dropped = drop_records_after((log_dir_ / "metrics.jsonl").string(), step);
-    if (dropped > 0) log_->info("metrics.jsonl: dropped {} records of steps after {} (logged again now)", dropped, step);
+    if (dropped > 0)
+      log_->info("metrics.jsonl: dropped {} records of steps after {} (logged again now)", dropped, step);
   }
 }
 
@@ -428,10 +443,10 @@ void Trainer::set_aside_earlier_run() {
     const bool present = fs::is_directory(from, error) ? !fs::is_empty(from, error) : fs::exists(from, error);
     if (!present) continue;
     fs::rename(from, to, error);
-    FLAME_CHECK(!error, "flame-train: cannot move the earlier run's '{}' aside to '{}': {}", from.string(),
-                to.string(), error.message());
-    log_->warn("starting from scratch: moved the earlier run's {} to {} (--resume auto continues a run)",
-               from.string(), to.string());
+    FLAME_CHECK(!error, "flame-train: cannot move the earlier run's '{}' aside to '{}': {}", from.string(), to.string(),
+                error.message());
+    log_->warn("starting from scratch: moved the earlier run's {} to {} (--resume auto continues a run)", from.string(),
+               to.string());
   }
 }
 
@@ -476,8 +491,7 @@ void Trainer::check_resumed_config(const nlohmann::json& state, const std::strin
   std::vector<std::string> changed;
   for (const std::string& setting : now)
     if (!was.count(setting)) changed.push_back(setting);
-  if (!changed.empty())
-    log_->warn("resuming {} with a changed config: {}", dir, fmt::join(changed, "; "));
+  if (!changed.empty()) log_->warn("resuming {} with a changed config: {}", dir, fmt::join(changed, "; "));
 }
 
 data::Batch Trainer::next_batch() {
@@ -589,8 +603,8 @@ bool Trainer::stop_requested() {
                               (config_.checkpoint.every_steps > 0 && step_ % config_.checkpoint.every_steps == 0);
   if (!agreement_step) return false;
   // Which signal matters too: SIGUSR1 on any rank makes rank 0 requeue the Slurm job.
-  const std::vector<double> got = sum_over_ranks(
-      *control_, {g_stop_signal != 0 ? 1.0 : 0.0, g_stop_signal == SIGUSR1 ? 1.0 : 0.0}, "stop flags");
+  const std::vector<double> got =
+      sum_over_ranks(*control_, {g_stop_signal != 0 ? 1.0 : 0.0, g_stop_signal == SIGUSR1 ? 1.0 : 0.0}, "stop flags");
   if (got[0] == 0) return false;
   stop_signal_ = got[1] > 0 ? SIGUSR1 : (g_stop_signal != 0 ? static_cast<int>(g_stop_signal) : SIGTERM);
   return true;

@@ -101,6 +101,7 @@ bucket_cap_mb = 50.5
 check_every = 0
 timeout_s = 60
 reduce_dtype = "bf16"
+all_reduce = "copy_engine"
 )";
 
 Config everything() {
@@ -113,7 +114,7 @@ Config everything() {
   c.eval = {200, 512};
   c.checkpoint = {"/scratch/ckpt", 500, 2};
   c.log = {"runs/everything", 25, false, false};
-  c.ddp = {2.0, 50.5, 0, 60.0, ReduceDtype::BF16};
+  c.ddp = {2.0, 50.5, 0, 60.0, ReduceDtype::BF16, AllReduceChoice::CopyEngine};
   return c;
 }
 
@@ -202,6 +203,10 @@ TEST(Config, EnumNames) {
     EXPECT_EQ(parse({}, {fmt::format("ddp.reduce_dtype={}", to_string(d))}).ddp.reduce_dtype, d);
   }
   EXPECT_EQ(parse({{"ddp.reduce_dtype", "\"bf16\""}}).ddp.reduce_dtype, ReduceDtype::BF16);
+  for (AllReduceChoice a : {AllReduceChoice::Ring, AllReduceChoice::CopyEngine}) {
+    EXPECT_EQ(parse({}, {fmt::format("ddp.all_reduce={}", to_string(a))}).ddp.all_reduce, a);
+  }
+  EXPECT_EQ(parse({}).ddp.all_reduce, AllReduceChoice::Ring);
 }
 
 // --- to_toml -------------------------------------------------------------------------------------
@@ -322,6 +327,7 @@ TEST(ConfigErrors, WrongTypes) {
       {"train.device", "0", "train.device must be one of \"auto\", \"cpu\", \"cuda\", got an integer 0"},
       {"schedule.name", "1979-05-27", "schedule.name must be one of"},
       {"ddp.reduce_dtype", "16", "ddp.reduce_dtype must be one of \"param\", \"bf16\", got an integer 16"},
+      {"ddp.all_reduce", "\"nvls\"", "ddp.all_reduce must be one of \"ring\", \"copy_engine\", got a string \"nvls\""},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.key + " = " + c.value);
