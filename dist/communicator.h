@@ -129,11 +129,13 @@ struct CommunicatorOptions {
   /// NCCL: the communication stream gets the device's highest priority, so NCCL's blocks are
   /// scheduled ahead of waiting compute blocks.
   bool high_priority_stream = false;
-  /// NCCL: how overlapped all-reduces run. CopyEngineGather takes no SMs from backward while the
-  /// gradients move, at the price of a device buffer of twice the largest such tensor and two
-  /// memory passes over each; for exactly 2 ranks (an all-gather moves W/2 times a ring's bytes),
-  /// so a communicator of more ranks raises flame::Error (1 rank: nothing to move). Smaller tensors,
-  /// other dtypes and every other collective still use the ring. The MPI backend ignores it.
+  /// NCCL: how overlapped all-reduces run. With CopyEngineGather NCCL's kernels hold no SMs while
+  /// the gradients move, at the price of a device buffer of twice the largest such tensor and two
+  /// memory passes (a copy, a sum kernel) over each. flame::Error at construction for more than 2
+  /// ranks (an all-gather moves W/2 times a ring's bytes), NcclCalls::NonBlocking, NCCL older than
+  /// 2.28, or ranks that disagree on it; at the first such all-reduce when NCCL has no symmetric
+  /// memory. Smaller tensors, other dtypes and every other collective still use the ring. The MPI
+  /// backend ignores it.
   OverlapAllReduce overlap_all_reduce = OverlapAllReduce::Ring;
 };
 

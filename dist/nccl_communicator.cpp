@@ -4,7 +4,8 @@
 // results are ready, and buffers the caching allocator may hand out again are no longer in use) --
 // except for all_reduce_overlapped(), whose result the compute stream waits for only at the next
 // compute_wait(), so the rest of backward runs while DDP's buckets are reduced.
-// The host never blocks; synchronize() is where the host waits, polling cudaEventQuery and
+// The host never blocks (except once when the copy-engine staging buffer grows, Note [copy-engine
+// all-reduce]); synchronize() is where the host waits, polling cudaEventQuery and
 // ncclCommGetAsyncError against the timeout, and aborts the communicator on failure.
 //
 // Note [SM carve-out]: DDP's bucket all-reduces run beside backward's GEMMs. NCCL's kernels hold
@@ -29,7 +30,11 @@
 //   2. ncclAllGather in place, which NCCL then runs on the copy engines: each
 //      rank's slot goes to the other over NVLink, and no SM is held while it moves;
 //   3. a kernel that writes (slot 0 + slot 1) * scale into the tensor (scale 1/2 for Avg).
-// The sum is taken in rank order on both ranks, so they hold bitwise the same result. For 2 ranks
+// Both ranks evaluate the same expression on the same two slots, so they hold bitwise the same
+// result. NCCL's kernels hold no SM during the transfer; the device copy and the sum kernel are one
+// memory pass each and do run on SMs beside backward. Needs NcclCalls::Blocking (the kernel is
+// launched right after the all-gather call returns) and NCCL's symmetric memory (a staging buffer
+// without a window raises). The ranks must agree on the option (checked at construction). For 2 ranks
 // an all-gather moves the same bytes as a ring all-reduce; for W ranks it moves W/2 times as many,
 // hence 2 ranks only. The staging buffer is reused by every such all-reduce (they run one after
 // another on the stream) and grows, collectively, to twice the largest tensor seen. No SM carve-out
@@ -159,6 +164,9 @@ class NcclCommunicator final : public Communicator {
                 "make_nccl_communicator: overlap_all_reduce CopyEngineGather is for 2 ranks (an all-gather moves W/2 "
                 "times the bytes of a ring all-reduce), this group has {}; use OverlapAllReduce::Ring",
                 group.world_size);
+    FLAME_CHECK(options_.overlap_all_reduce == OverlapAllReduce::Ring || options_.nccl_calls == NcclCalls::Blocking,
+                "make_nccl_communicator: overlap_all_reduce CopyEngineGather needs NcclCalls::Blocking (its staging "
+                "buffer is registered and its sum kernel launched right after NCCL calls that must have returned)");
 #if NCCL_VERSION_CODE < NCCL_VERSION(2, 28, 0)
     FLAME_CHECK(options_.overlap_all_reduce == OverlapAllReduce::Ring,
                 "make_nccl_communicator: overlap_all_reduce CopyEngineGather needs NCCL 2.28 or later (copy-engine "
@@ -197,6 +205,7 @@ class NcclCommunicator final : public Communicator {
       MPI_Request request;
       FLAME_MPI_CHECK(MPI_Ibcast(&id, sizeof id, MPI_BYTE, 0, MPI_COMM_WORLD, &request));
       detail::wait_request(request, options_.timeout, "make_nccl_communicator (unique id broadcast)", "", group.rank);
+      check_ranks_agree();
     }
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = options_.nccl_calls == NcclCalls::Blocking ? 1 : 0;
@@ -413,41 +422,69 @@ class NcclCommunicator final : public Communicator {
 
   static ncclRedOp_t nccl_op(ReduceOp op) { return op == ReduceOp::Avg ? ncclAvg : ncclSum; }
 
+  /// The ranks must pass the same overlap_all_reduce (and, for CopyEngineGather, the same
+  /// overlap_carveout_min_bytes): they decide which NCCL calls each all-reduce makes, and a mismatch
+  /// would otherwise hang until the watchdog ends the job. One MPI reduction at construction.
+  void check_ranks_agree() {
+    const int64_t mine[2] = {static_cast<int64_t>(options_.overlap_all_reduce),
+                             static_cast<int64_t>(options_.overlap_carveout_min_bytes)};
+    int64_t low[2] = {0, 0}, high[2] = {0, 0};
+    MPI_Request requests[2];
+    FLAME_MPI_CHECK(MPI_Iallreduce(mine, low, 2, MPI_INT64_T, MPI_MIN, MPI_COMM_WORLD, &requests[0]));
+    FLAME_MPI_CHECK(MPI_Iallreduce(mine, high, 2, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD, &requests[1]));
+    for (MPI_Request& request : requests)
+      detail::wait_request(request, options_.timeout, "make_nccl_communicator (options agreement)", "", group_.rank);
+    const auto name = [](int64_t mode) { return mode == 0 ? "Ring" : "CopyEngineGather"; };
+    const bool copy_engines = high[0] == static_cast<int64_t>(OverlapAllReduce::CopyEngineGather);
+    FLAME_CHECK(low[0] == high[0] && (!copy_engines || low[1] == high[1]),
+                "make_nccl_communicator: the ranks disagree on overlap_all_reduce ({} on some, {} on others) or, "
+                "with CopyEngineGather, on overlap_carveout_min_bytes ({} to {}); every rank must pass the same",
+                name(low[0]), name(high[0]), low[1], high[1]);
+  }
+
   /// Note [copy-engine all-reduce]. Returns the collective's number.
   uint64_t copy_engine_all_reduce(const Tensor& tensor, ReduceOp op, const std::string& what) {
     ensure_staging(tensor.nbytes(), what);
     const size_t n = static_cast<size_t>(tensor.numel());
     float* slots = static_cast<float*>(staging_);
     float* own = slots + static_cast<size_t>(group_.rank) * n;
+    float* out = static_cast<float*>(tensor.data_ptr());
+    const bool vector =
+        n % 4 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0 && reinterpret_cast<uintptr_t>(slots) % 16 == 0;
+    // Resolved (compiled once) before any NCCL call of this all-reduce.
+    const cudaKernel_t kernel = cuda::runtime_kernel(
+        kTwoRankMeanSource, vector ? "flame_two_rank_mean4" : "flame_two_rank_mean", device_.index);
     enqueue(
         "all_reduce", what,
         [&] {
-          FLAME_CUDA_CHECK(cudaMemcpyAsync(own, tensor.data_ptr(), tensor.nbytes(), cudaMemcpyDeviceToDevice, stream_));
+          const cudaError_t copied = cudaMemcpyAsync(own, out, tensor.nbytes(), cudaMemcpyDeviceToDevice, stream_);
+          if (copied != cudaSuccess)
+            fail("all_reduce", what, fmt::format("copy into the staging buffer: {}", cudaGetErrorString(copied)));
           const ncclResult_t status = ncclAllGather(own, slots, n, ncclFloat32, comm_, stream_);
-          if (status == ncclSuccess) launch_two_rank_mean(slots, static_cast<float*>(tensor.data_ptr()), n, op);
+          if (status == ncclSuccess) {  // Blocking calls (checked at construction): the all-gather is on stream_
+            const cudaError_t launched = launch_two_rank_mean(kernel, slots, out, vector ? n / 4 : n, op);
+            if (launched != cudaSuccess)
+              fail("all_reduce", what, fmt::format("the sum kernel: {}", cudaGetErrorString(launched)));
+          }
           return status;
         },
         ComputeWaits::Later);
     return issued_count_;
   }
 
-  /// out = (slots[0:n] + slots[n:2n]) * (1/2 for Avg), on stream_.
-  void launch_two_rank_mean(const float* slots, float* out, size_t n, ReduceOp op) {
-    const bool vector =
-        n % 4 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0 && reinterpret_cast<uintptr_t>(slots) % 16 == 0;
-    const cudaKernel_t kernel = cuda::runtime_kernel(
-        kTwoRankMeanSource, vector ? "flame_two_rank_mean4" : "flame_two_rank_mean", device_.index);
-    unsigned long long items = vector ? n / 4 : n;
+  /// out = (slots[0:n] + slots[n:2n]) * (1/2 for Avg) on stream_, by `kernel`; `items` counts its
+  /// elements (float4s for the vector form).
+  cudaError_t launch_two_rank_mean(cudaKernel_t kernel, const float* slots, float* out, size_t items, ReduceOp op) {
+    unsigned long long count = items;
     float scale = op == ReduceOp::Avg ? 0.5f : 1.0f;
     constexpr unsigned int kThreads = 256;
-    const unsigned long long blocks = (items + kThreads - 1) / kThreads;
+    const unsigned long long blocks = (count + kThreads - 1) / kThreads;
     const unsigned int grid = static_cast<unsigned int>(std::max<unsigned long long>(
         1, std::min<unsigned long long>(blocks, 4ull * cuda::multiprocessor_count(device_.index))));
     const void* in = slots;
     void* result = out;
-    void* args[] = {&in, &result, &items, &scale};
-    FLAME_CUDA_CHECK(
-        cudaLaunchKernel(reinterpret_cast<const void*>(kernel), dim3(grid), dim3(kThreads), args, 0, stream_));
+    void* args[] = {&in, &result, &count, &scale};
+    return cudaLaunchKernel(reinterpret_cast<const void*>(kernel), dim3(grid), dim3(kThreads), args, 0, stream_);
   }
 
   /// Makes the staging buffer hold at least 2 * bytes (Note [copy-engine all-reduce]). Collective
@@ -457,7 +494,11 @@ class NcclCommunicator final : public Communicator {
     if (need <= staging_bytes_) return;
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
     // Earlier all-reduces on stream_ may still read the old buffer; the watchdog bounds this wait.
-    if (staging_ != nullptr) FLAME_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (staging_ != nullptr) {
+      const cudaError_t drained = cudaStreamSynchronize(stream_);
+      if (drained != cudaSuccess)
+        fail("all_reduce", what, fmt::format("waiting to grow the staging buffer: {}", cudaGetErrorString(drained)));
+    }
     release_staging();
     CallInProgress call(*this, "ncclCommWindowRegister");
     ncclResult_t status = ncclMemAlloc(&staging_, need);
@@ -474,6 +515,13 @@ class NcclCommunicator final : public Communicator {
       fail("all_reduce", what,
            fmt::format("could not allocate and register the {}-byte copy-engine staging buffer: NCCL error {}: {}",
                        need, ncclGetErrorString(status), ncclGetLastError(comm_)));
+    if (staging_window_ == nullptr) {  // NCCL without symmetric memory (e.g. NCCL_CUMEM_ENABLE=0) gives no window
+      ncclMemFree(staging_);
+      staging_ = nullptr;
+      fail("all_reduce", what,
+           "NCCL registered no symmetric window for the copy-engine staging buffer (symmetric memory is off or "
+           "unsupported here, e.g. NCCL_CUMEM_ENABLE=0); use OverlapAllReduce::Ring");
+    }
     staging_bytes_ = need;
 #else
     (void)what;

@@ -16,6 +16,10 @@
 //           (ncclAllGather on the copy engines); the update sums the two in rank order (same bytes
 //           as the ring for 2 ranks, no SMs for the transfer, no separate add kernel);
 //   gathers the same, but a separate kernel sums the two into the bucket before the update;
+//   hybNN   NN% of each gradient (its first rows) as gather (copy engines, sum kernel on the
+//           communication stream), the rest at the same time through ncclAllReduce on a second
+//           communicator (default CTA policy) and a second stream, with the CARVE carve-out: does
+//           NVLink move more when the copy engines and NCCL's kernels share the transfer?
 //   gatherf as FLAME's OverlapAllReduce::CopyEngineGather: on the communication stream, a device
 //           copy of the gradient into its rank's slot of the staging window, the all-gather in
 //           place, and a kernel writing the mean of the two slots back into the gradient.
@@ -65,6 +69,8 @@ int main(int argc, char** argv) {
   float *b1, *b2, *recv, *rg1 = nullptr, *rg2 = nullptr;
   ncclWindow_t w1 = nullptr, w2 = nullptr, wr = nullptr, wg1 = nullptr, wg2 = nullptr;
   const bool gather = mode.rfind("gather", 0) == 0;
+  const bool hybrid_split = mode.rfind("hyb", 0) == 0 && mode != "hybrid";
+  const double ce_share = hybrid_split ? atoi(mode.c_str() + 3) / 100.0 : 0.0;
   if (gather && chunks != 1) { fprintf(stderr, "gather modes take CHUNKS 1\n"); MPI_Abort(MPI_COMM_WORLD, 1); }
   if (mode == "nccl") {
     CK(cudaMalloc(&b1, n1 * 4)); CK(cudaMalloc(&b2, n2 * 4));
@@ -72,7 +78,7 @@ int main(int argc, char** argv) {
     NK(ncclMemAlloc((void**)&b1, n1 * 4)); NK(ncclCommWindowRegister(comm, b1, n1 * 4, &w1, NCCL_WIN_COLL_SYMMETRIC));
     NK(ncclMemAlloc((void**)&b2, n2 * 4)); NK(ncclCommWindowRegister(comm, b2, n2 * 4, &w2, NCCL_WIN_COLL_SYMMETRIC));
     NK(ncclMemAlloc((void**)&recv, n1 * 4)); NK(ncclCommWindowRegister(comm, recv, n1 * 4, &wr, NCCL_WIN_COLL_SYMMETRIC));
-    if (gather) {
+    if (gather || hybrid_split) {
       NK(ncclMemAlloc((void**)&rg1, 2 * n1 * 4)); NK(ncclCommWindowRegister(comm, rg1, 2 * n1 * 4, &wg1, NCCL_WIN_COLL_SYMMETRIC));
       NK(ncclMemAlloc((void**)&rg2, 2 * n2 * 4)); NK(ncclCommWindowRegister(comm, rg2, 2 * n2 * 4, &wg2, NCCL_WIN_COLL_SYMMETRIC));
       CK(cudaMemset(rg1, 0, 2 * n1 * 4)); CK(cudaMemset(rg2, 0, 2 * n2 * 4));
@@ -84,7 +90,15 @@ int main(int argc, char** argv) {
   alloc(&x1, batch * 4096); alloc(&g2, batch * 4096); alloc(&w2m, n1); alloc(&dx2, batch * 4096);
   alloc(&g1, batch * 4096); alloc(&x0, batch * 1024);
   alloc(&p1, n1); alloc(&m1, n1); alloc(&v1, n1); alloc(&p2, n2); alloc(&m2, n2); alloc(&v2, n2);
-  cudaStream_t compute, commst;
+  ncclComm_t ring_comm = nullptr;
+  if (hybrid_split) {
+    ncclConfig_t ring_config = NCCL_CONFIG_INITIALIZER;
+    ring_config.blocking = 1;
+    ring_config.CTAPolicy = NCCL_CTA_POLICY_DEFAULT;
+    NK(ncclCommSplit(comm, 0, rank, &ring_comm, &ring_config));
+  }
+  cudaStream_t compute, commst, commst2;
+  CK(cudaStreamCreateWithFlags(&commst2, cudaStreamNonBlocking));
   CK(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking));
   CK(cudaStreamCreateWithFlags(&commst, cudaStreamNonBlocking));
   cublasHandle_t blas;
@@ -109,8 +123,19 @@ int main(int argc, char** argv) {
     NK(ncclAllGather(own, slots, n, ncclFloat32, comm, commst));
     add_halves<<<sms * 4, 256, 0, commst>>>((const float4*)slots, (const float4*)(slots + n), (float4*)buf, n / 4);
   };
+  // hybNN: the first k elements by copy engines on commst, the rest by the ring on commst2 (which
+  // waits for `ready` itself); `done` is recorded on commst2.
+  auto hybrid_split_reduce = [&](float* buf, float* slots, size_t n, cudaEvent_t ready, cudaEvent_t done) {
+    size_t k = size_t(double(n) * ce_share) / 4 * 4;
+    NK(ncclAllGather(buf, slots, k, ncclFloat32, comm, commst));
+    add_halves<<<sms * 4, 256, 0, commst>>>((const float4*)slots, (const float4*)(slots + k), (float4*)buf, k / 4);
+    CK(cudaStreamWaitEvent(commst2, ready));
+    NK(ncclAllReduce(buf + k, buf + k, n - k, ncclFloat32, ncclAvg, ring_comm, commst2));
+    CK(cudaEventRecord(done, commst2));
+  };
   auto ring = [&](float* buf, size_t n) { NK(ncclAllReduce(buf, buf, n, ncclFloat32, ncclAvg, comm, commst)); };
-  cudaEvent_t t0, t1, r1, r2, d1, d2;
+  cudaEvent_t t0, t1, r1, r2, d1, d2, e1, e2;
+  for (cudaEvent_t* e : {&e1, &e2}) CK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
   for (cudaEvent_t* e : {&t0, &t1}) CK(cudaEventCreate(e));
   for (cudaEvent_t* e : {&r1, &r2, &d1, &d2}) CK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
   auto step = [&](bool comm_on) {
@@ -130,6 +155,7 @@ int main(int argc, char** argv) {
         if (mode == "nccl") ring(part, n1 / chunks);
         else if (mode.rfind("rsce", 0) == 0) rs_ce(part, n1 / chunks);
         else if (mode == "gatherf") gather_flame(part, rg1, n1);
+        else if (hybrid_split) hybrid_split_reduce(part, rg1, n1, r1, e1);
         else if (gather) NK(ncclAllGather(part, rg1, n1, ncclFloat32, comm, commst));
         else ce_allreduce(part, n1 / chunks);
         if (c == 0 && mode != "ce" && mode != "hybrid" && !gather && carve > 0) BK(cublasSetSmCountTarget(blas, sms - carve));
@@ -145,10 +171,12 @@ int main(int argc, char** argv) {
       if (mode == "ce") ce_allreduce(b2, n2);
       else if (mode == "rsce") rs_ce(b2, n2);
       else if (mode == "gatherf") gather_flame(b2, rg2, n2);
+      else if (hybrid_split) hybrid_split_reduce(b2, rg2, n2, r2, e2);
       else if (gather) NK(ncclAllGather(b2, rg2, n2, ncclFloat32, comm, commst));
       else ring(b2, n2);
       CK(cudaEventRecord(d2, commst));
       CK(cudaStreamWaitEvent(compute, d1));
+      if (hybrid_split) CK(cudaStreamWaitEvent(compute, e1));
       BK(cublasSetSmCountTarget(blas, 0));
     }
     auto update = [&](float* p, float* b, float* rg, float* m, float* v, size_t n) {
@@ -163,6 +191,7 @@ int main(int argc, char** argv) {
     };
     update(p1, b1, rg1, m1, v1, n1);
     if (comm_on) CK(cudaStreamWaitEvent(compute, d2));
+    if (comm_on && hybrid_split) CK(cudaStreamWaitEvent(compute, e2));
     update(p2, b2, rg2, m2, v2, n2);
     CK(cudaEventRecord(t1, compute));
     CK(cudaDeviceSynchronize());
@@ -179,6 +208,7 @@ int main(int argc, char** argv) {
     printf("{\"batch\": %d, \"chunks\": %d, \"mode\": \"%s\", \"carve\": %d, \"add_blocks\": %d, \"local_ms\": %.4f, \"dist_ms\": %.4f, \"overhead_ms\": %.4f}\n",
            batch, chunks, mode.c_str(), carve, add_blocks, median(local), median(dist), median(dist) - median(local));
   for (ncclWindow_t w : {w1, w2, wr, wg1, wg2}) if (w) NK(ncclCommWindowDeregister(comm, w));
+  if (ring_comm) NK(ncclCommDestroy(ring_comm));
   NK(ncclCommDestroy(comm));
   MPI_Finalize();
   return 0;

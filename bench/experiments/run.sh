@@ -24,11 +24,19 @@ echo "== all-reduce beside the GEMMs: MODE MIB CARVE [MAXCTAS] [ADDBLOCKS]"
   on2 "$bin/allreduce_beside_gemm" $args
 done
 echo "== the DDP step's tail: MODE CARVE [ADDBLOCKS] [CHUNKS] [BATCH]"
-for args in "nccl 0" "nccl 32" "ce 0 264" "hybrid 0 264" "nccl 32 0 2" "nccl 32 0 4" "rsce 32" "rsce1 32" \
+# TAIL_CASES="nccl 32;hyb50 16" runs only those cases (separated by ';').
+if [ -n "${TAIL_CASES:-}" ]; then
+  IFS=';' read -r -a tail_cases <<<"$TAIL_CASES"
+  for args in "${tail_cases[@]}"; do
+    # shellcheck disable=SC2086
+    on2 "$bin/ddp_tail_emulation" $args
+  done
+else for args in "nccl 0" "nccl 32" "ce 0 264" "hybrid 0 264" "nccl 32 0 2" "nccl 32 0 4" "rsce 32" "rsce1 32" \
             "gather 0" "gathers 0" "gatherf 0" "nccl 32 0 1 1024" "gather 0 0 1 1024" "gathers 0 0 1 1024" \
-            "gatherf 0 0 1 1024"; do
+            "gatherf 0 0 1 1024" "hyb50 32" "hyb50 16" "hyb35 16" "hyb65 16" "hyb50 8"; do
   # shellcheck disable=SC2086
   on2 "$bin/ddp_tail_emulation" $args
 done
+fi
 echo "== GEMMs under an SM target, alone"
 [ "$which" = tail ] || "$bin/gemm_sm_target_sweep"
