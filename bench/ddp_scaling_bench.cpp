@@ -60,7 +60,7 @@
 // Rank 0 prints
 //   {"bench": "ddp_step", "impl": "flame", "model": "cnn"|"mlp", "world": W,
 //    "nccl_calls": "nonblocking"|"blocking", "step": "bucket"|"after-sync", "dtype": "f32",
-//    "reduce": "f32"|"bf16", "size": "b<batch>", ["all_reduce": "copy_engine",] "value": <ms>,
+//    "reduce": "f32"|"bf16", "size": "b<batch>", ["all_reduce": "copy_engine" (W=2),] "value": <ms>,
 //    "unit": "ms/step", "device": ...}
 //   {"bench": "ddp_overlap", "impl": "flame", "model": "mlp", "world": W, "nccl_calls": ...,
 //    "dtype": "f32", "size": "b256", "step_ms": ..., "step_no_comm_ms": ..., "comm_ms": ...,
@@ -205,8 +205,9 @@ void emit_line(const std::string& bench_name, const Case& c, int world, const st
       "\"unit\": \"{}\", \"device\": \"{}\"}}\n",
       bench_name, model_name(c.model), world, calls_name(c.calls), c.bucket_step ? "bucket" : "after-sync",
       c.reduce_dtype ? dtype_name(*c.reduce_dtype) : "f32", c.batch,
-      c.options.overlap_all_reduce == dist::OverlapAllReduce::CopyEngineGather ? "\"all_reduce\": \"copy_engine\", "
-                                                                               : "",
+      c.options.overlap_all_reduce == dist::OverlapAllReduce::CopyEngineGather && world == 2  // W=1: nothing to move
+          ? "\"all_reduce\": \"copy_engine\", "
+          : "",
       extra, value, unit, device);
   std::fflush(stdout);
 }
