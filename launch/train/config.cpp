@@ -102,7 +102,8 @@ struct FloatRange {
 
 constexpr FloatRange kPositive{0.0, Bound::Open};
 constexpr FloatRange kNonNegative{0.0, Bound::Closed};
-constexpr FloatRange kUnitInterval{0.0, Bound::Closed, 1.0, Bound::Open};  // [0, 1)
+constexpr FloatRange kUnitInterval{0.0, Bound::Closed, 1.0, Bound::Open};         // [0, 1)
+constexpr FloatRange kBucketMiB{0.001, Bound::Closed, 1048576.0, Bound::Closed};  // about 1 KB .. 1 TiB
 
 // What a string key accepts.
 enum class TextRule {
@@ -184,8 +185,9 @@ void visit_keys(Visitor& v, C& c) {
   v.key("tensorboard", c.log.tensorboard);
   v.key("progress", c.log.progress);
   v.section("ddp");
-  v.key("first_bucket_mb", c.ddp.first_bucket_mb, kPositive);
-  v.key("bucket_cap_mb", c.ddp.bucket_cap_mb, kPositive);
+  // From about 1 KB to 1 TiB: a much smaller cap rounds to no bytes, a much larger one overflows the byte count.
+  v.key("first_bucket_mb", c.ddp.first_bucket_mb, kBucketMiB);
+  v.key("bucket_cap_mb", c.ddp.bucket_cap_mb, kBucketMiB);
   v.key("check_every", c.ddp.check_every, IntRange{0});
   // At least a millisecond (the communicators count whole milliseconds), at most about 31 years.
   v.key("timeout_s", c.ddp.timeout_s, FloatRange{0.001, Bound::Closed, 1e9, Bound::Closed});

@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -50,7 +51,24 @@ using Clock = std::chrono::steady_clock;
 // Note [stop requests]: the signal number that asked to stop (0: none).
 volatile std::sig_atomic_t g_stop_signal = 0;
 
-extern "C" void on_stop_signal(int signal_number) { g_stop_signal = signal_number; }
+extern "C" void on_stop_signal(int signal_number) {
+  g_stop_signal = combined_stop_signal(g_stop_signal, signal_number);
+}
+
+/// "a/b/" -> "a/b" (a path naming a directory with a trailing separator has an empty filename).
+fs::path without_trailing_separator(fs::path path) {
+  while (!path.empty() && !path.has_filename() && path.has_parent_path() && path.parent_path() != path)
+    path = path.parent_path();
+  return path;
+}
+
+/// True when `inner` is `outer` or lies inside it (component-wise, after resolving what exists).
+bool is_within(const fs::path& inner, const fs::path& outer) {
+  std::error_code error;
+  const fs::path a = without_trailing_separator(fs::weakly_canonical(inner, error).lexically_normal());
+  const fs::path b = without_trailing_separator(fs::weakly_canonical(outer, error).lexically_normal());
+  return std::mismatch(b.begin(), b.end(), a.begin(), a.end()).first == b.end();
+}
 
 /// Installs the SIGTERM / SIGUSR1 handlers for the lifetime of a train() call.
 class StopSignalHandlers {
@@ -318,6 +336,11 @@ class Trainer {
 };
 
 void Trainer::set_up() {
+  // A run from scratch moves checkpoint.dir aside, so it must not hold the run's own logs.
+  FLAME_CHECK(!is_within(log_dir_, config_.checkpoint.dir),
+              "checkpoint.dir '{}' must not be log.dir '{}' or contain it: a run from scratch moves the earlier "
+              "run's checkpoint.dir aside, logs included",
+              config_.checkpoint.dir, log_dir_.string());
   device_ = choose_device(config_.train.device, group_);
   const dist::CommunicatorOptions comm_options{
       std::chrono::milliseconds(static_cast<int64_t>(config_.ddp.timeout_s * 1000.0))};
@@ -335,6 +358,11 @@ void Trainer::set_up() {
     }
   }
   if (config_.ddp.all_reduce == AllReduceChoice::CopyEngine) {
+    if (config_.ddp.reduce_dtype != ReduceDtype::Param)
+      log_->warn(
+          "ddp.all_reduce = \"copy_engine\" moves f32 buckets only; with ddp.reduce_dtype = \"{}\" every "
+          "bucket goes through the ring",
+          to_string(config_.ddp.reduce_dtype));
     FLAME_CHECK(!device_.is_cuda() || group_.world_size <= 2,
                 "ddp.all_reduce = \"copy_engine\" is for 2 GPU ranks (an all-gather moves W/2 times the bytes of "
                 "a ring all-reduce), this job has {}; use \"ring\"",
@@ -433,7 +461,8 @@ void Trainer::resume_if_asked() {
 
 void Trainer::set_aside_earlier_run() {
   const std::string stamp = fmt::format("{:%Y%m%dT%H%M%SZ}", fmt::gmtime(std::time(nullptr)));
-  const fs::path checkpoints = store_->root(), metrics = log_dir_ / "metrics.jsonl";
+  const fs::path checkpoints = without_trailing_separator(store_->root());  // "ckpt/": move "ckpt"
+  const fs::path metrics = log_dir_ / "metrics.jsonl";
   const std::pair<fs::path, fs::path> moves[] = {
       {checkpoints, fs::path(checkpoints.string() + ".earlier-" + stamp)},
       {metrics, log_dir_ / fmt::format("metrics.earlier-{}.jsonl", stamp)},
@@ -628,7 +657,8 @@ void Trainer::write_summary(const RunResult& result) const {
   {
     std::ofstream out(temporary);
     out << summary.dump(2) << "\n";
-    FLAME_CHECK(out.good(), "cannot write '{}'", temporary.string());
+    out.close();  // a full disk may surface only when the buffer is written out
+    FLAME_CHECK(!out.fail(), "cannot write '{}'", temporary.string());
   }
   fs::rename(temporary, path);
 }
@@ -755,6 +785,8 @@ RunResult train(const Config& config, const RunOptions& options) {
   return trainer.run();
 }
 
-void request_stop(int signal_number) { g_stop_signal = signal_number == 0 ? SIGTERM : signal_number; }
+void request_stop(int signal_number) {
+  g_stop_signal = combined_stop_signal(g_stop_signal, signal_number == 0 ? SIGTERM : signal_number);
+}
 
 }  // namespace flame::train

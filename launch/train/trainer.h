@@ -43,6 +43,7 @@
 // SIGTERM (scancel, or the time limit itself) does not requeue.
 #pragma once
 
+#include <csignal>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -59,7 +60,7 @@ constexpr int kExitUsage = 2;
 constexpr int kExitStopped = 85;
 
 enum class ResumeMode {
-  None,  // start from scratch (existing checkpoints are kept; new ones are added beside them)
+  None,  // start from scratch (an earlier run's checkpoints and metrics are moved aside first)
   Auto,  // continue from the newest complete checkpoint in checkpoint.dir, if there is one
 };
 
@@ -91,5 +92,10 @@ RunResult train(const Config& config, const RunOptions& options = {});
 
 /// Asks a running train() to stop after its current step, as SIGTERM does (async-signal-safe).
 void request_stop(int signal_number);
+
+/// The stop signal that stands after `earlier` (0: none yet) and then `later` arrived: SIGUSR1
+/// (Slurm's warning before the time limit: save and requeue) wins over any other, so the time
+/// limit's SIGTERM right after it still requeues the job; otherwise the later one. Async-signal-safe.
+constexpr int combined_stop_signal(int earlier, int later) { return earlier == SIGUSR1 ? SIGUSR1 : later; }
 
 }  // namespace flame::train

@@ -230,7 +230,7 @@ TEST(Config, RoundTripExactFloatsAndEscapedStrings) {
   c.optimizer.lr = 0.1 + 0.2;  // 0.30000000000000004
   c.optimizer.eps = 1e-300;
   c.optimizer.beta2 = 1.0 - 1e-16;
-  c.ddp.bucket_cap_mb = 1e300;
+  c.ddp.bucket_cap_mb = 1048575.75;
   c.ddp.timeout_s = 25.0;  // written "25.0", a TOML float
   c.ddp.reduce_dtype = ReduceDtype::BF16;
   c.train.seed = static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
@@ -374,8 +374,10 @@ TEST(ConfigErrors, OutOfRange) {
       {"checkpoint.keep_last", "0", "an integer >= 1"},
       {"log.dir", "\"\"", "a non-empty string"},
       {"log.every_steps", "0", "an integer >= 1"},
-      {"ddp.first_bucket_mb", "0", "a finite number > 0"},
-      {"ddp.bucket_cap_mb", "-25", "a finite number > 0"},
+      {"ddp.first_bucket_mb", "0", "a finite number in [0.001, 1048576]"},
+      {"ddp.bucket_cap_mb", "-25", "a finite number in [0.001, 1048576]"},
+      {"ddp.bucket_cap_mb", "1e-7", "a finite number in [0.001, 1048576]"},
+      {"ddp.first_bucket_mb", "1e300", "a finite number in [0.001, 1048576]"},
       {"ddp.check_every", "-1", "an integer >= 0"},
       {"ddp.timeout_s", "0", "a finite number in [0.001, 1000000000]"},
       {"ddp.timeout_s", "0.0001", "a finite number in [0.001, 1000000000]"},

@@ -601,7 +601,53 @@ TEST(Trainer, AFreshRunMovesTheEarlierRunAside) {
   expect_each_step_logged_once(dir.file("run/metrics.jsonl"), 12);
 }
 
+// checkpoint.dir written with a trailing separator: the directory itself is moved aside (not into
+// itself), so a second run from scratch starts.
+TEST(Trainer, AFreshRunMovesACheckpointDirWithATrailingSlashAside) {
+  TempDir dir;
+  write_quadrant_images(dir.file("train"), 64, 11);
+  const Config config = make_config(dir, {"train.steps=5", fmt::format("checkpoint.dir=\"{}/\"", dir.file("ckpt"))});
+  train(config);
+  const RunResult again = train(config);
+  EXPECT_EQ(again.steps, 5);
+  EXPECT_EQ(checkpoint_names(dir.file("ckpt")), std::vector<std::string>{checkpoint_dir_name(5)});
+  EXPECT_EQ(files_containing(dir.path(), "ckpt.earlier-").size(), 1u);
+}
+
+// checkpoint.dir holding log.dir would move the run's own logs aside: refused before training.
+TEST(Trainer, CheckpointDirHoldingTheLogsIsRefused) {
+  TempDir dir;
+  write_quadrant_images(dir.file("train"), 64, 12);
+  for (const std::string& checkpoints : {dir.file("run"), dir.file("run") + "/", dir.path()}) {
+    SCOPED_TRACE(checkpoints);
+    const Config config = make_config(dir, {"train.steps=2", fmt::format("checkpoint.dir=\"{}\"", checkpoints)});
+    EXPECT_TRUE(test::raises_error([&] { train(config); }, {"checkpoint.dir", "must not be log.dir", "contain it"}));
+  }
+}
+
 // --- stop by a real signal -----------------------------------------------------------------------------
+
+/// Runs `config` (far more steps than can run) and sends this process `signals`, in order, once a
+/// few steps are logged; returns the result.
+RunResult train_until_signalled(const Config& config, const std::string& metrics, std::vector<int> signals) {
+  std::atomic<bool> done{false};
+  std::thread sender([&] {
+    // Signal once a few steps are logged (or after 20 s, so that a hang shows as a failure).
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (!done && std::chrono::steady_clock::now() < deadline) {
+      std::ifstream in(metrics);  // lines, not JSON: the last one may be half written
+      if (std::count(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>(), '\n') >= 3) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    for (int signal_number : signals)
+      if (!done) kill(getpid(), signal_number);
+  });
+  RunResult result;
+  test::guarded([&] { result = train(config); });
+  done = true;
+  sender.join();
+  return result;
+}
 
 TEST(Trainer, SigtermStopsAfterTheStepWithACheckpoint) {
   TempDir dir;
@@ -612,21 +658,7 @@ TEST(Trainer, SigtermStopsAfterTheStepWithACheckpoint) {
 
   struct sigaction before {};
   sigaction(SIGTERM, nullptr, &before);
-  std::atomic<bool> done{false};
-  std::thread sender([&] {
-    // Signal once a few steps are logged (or after 20 s, so that a hang shows as a failure).
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-    while (!done && std::chrono::steady_clock::now() < deadline) {
-      std::ifstream in(metrics);  // lines, not JSON: the last one may be half written
-      if (std::count(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>(), '\n') >= 3) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    if (!done) kill(getpid(), SIGTERM);
-  });
-  RunResult result;
-  test::guarded([&] { result = train(config); });
-  done = true;
-  sender.join();
+  const RunResult result = train_until_signalled(config, metrics, {SIGTERM});
 
   EXPECT_TRUE(result.stopped);
   EXPECT_GE(result.steps, 3);
@@ -642,6 +674,16 @@ TEST(Trainer, SigtermStopsAfterTheStepWithACheckpoint) {
   struct sigaction after {};
   sigaction(SIGTERM, nullptr, &after);
   EXPECT_EQ(after.sa_handler, before.sa_handler);
+}
+
+// Slurm's SIGUSR1 (save and requeue) and the time limit's SIGTERM reaching a rank before the next
+// stop agreement: SIGUSR1 stands, in either order, so the job is still requeued.
+TEST(Trainer, Sigusr1StandsOverALaterOrEarlierSigterm) {
+  EXPECT_EQ(combined_stop_signal(0, SIGTERM), SIGTERM);
+  EXPECT_EQ(combined_stop_signal(0, SIGUSR1), SIGUSR1);
+  EXPECT_EQ(combined_stop_signal(SIGUSR1, SIGTERM), SIGUSR1);
+  EXPECT_EQ(combined_stop_signal(SIGTERM, SIGUSR1), SIGUSR1);
+  EXPECT_EQ(combined_stop_signal(SIGTERM, SIGTERM), SIGTERM);
 }
 
 // --- learning ---------------------------------------------------------------------------------------
@@ -748,17 +790,21 @@ TEST(TrainerErrors, ResumeWithAnotherDataOrderOrModel) {
   ASSERT_TRUE(first.stopped);
   RunOptions resume;
   resume.resume = ResumeMode::Auto;
-  for (const auto& [key, value] : std::vector<std::pair<std::string, std::string>>{
-           {"train.batch_size", "4"}, {"train.seed", "99"}, {"data.shuffle", "false"}, {"model.name", "\"cnn\""},
-           {"optimizer.name", "\"sgd\""}, {"train.grad_accum", "2"},
-           {"data.train", fmt::format("\"{}\"", dir.file("train2"))}}) {
+  for (const auto& [key, value] :
+       std::vector<std::pair<std::string, std::string>>{{"train.batch_size", "4"},
+                                                        {"train.seed", "99"},
+                                                        {"data.shuffle", "false"},
+                                                        {"model.name", "\"cnn\""},
+                                                        {"optimizer.name", "\"sgd\""},
+                                                        {"train.grad_accum", "2"},
+                                                        {"data.train", fmt::format("\"{}\"", dir.file("train2"))}}) {
     SCOPED_TRACE(key + " = " + value);
     const Config changed = make_config(dir, {"train.steps=10", key + "=" + value});
     EXPECT_TRUE(raises_error([&] { train(changed, resume); }, {first.last_checkpoint, key, "same model, data order"}));
   }
   // The same data directory spelled another way, and another learning rate: allowed.
-  const Config other_lr = make_config(
-      dir, {"train.steps=10", "optimizer.lr=5e-4", fmt::format("data.train=\"{}/./train\"", dir.path())});
+  const Config other_lr =
+      make_config(dir, {"train.steps=10", "optimizer.lr=5e-4", fmt::format("data.train=\"{}/./train\"", dir.path())});
   const RunResult resumed = train(other_lr, resume);
   EXPECT_EQ(resumed.resumed_from_step, 4);
   EXPECT_EQ(resumed.steps, 10);
