@@ -201,6 +201,7 @@ void Reducer::finish_round(ComputeWaits waits) {
   std::vector<int32_t> used;  // [P], UnusedParameters::Ignore only: 1 where this rank produced a gradient
   if (unused_ == UnusedParameters::Ignore)
     for (size_t k = 0; k < params_.size(); ++k) used.push_back(param_ready_[k] ? 1 : 0);
+  if (ready_params_ == 0) empty_round_since_check_ = true;  // no hook fired since the last reduction
   for (size_t k = 0; k < params_.size(); ++k) {
     if (param_ready_[k]) continue;
     adopt_grad(k);
@@ -236,19 +237,30 @@ void Reducer::finish_round(ComputeWaits waits) {
 }
 
 void Reducer::check_unused(const std::string& when) {
-  if (unused_ != UnusedParameters::Error) return;
+  // Under either policy: a collective here would not match the other ranks' bucket all-reduces.
   FLAME_CHECK(!round_in_progress(),
               "DistributedDataParallel: the unused-parameter check while a backward's reduction is unfinished; call "
               "synchronize_gradients() first");
+  if (unused_ != UnusedParameters::Error) return;
   const Device device = params_.front().second.device();
-  Tensor flags =
-      from_vector(unused_since_check_, {static_cast<int64_t>(params_.size())}, TensorOptions(DType::I32, device));
+  // [P + 1]: per parameter, 1 when this rank left it unused; last, 1 when a reduction found no
+  // gradient from any backward on this rank.
+  std::vector<int32_t> local = unused_since_check_;
+  local.push_back(empty_round_since_check_ ? 1 : 0);
+  Tensor flags = from_vector(local, {static_cast<int64_t>(local.size())}, TensorOptions(DType::I32, device));
   communicator_.all_reduce(flags, ReduceOp::Sum, "DDP unused-parameter check");
   communicator_.synchronize();
   const std::vector<int32_t> ranks_without = flags.to_vector<int32_t>();  // [P]: ranks that left it unused
   const std::vector<int32_t> mine = unused_since_check_;
   std::fill(unused_since_check_.begin(), unused_since_check_.end(), 0);
+  empty_round_since_check_ = false;
   const int world = communicator_.group().world_size;
+  FLAME_CHECK(ranks_without.back() < world,
+              "DistributedDataParallel: a reduction {} found no gradient from any backward on any rank: "
+              "synchronize_gradients() or step() was called twice for one backward (step() synchronizes by itself), "
+              "or every backward since the last reduction ran inside no_sync() (run the last micro-step's backward "
+              "outside it)",
+              when);
   for (size_t k = 0; k < params_.size(); ++k) {
     FLAME_CHECK(ranks_without[k] == 0,
                 "DistributedDataParallel: parameter '{}' received no gradient on {} of {} ranks{} {}. Likely causes: "

@@ -188,6 +188,7 @@ class Reducer : public std::enable_shared_from_this<Reducer> {
   std::vector<bool> param_ready_;            // per parameter, this round
   std::vector<int32_t> unused_since_check_;  // per parameter: 1 when this rank left it without a gradient
   int64_t rounds_ = 0;                       // finish() calls so far
+  bool empty_round_since_check_ = false;     // a finish() since the last check found no hook fired
   size_t ready_params_ = 0;
   size_t next_launch_ = 0;
   bool gradients_invalid_ = false;           // a parameter got a gradient twice; cleared by zero_grads()

@@ -33,8 +33,11 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<nn::Module> mod
   // Frozen parameters (requires_grad false) are broadcast and checked like the others but get no
   // bucket: they have no gradient to reduce.
   nn::NamedTensors trained;
-  for (const auto& entry : params)
+  for (const auto& entry : params) {
     if (entry.second.requires_grad()) trained.push_back(entry);
+    trained_.push_back(entry.second.requires_grad());
+  }
+  params_ = params;
   FLAME_CHECK(!trained.empty() || params.empty(),
               "DistributedDataParallel: every parameter of the module is frozen (requires_grad false); there are "
               "no gradients to synchronise");
@@ -53,7 +56,19 @@ Tensor DistributedDataParallel::forward(const Tensor& input) {
   return module_->forward(input);
 }
 
+void DistributedDataParallel::check_trained_set_unchanged() const {
+  for (size_t k = 0; k < params_.size(); ++k) {
+    const bool now = params_[k].second.requires_grad();
+    FLAME_CHECK(now == trained_[k],
+                "DistributedDataParallel: parameter '{}' was {} after DDP was constructed (requires_grad is now {}). "
+                "DDP reduces the gradients of the parameters that required grad at construction only; construct a new "
+                "DistributedDataParallel after changing which parameters train",
+                params_[k].first, now ? "unfrozen" : "frozen", now);
+  }
+}
+
 void DistributedDataParallel::synchronize_gradients() {
+  check_trained_set_unchanged();
   if (reducer_->grad_sync() == GradSync::AccumulateLocally) return;
   reducer_->finish();
 }
@@ -63,6 +78,7 @@ void DistributedDataParallel::step(optim::Optimizer& optimizer) {
               "DistributedDataParallel: step() inside no_sync(): the gradients are not reduced, so the replicas would "
               "drift apart. End the no_sync() block before the last micro-step's backward, or call optimizer.step() "
               "only after a reducing backward");
+  check_trained_set_unchanged();
   reducer_->finish(Reducer::ComputeWaits::PerBucket);
   try {
     optimizer.step_in_groups(bucket_params_, [&](size_t g) {

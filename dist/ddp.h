@@ -130,6 +130,11 @@ class DistributedDataParallel {
   DdpOptions options_;
   std::shared_ptr<Reducer> reducer_;
   std::vector<std::vector<Tensor>> bucket_params_;  // per bucket, its parameters (step()'s groups)
+  nn::NamedTensors params_;                         // the module's parameters at construction
+  std::vector<bool> trained_;                       // per params_: requires_grad at construction
+  /// Raises when a parameter's requires_grad changed since construction: its gradient would not be
+  /// reduced (unfrozen) or it would be updated as unused (frozen).
+  void check_trained_set_unchanged() const;
   int64_t steps_ = 0;
 };
 

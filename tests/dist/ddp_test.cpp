@@ -219,6 +219,33 @@ TEST(Ddp, FrozenParametersAreBroadcastButNotReduced) {
   ddp.check_parameters_in_sync("with a frozen first layer");
 }
 
+// Freezing or unfreezing a parameter after DDP was built would leave it unreduced or update it as
+// unused: the next synchronization raises on every rank, naming it.
+TEST(Ddp, ChangingWhichParametersTrainAfterConstructionRaises) {
+  for (const bool unfreeze : {true, false}) {
+    SCOPED_TRACE(unfreeze ? "unfreeze" : "freeze");
+    auto model = make_mlp(265);
+    if (unfreeze) freeze_first_layer(*model);
+    DistributedDataParallel ddp(model, comm(), small_buckets());
+    Tensor first = model->named_parameters()[0].second;
+    first.requires_grad_(unfreeze);
+    const Batch batch = global_batch(4, 36);
+    ddp.zero_grad();
+    nn::mse_loss(ddp.forward(batch.x), batch.y).backward();
+    optim::AdamW opt(model->parameters(), {.lr = 1e-2});
+    for (const bool through_step : {false, true}) {
+      const std::string message = error_of([&] { through_step ? ddp.step(opt) : ddp.synchronize_gradients(); });
+      EXPECT_NE(message.find("'0.weight'"), std::string::npos) << message;
+      EXPECT_NE(message.find(unfreeze ? "was unfrozen" : "was frozen"), std::string::npos) << message;
+      EXPECT_NE(message.find("construct a new DistributedDataParallel"), std::string::npos) << message;
+    }
+    first.requires_grad_(!unfreeze);  // back as at construction
+    // Unfrozen and back: every trained parameter's hook fired, so the round finishes. (Frozen and
+    // back: that parameter got no gradient in this backward, which the unused check reports.)
+    if (unfreeze) EXPECT_NO_THROW(ddp.synchronize_gradients());
+  }
+}
+
 // Ranks that disagree on which parameters are frozen would bucket differently: an error at
 // construction, naming the parameter.
 TEST(Ddp, RanksMustAgreeOnFrozenParameters) {
@@ -395,8 +422,7 @@ TEST(Ddp, DesyncCheckWithATolerancePassesNoInfinity) {
   EXPECT_NE(error_of([&] { check_in_sync(inf_vs_finite, comm(), "inf vs finite", 1e-6); }).find("'w'"),
             std::string::npos);
   const nn::NamedTensors opposite{{"w", full({3}, last ? -INFINITY : INFINITY)}};
-  EXPECT_NE(error_of([&] { check_in_sync(opposite, comm(), "+inf vs -inf", 1e-6); }).find("'w'"),
-            std::string::npos);
+  EXPECT_NE(error_of([&] { check_in_sync(opposite, comm(), "+inf vs -inf", 1e-6); }).find("'w'"), std::string::npos);
   const nn::NamedTensors within{{"w", full({3}, last ? 2.0 * (1 + 1e-9) : 2.0)}};
   EXPECT_NO_THROW(check_in_sync(within, comm(), "within the tolerance", 1e-6));
 }
@@ -691,6 +717,46 @@ TEST(Ddp, BucketsReadyOutOfOrderAreLaunchedInIndexOrder) {
   EXPECT_EQ(ddp.reducer().last_round_launches(), (std::vector<size_t>{0, 1, 2, 3}));
   nn::mse_loss(reference->forward(batch.x), batch.y).backward();
   expect_same_grads(*model, *reference, 2e-6, "out-of-order buckets");
+}
+
+// A reduction that no backward fed (synchronize_gradients() twice, or every backward inside
+// no_sync()) names that cause, not some parameter, at the check.
+TEST(Ddp, AReductionWithNoBackwardNamesTheCause) {
+  for (const bool in_no_sync : {false, true}) {
+    SCOPED_TRACE(in_no_sync ? "every backward inside no_sync()" : "synchronize_gradients() twice");
+    auto model = make_mlp(810);
+    DistributedDataParallel ddp(model, comm(), small_buckets());
+    const Batch batch = global_batch(4, 82);
+    if (in_no_sync) {
+      auto guard = ddp.no_sync();
+      nn::mse_loss(ddp.forward(batch.x), batch.y).backward();
+    } else {
+      nn::mse_loss(ddp.forward(batch.x), batch.y).backward();
+      ddp.synchronize_gradients();  // the first round, checked: every parameter was used
+    }
+    const std::string message = error_of([&] {
+      ddp.synchronize_gradients();
+      ddp.check_parameters_in_sync("now");
+    });
+    EXPECT_NE(message.find("found no gradient from any backward"), std::string::npos) << message;
+    EXPECT_NE(message.find("no_sync()"), std::string::npos) << message;
+    EXPECT_NE(message.find("called twice"), std::string::npos) << message;
+  }
+}
+
+// Under UnusedParameters::Ignore too, the parameter check between backward and synchronization is
+// refused (its collective would not match the other ranks' bucket all-reduces).
+TEST(Ddp, CheckMidRoundRaisesUnderIgnorePolicy) {
+  auto model = make_mlp(820);
+  DdpOptions options = small_buckets();
+  options.unused_parameters = UnusedParameters::Ignore;
+  DistributedDataParallel ddp(model, comm(), options);
+  const Batch batch = global_batch(4, 83);
+  nn::mse_loss(ddp.forward(batch.x), batch.y).backward();
+  const std::string message = error_of([&] { ddp.check_parameters_in_sync("mid-round"); });
+  EXPECT_NE(message.find("synchronize_gradients() first"), std::string::npos) << message;
+  ddp.synchronize_gradients();
+  EXPECT_NO_THROW(ddp.check_parameters_in_sync("after the round"));
 }
 
 TEST(Ddp, ForwardBeforeSynchronizeRaises) {
