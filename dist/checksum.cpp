@@ -115,10 +115,14 @@ void verify_same_signatures(const nn::NamedTensors& tensors, Communicator& commu
 
 namespace {
 
+constexpr int64_t kPeriod = 1021;  // of the position weights: a prime, so no layout stride lines up with it
+/// Values converted to f64 at a time: a multiple of kPeriod (each chunk starts at weight 1), and
+/// small enough that the f64 copies and products stay near 400 MB whatever the parameter's size.
+constexpr int64_t kChunk = kPeriod * 16384;
+
 /// sum_i w_i x_i over the flat f64 `x`, with w_i = (i mod 1021) + 1: unlike the plain sums it changes
 /// when values move within the tensor (two entries swapped), unless they move by a multiple of 1021.
 Tensor position_weighted_sum(const Tensor& x) {
-  constexpr int64_t kPeriod = 1021;  // a prime, so no layout stride lines up with it
   const Tensor flat = x.reshape({-1});
   const int64_t n = flat.numel(), rows = n / kPeriod, tail = n % kPeriod;
   const Tensor weights = arange(1.0, static_cast<double>(kPeriod + 1), 1.0, TensorOptions(DType::F64, x.device()));
@@ -135,8 +139,14 @@ Tensor parameter_checksums(const nn::NamedTensors& tensors) {
   autograd::NoGradGuard no_grad;
   std::vector<Tensor> rows;
   for (const auto& [name, t] : tensors) {
-    const Tensor x = t.detach().to(DType::F64);
-    rows.push_back(stack({sum(x), sum(x * x), position_weighted_sum(x)}));
+    const Tensor flat = t.detach().reshape({-1});
+    const int64_t n = flat.numel();
+    Tensor total = zeros({3}, TensorOptions(DType::F64, t.device()));
+    for (int64_t start = 0; start < n; start += kChunk) {  // chunk by chunk: bounded f64 temporaries
+      const Tensor x = flat.narrow(0, start, std::min(kChunk, n - start)).to(DType::F64);
+      total = add(total, stack({sum(x), sum(x * x), position_weighted_sum(x)}));
+    }
+    rows.push_back(total);
   }
   return stack(rows);  // [P, 3]
 }

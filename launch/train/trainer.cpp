@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -460,14 +461,21 @@ void Trainer::resume_if_asked() {
 }
 
 void Trainer::set_aside_earlier_run() {
-  const std::string stamp = fmt::format("{:%Y%m%dT%H%M%SZ}", fmt::gmtime(std::time(nullptr)));
   const fs::path checkpoints = without_trailing_separator(store_->root());  // "ckpt/": move "ckpt"
   const fs::path metrics = log_dir_ / "metrics.jsonl";
-  const std::pair<fs::path, fs::path> moves[] = {
-      {checkpoints, fs::path(checkpoints.string() + ".earlier-" + stamp)},
-      {metrics, log_dir_ / fmt::format("metrics.earlier-{}.jsonl", stamp)},
+  const auto moves_for = [&](const std::string& stamp) {
+    return std::array<std::pair<fs::path, fs::path>, 2>{{
+        {checkpoints, fs::path(checkpoints.string() + ".earlier-" + stamp)},
+        {metrics, log_dir_ / fmt::format("metrics.earlier-{}.jsonl", stamp)},
+    }};
   };
-  for (const auto& [from, to] : moves) {
+  // Seconds resolution: a run set aside in the same second gets "-2", "-3", ... rather than being
+  // overwritten.
+  const std::string second = fmt::format("{:%Y%m%dT%H%M%SZ}", fmt::gmtime(std::time(nullptr)));
+  std::string stamp = second;
+  for (int n = 2; fs::exists(moves_for(stamp)[0].second) || fs::exists(moves_for(stamp)[1].second); ++n)
+    stamp = fmt::format("{}-{}", second, n);
+  for (const auto& [from, to] : moves_for(stamp)) {
     std::error_code error;
     const bool present = fs::is_directory(from, error) ? !fs::is_empty(from, error) : fs::exists(from, error);
     if (!present) continue;

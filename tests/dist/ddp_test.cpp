@@ -446,6 +446,28 @@ TEST(Ddp, DesyncCheckCatchesValuesSwappedWithinATensor) {
   EXPECT_NE(message.find("position-weighted sum"), std::string::npos) << message;
 }
 
+// The checksum converts a large parameter to f64 chunk by chunk: the three sums over a tensor longer
+// than one chunk equal the host's, exactly (small integers: every partial sum is exact in f64).
+TEST(Ddp, ChecksumOfATensorLongerThanAChunkIsExact) {
+  if (rank() != 0) GTEST_SKIP() << "not collective: rank 0 is enough";
+  const int64_t n = int64_t{1021} * 16384 + 1030;  // one chunk and a bit
+  std::vector<float> values(static_cast<size_t>(n));
+  double sum = 0, squares = 0, weighted = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = static_cast<float>(i % 7 - 3);
+    values[static_cast<size_t>(i)] = v;
+    sum += v;
+    squares += double{v} * v;
+    weighted += static_cast<double>(i % 1021 + 1) * v;
+  }
+  const Tensor t = from_vector(values, {n});
+  const std::vector<double> got = parameter_checksums({{"big", t}}).to_vector<double>();
+  ASSERT_EQ(got.size(), 3u);
+  EXPECT_EQ(got[0], sum);
+  EXPECT_EQ(got[1], squares);
+  EXPECT_EQ(got[2], weighted);
+}
+
 TEST(Ddp, SetStepsKeepsTheCheckCadenceOfAResumedRun) {
   auto model = make_mlp(410);
   DdpOptions options;

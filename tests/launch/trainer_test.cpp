@@ -601,6 +601,17 @@ TEST(Trainer, AFreshRunMovesTheEarlierRunAside) {
   expect_each_step_logged_once(dir.file("run/metrics.jsonl"), 12);
 }
 
+// Runs from scratch in quick succession (within one second): each earlier run is set aside under its
+// own name, none overwritten.
+TEST(Trainer, FreshRunsInOneSecondKeepEveryEarlierRun) {
+  TempDir dir;
+  write_quadrant_images(dir.file("train"), 64, 14);
+  const Config config = make_config(dir, {"train.steps=2"});
+  for (int run = 0; run < 3; ++run) train(config);
+  EXPECT_EQ(files_containing(dir.file("run"), "metrics.earlier-").size(), 2u);
+  EXPECT_EQ(files_containing(dir.file("run"), "checkpoints.earlier-").size(), 2u);
+}
+
 // checkpoint.dir written with a trailing separator: the directory itself is moved aside (not into
 // itself), so a second run from scratch starts.
 TEST(Trainer, AFreshRunMovesACheckpointDirWithATrailingSlashAside) {
