@@ -46,11 +46,14 @@ std::vector<int64_t> gather_i64(const std::vector<int64_t>& mine, Communicator& 
   return output.to_vector<int64_t>();  // [W * n]
 }
 
-bool agree(double a, double b, double rtol) {
+/// Whether checksums a and b agree within rtol of the larger of |a|, |b| and `scale` (the size the
+/// statistic would have without cancellation: a zero-mean tensor's sum is near 0, yet a rounding
+/// difference in it is as large as in any other tensor of its magnitude).
+bool agree(double a, double b, double rtol, double scale = 0.0) {
   if (std::isnan(a) || std::isnan(b)) return std::isnan(a) && std::isnan(b);
   if (a == b) return true;
   if (!std::isfinite(a) || !std::isfinite(b)) return false;  // rtol * inf would accept anything
-  return std::abs(a - b) <= rtol * std::max(std::abs(a), std::abs(b));
+  return std::abs(a - b) <= rtol * std::max({std::abs(a), std::abs(b), scale});
 }
 
 }  // namespace
@@ -169,7 +172,12 @@ void check_in_sync(const nn::NamedTensors& tensors, Communicator& communicator, 
     std::string diverging;
     for (int r = 1; r < world; ++r) {
       const double* other = stats(r, i);
-      if (agree(other[0], first[0], rtol) && agree(other[1], first[1], rtol) && agree(other[2], first[2], rtol))
+      // |sum x| <= sqrt(n * sum x^2), and the position-weighted sum at most 1021 times that.
+      const double squares = std::max(first[1], other[1]);
+      const double scale =
+          std::isfinite(squares) ? std::sqrt(static_cast<double>(tensors[i].second.numel()) * squares) : 0.0;
+      if (agree(other[0], first[0], rtol, scale) && agree(other[1], first[1], rtol) &&
+          agree(other[2], first[2], rtol, kPeriod * scale))
         continue;
       diverging += fmt::format("{}rank {} has {}", diverging.empty() ? "" : "; ", r, describe(other));
     }

@@ -425,6 +425,15 @@ TEST(Ddp, DesyncCheckWithATolerancePassesNoInfinity) {
   EXPECT_NE(error_of([&] { check_in_sync(opposite, comm(), "+inf vs -inf", 1e-6); }).find("'w'"), std::string::npos);
   const nn::NamedTensors within{{"w", full({3}, last ? 2.0 * (1 + 1e-9) : 2.0)}};
   EXPECT_NO_THROW(check_in_sync(within, comm(), "within the tolerance", 1e-6));
+  // A zero-mean tensor: its sums cancel to about 0, so the tolerance is taken relative to the
+  // values' size, not to the sums; a rounding-size difference passes, a real one does not.
+  const auto zero_mean = [&](double nudge) {
+    return nn::NamedTensors{{"z", from_vector(std::vector<double>{1.0, -1.0, 3.0, -3.0 + (last ? nudge : 0.0)}, {4},
+                                              TensorOptions(DType::F64))}};
+  };
+  EXPECT_NO_THROW(check_in_sync(zero_mean(1e-12), comm(), "zero mean, rounding-size difference", 1e-6));
+  EXPECT_NE(error_of([&] { check_in_sync(zero_mean(1e-2), comm(), "zero mean, real difference", 1e-6); }).find("'z'"),
+            std::string::npos);
 }
 
 // Two values swapped within a tensor keep its sum and sum of squares: the position-weighted sum
