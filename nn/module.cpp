@@ -9,8 +9,8 @@
 namespace flame::nn {
 
 void Module::check_new_name(const std::string& name) const {
-  FLAME_CHECK(!name.empty() && name.find('.') == std::string::npos,
-              "{}: invalid name '{}' (non-empty, no dots)", type_name(), name);
+  FLAME_CHECK(!name.empty() && name.find('.') == std::string::npos, "{}: invalid name '{}' (non-empty, no dots)",
+              type_name(), name);
   auto taken = [&](const auto& list) {
     for (const auto& entry : list)
       if (entry.first == name) return true;
@@ -115,6 +115,10 @@ void Module::to(Device device) {
 }
 
 void Module::to(DType dtype) {
+  FLAME_CHECK(is_floating(dtype),
+              "Module::to: {} is not a floating dtype; parameters and buffers convert to floating dtypes only (an "
+              "integer cast would truncate the weights)",
+              dtype_name(dtype));
   autograd::NoGradGuard no_grad;
   for_each_slot([&](Tensor& slot, bool) {
     if (slot.dtype() != dtype && is_floating(slot.dtype())) replace_data(slot, slot.to(dtype));
@@ -147,8 +151,10 @@ void Module::load_state_dict(const NamedTensors& state, bool strict) {
       continue;
     }
     const Tensor& source = *it->second;
-    FLAME_CHECK(source.shape() == target.shape(), "load_state_dict: '{}' has shape {} in the state dict but {} in "
-                "the {}", name, shape_str(source.shape()), shape_str(target.shape()), type_name());
+    FLAME_CHECK(source.shape() == target.shape(),
+                "load_state_dict: '{}' has shape {} in the state dict but {} in "
+                "the {}",
+                name, shape_str(source.shape()), shape_str(target.shape()), type_name());
     FLAME_CHECK(source.dtype() == target.dtype(), "load_state_dict: '{}' is {} in the state dict but {} in the {}",
                 name, dtype_name(source.dtype()), dtype_name(target.dtype()), type_name());
     copies.emplace_back(target, &source);

@@ -44,7 +44,9 @@ class Module {
   bool is_training() const { return training_; }
 
   /// Moves (or converts) every parameter and buffer in place: every handle to a parameter (a
-  /// layer's member, an optimizer's list) sees the new data; gradients are cleared.
+  /// layer's member, an optimizer's list) sees the new data; gradients are cleared. An optimizer's
+  /// state (moments, momentum) is not moved: do this before the optimizer's first step (a step
+  /// after it raises, naming the state). to(DType) takes a floating dtype only.
   void to(Device device);
   void to(DType dtype);
   /// Clears every parameter's gradient (PyTorch's zero_grad(set_to_none=True)).

@@ -40,7 +40,9 @@ void Optimizer::set_lr(double lr) {
   lr_ = lr;
 }
 
-void Optimizer::step() { step_in_groups({}, [](size_t) {}); }
+void Optimizer::step() {
+  step_in_groups({}, [](size_t) {});
+}
 
 void Optimizer::step_in_groups(const std::vector<std::vector<Tensor>>& groups,
                                const std::function<void(size_t)>& before_group) {
@@ -59,6 +61,22 @@ void Optimizer::step_in_groups(const std::vector<std::vector<Tensor>>& groups,
                     type_name_, i, member.describe(), group_of[i], g);
         group_of[i] = g;
       }
+    }
+  }
+  // Nothing changes (step counts, state, parameters) unless every update fits.
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const Tensor& p = params_[i];
+    const Tensor grad = p.grad();
+    if (!grad.defined()) continue;
+    FLAME_CHECK(grad.shape() == p.shape() && grad.dtype() == p.dtype() && grad.device() == p.device(),
+                "{}: the gradient {} of parameter {} ({}) must have the parameter's shape, dtype and device",
+                type_name_, grad.describe(), i, p.describe());
+    for (const auto& [key, t] : state_[i].tensors) {
+      FLAME_CHECK(t.shape() == p.shape() && t.dtype() == p.dtype() && t.device() == p.device(),
+                  "{}: its state '{}' of parameter {} is {} but the parameter is now {}: the module was moved or "
+                  "converted (to()) after the optimizer's first step. Move or convert the module first, then "
+                  "create the optimizer",
+                  type_name_, key, i, t.describe(), p.describe());
     }
   }
   autograd::NoGradGuard no_grad;

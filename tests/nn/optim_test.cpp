@@ -1,9 +1,11 @@
 // Optimizers (SGD, Adam, AdamW) against their update rules written out in double on the host for
 // three steps, optimizer state save / restore, gradient clipping and lr schedules in closed form.
 #include <cmath>
+#include <memory>
 #include <numbers>
 
 #include "core/autograd.h"
+#include "nn/linear.h"
 #include "nn/optim/adam.h"
 #include "nn/optim/clip.h"
 #include "nn/optim/schedule.h"
@@ -451,7 +453,8 @@ std::vector<std::vector<size_t>> check_grouped_matches_step(
     plain_opt->step();
     std::vector<size_t>& called = calls.emplace_back();
     grouped_opt->step_in_groups(groups, [&](size_t g) { called.push_back(g); });
-    for (size_t i = 0; i < plain.size(); ++i) expect_bitwise_equal(grouped[i], plain[i], "parameter " + std::to_string(i));
+    for (size_t i = 0; i < plain.size(); ++i)
+      expect_bitwise_equal(grouped[i], plain[i], "parameter " + std::to_string(i));
   }
   EXPECT_EQ(grouped_opt->step_count(), kSteps);
   EXPECT_EQ(grouped_opt->step_count(), plain_opt->step_count());
@@ -464,7 +467,9 @@ TEST(OptimizerStepInGroups, AdamWMatchesStepBitForBit) {
       [](std::vector<Tensor> p) -> std::unique_ptr<Optimizer> {
         return std::make_unique<AdamW>(std::move(p), AdamWOptions{.lr = 0.01, .weight_decay = 0.1});
       },
-      [](const std::vector<Tensor>& p) { return std::vector<std::vector<Tensor>>{{p[2]}, {p[0]}}; });
+      [](const std::vector<Tensor>& p) {
+        return std::vector<std::vector<Tensor>>{{p[2]}, {p[0]}};
+      });
   // p1 and p3 are in no group: they form group 2, updated last.
   for (const std::vector<size_t>& called : calls) EXPECT_EQ(called, (std::vector<size_t>{0, 1, 2}));
 }
@@ -474,7 +479,9 @@ TEST(OptimizerStepInGroups, SgdWithMomentumMatchesStepBitForBit) {
       [](std::vector<Tensor> p) -> std::unique_ptr<Optimizer> {
         return std::make_unique<SGD>(std::move(p), SGDOptions{.lr = 0.1, .momentum = 0.9, .weight_decay = 0.01});
       },
-      [](const std::vector<Tensor>& p) { return std::vector<std::vector<Tensor>>{{p[1]}, {p[3], p[0]}, {p[2]}}; });
+      [](const std::vector<Tensor>& p) {
+        return std::vector<std::vector<Tensor>>{{p[1]}, {p[3], p[0]}, {p[2]}};
+      });
   // Every parameter is in a group: no call for a last group.
   for (const std::vector<size_t>& called : calls) EXPECT_EQ(called, (std::vector<size_t>{0, 1, 2}));
 }
@@ -506,14 +513,22 @@ TEST(OptimizerStepInGroups, RejectsForeignAndRepeatedMembersAndChangesNothing) {
   stranger.requires_grad_(true);
   bool called = false;
   const auto note = [&](size_t) { called = true; };
-  EXPECT_TRUE(raises_error([&] { adamw.step_in_groups({{params[0]}, {stranger}}, note); },
-                           {"AdamW", "step_in_groups", "group 1", "not one of its parameters"}));
-  EXPECT_TRUE(raises_error([&] { adamw.step_in_groups({{params[1].detach()}}, note); },
-                           {"not one of its parameters"}));
-  EXPECT_TRUE(raises_error([&] { adamw.step_in_groups({{params[2]}, {params[0], params[2]}}, note); },
-                           {"AdamW", "parameter 2", "groups 0 and 1"}));
-  EXPECT_TRUE(raises_error([&] { adamw.step_in_groups({{params[3], params[3]}}, note); },
-                           {"parameter 3", "groups 0 and 0"}));
+  EXPECT_TRUE(raises_error(
+      [&] {
+        adamw.step_in_groups({{params[0]}, {stranger}}, note);
+      },
+      {"AdamW", "step_in_groups", "group 1", "not one of its parameters"}));
+  EXPECT_TRUE(raises_error([&] { adamw.step_in_groups({{params[1].detach()}}, note); }, {"not one of its parameters"}));
+  EXPECT_TRUE(raises_error(
+      [&] {
+        adamw.step_in_groups({{params[2]}, {params[0], params[2]}}, note);
+      },
+      {"AdamW", "parameter 2", "groups 0 and 1"}));
+  EXPECT_TRUE(raises_error(
+      [&] {
+        adamw.step_in_groups({{params[3], params[3]}}, note);
+      },
+      {"parameter 3", "groups 0 and 0"}));
   EXPECT_THROW(adamw.step_in_groups({{stranger}}, note), Error);
 
   EXPECT_FALSE(called) << "before_group ran for a rejected call";
@@ -523,6 +538,36 @@ TEST(OptimizerStepInGroups, RejectsForeignAndRepeatedMembersAndChangesNothing) {
   ASSERT_EQ(state_after.size(), state_before.size());
   for (size_t i = 0; i < state_after.size(); ++i)
     EXPECT_TRUE(test::tensors_identical(state_after[i].second, state_before[i].second)) << state_after[i].first;
+}
+
+// A module converted (to()) after the optimizer's first step leaves the optimizer's state on the old
+// dtype. The next step names that, and raises before anything changes: no step count advances and
+// no parameter moves (SGD used to update the parameters before the failing one).
+TEST(OptimizerStep, ModuleConvertedAfterTheFirstStepRaisesAndChangesNothing) {
+  for (const bool sgd : {false, true}) {
+    SCOPED_TRACE(sgd ? "SGD with momentum" : "AdamW");
+    manual_seed(32);
+    nn::Linear layer(3, 2);
+    std::unique_ptr<Optimizer> opt;
+    if (sgd) {
+      opt = std::make_unique<SGD>(layer.parameters(), SGDOptions{.lr = 0.1, .momentum = 0.9});
+    } else {
+      opt = std::make_unique<AdamW>(layer.parameters(), AdamWOptions{.lr = 0.01});
+    }
+    sum(layer.forward(ones({4, 3}))).backward();
+    opt->step();
+    layer.to(kF64);
+    sum(layer.forward(ones({4, 3}, TensorOptions(kF64)))).backward();
+    std::vector<std::vector<double>> before;
+    for (const Tensor& p : layer.parameters()) before.push_back(p.to_vector<double>());
+    EXPECT_TRUE(raises_error([&] { opt->step(); },
+                             {sgd ? "momentum_buffer" : "exp_avg", "moved or converted", "create the optimizer"}));
+    EXPECT_EQ(opt->step_count(), 1);
+    for (size_t i = 0; i < before.size(); ++i) EXPECT_EQ(layer.parameters()[i].to_vector<double>(), before[i]) << i;
+  }
+  nn::Linear layer(3, 2);
+  EXPECT_TRUE(raises_error([&] { layer.to(kI64); }, {"Module::to", "not a floating dtype"}));
+  EXPECT_EQ(layer.parameters()[0].dtype(), kF32);
 }
 
 // --- clip_grad_norm_ -----------------------------------------------------------------------------
