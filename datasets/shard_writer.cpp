@@ -25,7 +25,20 @@ struct ArrayToWrite {
   const void* data;
 };
 
-void write_shard(const std::string& path, const std::vector<ArrayToWrite>& arrays, int compression) {
+/// Writes the shard under a temporary name and renames it to `final_path` once it is complete and
+/// synced: a job still reading an earlier dataset's shard of that name keeps the old file (its open
+/// handle), never a half-written or new one, and an earlier file locked by a reader does not stop
+/// the write.
+void write_shard(const std::string& final_path, const std::vector<ArrayToWrite>& arrays, int compression) {
+  const std::string path = final_path + ".writing";
+  struct RemoveUnlessRenamed {
+    const std::string& path;
+    bool renamed = false;
+    ~RemoveUnlessRenamed() {
+      std::error_code ignored;
+      if (!renamed) std::filesystem::remove(path, ignored);
+    }
+  } temporary{path};
   h5::Lock guard = h5::lock();
   h5::Handle file = h5::check_id(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), path,
                                  "ShardWriter: cannot create shard");
@@ -55,6 +68,10 @@ void write_shard(const std::string& path, const std::vector<ArrayToWrite>& array
   io::File written(path, O_RDONLY | O_CLOEXEC);
   FLAME_CHECK(written.is_open(), "ShardWriter: cannot reopen shard '{}' to fsync it: {}", path, io::errno_text());
   io::sync_and_close(written, path, "ShardWriter: ");
+  std::error_code error;
+  std::filesystem::rename(path, final_path, error);  // the directory is synced with the manifest
+  FLAME_CHECK(!error, "ShardWriter: cannot rename '{}' to '{}': {}", path, final_path, error.message());
+  temporary.renamed = true;
 }
 
 }  // namespace
@@ -143,8 +160,9 @@ ShardWriter::ShardWriter(std::string dir, std::vector<FieldSpec> fields, int64_t
   std::filesystem::create_directories(dir, error);
   FLAME_CHECK(!error, "ShardWriter: cannot create directory '{}': {}", dir, error.message());
   // A dataset written here before keeps its manifest until finish() writes the new one; the new
-  // shards overwrite the old files of the same names, so an unfinished rewrite would leave the old
-  // manifest describing new shards. It goes first: until finish(), the directory holds no dataset.
+  // shards replace the old files of the same names (by rename: a job reading the old ones keeps
+  // them open), so an unfinished rewrite would leave the old manifest describing new shards. It
+  // goes first: until finish(), the directory holds no dataset.
   const std::string old_manifest = format::join(dir, format::kManifestName);
   if (std::filesystem::exists(old_manifest, error)) {
     std::filesystem::remove(old_manifest, error);
@@ -244,7 +262,7 @@ void ShardWriter::append_tokens(const Tensor& tokens) {
     uint8_t le[4];
     std::memcpy(le, &value, 4);  // little-endian host: the low bytes come first
     buffer.insert(buffer.end(), le, le + bytes);
-    if (++s.buffered == s.shard_capacity) s.flush();
+    if (++s.buffered >= s.shard_capacity) s.flush();  // >=: after a failed flush, the next token retries
   }
 }
 

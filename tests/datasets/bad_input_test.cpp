@@ -2,7 +2,6 @@
 // checksum mismatches, manifests that disagree with their shards, wrong dtypes and shapes, empty
 // datasets and broken manifests. Each error must name the file and what is wrong.
 #include <gtest/gtest.h>
-
 #include <sys/resource.h>
 
 #include <cstdlib>
@@ -283,6 +282,22 @@ TEST(ShardWriter, ARewriteRemovesTheEarlierManifestUntilFinished) {
   writer.finish();
   EXPECT_EQ(ShardedDataset(dir.path(), Verification::Checksums).size(), 150);
   // The earlier dataset's third shard, listed by no manifest now, is gone.
+  EXPECT_EQ(dir.entries(), (std::vector<std::string>{"manifest.json", "shard-00000.h5", "shard-00001.h5"}));
+}
+
+// A job still reading the earlier dataset while it is rewritten keeps reading the earlier samples:
+// new shards are written under a temporary name and renamed into place, never written into the
+// files a reader holds open (nor stopped by a reader's lock on them).
+TEST(ShardWriter, AReaderOfTheEarlierDatasetKeepsItsSamplesDuringARewrite) {
+  TempDir dir;
+  write_images(dir.path(), 200, 100);
+  ShardedDataset earlier(dir.path());
+  expect_image_sample(earlier.read({150}), 0, 150);
+  ShardWriter writer(dir.path(), {{"image", DType::U8, {1, 28, 28}}, {"label", DType::I64, {}}}, 100);
+  writer.append({zeros({200, 1, 28, 28}, DType::U8), zeros({200}, DType::I64)});
+  writer.finish();
+  expect_image_sample(earlier.read({150}), 0, 150);
+  EXPECT_EQ(ShardedDataset(dir.path()).read({150})[1].to_vector<int64_t>(), std::vector<int64_t>{0});
   EXPECT_EQ(dir.entries(), (std::vector<std::string>{"manifest.json", "shard-00000.h5", "shard-00001.h5"}));
 }
 
