@@ -436,6 +436,14 @@ void Trainer::resume_if_asked() {
               "depends on the world size), or start a new run with --resume none",
               dir, saved_world, group_.world_size, saved_world);
   check_resumed_config(state, dir);
+  if (state.contains("train_samples")) {  // absent from checkpoints written before it was recorded
+    const auto saved_samples = state_field<int64_t>(state, "train_samples", dir, "an integer");
+    FLAME_CHECK(saved_samples == train_set_->size(),
+                "checkpoint '{}' was written while data.train held {} samples, '{}' now holds {}: the data order, "
+                "and so the resumed run, would differ. Resume with the same dataset, or start a new run with "
+                "--resume none",
+                dir, saved_samples, config_.data.train_dir, train_set_->size());
+  }
   const auto epoch = state_field<int64_t>(state, "epoch", dir, "an integer");
   const auto next_batch = state_field<int64_t>(state, "next_batch", dir, "an integer");
   const auto rng = state_field<nlohmann::json>(state, "rng", dir, "an array");
@@ -622,9 +630,10 @@ std::string Trainer::save_checkpoint(const RunResult& result, double trained_s) 
     data.step = step_;
     data.model = model_->state_dict();
     data.optimizer = optimizer_->state_dict();
-    data.state = {{"epoch", position.epoch}, {"next_batch", position.next_batch}, {"world_size", group_.world_size},
-                  {"rng", rng_json},         {"total_steps", total_steps_},       {"config", to_toml(config_)},
-                  {"trained_s", trained_s},  {"results", results_json(result)}};
+    data.state = {
+        {"epoch", position.epoch}, {"next_batch", position.next_batch}, {"world_size", group_.world_size},
+        {"rng", rng_json},         {"total_steps", total_steps_},       {"config", to_toml(config_)},
+        {"trained_s", trained_s},  {"results", results_json(result)},   {"train_samples", train_set_->size()}};
     dir = store_->save(data);
     log_->info("checkpoint {} written", dir);
   }

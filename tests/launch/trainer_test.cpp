@@ -572,6 +572,21 @@ TEST(Trainer, ResumeAfterACrashLogsEachStepOnce) {
   EXPECT_NE(log.find("dropped 3 records of steps after 5"), std::string::npos) << log;
 }
 
+// The training set regenerated with another size between the stop and the resume: the data order
+// would differ, so the resume is refused, naming both sizes.
+TEST(Trainer, ResumeWithATrainingSetOfAnotherSizeIsRefused) {
+  TempDir dir;
+  write_quadrant_images(dir.file("train"), 64, 15);
+  const Config config = make_config(dir, {"train.steps=12", "checkpoint.every_steps=5"});
+  RunOptions stop;
+  stop.stop_after_steps = 5;
+  ASSERT_TRUE(train(config, stop).stopped);
+  write_quadrant_images(dir.file("train"), 80, 15);
+  RunOptions resume;
+  resume.resume = ResumeMode::Auto;
+  EXPECT_TRUE(test::raises_error([&] { train(config, resume); }, {"64 samples", "now holds 80", "--resume none"}));
+}
+
 // A run started from scratch (--resume none) where an earlier run left checkpoints: they are moved
 // aside, so a later --resume auto continues this run, not the earlier one's newer step.
 TEST(Trainer, AFreshRunMovesTheEarlierRunAside) {
