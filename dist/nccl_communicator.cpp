@@ -121,8 +121,8 @@ ncclDataType_t nccl_type(DType dtype) {
 }
 
 /// The last step of the copy-engine all-reduce (Note [copy-engine all-reduce]): out = (slots[0:n] +
-/// slots[n:2n]) * scale, the two ranks' tensors summed in rank order. The vector form needs n % 4 == 0
-/// and 16-byte aligned pointers.
+/// slots[n:2n]) * scale, the same expression on both ranks. The vector form needs n % 4 == 0 and
+/// 16-byte aligned pointers.
 constexpr const char* kTwoRankMeanSource = R"(
 extern "C" __global__ void flame_two_rank_mean(const float* __restrict__ slots, float* __restrict__ out,
                                                unsigned long long n, float scale) {
