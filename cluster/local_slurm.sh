@@ -169,6 +169,12 @@ node_state() { SLURM_CONF=$conf timeout 10 sinfo -h -N -n "$node" -o %T 2>/dev/n
 
 start() {
   check_prerequisites
+  # Root runs daemons from here and writes munge's key here: a directory another user created (in a
+  # shared /tmp) could hold their files, so everything in it must be root's.
+  if [ -e "$slurm_dir" ]; then
+    [ "$(stat -c %u "$slurm_dir")" -eq 0 ] && ! find "$slurm_dir" -maxdepth 2 ! -user 0 -print -quit | grep -q . ||
+      die 2 "$slurm_dir exists but is not root's alone (owner $(stat -c %U "$slurm_dir")); remove it or set FLAME_SLURM_DIR"
+  fi
   mkdir -p "$slurm_dir"/{etc,run,state,spool,tmp,log}
   chmod 0755 "$slurm_dir" "$slurm_dir/run"
   if alive slurmctld && alive slurmd; then

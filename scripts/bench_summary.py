@@ -14,7 +14,8 @@ targets when delivered on a GPU), then the all-reduce bus bandwidth per size (be
 weak-scaling rows (bench/ddp_scaling_bench run with 1 and with 2 ranks: efficiency = step time at
 W=1 / step time at W=2 per model and NCCL call mode, held against DDP_EFFICIENCY_TARGET) and the
 overlap rows (how much of the MLP's all-reduce time backward hides). Only reports: the exit status
-is 0 unless the file cannot be read.
+is 2 when the file cannot be read, 1 when a table could not be built from its records (the table
+says which and why; the others are still printed), else 0.
 """
 import json
 import sys
@@ -74,13 +75,31 @@ def main(argv):
         print("no benchmark figures (bench.jsonl is empty: see bench.log)")
         return 0
 
+    records = [r for r in records if isinstance(r, dict) and "bench" in r]
     loader = [r for r in records if r["bench"] == "loader"]
     ddp = [r for r in records if r["bench"] in ("ddp_step", "ddp_overlap")]
     training = [r for r in records if r["bench"] == "train_fashion_mnist"]
     records = [r for r in records if r["bench"] not in ("loader", "ddp_step", "ddp_overlap", "train_fashion_mnist")]
-    index = {(r["bench"], r["impl"], r["dtype"], r["size"]): r for r in records}
-    devices = sorted({r.get("device", "?") for r in records + loader + ddp})
+    devices = sorted({str(r.get("device", "?")) for r in records + loader + ddp})
     print(f"device: {', '.join(devices)}")
+    # Every table from the records it can use; one that fails says why and the rest still print.
+    failed = False
+    for name, table, args in (("operator", print_operators, (records,)), ("loader", print_loader, (loader,)),
+                              ("all-reduce", print_allreduce, ([r for r in records if r["bench"] == "allreduce"],)),
+                              ("ddp", print_ddp, (ddp,)), ("training", print_training, (training,))):
+        try:
+            table(*args)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+            failed = True
+            print(f"bench_summary: the {name} table could not be built: {type(e).__name__}: {e} (see the JSON lines)")
+    return 1 if failed else 0
+
+
+def print_operators(records):
+    """The operator table (figure, baseline, ratio, target, PyTorch) and the matmul errors."""
+    # Records of other programs (experiments) lack these keys: not part of this table.
+    records = [r for r in records if all(k in r for k in ("impl", "dtype", "size", "unit", "value"))]
+    index = {(r["bench"], r["impl"], r["dtype"], r["size"]): r for r in records}
 
     header = ("benchmark", "flame", "baseline", "ratio", "target", "torch", "flame/torch speed")
     rows = [header]
@@ -127,11 +146,6 @@ def main(argv):
                      for impl in ("flame", "cublas", "torch")
                      if ("matmul_rel_err", impl, dtype, size) in index]
             print(f"  {dtype} {size}: " + ", ".join(parts))
-    print_loader(loader)
-    print_allreduce([r for r in records if r["bench"] == "allreduce"])
-    print_ddp(ddp)
-    print_training(training)
-    return 0
 
 
 def size_order(size):

@@ -291,11 +291,19 @@ bench_line=$(printf '%s, ' "${bench_results[@]}")
 note "benchmarks: ${bench_line%, }"
 
 # --- summary -----------------------------------------------------------------------------
+# The tables first, so that a table bench_summary could not build fails the check (a traceback in
+# place of the figures must not end in "result: OK").
+tables=$(python3 "$root/scripts/bench_summary.py" "$out/bench.jsonl" 2>&1)
+tables_status=$?
+if [ $tables_status -ne 0 ]; then
+  note "bench_summary: FAILED (exit $tables_status): a table could not be built, see below"
+  status=1
+fi
 {
   section "FLAME GPU check summary ($(( $(date +%s) - start_time )) s)"
   printf '%s\n' "${summary[@]}"
   echo
-  python3 "$root/scripts/bench_summary.py" "$out/bench.jsonl"
+  printf '%s\n' "$tables"
   echo
   echo "logs: $out/{build.log,test.log,bench.jsonl,bench.log,device.txt,summary.txt}"
   echo "result: $([ $status -eq 0 ] && echo OK || echo FAILED)"
