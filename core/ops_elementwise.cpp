@@ -41,13 +41,35 @@ void check_binary_dtype(BinaryOp op, const Tensor& a) {
   FLAME_CHECK(a.dtype() != kBool, "{}: not defined for bool tensors ({})", op_name(op), a.describe());
 }
 
+/// The values an integer dtype holds, as doubles ([0, 0] for bool).
+std::pair<double, double> integer_range(DType dtype) {
+  switch (dtype) {
+    case DType::U8:
+      return {0.0, 255.0};
+    case DType::I32:
+      return {INT32_MIN, INT32_MAX};
+    case DType::I64:
+      return {-9223372036854775808.0, 9223372036854775807.0};
+    default:
+      return {0.0, 0.0};
+  }
+}
+
 void check_scalar_fits(BinaryOp op, const Tensor& a, double scalar) {
   // A comparison is exact with any scalar (the backends compare in double when it is fractional,
   // infinite or NaN), as PyTorch's: gt(i64 tensor, 0.5).
   if (is_floating(a.dtype()) || is_comparison(op)) return;
   FLAME_CHECK(std::isfinite(scalar) && scalar == std::trunc(scalar),
-              "{}: scalar {} is not an integer but the tensor is {}; convert the tensor with .to(kF32)",
-              op_name(op), scalar, a.describe());
+              "{}: scalar {} is not an integer but the tensor is {}; convert the tensor with .to(kF32)", op_name(op),
+              scalar, a.describe());
+  if (op == BinaryOp::Maximum || op == BinaryOp::Minimum) {
+    // The scalar is converted to the tensor's dtype first: one it cannot hold would wrap
+    // (maximum(u8, 300) gave 44 everywhere, maximum(u8, -1) 255).
+    const auto [lowest, highest] = integer_range(a.dtype());
+    FLAME_CHECK(scalar >= lowest && scalar <= highest,
+                "{}: scalar {} does not fit in {} ([{}, {}]); convert the tensor to a wider dtype first", op_name(op),
+                scalar, a.describe(), lowest, highest);
+  }
 }
 
 Tensor unary(UnaryOp op, const Tensor& x, double p0 = 0, double p1 = 0) {
@@ -142,16 +164,13 @@ namespace {
 
 /// An integer tensor clamped to a bound its dtype cannot hold would store wrapped values: raises.
 void check_clamp_bounds(const char* op, const Tensor& x, double min, double max) {
-  double lowest = 0, highest = 0;
-  switch (x.dtype()) {
-    case DType::U8: highest = 255; break;
-    case DType::I32: lowest = INT32_MIN, highest = INT32_MAX; break;
-    case DType::I64: lowest = -9223372036854775808.0, highest = 9223372036854775807.0; break;
-    default: return;  // floating types hold every bound (as infinity at worst); bool is refused later
-  }
+  // Floating types hold every bound (as infinity at worst); bool is refused later.
+  if (is_floating(x.dtype()) || x.dtype() == DType::Bool) return;
+  const auto [lowest, highest] = integer_range(x.dtype());
   FLAME_CHECK(!(min > highest) && !(max < lowest),
               "{}: bounds [{}, {}] lie outside the values {} can hold ([{}, {}]), so every element would become "
-              "a value it cannot store", op, min, max, x.describe(), lowest, highest);
+              "a value it cannot store",
+              op, min, max, x.describe(), lowest, highest);
 }
 
 }  // namespace
@@ -177,9 +196,7 @@ Tensor div(const Tensor& a, const Tensor& b) { return binary(BinaryOp::Div, a, b
 Tensor pow(const Tensor& a, const Tensor& b) { return binary(BinaryOp::Pow, a, b); }
 Tensor maximum(const Tensor& a, const Tensor& b) { return binary(BinaryOp::Maximum, a, b); }
 Tensor minimum(const Tensor& a, const Tensor& b) { return binary(BinaryOp::Minimum, a, b); }
-Tensor add(const Tensor& a, const Tensor& b, double alpha) {
-  return alpha == 1.0 ? add(a, b) : add(a, mul(b, alpha));
-}
+Tensor add(const Tensor& a, const Tensor& b, double alpha) { return alpha == 1.0 ? add(a, b) : add(a, mul(b, alpha)); }
 Tensor add(const Tensor& a, double b) { return binary_scalar(BinaryOp::Add, a, b); }
 Tensor sub(const Tensor& a, double b) { return binary_scalar(BinaryOp::Sub, a, b); }
 Tensor mul(const Tensor& a, double b) { return binary_scalar(BinaryOp::Mul, a, b); }
@@ -234,6 +251,7 @@ Tensor& Tensor::mul_(double other) { return binary_scalar_inplace(BinaryOp::Mul,
 Tensor& Tensor::div_(double other) { return binary_scalar_inplace(BinaryOp::Div, *this, other); }
 Tensor& Tensor::clamp_(double min, double max) {
   FLAME_CHECK(!(min > max), "clamp_: min {} is greater than max {}", min, max);
+  check_clamp_bounds("clamp_", *this, min, max);
   return unary_inplace(UnaryOp::Clamp, *this, min, max);
 }
 Tensor& Tensor::relu_() { return unary_inplace(UnaryOp::Relu, *this, 0, 0); }

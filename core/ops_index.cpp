@@ -72,8 +72,8 @@ Tensor stack(const std::vector<Tensor>& tensors, int64_t dim) {
 namespace {
 
 void check_index_tensor(const char* op, const Tensor& index, bool allow_i32) {
-  FLAME_CHECK(index.dtype() == kI64 || (allow_i32 && index.dtype() == kI32),
-              "{}: index must be {}, got {}", op, allow_i32 ? "i64 or i32" : "i64", index.describe());
+  FLAME_CHECK(index.dtype() == kI64 || (allow_i32 && index.dtype() == kI32), "{}: index must be {}, got {}", op,
+              allow_i32 ? "i64 or i32" : "i64", index.describe());
 }
 
 /// gather/scatter_add rule: index has x's number of dims and is no larger outside `dim`.
@@ -108,7 +108,11 @@ void scatter_add_into(const Tensor& x, int64_t dim, const Tensor& index, const T
   Tensor target = x.is_contiguous() ? x : x.contiguous();
   Tensor values = crop_to(src, index.shape()).contiguous();
   if (detail::may_overlap(values, target)) values = values.clone();
-  backend_for(x.device()).scatter_add(target, dim, index.contiguous(), values);
+  // An index sharing x's memory would change under the writes (and escape the range check done
+  // before them): the backend reads a copy.
+  Tensor positions = index.contiguous();
+  if (detail::may_overlap(positions, target)) positions = positions.clone();
+  backend_for(x.device()).scatter_add(target, dim, positions, values);
   if (!target.is_same(x)) backend_for(x.device()).copy(target, x);
 }
 
@@ -138,8 +142,8 @@ Tensor index_select_forward(const Tensor& x, int64_t dim, const Tensor& index, i
   Tensor out = Tensor::empty(out_shape, TensorOptions(x.dtype(), x.device()));
   if (out.numel() > 0) {
     FLAME_CHECK(xs.size(dim) > 0, "index_select: cannot select from an empty dim {} of {}", dim, x.describe());
-    backend_for(x.device()).index_select(xs.contiguous(), index.contiguous().reshape({n}), out, outer,
-                                         xs.size(dim), inner);
+    backend_for(x.device())
+        .index_select(xs.contiguous(), index.contiguous().reshape({n}), out, outer, xs.size(dim), inner);
   }
   return x.dim() == 0 ? out.reshape(index.shape()) : out;
 }

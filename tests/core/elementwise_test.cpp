@@ -43,11 +43,10 @@ TEST_P(UnaryOpTest, MatchesFloat64ReferenceInEveryLayout) {
   for (DType dtype : dtypes_for(c.integer_ok)) {
     for (const Shape& shape : shapes) {
       for (Layout layout : test::all_layouts()) {
-        SCOPED_TRACE(fmt::format("{} {} {} {}", c.name, dtype_name(dtype), shape_str(shape),
-                                 test::layout_name(layout)));
+        SCOPED_TRACE(
+            fmt::format("{} {} {} {}", c.name, dtype_name(dtype), shape_str(shape), test::layout_name(layout)));
         test::guarded([&] {
-          const auto values =
-              test::case_inputs(rng, test::numel_of(shape), c.low, c.high, dtype, c.small_integers);
+          const auto values = test::case_inputs(rng, test::numel_of(shape), c.low, c.high, dtype, c.small_integers);
           const Tensor x = test::make_tensor(values, shape, dtype, kCPU, layout);
           const Tensor y = c.op(x);
           ASSERT_TRUE(y.defined());
@@ -91,8 +90,7 @@ TEST_P(UnaryOutOfPlaceTest, ReadsExpandedInput) {
 std::string unary_name(const ::testing::TestParamInfo<UnaryCase>& info) { return info.param.name; }
 
 INSTANTIATE_TEST_SUITE_P(Cpu, UnaryOpTest, ::testing::ValuesIn(test::unary_cases()), unary_name);
-INSTANTIATE_TEST_SUITE_P(Cpu, UnaryOutOfPlaceTest, ::testing::ValuesIn(out_of_place_unary_cases()),
-                         unary_name);
+INSTANTIATE_TEST_SUITE_P(Cpu, UnaryOutOfPlaceTest, ::testing::ValuesIn(out_of_place_unary_cases()), unary_name);
 
 TEST(UnaryInPlace, ReturnsTheSameTensorAndWritesThroughTheView) {
   HostRng rng;
@@ -131,13 +129,10 @@ TEST_P(BinaryOpTest, BroadcastsLikeNumpyInEveryLayout) {
         const auto& [shape_a, shape_b] = pairs[p];
         const Layout layout_a = layouts[l], layout_b = layouts[(l + p) % layouts.size()];
         SCOPED_TRACE(fmt::format("{} {} {} ({}) with {} ({})", c.name, dtype_name(dtype), shape_str(shape_a),
-                                 test::layout_name(layout_a), shape_str(shape_b),
-                                 test::layout_name(layout_b)));
+                                 test::layout_name(layout_a), shape_str(shape_b), test::layout_name(layout_b)));
         test::guarded([&] {
-          const auto va =
-              test::case_inputs(rng, test::numel_of(shape_a), c.a_low, c.a_high, dtype, c.small_integers);
-          const auto vb =
-              test::case_inputs(rng, test::numel_of(shape_b), c.b_low, c.b_high, dtype, c.small_integers);
+          const auto va = test::case_inputs(rng, test::numel_of(shape_a), c.a_low, c.a_high, dtype, c.small_integers);
+          const auto vb = test::case_inputs(rng, test::numel_of(shape_b), c.b_low, c.b_high, dtype, c.small_integers);
           const Tensor a = test::make_tensor(va, shape_a, dtype, kCPU, layout_a);
           const Tensor b = test::make_tensor(vb, shape_b, dtype, kCPU, layout_b);
           const Shape out_shape = test::broadcast_shapes(shape_a, shape_b);
@@ -280,7 +275,8 @@ TEST(Comparisons, IntegerTensorsCompareExactlyWithAnyScalar) {
     EXPECT_EQ(le(x, 1.5).to(kU8).to_vector<uint8_t>(), (std::vector<uint8_t>{1, 1, 0}));
     EXPECT_EQ(eq(x, 1.0000001).to(kU8).to_vector<uint8_t>(), (std::vector<uint8_t>{0, 0, 0}));
     EXPECT_EQ(ne(x, std::nan("")).to(kU8).to_vector<uint8_t>(), (std::vector<uint8_t>{1, 1, 1}));
-    EXPECT_EQ(lt(x, std::numeric_limits<double>::infinity()).to(kU8).to_vector<uint8_t>(), (std::vector<uint8_t>{1, 1, 1}));
+    EXPECT_EQ(lt(x, std::numeric_limits<double>::infinity()).to(kU8).to_vector<uint8_t>(),
+              (std::vector<uint8_t>{1, 1, 1}));
     EXPECT_TRUE(test::raises_error([&] { (void)add(x, 0.5); }, {"not an integer"}));
   }
 }
@@ -295,6 +291,22 @@ TEST(Clamp, IntegerBoundsOutsideTheDtype) {
   EXPECT_EQ(clamp(x, -1e10, 1e10).to(kI64).to_vector<int64_t>(), (std::vector<int64_t>{-5, 0, 7}));
   EXPECT_EQ(clamp_min(x, -3e9).to(kI64).to_vector<int64_t>(), (std::vector<int64_t>{-5, 0, 7}));
   EXPECT_EQ(clamp(x, -1, 2).to(kI64).to_vector<int64_t>(), (std::vector<int64_t>{-1, 0, 2}));
+  // In place too, and nothing is written.
+  Tensor y = x.to(kU8).clone();
+  EXPECT_TRUE(test::raises_error([&] { y.clamp_(300, 400); }, {"clamp_", "cannot store"}));
+  EXPECT_EQ(y.to(kI64).to_vector<int64_t>(), x.to(kU8).to(kI64).to_vector<int64_t>());
+}
+
+// maximum / minimum with a scalar an integer dtype cannot hold raise instead of wrapping it
+// (maximum(u8, 300) gave 44 everywhere, maximum(u8, -1) 255).
+TEST(Maximum, IntegerScalarOutsideTheDtypeRaises) {
+  const Tensor x = from_vector(std::vector<int64_t>{5, 200}, {2}, kI64).to(kU8);
+  EXPECT_TRUE(test::raises_error([&] { (void)maximum(x, 300); }, {"maximum", "300", "does not fit"}));
+  EXPECT_TRUE(test::raises_error([&] { (void)maximum(x, -1); }, {"maximum", "-1", "does not fit"}));
+  EXPECT_TRUE(test::raises_error([&] { (void)minimum(x, -1); }, {"minimum", "does not fit"}));
+  EXPECT_TRUE(test::raises_error([&] { (void)maximum(x.to(DType::I32), 3e9); }, {"maximum", "does not fit"}));
+  EXPECT_EQ(maximum(x, 100).to(kI64).to_vector<int64_t>(), (std::vector<int64_t>{100, 200}));
+  EXPECT_EQ(minimum(x, 255).to(kI64).to_vector<int64_t>(), (std::vector<int64_t>{5, 200}));
 }
 
 }  // namespace

@@ -26,8 +26,8 @@ int64_t wrap(int64_t dim, int64_t nd) { return dim < 0 ? dim + nd : dim; }
 
 // --- cat / stack --------------------------------------------------------------------------------
 
-std::vector<double> cat_reference(const std::vector<std::vector<double>>& parts,
-                                  const std::vector<Shape>& shapes, int64_t dim, Shape& out_shape) {
+std::vector<double> cat_reference(const std::vector<std::vector<double>>& parts, const std::vector<Shape>& shapes,
+                                  int64_t dim, Shape& out_shape) {
   out_shape = shapes[0];
   out_shape[dim] = 0;
   for (const Shape& s : shapes) out_shape[dim] += s[dim];
@@ -235,6 +235,15 @@ TEST(ScatterAdd, AccumulatesRepeatedIndicesAlongEveryDim) {
     EXPECT_TRUE(all_close(target, shape, expected, tol));
     EXPECT_TRUE(all_close(x, shape, expected, tol)) << "scatter_add_ writes into x's storage";
   });
+}
+
+// An index that is x itself: the positions are read as they were before any write (an index
+// changed by an earlier write escaped the range check and wrote out of bounds).
+TEST(ScatterAdd, IndexSharingTheTargetsMemoryUsesItsValuesBeforeTheWrites) {
+  Tensor x = test::make_tensor({1, 0}, {2}, kI64);
+  scatter_add_(x, 0, x, test::make_tensor({1000, 7}, {2}, kI64));
+  // x[1] += 1000 (index x[0] = 1), then x[0] += 7 (index x[1] = 0, as before the writes).
+  EXPECT_TRUE(all_close(x, {2}, {8, 1000}, kExact));
 }
 
 TEST(ScatterAdd, ClosedFormHistogram) {
