@@ -653,28 +653,6 @@ TEST(Trainer, CheckpointDirHoldingTheLogsIsRefused) {
 
 // --- stop by a real signal -----------------------------------------------------------------------------
 
-/// Runs `config` (far more steps than can run) and sends this process `signals`, in order, once a
-/// few steps are logged; returns the result.
-RunResult train_until_signalled(const Config& config, const std::string& metrics, std::vector<int> signals) {
-  std::atomic<bool> done{false};
-  std::thread sender([&] {
-    // Signal once a few steps are logged (or after 20 s, so that a hang shows as a failure).
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-    while (!done && std::chrono::steady_clock::now() < deadline) {
-      std::ifstream in(metrics);  // lines, not JSON: the last one may be half written
-      if (std::count(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>(), '\n') >= 3) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    for (int signal_number : signals)
-      if (!done) kill(getpid(), signal_number);
-  });
-  RunResult result;
-  test::guarded([&] { result = train(config); });
-  done = true;
-  sender.join();
-  return result;
-}
-
 TEST(Trainer, SigtermStopsAfterTheStepWithACheckpoint) {
   TempDir dir;
   write_quadrant_images(dir.file("train"), 64, 6);
@@ -684,7 +662,21 @@ TEST(Trainer, SigtermStopsAfterTheStepWithACheckpoint) {
 
   struct sigaction before {};
   sigaction(SIGTERM, nullptr, &before);
-  const RunResult result = train_until_signalled(config, metrics, {SIGTERM});
+  std::atomic<bool> done{false};
+  std::thread sender([&] {
+    // Signal once a few steps are logged (or after 20 s, so that a hang shows as a failure).
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (!done && std::chrono::steady_clock::now() < deadline) {
+      std::ifstream in(metrics);  // lines, not JSON: the last one may be half written
+      if (std::count(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>(), '\n') >= 3) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    if (!done) kill(getpid(), SIGTERM);
+  });
+  RunResult result;
+  test::guarded([&] { result = train(config); });
+  done = true;
+  sender.join();
 
   EXPECT_TRUE(result.stopped);
   EXPECT_GE(result.steps, 3);
