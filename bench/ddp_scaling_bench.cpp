@@ -309,8 +309,9 @@ bool run_case(const dist::ProcessGroup& group, Device device, const Case& c, dis
     double bucket_bytes = 0.0;
     for (const dist::Bucket& bucket : ddp.reducer().buckets()) {
       const Tensor& wire = bucket.reduced.defined() ? bucket.reduced : bucket.flat;  // what the step all-reduces
-      flats.push_back(zeros(wire.shape(), TensorOptions(wire.dtype(), wire.device())));
-      bucket_bytes += static_cast<double>(wire.nbytes());
+      const DType sent = bucket.converted_by_communicator.value_or(wire.dtype());     // and in which dtype
+      flats.push_back(zeros(wire.shape(), TensorOptions(sent, wire.device())));
+      bucket_bytes += static_cast<double>(flats.back().nbytes());
     }
     const auto reduce_all = [&] {
       for (size_t b = 0; b < flats.size(); ++b)

@@ -80,8 +80,12 @@ Reducer::Reducer(nn::NamedTensors params, Communicator& communicator, BucketOpti
     for (size_t k : members) numel += tensors[k].numel();
     const Tensor& first = tensors[members.front()];
     bucket.flat = zeros({numel}, TensorOptions(first.dtype(), first.device()));
-    if (options.reduce_dtype && *options.reduce_dtype != first.dtype())
-      bucket.reduced = zeros({numel}, TensorOptions(*options.reduce_dtype, first.device()));
+    if (options.reduce_dtype && *options.reduce_dtype != first.dtype()) {
+      if (communicator_.reduces_as(bucket.flat, *options.reduce_dtype))
+        bucket.converted_by_communicator = *options.reduce_dtype;
+      else
+        bucket.reduced = zeros({numel}, TensorOptions(*options.reduce_dtype, first.device()));
+    }
     int64_t offset = 0;
     for (size_t k : members) {
       bucket_of_[k] = buckets_.size();
@@ -160,9 +164,14 @@ void Reducer::launch_ready_buckets() {
   autograd::NoGradGuard no_grad;
   while (next_launch_ < buckets_.size() && buckets_[next_launch_].ready) {
     Bucket& bucket = buckets_[next_launch_];
-    if (bucket.reduced.defined()) bucket.reduced.copy_(bucket.flat);
-    const Tensor& wire = bucket.reduced.defined() ? bucket.reduced : bucket.flat;
-    bucket.collective = communicator_.all_reduce_overlapped(wire, ReduceOp::Avg, bucket.label);
+    if (bucket.converted_by_communicator) {
+      bucket.collective = communicator_.all_reduce_overlapped_as(bucket.flat, *bucket.converted_by_communicator,
+                                                                 ReduceOp::Avg, bucket.label);
+    } else {
+      if (bucket.reduced.defined()) bucket.reduced.copy_(bucket.flat);
+      const Tensor& wire = bucket.reduced.defined() ? bucket.reduced : bucket.flat;
+      bucket.collective = communicator_.all_reduce_overlapped(wire, ReduceOp::Avg, bucket.label);
+    }
     if (next_launch_ == 0) last_round_launches_.clear();
     last_round_launches_.push_back(next_launch_);
     ++launches_;

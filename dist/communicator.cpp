@@ -46,6 +46,14 @@ void Communicator::check_reduce_scatter(const char* backend, const Tensor& input
               shape_str(expected), shape_str(input.shape()), world, shape_str(output.shape()));
 }
 
+uint64_t Communicator::all_reduce_overlapped_as(const Tensor& tensor, DType wire, ReduceOp op, const std::string& what) {
+  (void)op;
+  FLAME_FAIL(
+      "dist::all_reduce_overlapped_as '{}': this communicator does not send {} tensors as {} itself (reduces_as() is "
+      "false); convert into a {} buffer and call all_reduce_overlapped on it",
+      what, dtype_name(tensor.dtype()), dtype_name(wire), dtype_name(wire));
+}
+
 std::unique_ptr<Communicator> make_communicator(const ProcessGroup& group, Device device, CommunicatorOptions options) {
   if (device.is_cpu()) return make_mpi_communicator(group, options);
   const Device own = group.cuda_device();

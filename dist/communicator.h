@@ -66,6 +66,21 @@ class Communicator {
     all_reduce(tensor, op, what);
     return 0;
   }
+  /// Whether all_reduce_overlapped_as(tensor, wire, ...) is available for this tensor: the
+  /// communicator then converts to and from `wire` itself, on its own stream. False by default;
+  /// the NCCL communicator's copy-engine all-reduce does it for f32 tensors sent as bf16 (Note
+  /// [copy-engine all-reduce]). Depends only on the tensor's dtype and size, so ranks agree.
+  virtual bool reduces_as(const Tensor& tensor, DType wire) const {
+    (void)tensor;
+    (void)wire;
+    return false;
+  }
+  /// all_reduce_overlapped of `tensor` whose values travel rounded to `wire` (a narrower floating
+  /// dtype): afterwards `tensor` holds the sum (Avg: mean) of every rank's values rounded to
+  /// `wire`, itself rounded to `wire`, and the same bits on every rank. Raises flame::Error where
+  /// reduces_as() is false.
+  virtual uint64_t all_reduce_overlapped_as(const Tensor& tensor, DType wire, ReduceOp op,
+                                            const std::string& what = "");
   /// Makes the compute stream wait for every collective issued so far, without blocking the host
   /// (nothing to do for a synchronous backend).
   virtual void compute_wait() {}
@@ -134,8 +149,9 @@ struct CommunicatorOptions {
   /// memory passes (a copy, a sum kernel) over each. flame::Error at construction for more than 2
   /// ranks (an all-gather moves W/2 times a ring's bytes), NcclCalls::NonBlocking, NCCL older than
   /// 2.28, or ranks that disagree on it; at the first such all-reduce when NCCL has no symmetric
-  /// memory. Smaller tensors, other dtypes and every other collective still use the ring. The MPI
-  /// backend ignores it.
+  /// memory. f32 tensors sent as bf16 (all_reduce_overlapped_as) go the same way in bf16 slots.
+  /// Smaller tensors, other dtypes and every other collective still use the ring. The MPI backend
+  /// ignores it.
   OverlapAllReduce overlap_all_reduce = OverlapAllReduce::Ring;
 };
 

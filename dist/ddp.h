@@ -46,7 +46,9 @@ struct DdpOptions {
   /// rank gets the same mean rounded to bf16 (Note [ddp buckets]). It costs a conversion each way
   /// per step and a buffer of that dtype beside each bucket (half the gradients' memory for bf16).
   /// The MPI backend reduces bf16 through an f32 copy, so there it saves nothing. F16 can overflow
-  /// to inf where bf16 cannot. Unset: the parameters' dtype.
+  /// to inf where bf16 cannot. With the copy-engine all-reduce (CommunicatorOptions::
+  /// overlap_all_reduce) the communicator converts large f32 buckets to bf16 itself, on its own
+  /// stream, and no bf16 buffer is kept (Communicator::reduces_as). Unset: the parameters' dtype.
   std::optional<DType> reduce_dtype;
 };
 

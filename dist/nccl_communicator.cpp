@@ -39,6 +39,11 @@
 // hence 2 ranks only. The staging buffer is reused by every such all-reduce (they run one after
 // another on the stream) and grows, collectively, to twice the largest tensor seen. No SM carve-out
 // is set for them: NCCL's kernels do not run.
+// all_reduce_overlapped_as(tensor, bf16) (DDP's reduce_dtype = bf16, for buckets of at least
+// overlap_carveout_min_bytes of bf16) sends half the bytes: step 1 is a kernel that rounds the f32
+// tensor into this rank's bf16 slot, and step 3 writes round_bf16((slot 0 + slot 1) * scale) back
+// as f32 (the sum taken in f32), so no f32 -> bf16 -> f32 conversions run on
+// the compute stream, as they do when DDP converts the buckets itself for the ring.
 // One communicator serves both ways: a second one split off for the copy engines slowed every
 // kernel of the process, forward included. Measured on the 2x H200 (docs/PERFORMANCE.md, eleventh
 // run), mlp weak scaling 1 -> 2 GPUs: 0.977 at batch 1024 per rank (ring with its 32-SM carve-out:
@@ -73,6 +78,7 @@
 #include <deque>
 #include <exception>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -120,9 +126,9 @@ ncclDataType_t nccl_type(DType dtype) {
   FLAME_FAIL("NCCL communicator: unknown dtype");
 }
 
-/// The last step of the copy-engine all-reduce (Note [copy-engine all-reduce]): out = (slots[0:n] +
-/// slots[n:2n]) * scale, the same expression on both ranks. The vector form needs n % 4 == 0 and
-/// 16-byte aligned pointers.
+/// The kernels of the copy-engine all-reduce (Note [copy-engine all-reduce]). Its last step:
+/// out = (slots[0:n] + slots[n:2n]) * scale, the same expression on both ranks. The vector forms
+/// need n % 4 == 0 and 16-byte aligned pointers.
 constexpr const char* kTwoRankMeanSource = R"(
 extern "C" __global__ void flame_two_rank_mean(const float* __restrict__ slots, float* __restrict__ out,
                                                unsigned long long n, float scale) {
@@ -138,6 +144,52 @@ extern "C" __global__ void flame_two_rank_mean4(const float4* __restrict__ slots
        i += (unsigned long long)gridDim.x * blockDim.x) {
     const float4 a = slots[i], b = second[i];
     out[i] = make_float4((a.x + b.x) * scale, (a.y + b.y) * scale, (a.z + b.z) * scale, (a.w + b.w) * scale);
+  }
+}
+
+// bf16 on the wire (all_reduce_overlapped_as): the first step rounds the f32 tensor into this rank's
+// bf16 slot, the last writes round_bf16((slot 0 + slot 1) * scale) as f32. Rounding to nearest even,
+// NaN kept quiet, as core's conversion (core/dtype.cpp).
+__device__ __forceinline__ unsigned int flame_to_bf16(float f) {
+  unsigned int x = __float_as_uint(f);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return (x >> 16) | 0x40u;
+  x += 0x7fffu + ((x >> 16) & 1u);
+  return x >> 16;
+}
+__device__ __forceinline__ float flame_from_bf16(unsigned int h) { return __uint_as_float(h << 16); }
+__device__ __forceinline__ float flame_bf16_mean(unsigned int a, unsigned int b, float scale) {
+  return flame_from_bf16(flame_to_bf16((flame_from_bf16(a) + flame_from_bf16(b)) * scale));
+}
+
+extern "C" __global__ void flame_to_bf16_slot(const float* __restrict__ in, unsigned short* __restrict__ slot,
+                                              unsigned long long n) {
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
+       i += (unsigned long long)gridDim.x * blockDim.x)
+    slot[i] = (unsigned short)flame_to_bf16(in[i]);
+}
+extern "C" __global__ void flame_to_bf16_slot4(const float4* __restrict__ in, uint2* __restrict__ slot,
+                                               unsigned long long n4) {
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n4;
+       i += (unsigned long long)gridDim.x * blockDim.x) {
+    const float4 v = in[i];
+    slot[i] = make_uint2(flame_to_bf16(v.x) | (flame_to_bf16(v.y) << 16), flame_to_bf16(v.z) | (flame_to_bf16(v.w) << 16));
+  }
+}
+extern "C" __global__ void flame_two_rank_mean_bf16(const unsigned short* __restrict__ slots, float* __restrict__ out,
+                                                    unsigned long long n, float scale) {
+  const unsigned short* second = slots + n;
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
+       i += (unsigned long long)gridDim.x * blockDim.x)
+    out[i] = flame_bf16_mean(slots[i], second[i], scale);
+}
+extern "C" __global__ void flame_two_rank_mean_bf16x4(const uint2* __restrict__ slots, float4* __restrict__ out,
+                                                      unsigned long long n4, float scale) {
+  const uint2* second = slots + n4;
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n4;
+       i += (unsigned long long)gridDim.x * blockDim.x) {
+    const uint2 a = slots[i], b = second[i];
+    out[i] = make_float4(flame_bf16_mean(a.x & 0xffffu, b.x & 0xffffu, scale), flame_bf16_mean(a.x >> 16, b.x >> 16, scale),
+                         flame_bf16_mean(a.y & 0xffffu, b.y & 0xffffu, scale), flame_bf16_mean(a.y >> 16, b.y >> 16, scale));
   }
 }
 )";
@@ -294,7 +346,7 @@ class NcclCommunicator final : public Communicator {
     FLAME_CHECK(tensor.is_contiguous(), "dist::all_reduce_overlapped '{}': the tensor must be contiguous, got {}", what,
                 tensor.describe());
     if (copy_engines_ && tensor.dtype() == kF32 && tensor.nbytes() >= options_.overlap_carveout_min_bytes)
-      return copy_engine_all_reduce(tensor, op, what);
+      return copy_engine_all_reduce(tensor, kF32, op, what);
     enqueue(
         "all_reduce", what,
         [&] {
@@ -308,6 +360,22 @@ class NcclCommunicator final : public Communicator {
       carved_out_ = true;
     }
     return issued_count_;
+  }
+
+  bool reduces_as(const Tensor& tensor, DType wire) const override {
+    // Note [copy-engine all-reduce]: the bytes sent decide, as for the f32 ones.
+    return copy_engines_ && tensor.dtype() == kF32 && wire == kBF16 &&
+           static_cast<size_t>(tensor.numel()) * dtype_size(kBF16) >= options_.overlap_carveout_min_bytes;
+  }
+
+  uint64_t all_reduce_overlapped_as(const Tensor& tensor, DType wire, ReduceOp op, const std::string& what) override {
+    check_usable("all_reduce", what);
+    check_tensor("all_reduce", tensor, "tensor");
+    check_reducible("NCCL", "all_reduce", tensor.dtype(), op);
+    FLAME_CHECK(tensor.is_contiguous(), "dist::all_reduce_overlapped_as '{}': the tensor must be contiguous, got {}",
+                what, tensor.describe());
+    if (!reduces_as(tensor, wire)) return Communicator::all_reduce_overlapped_as(tensor, wire, op, what);
+    return copy_engine_all_reduce(tensor, wire, op, what);
   }
 
   void compute_wait(uint64_t collective) override {
@@ -442,27 +510,41 @@ class NcclCommunicator final : public Communicator {
                 name(low[0]), name(high[0]), low[1], high[1]);
   }
 
-  /// Note [copy-engine all-reduce]. Returns the collective's number.
-  uint64_t copy_engine_all_reduce(const Tensor& tensor, ReduceOp op, const std::string& what) {
-    ensure_staging(tensor.nbytes(), what);
+  /// Note [copy-engine all-reduce]: `tensor` (f32) travels as `wire` (f32 or bf16). Returns the
+  /// collective's number.
+  uint64_t copy_engine_all_reduce(const Tensor& tensor, DType wire, ReduceOp op, const std::string& what) {
+    const bool bf16 = wire == kBF16;
     const size_t n = static_cast<size_t>(tensor.numel());
-    float* slots = static_cast<float*>(staging_);
-    float* own = slots + static_cast<size_t>(group_.rank) * n;
+    const size_t slot_bytes = n * dtype_size(wire);
+    ensure_staging(slot_bytes, what);
+    char* slots = static_cast<char*>(staging_);
+    char* own = slots + static_cast<size_t>(group_.rank) * slot_bytes;
     float* out = static_cast<float*>(tensor.data_ptr());
-    const bool vector =
-        n % 4 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0 && reinterpret_cast<uintptr_t>(slots) % 16 == 0;
+    // The vector kernels read 4 values at a time: 16 bytes of f32, 8 of bf16 (own slot too).
+    const bool vector = n % 4 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0 &&
+                        reinterpret_cast<uintptr_t>(slots) % 16 == 0;
+    const size_t items = vector ? n / 4 : n;
     // Resolved (compiled once) before any NCCL call of this all-reduce.
-    const cudaKernel_t kernel = cuda::runtime_kernel(
-        kTwoRankMeanSource, vector ? "flame_two_rank_mean4" : "flame_two_rank_mean", device_.index);
+    const cudaKernel_t mean = cuda::runtime_kernel(
+        kTwoRankMeanSource,
+        bf16 ? (vector ? "flame_two_rank_mean_bf16x4" : "flame_two_rank_mean_bf16")
+             : (vector ? "flame_two_rank_mean4" : "flame_two_rank_mean"),
+        device_.index);
+    const cudaKernel_t round =
+        bf16 ? cuda::runtime_kernel(kTwoRankMeanSource, vector ? "flame_to_bf16_slot4" : "flame_to_bf16_slot",
+                                    device_.index)
+             : nullptr;
     enqueue(
         "all_reduce", what,
         [&] {
-          const cudaError_t copied = cudaMemcpyAsync(own, out, tensor.nbytes(), cudaMemcpyDeviceToDevice, stream_);
+          const cudaError_t copied =
+              bf16 ? launch_over(round, out, own, items, std::nullopt)
+                   : cudaMemcpyAsync(own, out, tensor.nbytes(), cudaMemcpyDeviceToDevice, stream_);
           if (copied != cudaSuccess)
             fail("all_reduce", what, fmt::format("copy into the staging buffer: {}", cudaGetErrorString(copied)));
-          const ncclResult_t status = ncclAllGather(own, slots, n, ncclFloat32, comm_, stream_);
+          const ncclResult_t status = ncclAllGather(own, slots, n, nccl_type(wire), comm_, stream_);
           if (status == ncclSuccess) {  // Blocking calls (checked at construction): the all-gather is on stream_
-            const cudaError_t launched = launch_two_rank_mean(kernel, slots, out, vector ? n / 4 : n, op);
+            const cudaError_t launched = launch_over(mean, slots, out, items, op == ReduceOp::Avg ? 0.5f : 1.0f);
             if (launched != cudaSuccess)
               fail("all_reduce", what, fmt::format("the sum kernel: {}", cudaGetErrorString(launched)));
           }
@@ -472,18 +554,16 @@ class NcclCommunicator final : public Communicator {
     return issued_count_;
   }
 
-  /// out = (slots[0:n] + slots[n:2n]) * (1/2 for Avg) on stream_, by `kernel`; `items` counts its
-  /// elements (float4s for the vector form).
-  cudaError_t launch_two_rank_mean(cudaKernel_t kernel, const float* slots, float* out, size_t items, ReduceOp op) {
+  /// Launches `kernel(in, out, items[, scale])` on stream_, one thread per item (grid-stride, at
+  /// most 4 blocks per SM): the copy-engine all-reduce's rounding and sum kernels.
+  cudaError_t launch_over(cudaKernel_t kernel, const void* in, void* out, size_t items, std::optional<float> scale) {
     unsigned long long count = items;
-    float scale = op == ReduceOp::Avg ? 0.5f : 1.0f;
+    float factor = scale.value_or(1.0f);
     constexpr unsigned int kThreads = 256;
     const unsigned long long blocks = (count + kThreads - 1) / kThreads;
     const unsigned int grid = static_cast<unsigned int>(std::max<unsigned long long>(
         1, std::min<unsigned long long>(blocks, 4ull * cuda::multiprocessor_count(device_.index))));
-    const void* in = slots;
-    void* result = out;
-    void* args[] = {&in, &result, &count, &scale};
+    void* args[] = {&in, &out, &count, &factor};
     return cudaLaunchKernel(reinterpret_cast<const void*>(kernel), dim3(grid), dim3(kThreads), args, 0, stream_);
   }
 

@@ -11,7 +11,9 @@
 # PyTorch DDP, W=1 and W=2, per-rank batch 256, 512 and 1024, gradients reduced in f32 and in
 # bf16; prints the weak-scaling efficiency of each) or copy-engine (ddp.step with the ring and with
 # the copy-engine all-reduce, CommunicatorOptions::overlap_all_reduce, and PyTorch DDP, per-rank batch
-# 256, 512 and 1024, W=1 and W=2; W=1 runs the ring only, as both are the same there).
+# 256, 512 and 1024, W=1 and W=2; W=1 runs the ring only, as both are the same there) or
+# copy-engine-bf16 (the same with gradients reduced in bf16 too: W=1 f32 and bf16, W=2 ring and
+# copy engines in f32 and bf16, PyTorch DDP in f32 and with its bf16 compression hook).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$root/build-gpu}
@@ -80,13 +82,14 @@ torch_variant() {
 
 variants=${FLAME_SWEEP_VARIANTS:-default}
 case $variants in
-  default | nccl | placement | scaling | copy-engine) ;;
+  default | nccl | placement | scaling | copy-engine | copy-engine-bf16) ;;
   *)
-    echo "ddp_sweep: FLAME_SWEEP_VARIANTS must be default, nccl, placement, scaling or copy-engine, got '$variants'" >&2
+    echo "ddp_sweep: FLAME_SWEEP_VARIANTS must be default, nccl, placement, scaling, copy-engine or" \
+      "copy-engine-bf16, got '$variants'" >&2
     exit 2
     ;;
 esac
-[ "$variants" = scaling ] || [ "$variants" = copy-engine ] || variant w1 1
+case $variants in scaling | copy-engine*) ;; *) variant w1 1 ;; esac
 case $variants in
   default)
     variant w1-bucket 1 "" "" "--step bucket"
@@ -144,6 +147,22 @@ case $variants in
       done
     done
     ;;
+  copy-engine-bf16)
+    models=$model
+    [ "$model" = all ] && models="cnn mlp"
+    for model in $models; do
+      for batch in 256 512 1024; do
+        for reduce in f32 bf16; do
+          variant "flame-$model-b$batch-$reduce-w1" 1 "" "" "--step bucket --batch $batch --reduce $reduce"
+          variant "flame-$model-b$batch-$reduce-ring-w2" 2 "" "" "--step bucket --batch $batch --reduce $reduce"
+          variant "flame-$model-b$batch-$reduce-copy-engine-w2" 2 "" "" \
+            "--step bucket --batch $batch --reduce $reduce --all-reduce copy-engine"
+          torch_variant "torch-$model-b$batch-$reduce-w1" 1 "--batch $batch --reduce $reduce"
+          torch_variant "torch-$model-b$batch-$reduce-w2" 2 "--batch $batch --reduce $reduce"
+        done
+      done
+    done
+    ;;
 esac
 
 python3 - "$jsonl" <<'PY'
@@ -171,11 +190,15 @@ for key, by_world in steps.items():  # W=1 has nothing to all-reduce: every algo
     if 1 not in by_world:
         by_world[1] = steps.get(key[:4] + ("ring",), {}).get(1)
 if steps:
-    print(f"\n{'impl':6} {'model':5} {'batch':6} {'reduce':6} {'all-reduce':11} {'W=1 ms':>8} {'W=2 ms':>8} {'efficiency':>10}")
+    # Against the f32 W=1 step too: at W=1 a bf16 reduction still converts every bucket twice.
+    print(f"\n{'impl':6} {'model':5} {'batch':6} {'reduce':6} {'all-reduce':11} {'W=1 ms':>8} {'W=2 ms':>8} "
+          f"{'efficiency':>10} {'vs f32 W=1':>10}")
     for (impl, model, size, reduce, algorithm), by_world in sorted(steps.items()):
         one, two = by_world.get(1), by_world.get(2)
+        f32_one = steps.get((impl, model, size, "f32", "ring"), {}).get(1)
         efficiency = f"{one / two:10.3f}" if one and two else f"{'missing':>10}"
+        against_f32 = f"{f32_one / two:10.3f}" if f32_one and two else f"{'missing':>10}"
         print(f"{impl:6} {model:5} {size:6} {reduce:6} {algorithm:11} {one or float('nan'):8.3f} "
-              f"{two or float('nan'):8.3f} {efficiency}")
+              f"{two or float('nan'):8.3f} {efficiency} {against_f32}")
 PY
 exit $failed

@@ -359,11 +359,6 @@ void Trainer::set_up() {
     }
   }
   if (config_.ddp.all_reduce == AllReduceChoice::CopyEngine) {
-    if (config_.ddp.reduce_dtype != ReduceDtype::Param)
-      log_->warn(
-          "ddp.all_reduce = \"copy_engine\" moves f32 buckets only; with ddp.reduce_dtype = \"{}\" every "
-          "bucket goes through the ring",
-          to_string(config_.ddp.reduce_dtype));
     FLAME_CHECK(!device_.is_cuda() || group_.world_size <= 2,
                 "ddp.all_reduce = \"copy_engine\" is for 2 GPU ranks (an all-gather moves W/2 times the bytes of "
                 "a ring all-reduce), this job has {}; use \"ring\"",

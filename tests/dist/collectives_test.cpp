@@ -188,6 +188,17 @@ TEST_F(Collectives, AvgOfIntegersRaises) {
   EXPECT_TRUE(raises_error([&] { comm_->reduce_scatter(in, out, ReduceOp::Avg); }, {"reduce_scatter", "Avg"}));
 }
 
+TEST_F(Collectives, SendingAsAnotherDtypeIsLeftToTheCaller) {
+  // The MPI backend converts nothing itself: reduces_as() is false and all_reduce_overlapped_as
+  // raises, naming the buffer-and-all_reduce_overlapped way, before any collective (so every rank
+  // raises alike and none waits).
+  Tensor t = full({1 << 20}, 1.0, kF32);
+  EXPECT_FALSE(comm_->reduces_as(t, kBF16));
+  EXPECT_TRUE(raises_error([&] { comm_->all_reduce_overlapped_as(t, kBF16, ReduceOp::Avg, "bucket 2"); },
+                           {"all_reduce_overlapped_as", "bucket 2", "f32", "bf16", "reduces_as"}));
+  EXPECT_EQ(t.to_vector<float>(), std::vector<float>(1 << 20, 1.0f)) << "the tensor must be left as it was";
+}
+
 TEST_F(Collectives, BoolCannotBeReduced) {
   Tensor t = full({2}, 1.0, kBool);
   EXPECT_TRUE(raises_error([&] { comm_->all_reduce(t, ReduceOp::Sum); }, {"all_reduce", "bool"}));

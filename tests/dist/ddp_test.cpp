@@ -278,6 +278,7 @@ TEST(Ddp, Bf16ReduceDtypeGivesEveryRankTheMeanRoundedToBf16) {
     ASSERT_TRUE(bucket.reduced.defined());
     EXPECT_EQ(bucket.reduced.dtype(), DType::BF16);
     EXPECT_EQ(bucket.reduced.numel(), bucket.flat.numel());
+    EXPECT_FALSE(bucket.converted_by_communicator) << "MPI converts nothing itself: the reducer does";
   }
   optim::AdamW opt(ddp.parameters(), {.lr = 1e-2});
   for (int step = 0; step < 3; ++step) {

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -191,6 +192,52 @@ TEST_F(DdpNccl, Bf16ReductionGivesTheMeanRoundedToBf16AndStepEqualsSynchronizeTh
     expect_same_parameters(*model, *twin, 0.0, at);
   }
   ddp.check_parameters_in_sync("after the bf16-reduced steps");
+}
+
+TEST_F(DdpNccl, CopyEngineBf16ReductionConvertsOnTheCommunicationStream) {
+  // reduce_dtype bf16 with the copy-engine all-reduce (threshold 0: every bucket): the communicator
+  // converts (Bucket::converted_by_communicator, no `reduced` buffer); .grad is still the mean
+  // rounded to bf16, every rank the same bits, and step() equals synchronize + step.
+  CommunicatorOptions options;
+  options.timeout = std::chrono::seconds(30);
+  options.overlap_all_reduce = OverlapAllReduce::CopyEngineGather;
+  options.overlap_carveout_min_bytes = 0;
+  auto gather = make_nccl_communicator(ProcessGroup::init(), options);
+  constexpr int64_t kLocal = 5;
+  const int64_t global = kLocal * world();
+  auto model = make_mlp(270, kHidden, device());
+  auto twin = clone_mlp(*model, device());
+  auto reference = clone_mlp(*model, device());
+  DistributedDataParallel ddp(model, *gather, small_buckets(DType::BF16));
+  DistributedDataParallel twin_ddp(twin, *gather, small_buckets(DType::BF16));
+  ASSERT_GE(ddp.reducer().buckets().size(), 3u);
+  for (const Bucket& bucket : ddp.reducer().buckets()) {
+    EXPECT_FALSE(bucket.reduced.defined()) << bucket.label;
+    EXPECT_EQ(bucket.converted_by_communicator, world() == 2 ? std::optional<DType>(DType::BF16) : std::nullopt)
+        << bucket.label;
+  }
+  optim::AdamW opt(ddp.parameters(), {.lr = 1e-2});
+  optim::AdamW twin_opt(twin_ddp.parameters(), {.lr = 1e-2});
+  for (int step = 0; step < 3; ++step) {
+    const std::string at = "step " + std::to_string(step);
+    const Batch batch = global_batch(global, 80 + step, device());
+    const Batch mine = batch.slice(rank() * kLocal, kLocal);
+    twin_ddp.zero_grad();
+    nn::mse_loss(twin_ddp.forward(mine.x), mine.y).backward();
+    twin_ddp.synchronize_gradients();
+    reference->load_state_dict(twin->state_dict());
+    reference->zero_grad();
+    nn::mse_loss(reference->forward(batch.x), batch.y).backward();
+    expect_bf16_reduced_grads(*twin, *reference, at);
+    twin_opt.step();
+    ddp.zero_grad();
+    nn::mse_loss(ddp.forward(mine.x), mine.y).backward();
+    ddp.step(opt);
+    expect_same_grads(*model, *twin, 0.0, at);
+    expect_same_parameters(*model, *twin, 0.0, at);
+  }
+  ddp.check_parameters_in_sync("after the copy-engine bf16-reduced steps");
+  twin_ddp.check_parameters_in_sync("after the copy-engine bf16-reduced synchronize + step");
 }
 
 TEST_F(DdpNccl, NoSyncAccumulatesLocallyThenReducesTheSum) {

@@ -256,6 +256,65 @@ TEST_F(Nccl, CopyEngineGatherMatchesTheRingAndLeavesEveryRankTheSameBits) {
                            {"ranks disagree", "overlap_all_reduce", "Ring", "CopyEngineGather"}));
 }
 
+TEST_F(Nccl, CopyEngineGatherSendsF32AsBf16AndWritesTheRoundedMean) {
+  // all_reduce_overlapped_as(tensor, bf16): every rank's values rounded to bf16, summed in rank
+  // order in f32, scaled, rounded to bf16 again; checked bit for bit against the same on the host.
+  dist::CommunicatorOptions options;
+  options.timeout = std::chrono::seconds(30);
+  options.overlap_all_reduce = dist::OverlapAllReduce::CopyEngineGather;
+  options.overlap_carveout_min_bytes = 1 << 20;  // bytes sent: 2 per value
+  auto gather = dist::make_nccl_communicator(group(), options);
+  if (world() != 2) {
+    Tensor t = zeros({1 << 20}, {kF32, device()});
+    EXPECT_FALSE(gather->reduces_as(t, kBF16)) << "the copy engines serve 2 ranks only";
+    return;
+  }
+  manual_seed(60 + rank());
+  struct Case {
+    int64_t numel;
+    ReduceOp op;
+    bool offset;  // the output 4 bytes into its allocation: the scalar kernels
+  };
+  const std::vector<Case> cases = {
+      {1 << 20, ReduceOp::Avg, false},        // 2 MiB sent: vector kernels
+      {(1 << 19) + 3, ReduceOp::Sum, false},  // just over 1 MiB, not a multiple of 4: scalar kernels
+      {1 << 21, ReduceOp::Avg, false},        // 4 MiB sent: the staging buffer grows
+      {1 << 19, ReduceOp::Avg, true},         // 1 MiB sent at a 4-byte offset
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.numel);
+    Tensor input = randn({c.numel}, {kF32, device()}).mul_(100.0);
+    Tensor result = c.offset ? empty({c.numel + 1}, {kF32, device()}).narrow(0, 1, c.numel).copy_(input)
+                             : input.clone();
+    ASSERT_TRUE(gather->reduces_as(result, kBF16));
+    gather->all_reduce_overlapped_as(result, kBF16, c.op, "bucket");
+    gather->compute_wait();
+    Tensor inputs = empty({2 * c.numel}, {kF32, device()});
+    comm_->all_gather(input, inputs, "inputs");
+    const Tensor rounded = inputs.to(kCPU).to(kBF16).to(kF32);
+    Tensor expected = rounded.narrow(0, 0, c.numel).clone().add_(rounded.narrow(0, c.numel, c.numel));
+    if (c.op == ReduceOp::Avg) expected.mul_(0.5);
+    const std::vector<float> want = expected.to(kBF16).to(kF32).to_vector<float>();
+    const std::vector<float> got = result.to(kCPU).to_vector<float>();
+    ASSERT_EQ(got.size(), want.size());
+    const auto [g, w] = std::mismatch(got.begin(), got.end(), want.begin());
+    EXPECT_TRUE(g == got.end()) << "first difference at " << (g - got.begin()) << ": " << *g << " against " << *w;
+  }
+  gather->barrier();
+
+  // Not for it: a tensor below the threshold, an f16 wire, an f64 tensor. The ring path (reduces_as
+  // false) raises, naming the way out.
+  Tensor small = zeros({1000}, {kF32, device()});
+  Tensor f64 = zeros({1 << 20}, {kF64, device()});
+  Tensor large = zeros({1 << 20}, {kF32, device()});
+  EXPECT_FALSE(gather->reduces_as(small, kBF16));
+  EXPECT_FALSE(gather->reduces_as(large, kF16));
+  EXPECT_FALSE(gather->reduces_as(f64, kBF16));
+  EXPECT_FALSE(comm_->reduces_as(large, kBF16)) << "the ring communicator converts nothing itself";
+  EXPECT_TRUE(raises_error([&] { gather->all_reduce_overlapped_as(small, kBF16, ReduceOp::Avg, "bucket 9"); },
+                           {"bucket 9", "reduces_as", "all_reduce_overlapped"}));
+}
+
 TEST_F(Nccl, NonBlockingCallsGiveTheSameResults) {
   dist::CommunicatorOptions options;
   options.timeout = std::chrono::seconds(30);
