@@ -68,9 +68,9 @@
 // under Error, whose check may raise, and a DDP step that raises wait for every bucket, so .grad
 // holds the means whenever control returns.
 // Where the communicator converts itself (Communicator::reduces_as(): the NCCL copy-engine
-// all-reduce, f32 buckets sent as bf16), the bucket has no `reduced` buffer: flat goes to
-// all_reduce_overlapped_as(), which rounds, sends and writes the rounded mean back into flat on the
-// communication stream, so nothing is converted on the compute stream.
+// all-reduce, f32 buckets sent as bf16, Note [bf16 on the wire]), the bucket has no `reduced`
+// buffer: flat goes to all_reduce_overlapped_as(), which rounds, sends and writes the rounded mean
+// back into flat on the communication stream, so nothing is converted on the compute stream.
 #pragma once
 
 #include <cstdint>
@@ -107,8 +107,8 @@ struct Bucket {
   Tensor flat;                 // [sum of numel], the parameters' dtype and device
   Tensor reduced;              // [sum of numel] in BucketOptions::reduce_dtype, when the reducer converts;
                                // undefined when flat is all-reduced as is, or converted by the communicator
-  /// Set when the communicator sends flat as this dtype itself (Communicator::reduces_as(), e.g.
-  /// the copy-engine all-reduce with reduce_dtype bf16): no conversion on the compute stream.
+  /// Set when the communicator sends flat as this dtype itself (Communicator::reduces_as(): the
+  /// copy-engine all-reduce with reduce_dtype bf16): no conversion on the compute stream.
   std::optional<DType> converted_by_communicator;
   std::vector<size_t> params;  // in bucket order (reverse registration order)
   std::vector<Tensor> views;   // views[k]: flat's slice for params[k], shaped like it

@@ -69,7 +69,8 @@ class Communicator {
   /// Whether all_reduce_overlapped_as(tensor, wire, ...) is available for this tensor: the
   /// communicator then converts to and from `wire` itself, on its own stream. False by default;
   /// the NCCL communicator's copy-engine all-reduce does it for f32 tensors sent as bf16 (Note
-  /// [copy-engine all-reduce]). Depends only on the tensor's dtype and size, so ranks agree.
+  /// [bf16 on the wire] in dist/nccl_communicator.cpp). Depends only on the tensor's dtype and size
+  /// and the options, which the ranks are checked to agree on.
   virtual bool reduces_as(const Tensor& tensor, DType wire) const {
     (void)tensor;
     (void)wire;

@@ -48,7 +48,8 @@ struct DdpOptions {
   /// The MPI backend reduces bf16 through an f32 copy, so there it saves nothing. F16 can overflow
   /// to inf where bf16 cannot. With the copy-engine all-reduce (CommunicatorOptions::
   /// overlap_all_reduce) the communicator converts large f32 buckets to bf16 itself, on its own
-  /// stream, and no bf16 buffer is kept (Communicator::reduces_as). Unset: the parameters' dtype.
+  /// stream, and keeps no bf16 buffer beside them (Communicator::reduces_as). Unset: the
+  /// parameters' dtype.
   std::optional<DType> reduce_dtype;
 };
 

@@ -39,16 +39,24 @@
 // hence 2 ranks only. The staging buffer is reused by every such all-reduce (they run one after
 // another on the stream) and grows, collectively, to twice the largest tensor seen. No SM carve-out
 // is set for them: NCCL's kernels do not run.
-// all_reduce_overlapped_as(tensor, bf16) (DDP's reduce_dtype = bf16, for buckets of at least
-// overlap_carveout_min_bytes of bf16) sends half the bytes: step 1 is a kernel that rounds the f32
-// tensor into this rank's bf16 slot, and step 3 writes round_bf16((slot 0 + slot 1) * scale) back
-// as f32 (the sum taken in f32), so no f32 -> bf16 -> f32 conversions run on
-// the compute stream, as they do when DDP converts the buckets itself for the ring.
+// f32 tensors sent as bf16 (Note [bf16 on the wire]) go the same way in bf16 slots.
 // One communicator serves both ways: a second one split off for the copy engines slowed every
 // kernel of the process, forward included. Measured on the 2x H200 (docs/PERFORMANCE.md, eleventh
 // run), mlp weak scaling 1 -> 2 GPUs: 0.977 at batch 1024 per rank (ring with its 32-SM carve-out:
 // 0.957), where the transfer hides behind the backward work after the large gradient; 0.877 at
 // batch 256 (ring: 0.936), where it does not. So Ring stays the default.
+//
+// Note [bf16 on the wire]: with the copy engines, all_reduce_overlapped_as(tensor, bf16) (DDP's
+// reduce_dtype = bf16, buckets of at least overlap_carveout_min_bytes of bf16) converts on the
+// communication stream, so that no f32 -> bf16 -> f32 pass runs on the compute stream, where it
+// would lengthen backward and the optimizer step: a kernel rounds the f32 tensor into this rank's
+// bf16 slot, the slots are all-gathered, and the sum kernel writes round_bf16((slot 0 + slot 1) *
+// scale) as f32. Rounding is to nearest even with NaN kept quiet, as core/dtype.cpp. Measured on the
+// 2x H200 (docs/PERFORMANCE.md, twelfth run), mlp weak scaling against the f32 step at W=1: 0.977 at
+// batch 512 and 0.987 at 1024 per rank. The ring keeps DDP's conversions on the compute stream:
+// converting on the communication stream for it too made the mlp's W=2 step slower at batch 256
+// (1.347 against 1.307 ms; the conversion kernels spread over every SM beside backward's GEMMs),
+// though faster at 1024.
 //
 // Note [NCCL timeouts]: nothing waits forever, in either NcclCalls mode.
 // - synchronize() (the host's only wait) raises flame::Error after the timeout, naming the
@@ -363,7 +371,7 @@ class NcclCommunicator final : public Communicator {
   }
 
   bool reduces_as(const Tensor& tensor, DType wire) const override {
-    // Note [copy-engine all-reduce]: the bytes sent decide, as for the f32 ones.
+    // Note [bf16 on the wire]: the copy engines only; the bytes sent decide, as for f32 tensors.
     return copy_engines_ && tensor.dtype() == kF32 && wire == kBF16 &&
            static_cast<size_t>(tensor.numel()) * dtype_size(kBF16) >= options_.overlap_carveout_min_bytes;
   }

@@ -302,8 +302,8 @@ TEST_F(Nccl, CopyEngineGatherSendsF32AsBf16AndWritesTheRoundedMean) {
   }
   gather->barrier();
 
-  // Not for it: a tensor below the threshold, an f16 wire, an f64 tensor. The ring path (reduces_as
-  // false) raises, naming the way out.
+  // Not for it: a tensor below the threshold, an f16 wire, an f64 tensor, the ring communicator.
+  // all_reduce_overlapped_as then raises, naming the way out (DDP converts itself there).
   Tensor small = zeros({1000}, {kF32, device()});
   Tensor f64 = zeros({1 << 20}, {kF64, device()});
   Tensor large = zeros({1 << 20}, {kF32, device()});
@@ -313,6 +313,8 @@ TEST_F(Nccl, CopyEngineGatherSendsF32AsBf16AndWritesTheRoundedMean) {
   EXPECT_FALSE(comm_->reduces_as(large, kBF16)) << "the ring communicator converts nothing itself";
   EXPECT_TRUE(raises_error([&] { gather->all_reduce_overlapped_as(small, kBF16, ReduceOp::Avg, "bucket 9"); },
                            {"bucket 9", "reduces_as", "all_reduce_overlapped"}));
+  EXPECT_TRUE(raises_error([&] { comm_->all_reduce_overlapped_as(large, kBF16, ReduceOp::Avg, "bucket 8"); },
+                           {"bucket 8", "reduces_as"}));
 }
 
 TEST_F(Nccl, NonBlockingCallsGiveTheSameResults) {
