@@ -23,6 +23,11 @@
 //   gatherf as FLAME's OverlapAllReduce::CopyEngineGather: on the communication stream, a device
 //           copy of the gradient into its rank's slot of the staging window, the all-gather in
 //           place, and a kernel writing the mean of the two slots back into the gradient.
+//   gatherb as FLAME's copy-engine all-reduce with bf16 slots (DDP's reduce_dtype bf16, twelfth
+//           run): a kernel rounds the gradient into its rank's bf16 slot, the all-gather in place,
+//           and a kernel writing the rounded mean of the two slots back into the f32 gradient;
+//   gatherbf the same transfer, but the update reads the two bf16 slots itself (no sum kernel):
+//           what fusing the sum into the optimizer step would save.
 // CARVE > 0 plans the GEMMs beside the all-reduces for (SMs - CARVE) SMs (not in ce and hybrid);
 // ADDBLOCKS is the ce add kernel's grid; CHUNKS > 1 computes and all-reduces the 64 MiB gradient in
 // that many row blocks, each all-reduced as soon as its GEMM is done.
@@ -48,6 +53,44 @@ __global__ void adamw_like_sum2(float4* p, const float4* ga, const float4* gb, f
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
     float4 pp = p[i], a = ga[i], b = gb[i], mm = m[i], vv = v[i];
     float4 gg = make_float4(0.5f * (a.x + b.x), 0.5f * (a.y + b.y), 0.5f * (a.z + b.z), 0.5f * (a.w + b.w));
+    UPD(x) UPD(y) UPD(z) UPD(w)
+    p[i] = pp; m[i] = mm; v[i] = vv;
+  }
+}
+
+__device__ __forceinline__ unsigned int to_bf16(float f) {  // nearest even (no NaN here)
+  unsigned int x = __float_as_uint(f);
+  return (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+}
+__device__ __forceinline__ float from_bf16(unsigned int h) { return __uint_as_float(h << 16); }
+__device__ __forceinline__ float mean_bf16(unsigned int a, unsigned int b) {
+  return from_bf16(to_bf16(0.5f * (from_bf16(a) + from_bf16(b))));
+}
+
+/// slot (4 bf16 per uint2) = round_bf16(g), n4 float4s.
+__global__ void round_to_slot(const float4* g, uint2* slot, size_t n4) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
+    const float4 v = g[i];
+    slot[i] = make_uint2(to_bf16(v.x) | (to_bf16(v.y) << 16), to_bf16(v.z) | (to_bf16(v.w) << 16));
+  }
+}
+
+/// out = round_bf16((a + b) / 2) as f32, the two ranks' bf16 slots summed in rank order.
+__global__ void mean_of_slots(const uint2* a, const uint2* b, float4* out, size_t n4) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
+    const uint2 x = a[i], y = b[i];
+    out[i] = make_float4(mean_bf16(x.x & 0xffffu, y.x & 0xffffu), mean_bf16(x.x >> 16, y.x >> 16),
+                         mean_bf16(x.y & 0xffffu, y.y & 0xffffu), mean_bf16(x.y >> 16, y.y >> 16));
+  }
+}
+
+/// The AdamW-like update with the gradient read from the two ranks' bf16 slots.
+__global__ void adamw_like_slots(float4* p, const uint2* ga, const uint2* gb, float4* m, float4* v, size_t n4) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
+    float4 pp = p[i], mm = m[i], vv = v[i];
+    const uint2 a = ga[i], b = gb[i];
+    float4 gg = make_float4(mean_bf16(a.x & 0xffffu, b.x & 0xffffu), mean_bf16(a.x >> 16, b.x >> 16),
+                            mean_bf16(a.y & 0xffffu, b.y & 0xffffu), mean_bf16(a.y >> 16, b.y >> 16));
     UPD(x) UPD(y) UPD(z) UPD(w)
     p[i] = pp; m[i] = mm; v[i] = vv;
   }
@@ -133,6 +176,17 @@ int main(int argc, char** argv) {
     NK(ncclAllReduce(buf + k, buf + k, n - k, ncclFloat32, ncclAvg, ring_comm, commst2));
     CK(cudaEventRecord(done, commst2));
   };
+  // gatherb / gatherbf: bf16 slots in the (f32-sized, so large enough) staging windows.
+  const bool bf16_slots = mode == "gatherb" || mode == "gatherbf";
+  auto gather_bf16 = [&](float* buf, float* slots, size_t n) {
+    uint2* own = reinterpret_cast<uint2*>(reinterpret_cast<unsigned short*>(slots) + size_t(rank) * n);
+    round_to_slot<<<sms * 4, 256, 0, commst>>>((const float4*)buf, own, n / 4);
+    NK(ncclAllGather(own, slots, n, ncclBfloat16, comm, commst));
+    if (mode == "gatherb")
+      mean_of_slots<<<sms * 4, 256, 0, commst>>>((const uint2*)slots,
+                                                 (const uint2*)(reinterpret_cast<unsigned short*>(slots) + n),
+                                                 (float4*)buf, n / 4);
+  };
   auto ring = [&](float* buf, size_t n) { NK(ncclAllReduce(buf, buf, n, ncclFloat32, ncclAvg, comm, commst)); };
   cudaEvent_t t0, t1, r1, r2, d1, d2, e1, e2;
   for (cudaEvent_t* e : {&e1, &e2}) CK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
@@ -155,6 +209,7 @@ int main(int argc, char** argv) {
         if (mode == "nccl") ring(part, n1 / chunks);
         else if (mode.rfind("rsce", 0) == 0) rs_ce(part, n1 / chunks);
         else if (mode == "gatherf") gather_flame(part, rg1, n1);
+        else if (bf16_slots) gather_bf16(part, rg1, n1);
         else if (hybrid_split) hybrid_split_reduce(part, rg1, n1, r1, e1);
         else if (gather) NK(ncclAllGather(part, rg1, n1, ncclFloat32, comm, commst));
         else ce_allreduce(part, n1 / chunks);
@@ -171,6 +226,7 @@ int main(int argc, char** argv) {
       if (mode == "ce") ce_allreduce(b2, n2);
       else if (mode == "rsce") rs_ce(b2, n2);
       else if (mode == "gatherf") gather_flame(b2, rg2, n2);
+      else if (bf16_slots) gather_bf16(b2, rg2, n2);
       else if (hybrid_split) hybrid_split_reduce(b2, rg2, n2, r2, e2);
       else if (gather) NK(ncclAllGather(b2, rg2, n2, ncclFloat32, comm, commst));
       else ring(b2, n2);
@@ -180,6 +236,12 @@ int main(int argc, char** argv) {
       BK(cublasSetSmCountTarget(blas, 0));
     }
     auto update = [&](float* p, float* b, float* rg, float* m, float* v, size_t n) {
+      if (comm_on && mode == "gatherbf") {
+        adamw_like_slots<<<sms * 4, 256, 0, compute>>>((float4*)p, (const uint2*)rg,
+                                                      (const uint2*)(reinterpret_cast<unsigned short*>(rg) + n),
+                                                      (float4*)m, (float4*)v, n / 4);
+        return;
+      }
       if (comm_on && mode == "gather") {
         adamw_like_sum2<<<sms * 4, 256, 0, compute>>>((float4*)p, (const float4*)rg, (const float4*)(rg + n),
                                                      (float4*)m, (float4*)v, n / 4);
