@@ -79,7 +79,8 @@ fi
 
 # --- configure and build -----------------------------------------------------------------
 section "configure" | tee -a "$out/build.log"
-configure_args=(-S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90)
+configure_args=(-S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90
+  -DFLAME_REQUIRE_CUDA=ON)  # the GPU machine must never fall back to a CPU-only build
 [ -n "$prefix_path" ] && configure_args+=("-DCMAKE_PREFIX_PATH=$prefix_path")
 built=0
 if cmake "${configure_args[@]}" 2>&1 | tee -a "$out/build.log"; then
