@@ -74,15 +74,16 @@ std::vector<int64_t> normalize_dims(const char* op, const std::vector<int64_t>& 
   return out;
 }
 
-void prepare_inplace(const char* op, const Tensor& self, std::initializer_list<const Tensor*> sources) {
+void check_inplace_allowed(const char* op, const Tensor& self, std::initializer_list<const Tensor*> sources) {
   if (autograd::grad_enabled()) {
     bool tracked = self.requires_grad();
     for (const Tensor* t : sources) tracked = tracked || (t->defined() && t->requires_grad());
     FLAME_CHECK(!tracked, "{}: in-place ops on tensors that require grad are not recorded by autograd; use the "
                 "out-of-place op, or wrap the update in autograd::NoGradGuard (as optimizers do)", op);
   }
-  self.storage()->bump_version();
 }
+
+void mark_written(const Tensor& self) { self.storage()->bump_version(); }
 
 }  // namespace flame::detail
 

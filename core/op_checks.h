@@ -24,8 +24,13 @@ std::vector<int64_t> normalize_dims(const char* op, const std::vector<int64_t>& 
 
 /// Before an in-place write to `self`: refuses when autograd would need the result or the
 /// overwritten values (grad mode on and self or a source requires grad; use NoGradGuard or the
-/// out-of-place op), and bumps self's storage version so saved copies of it are caught.
-void prepare_inplace(const char* op, const Tensor& self, std::initializer_list<const Tensor*> sources = {});
+/// out-of-place op).
+void check_inplace_allowed(const char* op, const Tensor& self, std::initializer_list<const Tensor*> sources = {});
+/// After an in-place write to `self` has been issued: bumps self's storage version, so that copies
+/// of it saved for backward are caught. Called once the backend returned, never before a check
+/// that may still raise: an op refused for a bad argument writes nothing and leaves the version,
+/// and a later backward through a saved copy, as they were.
+void mark_written(const Tensor& self);
 
 /// x.view(shape) when the layout allows it without copying, else nothing.
 std::optional<Tensor> try_view(const Tensor& x, const Shape& shape);

@@ -116,11 +116,12 @@ Tensor& binary_inplace(BinaryOp op, Tensor& self, const Tensor& other) {
               "{}_: {} cannot broadcast to the in-place target's shape {}", name, other.describe(),
               shape_str(self.shape()));
   detail::check_no_internal_overlap(name, self);
-  detail::prepare_inplace(name, self, {&other});
+  detail::check_inplace_allowed(name, self, {&other});
   Tensor operand = other.expand(self.shape());
   if (detail::may_overlap(operand, self) && !(operand.offset() == self.offset() && operand.strides() == self.strides()))
     operand = operand.clone();
   if (self.numel() > 0) backend_for(self.device()).binary(op, self, operand, self);
+  detail::mark_written(self);
   return self;
 }
 
@@ -130,8 +131,9 @@ Tensor& binary_scalar_inplace(BinaryOp op, Tensor& self, double scalar) {
   check_binary_dtype(op, self);
   check_scalar_fits(op, self, scalar);
   detail::check_no_internal_overlap(name, self);
-  detail::prepare_inplace(name, self);
+  detail::check_inplace_allowed(name, self);
   if (self.numel() > 0) backend_for(self.device()).binary_scalar(op, self, scalar, self);
+  detail::mark_written(self);
   return self;
 }
 
@@ -139,8 +141,9 @@ Tensor& unary_inplace(UnaryOp op, Tensor& self, double p0, double p1) {
   check_same_device(op_name(op), {&self});
   check_unary_dtype(op, self);
   detail::check_no_internal_overlap(op_name(op), self);
-  detail::prepare_inplace(op_name(op), self);
+  detail::check_inplace_allowed(op_name(op), self);
   if (self.numel() > 0) backend_for(self.device()).unary(op, self, self, p0, p1);
+  detail::mark_written(self);
   return self;
 }
 

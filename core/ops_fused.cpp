@@ -91,11 +91,13 @@ void adam_step_(const std::vector<Tensor>& params, const std::vector<Tensor>& gr
     contiguous_grads.push_back(g.contiguous());
   }
   for (size_t i = 0; i < params.size(); ++i) {
-    detail::prepare_inplace(op, params[i], {&grads[i]});
-    detail::prepare_inplace(op, exp_avg[i]);
-    detail::prepare_inplace(op, exp_avg_sq[i]);
+    detail::check_inplace_allowed(op, params[i], {&grads[i]});
+    detail::check_inplace_allowed(op, exp_avg[i]);
+    detail::check_inplace_allowed(op, exp_avg_sq[i]);
   }
   backend_for(params[0].device()).adam_step(params, contiguous_grads, exp_avg, exp_avg_sq, args);
+  for (size_t i = 0; i < params.size(); ++i)
+    for (const Tensor* written : {&params[i], &exp_avg[i], &exp_avg_sq[i]}) detail::mark_written(*written);
 }
 
 }  // namespace flame

@@ -197,8 +197,9 @@ Tensor& scatter_add_(Tensor& x, int64_t dim, const Tensor& index, const Tensor& 
   dim = check_scatter_add(x, dim, index, src);
   if (index.numel() == 0) return x;
   detail::check_no_internal_overlap("scatter_add_", x);
-  detail::prepare_inplace("scatter_add_", x, {&src});
-  scatter_add_into(x, dim, index, src);
+  detail::check_inplace_allowed("scatter_add_", x, {&src});
+  scatter_add_into(x, dim, index, src);  // a CUDA index out of range raises later, after the in-range adds
+  detail::mark_written(x);
   return x;
 }
 

@@ -484,23 +484,26 @@ bool same_layout(const Tensor& a, const Tensor& b) {
 
 Tensor& Tensor::copy_(const Tensor& src_in) {
   FLAME_CHECK(src_in.defined(), "copy_: source tensor is undefined");
-  detail::prepare_inplace("copy_", *this, {&src_in});
+  detail::check_inplace_allowed("copy_", *this, {&src_in});
   detail::check_no_internal_overlap("copy_", *this);
   Tensor src = src_in;
   if (src.device() != device()) src = src.to(device());
   src = src.expand(shape());
-  if (same_layout(src, *this) || numel() == 0) return *this;
-  if (detail::may_overlap(src, *this)) src = src.clone();
-  backend_for(device()).copy(src, *this);
+  if (!same_layout(src, *this) && numel() > 0) {
+    if (detail::may_overlap(src, *this)) src = src.clone();
+    backend_for(device()).copy(src, *this);
+  }
+  detail::mark_written(*this);
   return *this;
 }
 
 Tensor& Tensor::fill_(double value) {
-  detail::prepare_inplace("fill_", *this);
+  detail::check_inplace_allowed("fill_", *this);
   detail::check_no_internal_overlap("fill_", *this);
   FLAME_CHECK(is_floating(dtype()) || dtype() == DType::Bool || std::isfinite(value),
               "fill_: {} has no integer value for {}", value, describe());
   if (numel() > 0) backend_for(device()).fill(*this, value);
+  detail::mark_written(*this);
   return *this;
 }
 

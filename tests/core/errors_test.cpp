@@ -4,9 +4,11 @@
 // compile failure (whose message carries the NVRTC log; needs no GPU).
 #include <fmt/format.h>
 
+#include <cmath>
 #include <functional>
 #include <string>
 
+#include "core/fused.h"
 #include "support/test_support.h"
 #ifdef FLAME_WITH_CUDA
 #include "core/cuda/nvrtc.h"
@@ -416,6 +418,56 @@ TEST(Errors, ATensorStaysUsableAfterAFailedOp) {
   EXPECT_TRUE(test::all_close(x, {2, 3}, v, {0, 0}));
   EXPECT_TRUE(test::raises_error([&] { (void)index_select(x, 1, index_of({0, 7})); }));
   EXPECT_TRUE(test::all_close(index_select(x, 1, index_of({2})), {2, 1}, {v[2], v[5]}, {0, 0}));
+}
+
+TEST(Errors, ARefusedInPlaceOpLeavesTheVersionAndALaterBackwardAlone) {
+  // A tensor saved for backward (w by mul, idx by gather) meets an in-place op that is refused for
+  // its argument: nothing is written, so its version must not move, and the backward must run.
+  // (A version bumped before the checks made it raise "modified by an in-place operation".)
+  test::HostRng rng;
+  const auto v = rng.uniform(3, -1, 1);
+  Tensor x = test::make_tensor(v, {3}, kF64);
+  x.requires_grad_(true);
+  Tensor w = test::make_tensor(rng.uniform(3, -1, 1), {3}, kF64);
+  Tensor idx = index_of({2, 0, 1});
+  Tensor y = add(mul(x, w), gather(x, 0, idx)).sum();
+  Tensor frozen = f64({3}), exp_avg = f64({3}), exp_avg_sq = f64({3});
+  Tensor trained = f64({3}), trained_avg = f64({3}), trained_avg_sq = f64({3});
+  trained.requires_grad_(true);
+  const std::vector<std::pair<std::string, std::function<void()>>> refused = {
+      {"copy_ of another shape", [&] { w.copy_(f64({5})); }},
+      {"copy_ into an expanded view", [&] { w.expand({4, 3}).copy_(f64({4, 3})); }},
+      {"fill_ of an integer tensor with NaN", [&] { idx.fill_(std::nan("")); }},
+      {"zero_ of an expanded view", [&] { w.expand({2, 3}).zero_(); }},
+      {"clamp_ of an integer tensor to a fraction", [&] { idx.clamp_(0.5, 2); }},
+      {"add_ of an integer tensor and a scalar beyond i64", [&] { idx.add_(1e19); }},
+      {"scatter_add_ out of range", [&] { scatter_add_(w, 0, index_of({7}), f64({1})); }},
+      {"adam_step_ with an entry that requires grad",
+       [&] {
+         adam_step_({frozen, trained}, {f64({3}), f64({3})}, {exp_avg, trained_avg}, {exp_avg_sq, trained_avg_sq},
+                    AdamStepArgs{});
+       }},
+  };
+  for (const auto& [name, op] : refused) {
+    SCOPED_TRACE(name);
+    const uint64_t w_version = w.storage()->version(), idx_version = idx.storage()->version();
+    const std::vector<uint64_t> adam_versions = {frozen.storage()->version(), exp_avg.storage()->version(),
+                                                 exp_avg_sq.storage()->version()};
+    EXPECT_TRUE(test::raises_error(op));
+    EXPECT_EQ(w.storage()->version(), w_version);
+    EXPECT_EQ(idx.storage()->version(), idx_version);
+    EXPECT_EQ((std::vector<uint64_t>{frozen.storage()->version(), exp_avg.storage()->version(),
+                                     exp_avg_sq.storage()->version()}),
+              adam_versions);
+  }
+  y.backward();
+  ASSERT_TRUE(x.grad().defined());
+  // The check still catches a write that happened: an accepted in-place op moves the version.
+  Tensor z = mul(x, w).sum();
+  const uint64_t before = w.storage()->version();
+  w.add_(1.0);
+  EXPECT_GT(w.storage()->version(), before);
+  EXPECT_TRUE(test::raises_error([&] { z.backward(); }, {"modified"}));
 }
 
 TEST(Errors, CudaDeviceWithoutCudaIsAnError) {
