@@ -19,6 +19,22 @@ void check_bucket_options(const BucketOptions& options) {
               dtype_name(*options.reduce_dtype));
 }
 
+std::string bucketing_problem(const nn::NamedTensors& params, Device device) {
+  if (params.empty()) return "DistributedDataParallel: the module has no parameters to synchronise";
+  for (const auto& [name, p] : params) {
+    if (!(p.is_leaf() && p.requires_grad() && is_floating(p.dtype()) && p.is_contiguous()))
+      return fmt::format(
+          "DistributedDataParallel: parameter '{}' ({}) must be a contiguous floating-point leaf that requires grad",
+          name, p.describe());
+    if (p.device() != device)
+      return fmt::format(
+          "DistributedDataParallel: parameter '{}' is on {} but the communicator works on {}; every parameter must be "
+          "on the communicator's device (call module->to(device) first)",
+          name, p.device().str(), device.str());
+  }
+  return "";
+}
+
 std::vector<std::vector<size_t>> assign_buckets(const std::vector<Tensor>& params, const BucketOptions& options) {
   check_bucket_options(options);
   struct Open {
@@ -56,20 +72,10 @@ std::shared_ptr<Reducer> Reducer::make(nn::NamedTensors params, Communicator& co
 
 Reducer::Reducer(nn::NamedTensors params, Communicator& communicator, BucketOptions options, UnusedParameters unused)
     : params_(std::move(params)), communicator_(communicator), unused_(unused) {
-  FLAME_CHECK(!params_.empty(), "DistributedDataParallel: the module has no parameters to synchronise");
+  const std::string problem = bucketing_problem(params_, communicator_.device());
+  FLAME_CHECK(problem.empty(), "{}", problem);
   std::vector<Tensor> tensors;
-  const Device device = params_.front().second.device();
-  for (const auto& [name, p] : params_) {
-    FLAME_CHECK(p.is_leaf() && p.requires_grad() && is_floating(p.dtype()) && p.is_contiguous(),
-                "DistributedDataParallel: parameter '{}' ({}) must be a contiguous floating-point leaf that "
-                "requires grad",
-                name, p.describe());
-    FLAME_CHECK(p.device() == device,
-                "DistributedDataParallel: parameter '{}' is on {} but '{}' is on {}; every parameter must be on "
-                "the communicator's device (call module->to(device) first)",
-                name, p.device().str(), params_.front().first, device.str());
-    tensors.push_back(p);
-  }
+  for (const auto& [name, p] : params_) tensors.push_back(p);
   bucket_of_.resize(params_.size());
   slot_of_.resize(params_.size());
   param_ready_.assign(params_.size(), false);

@@ -121,6 +121,12 @@ struct Bucket {
 /// Raises flame::Error for a cap that is not positive or a reduce_dtype that is not floating.
 void check_bucket_options(const BucketOptions& options);
 
+/// Why the reducer cannot take `params` on `device` (the communicator's): empty, or a parameter
+/// that is not a contiguous floating-point leaf requiring grad, or lives elsewhere; the message
+/// names the first such parameter. Empty when they are fine. Local: DDP has every rank agree on it
+/// before any other collective, so one rank's bad module raises on all of them at once.
+std::string bucketing_problem(const nn::NamedTensors& params, Device device);
+
 /// Assigns parameters to buckets (Note [ddp buckets]): returns, per bucket, the parameter indices
 /// in bucket order. Pure function of the shapes, dtypes and devices, so identical on every rank.
 std::vector<std::vector<size_t>> assign_buckets(const std::vector<Tensor>& params, const BucketOptions& options);

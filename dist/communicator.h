@@ -91,6 +91,8 @@ class Communicator {
   virtual void compute_wait(uint64_t collective) { (void)collective; }
 
   const ProcessGroup& group() const { return group_; }
+  /// Where this communicator's tensors live: the CPU (MPI) or group().cuda_device() (NCCL).
+  virtual Device device() const = 0;
 
  protected:
   explicit Communicator(const ProcessGroup& group) : group_(group) {}

@@ -1,13 +1,62 @@
 #include "dist/ddp.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <utility>
+#include <vector>
 
 #include "core/autograd.h"
 #include "dist/checksum.h"
 
 namespace flame::dist {
+namespace {
+
+/// What this rank alone can see wrong with the module for DDP on `device` (empty when nothing):
+/// a trained parameter the reducer cannot bucket (bucketing_problem), or a frozen parameter or a
+/// buffer that the broadcast cannot take. Every parameter frozen, or none at all, is left to the
+/// checks after the broadcast, which every rank reaches alike (the signatures agree on it).
+std::string local_problem(const nn::NamedTensors& params, const nn::NamedTensors& buffers, Device device) {
+  nn::NamedTensors trained;
+  for (const auto& entry : params) {
+    if (entry.second.requires_grad()) trained.push_back(entry);
+  }
+  const std::string bucketing = trained.empty() ? "" : bucketing_problem(trained, device);
+  if (!bucketing.empty()) return bucketing;
+  for (const nn::NamedTensors* list : {&params, &buffers}) {
+    for (const auto& [name, t] : *list) {
+      if (t.device() != device)
+        return fmt::format("DistributedDataParallel: {} '{}' is on {} but the communicator works on {}; move the module "
+                           "there first (module->to(device))",
+                           list == &params ? "parameter" : "buffer", name, t.device().str(), device.str());
+    }
+  }
+  return "";
+}
+
+/// Collective: every rank learns whether any rank found a local problem, and raises if so (this
+/// rank with its own message, the others naming the ranks), before any collective that a rank with
+/// a problem could not join.
+void agree_on_local_problems(const std::string& problem, Communicator& communicator) {
+  const Device device = communicator.device();
+  const int world = communicator.group().world_size;
+  Tensor mine = full({1}, problem.empty() ? 0.0 : 1.0, TensorOptions(DType::I32, device));
+  Tensor all = zeros({world}, TensorOptions(DType::I32, device));
+  communicator.all_gather(mine, all, "DDP module check");
+  communicator.synchronize();
+  FLAME_CHECK(problem.empty(), "{} (on rank {}; every rank raises)", problem, communicator.group().rank);
+  const std::vector<int32_t> flags = all.to_vector<int32_t>();  // [W]: 1 where that rank found a problem
+  std::vector<int> ranks;
+  for (int r = 0; r < world; ++r) {
+    if (flags[r] != 0) ranks.push_back(r);
+  }
+  FLAME_CHECK(ranks.empty(),
+              "DistributedDataParallel: rank(s) {} cannot wrap the module (each names the parameter in its own error); "
+              "every rank raises here so that none waits for them",
+              fmt::join(ranks, ", "));
+}
+
+}  // namespace
 
 DistributedDataParallel::DistributedDataParallel(std::shared_ptr<nn::Module> module, Communicator& communicator,
                                                  DdpOptions options)
@@ -20,9 +69,10 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<nn::Module> mod
   check_bucket_options(bucket_options);  // before any collective changes the module
   const nn::NamedTensors params = module_->named_parameters();
   const nn::NamedTensors buffers = module_->named_buffers();
-  // The check's own tensors go where the parameters are (the communicator's device); a rank without
-  // buffers still takes part in the buffer check, so that the ranks' collectives stay matched.
-  const Device device = params.empty() ? kCPU : params.front().second.device();
+  agree_on_local_problems(local_problem(params, buffers, communicator_.device()), communicator_);
+  // The checks' own tensors go to the communicator's device; a rank without buffers still takes
+  // part in the buffer check, so that the ranks' collectives stay matched.
+  const Device device = communicator_.device();
   verify_same_signatures(params, communicator_, device, "parameter");
   verify_same_signatures(buffers, communicator_, device, "buffer");
   {

@@ -55,6 +55,8 @@ class MpiCommunicator final : public Communicator {
     }
   }
 
+  Device device() const override { return kCPU; }
+
   ~MpiCommunicator() override {
     // A communicator with a collective left pending by a timeout is not freed (MPI_Comm_free would
     // wait for it); the job is being brought down anyway.

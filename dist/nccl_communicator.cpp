@@ -370,6 +370,8 @@ class NcclCommunicator final : public Communicator {
     return issued_count_;
   }
 
+  Device device() const override { return device_; }
+
   bool reduces_as(const Tensor& tensor, DType wire) const override {
     // Note [bf16 on the wire]: the copy engines only; the bytes sent decide, as for f32 tensors.
     return copy_engines_ && tensor.dtype() == kF32 && wire == kBF16 &&

@@ -508,6 +508,37 @@ TEST(Ddp, ParameterMismatchAtConstructionRaisesOnEveryRank) {
   EXPECT_NE(count_message.find("nothing (it has only 1 entries) on rank 1"), std::string::npos) << count_message;
 }
 
+/// One [3, 4] parameter, stored transposed (not contiguous) where `transposed` says so.
+class OddLayout : public nn::Module {
+ public:
+  explicit OddLayout(bool transposed) {
+    Tensor w = transposed ? randn({4, 3}).t() : randn({3, 4});
+    w.requires_grad_(true);
+    register_parameter("w", w);
+  }
+  Tensor forward(const Tensor& x) override { return x; }
+  std::string type_name() const override { return "OddLayout"; }
+};
+
+TEST(Ddp, AModuleOneRankCannotWrapRaisesOnEveryRankAtConstruction) {
+  // Rank 1's parameter is not contiguous, which only rank 1 can see (the signatures agree): every
+  // rank raises at construction, rank 1 naming the parameter and the others naming rank 1, instead
+  // of rank 1 raising alone after the broadcasts while the others go on to wait for it.
+  if (world() == 1) GTEST_SKIP() << "needs at least two ranks";
+  manual_seed(520);
+  auto model = std::make_shared<OddLayout>(rank() == 1);
+  const std::string message = error_of([&] { DistributedDataParallel ddp(model, comm()); });
+  if (rank() == 1) {
+    EXPECT_NE(message.find("parameter 'w'"), std::string::npos) << message;
+    EXPECT_NE(message.find("contiguous"), std::string::npos) << message;
+  } else {
+    EXPECT_NE(message.find("rank(s) 1 cannot wrap the module"), std::string::npos) << message;
+  }
+  // The ranks are still matched: a module every rank can wrap works next.
+  auto fine = std::make_shared<OddLayout>(false);
+  EXPECT_NO_THROW(DistributedDataParallel ddp(fine, comm()));
+}
+
 /// Two heads; forward uses the second only where `use_second` says so.
 class TwoHeads : public nn::Module {
  public:
