@@ -276,6 +276,11 @@ if [ $built -eq 1 ] && [ "${FLAME_GPU_CHECK_SKIP_BENCH:-0}" != 1 ]; then
         run_bench "torch_ddp_${model}_bf16_w$world" mpirun --allow-run-as-root -np "$world" -x NCCL_NVLS_ENABLE=0 \
           python3 "$root/bench/torch_ddp_reference.py" --model "$model" --reduce bf16
       done
+      # bf16 gradients through the copy engines (2 ranks; docs/PERFORMANCE.md, twelfth run); the mlp
+      # only: the cnn's buckets are below the copy engines' 4 MiB threshold.
+      [ "$model" = mlp ] && run_bench "ddp_scaling_${model}_bf16_copy_engine_w2" mpirun --allow-run-as-root -np 2 \
+        -x NCCL_NVLS_ENABLE=0 "$build/bench/ddp_scaling_bench" --model "$model" --step bucket --reduce bf16 \
+        --all-reduce copy-engine
     done
   fi
   # flame-train: the Fashion-MNIST CNN of configs/fashion_mnist_cnn.toml on 1 GPU and on 2 (issue 6),
