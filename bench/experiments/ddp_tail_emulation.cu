@@ -27,7 +27,9 @@
 //           run): a kernel rounds the gradient into its rank's bf16 slot, the all-gather in place,
 //           and a kernel writing the rounded mean of the two slots back into the f32 gradient;
 //   gatherbf the same transfer, but the update reads the two bf16 slots itself (no sum kernel):
-//           what fusing the sum into the optimizer step would save.
+//           what fusing the sum into the optimizer step would save;
+//   gatherbfg as gatherbf, but the update also writes the mean into the gradient buffer (so that
+//           .grad would still hold it, as with DDP's other ways).
 // CARVE > 0 plans the GEMMs beside the all-reduces for (SMs - CARVE) SMs (not in ce and hybrid);
 // ADDBLOCKS is the ce add kernel's grid; CHUNKS > 1 computes and all-reduces the 64 MiB gradient in
 // that many row blocks, each all-reduced as soon as its GEMM is done.
@@ -84,13 +86,16 @@ __global__ void mean_of_slots(const uint2* a, const uint2* b, float4* out, size_
   }
 }
 
-/// The AdamW-like update with the gradient read from the two ranks' bf16 slots.
-__global__ void adamw_like_slots(float4* p, const uint2* ga, const uint2* gb, float4* m, float4* v, size_t n4) {
+/// The AdamW-like update with the gradient read from the two ranks' bf16 slots (and written to
+/// `g` when it is not null).
+__global__ void adamw_like_slots(float4* p, const uint2* ga, const uint2* gb, float4* m, float4* v, float4* g,
+                                 size_t n4) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
     float4 pp = p[i], mm = m[i], vv = v[i];
     const uint2 a = ga[i], b = gb[i];
     float4 gg = make_float4(mean_bf16(a.x & 0xffffu, b.x & 0xffffu), mean_bf16(a.x >> 16, b.x >> 16),
                             mean_bf16(a.y & 0xffffu, b.y & 0xffffu), mean_bf16(a.y >> 16, b.y >> 16));
+    if (g != nullptr) g[i] = gg;
     UPD(x) UPD(y) UPD(z) UPD(w)
     p[i] = pp; m[i] = mm; v[i] = vv;
   }
@@ -177,7 +182,7 @@ int main(int argc, char** argv) {
     CK(cudaEventRecord(done, commst2));
   };
   // gatherb / gatherbf: bf16 slots in the (f32-sized, so large enough) staging windows.
-  const bool bf16_slots = mode == "gatherb" || mode == "gatherbf";
+  const bool bf16_slots = mode == "gatherb" || mode == "gatherbf" || mode == "gatherbfg";
   auto gather_bf16 = [&](float* buf, float* slots, size_t n) {
     uint2* own = reinterpret_cast<uint2*>(reinterpret_cast<unsigned short*>(slots) + size_t(rank) * n);
     round_to_slot<<<sms * 4, 256, 0, commst>>>((const float4*)buf, own, n / 4);
@@ -236,10 +241,11 @@ int main(int argc, char** argv) {
       BK(cublasSetSmCountTarget(blas, 0));
     }
     auto update = [&](float* p, float* b, float* rg, float* m, float* v, size_t n) {
-      if (comm_on && mode == "gatherbf") {
+      if (comm_on && (mode == "gatherbf" || mode == "gatherbfg")) {
         adamw_like_slots<<<sms * 4, 256, 0, compute>>>((float4*)p, (const uint2*)rg,
                                                       (const uint2*)(reinterpret_cast<unsigned short*>(rg) + n),
-                                                      (float4*)m, (float4*)v, n / 4);
+                                                      (float4*)m, (float4*)v,
+                                                      mode == "gatherbfg" ? (float4*)b : nullptr, n / 4);
         return;
       }
       if (comm_on && mode == "gather") {

@@ -34,7 +34,7 @@ if [ -n "${TAIL_CASES:-}" ]; then
 else for args in "nccl 0" "nccl 32" "ce 0 264" "hybrid 0 264" "nccl 32 0 2" "nccl 32 0 4" "rsce 32" "rsce1 32" \
             "gather 0" "gathers 0" "gatherf 0" "nccl 32 0 1 1024" "gather 0 0 1 1024" "gathers 0 0 1 1024" \
             "gatherf 0 0 1 1024" "hyb50 32" "hyb50 16" "hyb35 16" "hyb65 16" "hyb50 8" "gatherb 0" "gatherbf 0" \
-            "gatherb 0 0 1 1024" "gatherbf 0 0 1 1024"; do
+            "gatherb 0 0 1 1024" "gatherbf 0 0 1 1024" "gatherbfg 0" "gatherbfg 0 0 1 1024"; do
   # shellcheck disable=SC2086
   on2 "$bin/ddp_tail_emulation" $args
 done
