@@ -301,7 +301,9 @@ void CpuBackend::copy(const Tensor& src, const Tensor& out) {
     const size_t size = out.element_size();
     for_each_element<2>("copy", {&src, &out},
                         [&](const std::array<char*, 2>& p) { std::memmove(p[1], p[0], size); });
-  } else if (!is_floating(src.dtype()) && !is_floating(out.dtype())) {
+  } else if (!is_floating(src.dtype())) {
+    // Integers (and bool) to anything through int64: an i64 beyond 2^53 rounds once to f32, as on
+    // CUDA, not first to a double and then again to f32.
     const LoadInt load = int_loader(src.dtype());
     const StoreInt store = int_storer(out.dtype());
     for_each_element<2>("copy", {&src, &out},

@@ -155,6 +155,18 @@ TEST(Conversion, BoolAndIntegerConversions) {
   EXPECT_TRUE(all_close(i.to(kI32), {3}, {-3, 0, 1000000}, kExact));
 }
 
+TEST(Conversion, LargeIntegersRoundOnceToFloat) {
+  // 2^60 + 2^36 + 1 lies just above the midpoint of two f32 values (2^60 and 2^60 + 2^37): rounded
+  // once it goes up; rounded to a double first (which drops the + 1, leaving the exact midpoint)
+  // and then to f32 (ties to even), it would go down to 2^60.
+  const int64_t v = (int64_t{1} << 60) + (int64_t{1} << 36) + 1;
+  const Tensor i = from_vector<int64_t>({v, -v}, {2}, kI64);
+  const std::vector<float> f = i.to(kF32).to_vector<float>();
+  EXPECT_EQ(f[0], std::ldexp(1.0f, 60) + std::ldexp(1.0f, 37));
+  EXPECT_EQ(f[1], -(std::ldexp(1.0f, 60) + std::ldexp(1.0f, 37)));
+  EXPECT_EQ(i.to(kF64).to_vector<double>()[0], std::ldexp(1.0, 60) + std::ldexp(1.0, 36));  // one rounding too
+}
+
 TEST(Conversion, ConversionOfNonContiguousViews) {
   test::HostRng rng;
   const auto v = rng.uniform(12, -4, 4);
