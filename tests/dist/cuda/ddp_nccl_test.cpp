@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -158,25 +159,27 @@ TEST_F(DdpNccl, CopyEngineAllReduceTrainsAsTheRing) {
   ddp.check_parameters_in_sync("after the copy-engine steps");
 }
 
-TEST_F(DdpNccl, Bf16ReductionGivesTheMeanRoundedToBf16AndStepEqualsSynchronizeThenStep) {
-  // reduce_dtype bf16: NCCL all-reduces bf16 buckets; each rank's .grad is the mean rounded to bf16,
-  // and ddp.step (conversion back per bucket) gives the same bits as synchronize + step.
+/// reduce_dtype bf16 on `communicator`: after check_buckets(ddp's reducer), 3 steps where each rank's
+/// .grad (synchronize_gradients on a twin) is a bf16 value near the global-batch gradient, and
+/// ddp.step gives the same bits as the twin's synchronize + step; the replicas stay in sync.
+void expect_bf16_reduced_training(Communicator& communicator, const std::function<void(const Reducer&)>& check_buckets) {
+  const int rank = ProcessGroup::init().rank, world = ProcessGroup::init().world_size;
+  const Device device = ProcessGroup::init().cuda_device();
   constexpr int64_t kLocal = 5;
-  const int64_t global = kLocal * world();
-  auto model = make_mlp(270, kHidden, device());
-  auto twin = clone_mlp(*model, device());
-  auto reference = clone_mlp(*model, device());
-  DistributedDataParallel ddp(model, comm(), small_buckets(DType::BF16));
-  DistributedDataParallel twin_ddp(twin, comm(), small_buckets(DType::BF16));
+  const int64_t global = kLocal * world;
+  auto model = make_mlp(270, kHidden, device);
+  auto twin = clone_mlp(*model, device);
+  auto reference = clone_mlp(*model, device);
+  DistributedDataParallel ddp(model, communicator, small_buckets(DType::BF16));
+  DistributedDataParallel twin_ddp(twin, communicator, small_buckets(DType::BF16));
   ASSERT_GE(ddp.reducer().buckets().size(), 3u);
-  ASSERT_TRUE(ddp.reducer().buckets()[0].reduced.defined());
-  EXPECT_EQ(ddp.reducer().buckets()[0].reduced.dtype(), DType::BF16);
+  check_buckets(ddp.reducer());
   optim::AdamW opt(ddp.parameters(), {.lr = 1e-2});
   optim::AdamW twin_opt(twin_ddp.parameters(), {.lr = 1e-2});
   for (int step = 0; step < 3; ++step) {
     const std::string at = "step " + std::to_string(step);
-    const Batch batch = global_batch(global, 80 + step, device());
-    const Batch mine = batch.slice(rank() * kLocal, kLocal);
+    const Batch batch = global_batch(global, 80 + step, device);
+    const Batch mine = batch.slice(rank * kLocal, kLocal);
     twin_ddp.zero_grad();
     nn::mse_loss(twin_ddp.forward(mine.x), mine.y).backward();
     twin_ddp.synchronize_gradients();
@@ -192,6 +195,16 @@ TEST_F(DdpNccl, Bf16ReductionGivesTheMeanRoundedToBf16AndStepEqualsSynchronizeTh
     expect_same_parameters(*model, *twin, 0.0, at);
   }
   ddp.check_parameters_in_sync("after the bf16-reduced steps");
+  twin_ddp.check_parameters_in_sync("after the bf16-reduced synchronize + step");
+}
+
+TEST_F(DdpNccl, Bf16ReductionGivesTheMeanRoundedToBf16AndStepEqualsSynchronizeThenStep) {
+  // reduce_dtype bf16: NCCL all-reduces bf16 buckets; each rank's .grad is the mean rounded to bf16,
+  // and ddp.step (conversion back per bucket) gives the same bits as synchronize + step.
+  expect_bf16_reduced_training(comm(), [](const Reducer& reducer) {
+    ASSERT_TRUE(reducer.buckets()[0].reduced.defined());
+    EXPECT_EQ(reducer.buckets()[0].reduced.dtype(), DType::BF16);
+  });
 }
 
 TEST_F(DdpNccl, CopyEngineBf16ReductionConvertsOnTheCommunicationStream) {
@@ -203,41 +216,13 @@ TEST_F(DdpNccl, CopyEngineBf16ReductionConvertsOnTheCommunicationStream) {
   options.overlap_all_reduce = OverlapAllReduce::CopyEngineGather;
   options.overlap_carveout_min_bytes = 0;
   auto gather = make_nccl_communicator(ProcessGroup::init(), options);
-  constexpr int64_t kLocal = 5;
-  const int64_t global = kLocal * world();
-  auto model = make_mlp(270, kHidden, device());
-  auto twin = clone_mlp(*model, device());
-  auto reference = clone_mlp(*model, device());
-  DistributedDataParallel ddp(model, *gather, small_buckets(DType::BF16));
-  DistributedDataParallel twin_ddp(twin, *gather, small_buckets(DType::BF16));
-  ASSERT_GE(ddp.reducer().buckets().size(), 3u);
-  for (const Bucket& bucket : ddp.reducer().buckets()) {
-    EXPECT_FALSE(bucket.reduced.defined()) << bucket.label;
-    EXPECT_EQ(bucket.converted_by_communicator, world() == 2 ? std::optional<DType>(DType::BF16) : std::nullopt)
-        << bucket.label;
-  }
-  optim::AdamW opt(ddp.parameters(), {.lr = 1e-2});
-  optim::AdamW twin_opt(twin_ddp.parameters(), {.lr = 1e-2});
-  for (int step = 0; step < 3; ++step) {
-    const std::string at = "step " + std::to_string(step);
-    const Batch batch = global_batch(global, 80 + step, device());
-    const Batch mine = batch.slice(rank() * kLocal, kLocal);
-    twin_ddp.zero_grad();
-    nn::mse_loss(twin_ddp.forward(mine.x), mine.y).backward();
-    twin_ddp.synchronize_gradients();
-    reference->load_state_dict(twin->state_dict());
-    reference->zero_grad();
-    nn::mse_loss(reference->forward(batch.x), batch.y).backward();
-    expect_bf16_reduced_grads(*twin, *reference, at);
-    twin_opt.step();
-    ddp.zero_grad();
-    nn::mse_loss(ddp.forward(mine.x), mine.y).backward();
-    ddp.step(opt);
-    expect_same_grads(*model, *twin, 0.0, at);
-    expect_same_parameters(*model, *twin, 0.0, at);
-  }
-  ddp.check_parameters_in_sync("after the copy-engine bf16-reduced steps");
-  twin_ddp.check_parameters_in_sync("after the copy-engine bf16-reduced synchronize + step");
+  expect_bf16_reduced_training(*gather, [&](const Reducer& reducer) {
+    for (const Bucket& bucket : reducer.buckets()) {
+      EXPECT_FALSE(bucket.reduced.defined()) << bucket.label;
+      EXPECT_EQ(bucket.converted_by_communicator, world() == 2 ? std::optional<DType>(DType::BF16) : std::nullopt)
+          << bucket.label;
+    }
+  });
 }
 
 TEST_F(DdpNccl, NoSyncAccumulatesLocallyThenReducesTheSum) {
