@@ -534,16 +534,10 @@ class NcclCommunicator final : public Communicator {
     const bool vector = n % 4 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0 &&
                         reinterpret_cast<uintptr_t>(slots) % 16 == 0;
     const size_t items = vector ? n / 4 : n;
-    // Resolved (compiled once) before any NCCL call of this all-reduce.
-    const cudaKernel_t mean = cuda::runtime_kernel(
-        kTwoRankMeanSource,
-        bf16 ? (vector ? "flame_two_rank_mean_bf16x4" : "flame_two_rank_mean_bf16")
-             : (vector ? "flame_two_rank_mean4" : "flame_two_rank_mean"),
-        device_.index);
-    const cudaKernel_t round =
-        bf16 ? cuda::runtime_kernel(kTwoRankMeanSource, vector ? "flame_to_bf16_slot4" : "flame_to_bf16_slot",
-                                    device_.index)
-             : nullptr;
+    // Resolved before any NCCL call of this all-reduce (compiled on first use, then kept).
+    const CopyEngineKernels& kernels = copy_engine_kernels(bf16, vector);
+    const cudaKernel_t mean = kernels.mean;
+    const cudaKernel_t round = kernels.round;
     enqueue(
         "all_reduce", what,
         [&] {
@@ -562,6 +556,30 @@ class NcclCommunicator final : public Communicator {
         },
         ComputeWaits::Later);
     return issued_count_;
+  }
+
+  /// The copy-engine all-reduce's kernels for one wire dtype and vector width: `round` writes f32
+  /// into a bf16 slot (null for f32), `mean` sums the two slots into the f32 bucket.
+  struct CopyEngineKernels {
+    cudaKernel_t mean = nullptr;
+    cudaKernel_t round = nullptr;
+  };
+
+  /// Looks the kernels up once per communicator: runtime_kernel would hash and compare the whole
+  /// source on every bucket of every step. Loaded kernels stay valid for the process, even after
+  /// cuda::clear_memory_kernel_cache(). Collectives are issued one at a time, in the same order on
+  /// every rank, so this needs no lock.
+  const CopyEngineKernels& copy_engine_kernels(bool bf16, bool vector) {
+    CopyEngineKernels& kernels = copy_engine_kernels_[bf16 ? 1 : 0][vector ? 1 : 0];
+    if (kernels.mean != nullptr) return kernels;
+    const char* mean = bf16 ? (vector ? "flame_two_rank_mean_bf16x4" : "flame_two_rank_mean_bf16")
+                            : (vector ? "flame_two_rank_mean4" : "flame_two_rank_mean");
+    const char* round = vector ? "flame_to_bf16_slot4" : "flame_to_bf16_slot";
+    CopyEngineKernels resolved;
+    resolved.round = bf16 ? cuda::runtime_kernel(kTwoRankMeanSource, round, device_.index) : nullptr;
+    resolved.mean = cuda::runtime_kernel(kTwoRankMeanSource, mean, device_.index);
+    kernels = resolved;
+    return kernels;
   }
 
   /// Launches `kernel(in, out, items[, scale])` on stream_, one thread per item (grid-stride, at
@@ -830,6 +848,7 @@ class NcclCommunicator final : public Communicator {
   void* staging_ = nullptr;
   StagingWindow staging_window_ = nullptr;
   size_t staging_bytes_ = 0;
+  CopyEngineKernels copy_engine_kernels_[2][2];  // [bf16][vector], filled on first use
   cudaStream_t stream_ = nullptr;       // communication stream (non-blocking) on device_
   cudaEvent_t inputs_ready_ = nullptr;  // recorded on the compute stream before each collective
   cudaEvent_t drained_ = nullptr;       // recorded on stream_ by synchronize()
