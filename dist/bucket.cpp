@@ -78,14 +78,14 @@ std::vector<std::vector<BucketEntry>> assign_buckets(const std::vector<Tensor>& 
       it->second.bytes += p.nbytes();
       continue;
     }
-    // Split (Note [ddp buckets]): a fresh bucket per piece, the last one left open.
+    // Split (Note [ddp buckets]): a fresh bucket per piece, all of them closed.
     for (int64_t begin = 0; begin < numel;) {
       if (begin > 0) it = open_new(key);
       const int64_t end = std::min(numel, begin + piece_elements(it->second.cap, p.dtype()));
       buckets[it->second.bucket].push_back(BucketEntry{k, begin, end});
-      it->second.bytes += static_cast<size_t>(end - begin) * dtype_size(p.dtype());
       begin = end;
     }
+    open.erase(it);
   }
   return buckets;
 }

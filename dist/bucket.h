@@ -8,8 +8,9 @@
 // bucket_cap_bytes for every later one. A parameter larger than the cap is split
 // (BucketOptions::split_parameters, the default): it starts a new bucket and fills as many
 // consecutive buckets as its size needs, each at most a cap (cut at a multiple of 64 elements when
-// the cap allows), the last one left open for the parameters after it. Without splitting it gets
-// a bucket of its own, as in PyTorch DDP. Bucket indices follow creation order.
+// the cap allows), and no other parameter joins them: one whose gradient comes later in backward
+// would hold the last part back. Without splitting it gets a bucket of its own, as in PyTorch DDP.
+// Bucket indices follow creation order.
 // Per (dtype, device) the reducer allocates one flat gradient tensor, laid out in bucket order;
 // each bucket is a contiguous range of it
 //   flat: [elements it holds]   (the parameters' dtype, on their device)

@@ -75,16 +75,16 @@ std::vector<Tensor> f32_params(const std::vector<int64_t>& sizes) {
 
 TEST(Ddp, AssignBucketsSplitsAParameterLargerThanTheCap) {
   // Reverse order: p2 (16 bytes) fills the first bucket (64 bytes); p1 (1200 bytes) is cut into
-  // pieces of 128 elements (512 bytes), its last piece left open for p0.
+  // pieces of 128 elements (512 bytes), none shared with p0.
   const std::vector<Tensor> params = f32_params({10, 300, 4});
   BucketOptions options{.first_bucket_bytes = 64, .bucket_cap_bytes = 512};
   using Entries = std::vector<std::vector<BucketEntry>>;
   EXPECT_EQ(assign_buckets(params, options),
-            (Entries{{{2, 0, 4}}, {{1, 0, 128}}, {{1, 128, 256}}, {{1, 256, 300}, {0, 0, 10}}}));
+            (Entries{{{2, 0, 4}}, {{1, 0, 128}}, {{1, 128, 256}}, {{1, 256, 300}}, {{0, 0, 10}}}));
   // Cut at a multiple of 64 elements below the cap (150 elements fit in 600 bytes).
   options.bucket_cap_bytes = 600;
   EXPECT_EQ(assign_buckets(params, options),
-            (Entries{{{2, 0, 4}}, {{1, 0, 128}}, {{1, 128, 256}}, {{1, 256, 300}, {0, 0, 10}}}));
+            (Entries{{{2, 0, 4}}, {{1, 0, 128}}, {{1, 128, 256}}, {{1, 256, 300}}, {{0, 0, 10}}}));
   // A cap under 64 elements cuts at the cap; one under an element, one element at a time.
   options.bucket_cap_bytes = 200;  // 50 elements
   EXPECT_EQ(assign_buckets(f32_params({250}), options),
