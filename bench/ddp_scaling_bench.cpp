@@ -48,10 +48,7 @@
 //                          [--step bucket|after-sync|all] [--batch N] [--reduce f32|bf16]
 //                          [--carveout-min-kib N] [--between-cases keep|release]
 //                          [--communicator per-case|shared] [--all-reduce ring|copy-engine]
-//                          [--split on|off]
-// (defaults: every model, blocking calls, both steps, batch 256, gradients reduced in f32, large
-// parameters split over buckets). --split off sets DdpOptions::split_parameters to false (each
-// parameter in one bucket, as PyTorch DDP; the JSON lines then carry "split": false).
+// (defaults: every model, blocking calls, both steps, batch 256, gradients reduced in f32).
 // --reduce bf16 sets DdpOptions::reduce_dtype (gradients all-reduced in bf16, as PyTorch's
 // bf16_compress_hook). --all-reduce copy-engine sets CommunicatorOptions::overlap_all_reduce to
 // CopyEngineGather (Note [copy-engine all-reduce], dist/nccl_communicator.cpp; 2 ranks).
@@ -196,7 +193,6 @@ struct Case {
   bool bucket_step = true;            // ddp.step(optimizer), or synchronize_gradients() + step()
   int64_t batch = kDefaultBatch;      // per rank
   std::optional<DType> reduce_dtype;  // DdpOptions::reduce_dtype (--reduce bf16)
-  bool split_parameters = true;       // DdpOptions::split_parameters (--split off)
 };
 
 /// Prints one JSON line (rank 0 only): the common keys, `extra` (already formatted "key": value
@@ -205,14 +201,14 @@ void emit_line(const std::string& bench_name, const Case& c, int world, const st
                const std::string& unit, const std::string& device) {
   fmt::print(
       "{{\"bench\": \"{}\", \"impl\": \"flame\", \"model\": \"{}\", \"world\": {}, \"nccl_calls\": \"{}\", "
-      "\"step\": \"{}\", \"dtype\": \"f32\", \"reduce\": \"{}\", \"size\": \"b{}\", {}{}{}\"value\": {:.6g}, "
+      "\"step\": \"{}\", \"dtype\": \"f32\", \"reduce\": \"{}\", \"size\": \"b{}\", {}{}\"value\": {:.6g}, "
       "\"unit\": \"{}\", \"device\": \"{}\"}}\n",
       bench_name, model_name(c.model), world, calls_name(c.calls), c.bucket_step ? "bucket" : "after-sync",
       c.reduce_dtype ? dtype_name(*c.reduce_dtype) : "f32", c.batch,
       c.options.overlap_all_reduce == dist::OverlapAllReduce::CopyEngineGather && world == 2  // W=1: nothing to move
           ? "\"all_reduce\": \"copy_engine\", "
           : "",
-      c.split_parameters ? "" : "\"split\": false, ", extra, value, unit, device);
+      extra, value, unit, device);
   std::fflush(stdout);
 }
 
@@ -238,7 +234,6 @@ bool run_case(const dist::ProcessGroup& group, Device device, const Case& c, dis
   model->to(device);
   dist::DdpOptions ddp_options;
   ddp_options.reduce_dtype = c.reduce_dtype;
-  ddp_options.split_parameters = c.split_parameters;
   dist::DistributedDataParallel ddp(model, *comm, ddp_options);
   optim::AdamW optimizer(ddp.parameters(), optim::AdamWOptions{.lr = 1e-3});
 
@@ -377,19 +372,14 @@ Selection parse_arguments(int argc, char** argv) {
     FLAME_CHECK(i + 1 < argc && (flag == "--model" || flag == "--calls" || flag == "--max-ctas" ||
                                  flag == "--carveout" || flag == "--priority" || flag == "--step" ||
                                  flag == "--batch" || flag == "--reduce" || flag == "--carveout-min-kib" ||
-                                 flag == "--between-cases" || flag == "--communicator" || flag == "--all-reduce" ||
-                                 flag == "--split"),
+                                 flag == "--between-cases" || flag == "--communicator" || flag == "--all-reduce"),
                 "ddp_scaling_bench: unknown argument '{}'; usage: ddp_scaling_bench [--model cnn|mlp|all] "
                 "[--calls blocking|nonblocking|all] [--max-ctas N] [--carveout N] [--priority high|default] "
                 "[--step bucket|after-sync|all] [--batch N] [--reduce f32|bf16] [--carveout-min-kib N] "
-                "[--between-cases keep|release] [--communicator per-case|shared] [--all-reduce ring|copy-engine] "
-                "[--split on|off]",
+                "[--between-cases keep|release] [--communicator per-case|shared] [--all-reduce ring|copy-engine]",
                 flag);
     const std::string value = argv[++i];
-    if (flag == "--split") {
-      FLAME_CHECK(value == "on" || value == "off", "ddp_scaling_bench: --split must be on or off, got '{}'", value);
-      selection.common.split_parameters = value == "on";
-    } else if (flag == "--all-reduce") {
+    if (flag == "--all-reduce") {
       FLAME_CHECK(value == "ring" || value == "copy-engine",
                   "ddp_scaling_bench: --all-reduce must be ring or copy-engine, got '{}'", value);
       selection.common.options.overlap_all_reduce =

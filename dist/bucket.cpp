@@ -35,57 +35,30 @@ std::string bucketing_problem(const nn::NamedTensors& params, Device device) {
   return "";
 }
 
-namespace {
-
-/// Buckets start, and split parameters are cut, at multiples of this many elements where the caps
-/// allow: 256 bytes of f32, the alignment the communicators' vector kernels want.
-constexpr int64_t kBucketAlignElements = 64;
-
-/// The most elements of `dtype` a bucket of `cap` bytes holds when cut from a split parameter: a
-/// multiple of kBucketAlignElements when that is at least one, else at least one element.
-int64_t piece_elements(size_t cap, DType dtype) {
-  const int64_t fit = std::max<int64_t>(1, static_cast<int64_t>(cap / dtype_size(dtype)));
-  return fit >= kBucketAlignElements ? fit / kBucketAlignElements * kBucketAlignElements : fit;
-}
-
-int64_t round_up(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
-
-}  // namespace
-
-std::vector<std::vector<BucketEntry>> assign_buckets(const std::vector<Tensor>& params, const BucketOptions& options) {
+std::vector<std::vector<size_t>> assign_buckets(const std::vector<Tensor>& params, const BucketOptions& options) {
   check_bucket_options(options);
   struct Open {
     size_t bucket;
     size_t bytes;
     size_t cap;
   };
-  std::vector<std::vector<BucketEntry>> buckets;
+  std::vector<std::vector<size_t>> buckets;
   std::map<std::pair<int, std::string>, Open> open;  // (dtype, device) -> the bucket being filled
-  const auto open_new = [&](const std::pair<int, std::string>& key) {
-    const size_t cap = buckets.empty() ? options.first_bucket_bytes : options.bucket_cap_bytes;
-    buckets.emplace_back();
-    return open.insert_or_assign(key, Open{buckets.size() - 1, 0, cap}).first;
-  };
   for (size_t k = params.size(); k-- > 0;) {
     const Tensor& p = params[k];
     const auto key = std::make_pair(static_cast<int>(p.dtype()), p.device().str());
     auto it = open.find(key);
-    if (it == open.end() || (it->second.bytes > 0 && it->second.bytes + p.nbytes() > it->second.cap))
-      it = open_new(key);
-    const int64_t numel = p.numel();
-    if (!options.split_parameters || p.nbytes() <= it->second.cap) {
-      buckets[it->second.bucket].push_back(BucketEntry{k, 0, numel});
-      it->second.bytes += p.nbytes();
-      continue;
+    if (it != open.end() && it->second.bytes > 0 && it->second.bytes + p.nbytes() > it->second.cap) {
+      open.erase(it);
+      it = open.end();
     }
-    // Split (Note [ddp buckets]): a fresh bucket per piece, all of them closed.
-    for (int64_t begin = 0; begin < numel;) {
-      if (begin > 0) it = open_new(key);
-      const int64_t end = std::min(numel, begin + piece_elements(it->second.cap, p.dtype()));
-      buckets[it->second.bucket].push_back(BucketEntry{k, begin, end});
-      begin = end;
+    if (it == open.end()) {
+      const size_t cap = buckets.empty() ? options.first_bucket_bytes : options.bucket_cap_bytes;
+      it = open.emplace(key, Open{buckets.size(), 0, cap}).first;
+      buckets.emplace_back();
     }
-    open.erase(it);
+    buckets[it->second.bucket].push_back(k);
+    it->second.bytes += p.nbytes();
   }
   return buckets;
 }
@@ -103,58 +76,31 @@ Reducer::Reducer(nn::NamedTensors params, Communicator& communicator, BucketOpti
   FLAME_CHECK(problem.empty(), "{}", problem);
   std::vector<Tensor> tensors;
   for (const auto& [name, p] : params_) tensors.push_back(p);
+  bucket_of_.resize(params_.size());
+  slot_of_.resize(params_.size());
   param_ready_.assign(params_.size(), false);
   unused_since_check_.assign(params_.size(), 0);
-  first_bucket_.assign(params_.size(), 0);
-  last_bucket_.assign(params_.size(), 0);
-  const std::vector<std::vector<BucketEntry>> assignment = assign_buckets(tensors, options);
-
-  // Lay the buckets out in one flat tensor per (dtype, device): the start of each, in elements.
-  std::map<std::pair<int, std::string>, int64_t> used;  // (dtype, device) -> elements laid out so far
-  std::vector<int64_t> bucket_start;
-  for (const std::vector<BucketEntry>& entries : assignment) {
-    const Tensor& first = tensors[entries.front().param];
-    int64_t& end = used[{static_cast<int>(first.dtype()), first.device().str()}];
-    if (entries.front().begin == 0) end = round_up(end, kBucketAlignElements);  // else: continues a split parameter
-    bucket_start.push_back(end);
-    for (const BucketEntry& e : entries) end += e.end - e.begin;
-  }
-  std::map<std::pair<int, std::string>, size_t> flat_of;  // (dtype, device) -> index into flats_
-  for (const auto& [key, elements] : used) {
-    const Tensor& like = *std::find_if(tensors.begin(), tensors.end(), [&](const Tensor& t) {
-      return static_cast<int>(t.dtype()) == key.first && t.device().str() == key.second;
-    });
-    flat_of[key] = flats_.size();
-    flats_.push_back(zeros({elements}, TensorOptions(like.dtype(), like.device())));
-  }
-
-  grad_views_.resize(params_.size());
-  for (size_t b = 0; b < assignment.size(); ++b) {
-    const std::vector<BucketEntry>& entries = assignment[b];
-    const Tensor& first = tensors[entries.front().param];
-    const Tensor& flat = flats_[flat_of.at({static_cast<int>(first.dtype()), first.device().str()})];
+  for (const std::vector<size_t>& members : assign_buckets(tensors, options)) {
     Bucket bucket;
     int64_t numel = 0;
-    for (const BucketEntry& e : entries) numel += e.end - e.begin;
-    bucket.flat = flat.narrow(0, bucket_start[b], numel);
+    for (size_t k : members) numel += tensors[k].numel();
+    const Tensor& first = tensors[members.front()];
+    bucket.flat = zeros({numel}, TensorOptions(first.dtype(), first.device()));
     if (options.reduce_dtype && *options.reduce_dtype != first.dtype()) {
       if (communicator_.reduces_as(bucket.flat, *options.reduce_dtype))
         bucket.converted_by_communicator = *options.reduce_dtype;
       else
         bucket.reduced = zeros({numel}, TensorOptions(*options.reduce_dtype, first.device()));
     }
-    int64_t offset = bucket_start[b];
-    for (const BucketEntry& e : entries) {
-      const Tensor& p = tensors[e.param];
-      if (e.begin == 0) {
-        first_bucket_[e.param] = b;
-        grad_views_[e.param] = flat.narrow(0, offset, p.numel()).view(p.shape());
-      }
-      last_bucket_[e.param] = b;
-      offset += e.end - e.begin;
+    int64_t offset = 0;
+    for (size_t k : members) {
+      bucket_of_[k] = buckets_.size();
+      slot_of_[k] = bucket.params.size();
+      bucket.params.push_back(k);
+      bucket.views.push_back(bucket.flat.narrow(0, offset, tensors[k].numel()).view(tensors[k].shape()));
+      offset += tensors[k].numel();
     }
-    bucket.entries = entries;
-    bucket.pending = entries.size();
+    bucket.pending = members.size();
     bucket.label = fmt::format("DDP bucket {}", buckets_.size());
     buckets_.push_back(std::move(bucket));
   }
@@ -197,7 +143,7 @@ void Reducer::on_grad_ready(size_t param) {
 
 void Reducer::adopt_grad(size_t param) {
   const Tensor& p = params_[param].second;
-  Tensor view = grad_views_[param];  // a handle: copy_ is non-const
+  Tensor view = buckets_[bucket_of_[param]].views[slot_of_[param]];  // a handle: copy_ is non-const
   autograd::NoGradGuard no_grad;
   const Tensor grad = p.grad();
   if (grad.defined() && grad.is_same(view)) return;
@@ -212,15 +158,11 @@ void Reducer::adopt_grad(size_t param) {
 void Reducer::mark_ready(size_t param) {
   param_ready_[param] = true;
   ++ready_params_;
-  bool any_ready = false;
-  for (size_t b = first_bucket_[param]; b <= last_bucket_[param]; ++b) {
-    Bucket& bucket = buckets_[b];
-    if (--bucket.pending == 0) {
-      bucket.ready = true;
-      any_ready = true;
-    }
+  Bucket& bucket = buckets_[bucket_of_[param]];
+  if (--bucket.pending == 0) {
+    bucket.ready = true;
+    launch_ready_buckets();
   }
-  if (any_ready) launch_ready_buckets();
 }
 
 void Reducer::launch_ready_buckets() {
@@ -283,7 +225,7 @@ void Reducer::finish_round(ComputeWaits waits) {
       unused_since_check_[k] = 1;
       // Every rank ends with the same .grad (the mean), so the replicas stay identical until the
       // check raises.
-      params_[k].second.set_grad(grad_views_[k]);
+      params_[k].second.set_grad(buckets_[bucket_of_[k]].views[slot_of_[k]]);
     }
   }
   // The first round under Error checks for unused parameters, which may raise: wait for every
@@ -305,7 +247,7 @@ void Reducer::finish_round(ComputeWaits waits) {
   const std::vector<int32_t> global = counts.to_vector<int32_t>();  // [P]: ranks that used each
   for (size_t k = 0; k < params_.size(); ++k) {
     const Tensor& p = params_[k].second;
-    if (used[k] == 0 && !p.grad().defined() && global[k] > 0) p.set_grad(grad_views_[k]);
+    if (used[k] == 0 && !p.grad().defined() && global[k] > 0) p.set_grad(buckets_[bucket_of_[k]].views[slot_of_[k]]);
   }
 }
 
@@ -352,13 +294,15 @@ void Reducer::zero_grads() {
               "synchronize_gradients() first");
   autograd::NoGradGuard no_grad;
   gradients_invalid_ = false;
-  for (Tensor& flat : flats_) flat.zero_();
-  for (size_t k = 0; k < params_.size(); ++k) params_[k].second.set_grad(grad_views_[k]);
+  for (Bucket& bucket : buckets_) {
+    bucket.flat.zero_();
+    for (size_t k = 0; k < bucket.params.size(); ++k) params_[bucket.params[k]].second.set_grad(bucket.views[k]);
+  }
 }
 
 void Reducer::reset_round() {
   for (Bucket& bucket : buckets_) {
-    bucket.pending = bucket.entries.size();
+    bucket.pending = bucket.params.size();
     bucket.ready = false;
   }
   param_ready_.assign(params_.size(), false);

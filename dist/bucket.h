@@ -5,23 +5,11 @@
 // Parameters are assigned to buckets in reverse registration order (the order backward roughly
 // produces their gradients), one open bucket per (dtype, device); a bucket is closed when the next
 // parameter would take it past its cap: first_bucket_bytes for the first bucket created,
-// bucket_cap_bytes for every later one. A parameter larger than the cap is split
-// (BucketOptions::split_parameters, the default): it starts a new bucket and fills as many
-// consecutive buckets as its size needs, each at most a cap (cut at a multiple of 64 elements when
-// the cap allows), and no other parameter joins them: one whose gradient comes later in backward
-// would hold the last part back. Without splitting it gets a bucket of its own, as in PyTorch DDP.
-// Bucket indices follow creation order.
-// Per (dtype, device) the reducer allocates one flat gradient tensor, laid out in bucket order;
-// each bucket is a contiguous range of it
-//   flat: [elements it holds]   (the parameters' dtype, on their device)
-// starting at a multiple of 64 elements unless it continues a split parameter, and each parameter
-// owns a view of it shaped like the parameter, its gradient view. A bucket's entries name the
-// parameters whose elements it holds, and which ones ([begin, end) in the parameter's row-major
-// order): a whole parameter, or a part of a split one.
-// Why split: DDP's step() updates each bucket's parameters once that bucket's all-reduce is done.
-// A large parameter whose gradient is ready late in backward (the hidden layer of an MLP, a large
-// embedding) then has its update start on its first part while the rest is still in flight,
-// instead of waiting for all of it (docs/PERFORMANCE.md, thirteenth run).
+// bucket_cap_bytes for every later one (a parameter larger than the cap gets a bucket of its own).
+// Bucket indices follow creation order. Each bucket is one flat contiguous tensor
+//   flat: [numel of its parameters, summed]   (the parameters' dtype, on their device)
+// and each of its parameters owns a view of it, view(i) = flat[offset_i : offset_i + numel_i]
+// shaped like the parameter.
 //
 // Gradient as bucket view. A parameter's gradient-ready hook (Note [autograd engine]) first makes
 // sure the parameter's .grad is its bucket view: when .grad is some other tensor (the first
@@ -33,8 +21,8 @@
 // zero_grad(set_to_none=False) with gradient_as_bucket_view), so then even the first copy is
 // skipped; the optimizer's zero_grad() (set_to_none) costs one copy per parameter per step.
 //
-// Reduction. Outside no_sync(), the hook then counts the parameter ready in each bucket that holds
-// part of it. When a bucket's pending count reaches 0 it is marked ready, and every ready bucket from the lowest
+// Reduction. Outside no_sync(), the hook then counts the parameter ready in its bucket. When a
+// bucket's pending count reaches 0 it is marked ready, and every ready bucket from the lowest
 // index not yet launched upwards is launched: communicator.all_reduce_overlapped(flat, Avg).
 // So buckets are launched strictly in index order on every rank (if bucket 2 is ready before
 // bucket 1, it waits for 1), and each rank issues the same collectives in the same order. With
@@ -112,30 +100,19 @@ struct BucketOptions {
   /// A floating dtype to all-reduce gradients in (DType::BF16 halves f32 traffic); unset, or the
   /// parameters' own dtype: their own dtype. Bucket caps still count the parameters' bytes.
   std::optional<DType> reduce_dtype;
-  /// Split a parameter larger than its bucket's cap over several buckets (Note [ddp buckets]);
-  /// false: it gets one bucket of its own.
-  bool split_parameters = true;
 };
 
-/// Elements [begin, end) of parameter `param` (an index into the reducer's list), in its row-major
-/// order: the part of it that one bucket holds.
-struct BucketEntry {
-  size_t param = 0;
-  int64_t begin = 0;
-  int64_t end = 0;
-  bool operator==(const BucketEntry&) const = default;
-};
-
-/// One flat bucket: its tensor and the parameters (or parts of them) it holds.
+/// One flat bucket: its tensor and the parameters it holds (indices into the reducer's list).
 struct Bucket {
-  Tensor flat;                 // [elements held], a range of the reducer's flat gradients
+  Tensor flat;                 // [sum of numel], the parameters' dtype and device
   Tensor reduced;              // [sum of numel] in BucketOptions::reduce_dtype, when the reducer converts;
                                // undefined when flat is all-reduced as is, or converted by the communicator
   /// Set when the communicator sends flat as this dtype itself (Communicator::reduces_as(): the
   /// copy-engine all-reduce with reduce_dtype bf16): no conversion on the compute stream.
   std::optional<DType> converted_by_communicator;
-  std::vector<BucketEntry> entries;  // in bucket order (reverse registration order)
-  size_t pending = 0;                // entries whose parameter is not yet ready in the current round
+  std::vector<size_t> params;  // in bucket order (reverse registration order)
+  std::vector<Tensor> views;   // views[k]: flat's slice for params[k], shaped like it
+  size_t pending = 0;          // parameters not yet ready in the current round
   bool ready = false;
   std::string label;        // "DDP bucket <index>", names its all-reduce in errors
   uint64_t collective = 0;  // the communicator's number for its latest all-reduce (compute_wait)
@@ -150,10 +127,9 @@ void check_bucket_options(const BucketOptions& options);
 /// before any other collective, so one rank's bad module raises on all of them at once.
 std::string bucketing_problem(const nn::NamedTensors& params, Device device);
 
-/// Assigns parameters to buckets (Note [ddp buckets]): returns, per bucket, its entries (parameter
-/// indices and element ranges) in bucket order. Pure function of the shapes, dtypes, devices and
-/// options, so identical on every rank.
-std::vector<std::vector<BucketEntry>> assign_buckets(const std::vector<Tensor>& params, const BucketOptions& options);
+/// Assigns parameters to buckets (Note [ddp buckets]): returns, per bucket, the parameter indices
+/// in bucket order. Pure function of the shapes, dtypes and devices, so identical on every rank.
+std::vector<std::vector<size_t>> assign_buckets(const std::vector<Tensor>& params, const BucketOptions& options);
 
 /// The reducer. Registers one gradient-ready hook per parameter; the hooks hold only a weak
 /// reference, so they do nothing once the reducer is gone.
@@ -202,8 +178,6 @@ class Reducer : public std::enable_shared_from_this<Reducer> {
   /// Bucket indices in the order the latest round (backward) launched their all-reduces.
   const std::vector<size_t>& last_round_launches() const { return last_round_launches_; }
   const nn::NamedTensors& params() const { return params_; }
-  /// Parameter `param`'s gradient view: its range of the flat gradients, shaped like it.
-  const Tensor& grad_view(size_t param) const { return grad_views_.at(param); }
 
  private:
   void register_hooks();
@@ -223,10 +197,8 @@ class Reducer : public std::enable_shared_from_this<Reducer> {
   UnusedParameters unused_;
   GradSync sync_ = GradSync::Reduce;
   std::vector<Bucket> buckets_;
-  std::vector<Tensor> flats_;                // per (dtype, device): the flat gradients every bucket is a range of
-  std::vector<Tensor> grad_views_;           // per parameter: its gradient view into flats_
-  std::vector<size_t> first_bucket_;         // per parameter: the first bucket holding part of it
-  std::vector<size_t> last_bucket_;          // per parameter: the last one (the same unless it is split)
+  std::vector<size_t> bucket_of_;            // per parameter
+  std::vector<size_t> slot_of_;              // per parameter: its index within its bucket
   std::vector<bool> param_ready_;            // per parameter, this round
   std::vector<int32_t> unused_since_check_;  // per parameter: 1 when this rank left it without a gradient
   int64_t rounds_ = 0;                       // finish() calls so far

@@ -65,8 +65,7 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<nn::Module> mod
   FLAME_CHECK(options_.check_every_n_steps >= 0 && options_.checksum_rtol >= 0,
               "DistributedDataParallel: check_every_n_steps ({}) and checksum_rtol ({}) must be >= 0",
               options_.check_every_n_steps, options_.checksum_rtol);
-  const BucketOptions bucket_options{options_.first_bucket_bytes, options_.bucket_cap_bytes, options_.reduce_dtype,
-                                     options_.split_parameters};
+  const BucketOptions bucket_options{options_.first_bucket_bytes, options_.bucket_cap_bytes, options_.reduce_dtype};
   check_bucket_options(bucket_options);  // before any collective changes the module
   const nn::NamedTensors params = module_->named_parameters();
   const nn::NamedTensors buffers = module_->named_buffers();
@@ -94,8 +93,8 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<nn::Module> mod
               "no gradients to synchronise");
   reducer_ = Reducer::make(trained, communicator_, bucket_options, options_.unused_parameters);
   for (const Bucket& bucket : reducer_->buckets()) {
-    std::vector<optim::Optimizer::ParamSlice>& members = bucket_slices_.emplace_back();
-    for (const BucketEntry& e : bucket.entries) members.push_back({reducer_->params()[e.param].second, e.begin, e.end});
+    std::vector<Tensor>& members = bucket_params_.emplace_back();
+    for (size_t k : bucket.params) members.push_back(reducer_->params()[k].second);
   }
   communicator_.synchronize();
 }
@@ -132,8 +131,8 @@ void DistributedDataParallel::step(optim::Optimizer& optimizer) {
   check_trained_set_unchanged();
   reducer_->finish(Reducer::ComputeWaits::PerBucket);
   try {
-    optimizer.step_in_slice_groups(bucket_slices_, [&](size_t g) {
-      if (g < bucket_slices_.size()) {
+    optimizer.step_in_groups(bucket_params_, [&](size_t g) {
+      if (g < bucket_params_.size()) {
         reducer_->wait_for_bucket(g);
       } else {
         communicator_.compute_wait();  // parameters outside the module: after every bucket

@@ -35,10 +35,6 @@ struct DdpOptions {
   size_t first_bucket_bytes = size_t{1} << 20;
   /// Cap of every later bucket.
   size_t bucket_cap_bytes = size_t{25} << 20;
-  /// Split a parameter larger than the cap over several buckets, so that step() can update its
-  /// first parts while the rest is still being reduced (Note [ddp buckets]); false: one bucket of
-  /// its own, as PyTorch DDP.
-  bool split_parameters = true;
   UnusedParameters unused_parameters = UnusedParameters::Error;
   /// after_step() runs check_parameters_in_sync() every this many steps (0: never).
   int64_t check_every_n_steps = 0;
@@ -81,10 +77,9 @@ class DistributedDataParallel {
   void synchronize_gradients();
 
   /// Collective, after every backward outside no_sync(), instead of synchronize_gradients()
-  /// followed by optimizer.step(): the same update (bit for bit), but each bucket's parameters
-  /// (for a split parameter, its part in the bucket; Optimizer::step_in_slice_groups) are updated
-  /// as soon as that bucket's all-reduce has finished, while later buckets are still being
-  /// reduced (Note [ddp buckets]). `optimizer` must hold this module's parameters (others
+  /// followed by optimizer.step(): the same update (bit for bit), but each bucket's parameters are
+  /// updated as soon as that bucket's all-reduce has finished, while later buckets are still
+  /// being reduced (Note [ddp buckets]). `optimizer` must hold this module's parameters (others
   /// it holds are updated last). Use synchronize_gradients() and step() separately when something
   /// must see every mean gradient first, as gradient clipping by global norm does. Raises inside
   /// no_sync(), where the gradients are not reduced.
@@ -137,7 +132,7 @@ class DistributedDataParallel {
   Communicator& communicator_;
   DdpOptions options_;
   std::shared_ptr<Reducer> reducer_;
-  std::vector<std::vector<optim::Optimizer::ParamSlice>> bucket_slices_;  // per bucket, what it holds (step()'s groups)
+  std::vector<std::vector<Tensor>> bucket_params_;  // per bucket, its parameters (step()'s groups)
   nn::NamedTensors params_;                         // the module's parameters at construction
   std::vector<bool> trained_;                       // per params_: requires_grad at construction
   /// Raises when a parameter's requires_grad changed since construction: its gradient would not be

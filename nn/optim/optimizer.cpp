@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <deque>
 #include <optional>
 #include <unordered_map>
 #include <utility>
@@ -47,56 +46,21 @@ void Optimizer::step() {
 
 void Optimizer::step_in_groups(const std::vector<std::vector<Tensor>>& groups,
                                const std::function<void(size_t)>& before_group) {
-  std::vector<std::vector<ParamSlice>> slices(groups.size());
-  for (size_t g = 0; g < groups.size(); ++g)
-    for (const Tensor& member : groups[g]) slices[g].push_back(ParamSlice{member, 0, -1});
-  step_in_slice_groups(slices, before_group);
-}
-
-void Optimizer::step_in_slice_groups(const std::vector<std::vector<ParamSlice>>& groups,
-                                     const std::function<void(size_t)>& before_group) {
-  struct Range {
-    size_t group;
-    int64_t begin, end;
-  };
-  // Per parameter, the slices the groups hold of it (none: the last group, whole); all checked
-  // before anything changes.
-  std::vector<std::vector<Range>> ranges(params_.size());
+  // Group of each parameter (groups.size(): none); checked before anything changes.
+  std::vector<size_t> group_of(params_.size(), groups.size());
   if (!groups.empty()) {
     std::unordered_map<const TensorImpl*, size_t> index_of;
     for (size_t i = 0; i < params_.size(); ++i) index_of.emplace(params_[i].impl_ptr().get(), i);
     for (size_t g = 0; g < groups.size(); ++g) {
-      for (const ParamSlice& member : groups[g]) {
-        const auto found = index_of.find(member.param.impl_ptr().get());
+      for (const Tensor& member : groups[g]) {
+        const auto found = index_of.find(member.impl_ptr().get());
         FLAME_CHECK(found != index_of.end(), "{}.step_in_groups: group {} holds {}, which is not one of its parameters",
-                    type_name_, g, member.param.describe());
+                    type_name_, g, member.describe());
         const size_t i = found->second;
-        const int64_t numel = params_[i].numel();
-        const int64_t end = member.end < 0 ? numel : member.end;
-        FLAME_CHECK(member.begin >= 0 && member.begin < end && end <= numel,
-                    "{}.step_in_groups: group {} holds elements [{}, {}) of parameter {} ({}), which has {}", type_name_,
-                    g, member.begin, end, i, member.param.describe(), numel);
-        ranges[i].push_back(Range{g, member.begin, end});
+        FLAME_CHECK(group_of[i] == groups.size(), "{}.step_in_groups: parameter {} ({}) is in groups {} and {}",
+                    type_name_, i, member.describe(), group_of[i], g);
+        group_of[i] = g;
       }
-    }
-    for (size_t i = 0; i < params_.size(); ++i) {
-      std::vector<Range>& mine = ranges[i];
-      if (mine.empty()) continue;
-      std::stable_sort(mine.begin(), mine.end(), [](const Range& a, const Range& b) { return a.begin < b.begin; });
-      int64_t covered = 0;
-      for (size_t r = 0; r < mine.size(); ++r) {
-        FLAME_CHECK(mine[r].begin <= covered,
-                    "{}.step_in_groups: parameter {} ({}) is not covered: no group holds its elements [{}, {})",
-                    type_name_, i, params_[i].describe(), covered, mine[r].begin);
-        FLAME_CHECK(mine[r].begin == covered,
-                    "{}.step_in_groups: parameter {} ({}) is in groups {} and {} (elements [{}, {}) overlap)",
-                    type_name_, i, params_[i].describe(), mine[r - 1].group, mine[r].group, mine[r].begin,
-                    std::min(covered, mine[r].end));
-        covered = mine[r].end;
-      }
-      FLAME_CHECK(covered == params_[i].numel(),
-                  "{}.step_in_groups: parameter {} ({}) is not covered: no group holds its elements [{}, {})", type_name_,
-                  i, params_[i].describe(), covered, params_[i].numel());
     }
   }
   // Nothing changes (step counts, state, parameters) unless every update fits.
@@ -117,38 +81,12 @@ void Optimizer::step_in_slice_groups(const std::vector<std::vector<ParamSlice>>&
   }
   autograd::NoGradGuard no_grad;
   ++step_count_;
-  const size_t state_keys_count = state_keys().size();
   std::vector<std::vector<PendingUpdate>> updates(groups.size() + 1);  // per group, in parameter order
-  // A sliced update's parameter view and state live here until the step is issued (stable addresses).
-  std::deque<Tensor> slice_params;
-  std::deque<ParamState> slice_states;
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor grad = params_[i].grad();
     if (!grad.defined()) continue;
-    ParamState& state = state_[i];
-    ++state.step;
-    const std::vector<Range>& mine = ranges[i];
-    const bool whole = mine.empty() || (mine.size() == 1 && mine[0].begin == 0 && mine[0].end == params_[i].numel());
-    if (whole) {
-      updates[mine.empty() ? groups.size() : mine[0].group].push_back({&params_[i], std::move(grad), &state});
-      continue;
-    }
-    bool sliceable = state.tensors.size() == state_keys_count && params_[i].is_contiguous() && grad.is_contiguous();
-    for (const auto& [key, t] : state.tensors) sliceable = sliceable && t.is_contiguous();
-    if (!sliceable) {  // e.g. the first update, which creates the state: whole, with its last slice
-      size_t last = 0;
-      for (const Range& r : mine) last = std::max(last, r.group);
-      updates[last].push_back({&params_[i], std::move(grad), &state});
-      continue;
-    }
-    const auto slice = [](const Tensor& t, const Range& r) { return t.view({-1}).narrow(0, r.begin, r.end - r.begin); };
-    for (const Range& r : mine) {
-      Tensor& param = slice_params.emplace_back(slice(params_[i], r));
-      ParamState& part = slice_states.emplace_back();
-      part.step = state.step;
-      for (const auto& [key, t] : state.tensors) part.tensors.emplace(key, slice(t, r));
-      updates[r.group].push_back({&param, slice(grad, r), &part});
-    }
+    ++state_[i].step;
+    updates[group_of[i]].push_back({&params_[i], std::move(grad), &state_[i]});
   }
   for (size_t g = 0; g <= groups.size(); ++g) {
     if (g == groups.size() && updates[g].empty()) break;

@@ -43,25 +43,6 @@ class Optimizer {
   /// gradients are ready, as DDP's step() does per bucket. Raises naming the tensor for a group
   /// member that is not a parameter of this optimizer, or one listed twice.
   void step_in_groups(const std::vector<std::vector<Tensor>>& groups, const std::function<void(size_t)>& before_group);
-
-  /// A range of one parameter's elements in its row-major order: [begin, end); end < 0 means to
-  /// its last element.
-  struct ParamSlice {
-    Tensor param;
-    int64_t begin = 0;
-    int64_t end = -1;
-  };
-  /// step_in_groups() where a group may hold part of a parameter, so that a large parameter's
-  /// update can start on its first part while the gradient of the rest is still being reduced (DDP's
-  /// step() when a parameter spans several buckets). The same updates, bit for bit: every element's
-  /// update depends only on its own parameter, gradient and state elements. A parameter in the
-  /// groups must be covered exactly, by disjoint slices in any groups. Its slices are updated group
-  /// by group once it has its whole state and it, its gradient and its state are contiguous;
-  /// otherwise (its first update, which creates the state) the whole parameter is updated with
-  /// the last group holding a slice of it. Raises, changing nothing, naming the parameter for a
-  /// slice out of range, overlapping slices or a parameter not covered.
-  void step_in_slice_groups(const std::vector<std::vector<ParamSlice>>& groups,
-                            const std::function<void(size_t)>& before_group);
   /// Clears every parameter's gradient (PyTorch's zero_grad(set_to_none=True)).
   void zero_grad();
 
@@ -93,9 +74,7 @@ class Optimizer {
   Optimizer(std::vector<Tensor> params, double lr, std::string type_name);
 
   /// Updates `param` in place from `grad` (grad mode is off). `state.step` already counts this
-  /// update; on the first one (state.step == 1) `state.tensors` is empty and must be filled. Once
-  /// filled, the state tensors must be updated in place, never replaced: step_in_slice_groups()
-  /// passes a slice of the parameter, its gradient and its state tensors (a 1-D view of each).
+  /// update; on the first one (state.step == 1) `state.tensors` is empty and must be filled.
   virtual void update(Tensor& param, const Tensor& grad, ParamState& state) = 0;
 
   /// One parameter due for an update in this step (it has a gradient).

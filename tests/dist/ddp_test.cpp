@@ -21,9 +21,6 @@
 #include "nn/optim/adam.h"
 
 namespace flame::dist {
-
-void PrintTo(const BucketEntry& e, std::ostream* os) { *os << "{" << e.param << ", " << e.begin << ", " << e.end << "}"; }
-
 namespace {
 
 using namespace ddp_testing;
@@ -55,75 +52,15 @@ TEST(Ddp, BroadcastsRankZerosParametersAndBucketsInReverseOrder) {
   // Reverse registration order across buckets: the flattened bucket order is P-1, ..., 0.
   size_t expect = model->named_parameters().size();
   for (const Bucket& bucket : buckets) {
-    int64_t n = 0;
-    for (const BucketEntry& e : bucket.entries) {
-      if (e.begin == 0) --expect;  // a split parameter's later parts follow its first
-      EXPECT_EQ(e.param, expect);
-      n += e.end - e.begin;
-    }
-    EXPECT_EQ(bucket.flat.numel(), n);
+    for (size_t k : bucket.params) EXPECT_EQ(k, --expect);
+    EXPECT_EQ(bucket.flat.numel(), [&] {
+      int64_t n = 0;
+      for (const Tensor& v : bucket.views) n += v.numel();
+      return n;
+    }());
   }
   EXPECT_EQ(expect, 0u);
   EXPECT_LE(buckets[0].flat.nbytes(), 64u);
-}
-
-std::vector<Tensor> f32_params(const std::vector<int64_t>& sizes) {
-  std::vector<Tensor> params;
-  for (const int64_t n : sizes) params.push_back(zeros({n}, kF32).requires_grad_(true));
-  return params;
-}
-
-TEST(Ddp, AssignBucketsSplitsAParameterLargerThanTheCap) {
-  // Reverse order: p2 (16 bytes) fills the first bucket (64 bytes); p1 (1200 bytes) is cut into
-  // pieces of 128 elements (512 bytes), none shared with p0.
-  const std::vector<Tensor> params = f32_params({10, 300, 4});
-  BucketOptions options{.first_bucket_bytes = 64, .bucket_cap_bytes = 512};
-  using Entries = std::vector<std::vector<BucketEntry>>;
-  EXPECT_EQ(assign_buckets(params, options),
-            (Entries{{{2, 0, 4}}, {{1, 0, 128}}, {{1, 128, 256}}, {{1, 256, 300}}, {{0, 0, 10}}}));
-  // Cut at a multiple of 64 elements below the cap (150 elements fit in 600 bytes).
-  options.bucket_cap_bytes = 600;
-  EXPECT_EQ(assign_buckets(params, options),
-            (Entries{{{2, 0, 4}}, {{1, 0, 128}}, {{1, 128, 256}}, {{1, 256, 300}}, {{0, 0, 10}}}));
-  // A cap under 64 elements cuts at the cap; one under an element, one element at a time.
-  options.bucket_cap_bytes = 200;  // 50 elements
-  EXPECT_EQ(assign_buckets(f32_params({250}), options),
-            (Entries{{{0, 0, 16}}, {{0, 16, 66}}, {{0, 66, 116}}, {{0, 116, 166}}, {{0, 166, 216}}, {{0, 216, 250}}}));
-  options.first_bucket_bytes = 1;
-  EXPECT_EQ(assign_buckets(f32_params({2}), options), (Entries{{{0, 0, 1}}, {{0, 1, 2}}}));
-  // Without splitting a large parameter gets a bucket of its own, as in PyTorch DDP.
-  options = BucketOptions{.first_bucket_bytes = 64, .bucket_cap_bytes = 512, .split_parameters = false};
-  EXPECT_EQ(assign_buckets(params, options), (Entries{{{2, 0, 4}}, {{1, 0, 300}}, {{0, 0, 10}}}));
-}
-
-TEST(Ddp, ASplitParametersGradientIsOneViewAcrossItsBuckets) {
-  // Linear(6,16) - Tanh - Linear(16,16) - Tanh - Linear(16,3) with caps of 64 and 512 bytes: the
-  // middle weight (1024 bytes) spans two buckets.
-  auto model = make_mlp(150);
-  DistributedDataParallel ddp(model, comm(), small_buckets());
-  const Reducer& reducer = ddp.reducer();
-  const auto& buckets = reducer.buckets();
-  size_t split = 0;
-  for (size_t b = 0; b + 1 < buckets.size(); ++b) {
-    const BucketEntry& last = buckets[b].entries.back();
-    const BucketEntry& next = buckets[b + 1].entries.front();
-    if (next.begin == 0) {
-      EXPECT_EQ(buckets[b + 1].flat.offset() % 64, 0) << "bucket " << b + 1 << " starts unaligned";
-      continue;
-    }
-    ++split;
-    // A continued parameter: the next bucket starts where this one ends, inside its gradient view.
-    EXPECT_EQ(next.param, last.param);
-    EXPECT_EQ(next.begin, last.end);
-    EXPECT_EQ(buckets[b + 1].flat.offset(), buckets[b].flat.offset() + buckets[b].flat.numel());
-    const Tensor& view = reducer.grad_view(last.param);
-    EXPECT_EQ(view.storage(), buckets[b].flat.storage());
-    EXPECT_EQ(view.offset() + next.begin, buckets[b + 1].flat.offset());
-  }
-  EXPECT_GE(split, 1u) << "the test wants a split parameter";
-  ddp.zero_grad();
-  for (size_t k = 0; k < reducer.params().size(); ++k)
-    EXPECT_TRUE(reducer.params()[k].second.grad().is_same(reducer.grad_view(k))) << reducer.params()[k].first;
 }
 
 TEST(Ddp, MatchesSingleProcessTrainingOnTheGlobalBatch) {
@@ -260,8 +197,7 @@ TEST(Ddp, FrozenParametersAreBroadcastButNotReduced) {
   auto reference = clone_mlp(*model);
   freeze_first_layer(*reference);
   size_t bucketed = 0;
-  for (const Bucket& bucket : ddp.reducer().buckets())
-    for (const BucketEntry& e : bucket.entries) bucketed += e.begin == 0 ? 1 : 0;
+  for (const Bucket& bucket : ddp.reducer().buckets()) bucketed += bucket.params.size();
   EXPECT_EQ(bucketed, model->named_parameters().size() - 2);
   const Tensor frozen_before = model->named_parameters()[0].second.clone();
   optim::AdamW opt(model->parameters(), {.lr = 1e-2});  // the frozen ones included, as users often pass
@@ -822,7 +758,6 @@ TEST(Ddp, BucketsReadyOutOfOrderAreLaunchedInIndexOrder) {
   DdpOptions options;
   options.first_bucket_bytes = 1;  // one parameter per bucket
   options.bucket_cap_bytes = 1;
-  options.split_parameters = false;
   DistributedDataParallel ddp(model, comm(), options);
   auto reference = std::make_shared<OutputFirst>();
   nn::NamedTensors values;

@@ -134,8 +134,8 @@ inline std::string error_of(const std::function<void()>& fn) {
 inline DdpOptions small_buckets(std::optional<DType> reduce_dtype = std::nullopt) {
   DdpOptions options;
   options.reduce_dtype = reduce_dtype;
-  options.first_bucket_bytes = 64;  // the last layer's bias
-  options.bucket_cap_bytes = 512;   // the middle layer's weight (1024 bytes) is split over two buckets
+  options.first_bucket_bytes = 64;  // the last layer's bias and part of its weight
+  options.bucket_cap_bytes = 512;
   return options;
 }
 

@@ -435,39 +435,6 @@ void expect_same_state(const Optimizer& got, const Optimizer& want) {
 /// Runs `make`'s optimizer over two identical parameter sets for kSteps steps on identical random
 /// gradients, one with step() and one with step_in_groups(groups_of(params)); parameter 3 has no
 /// gradient in step 2. Returns the before_group calls of every step.
-/// Slice groups: step_in_slice_groups() instead of step_in_groups(). `before_group` also gets the
-/// step number and the grouped parameters.
-using SliceGroups = std::vector<std::vector<Optimizer::ParamSlice>>;
-std::vector<std::vector<size_t>> check_sliced_matches_step(
-    const std::function<std::unique_ptr<Optimizer>(std::vector<Tensor>)>& make,
-    const std::function<SliceGroups(const std::vector<Tensor>&)>& groups_of,
-    const std::function<void(int, size_t, const std::vector<Tensor>&)>& before_group = {}) {
-  std::vector<Tensor> plain = seeded_params(11), grouped = seeded_params(11);
-  std::unique_ptr<Optimizer> plain_opt = make(plain), grouped_opt = make(grouped);
-  const SliceGroups groups = groups_of(grouped);
-  std::vector<std::vector<size_t>> calls;
-  Generator gen(12);
-  for (int t = 1; t <= kSteps; ++t) {
-    SCOPED_TRACE("step " + std::to_string(t));
-    for (size_t i = 0; i < plain.size(); ++i) {
-      const Tensor g = i == 3 && t == 2 ? Tensor() : randn(kGroupShapes[i], TensorOptions(kF32), &gen);
-      plain[i].set_grad(g.defined() ? g.clone() : Tensor());
-      grouped[i].set_grad(g.defined() ? g.clone() : Tensor());
-    }
-    plain_opt->step();
-    std::vector<size_t>& called = calls.emplace_back();
-    grouped_opt->step_in_slice_groups(groups, [&](size_t g) {
-      called.push_back(g);
-      if (before_group) before_group(t, g, grouped);
-    });
-    for (size_t i = 0; i < plain.size(); ++i)
-      expect_bitwise_equal(grouped[i], plain[i], "parameter " + std::to_string(i));
-  }
-  EXPECT_EQ(grouped_opt->step_count(), kSteps);
-  expect_same_state(*grouped_opt, *plain_opt);
-  return calls;
-}
-
 std::vector<std::vector<size_t>> check_grouped_matches_step(
     const std::function<std::unique_ptr<Optimizer>(std::vector<Tensor>)>& make,
     const std::function<std::vector<std::vector<Tensor>>(const std::vector<Tensor>&)>& groups_of) {
@@ -526,74 +493,6 @@ TEST(OptimizerStepInGroups, NoGroupsIsOneLastGroup) {
       },
       [](const std::vector<Tensor>&) { return std::vector<std::vector<Tensor>>{}; });
   for (const std::vector<size_t>& called : calls) EXPECT_EQ(called, (std::vector<size_t>{0}));
-}
-
-TEST(OptimizerStepInGroups, SlicedAdamWMatchesStepBitForBitAndUpdatesEachSliceInItsGroup) {
-  // p0 (6 elements): [2, 6) in group 0, [0, 2) in group 1; p2 (6): [0, 3) in group 0, the rest in
-  // group 2; p1 whole in group 1; p3 in none (group 3, last).
-  std::vector<std::vector<float>> before;  // the parameters' values before each step
-  const auto calls = check_sliced_matches_step(
-      [](std::vector<Tensor> p) -> std::unique_ptr<Optimizer> {
-        return std::make_unique<AdamW>(std::move(p), AdamWOptions{.lr = 0.01, .weight_decay = 0.1});
-      },
-      [](const std::vector<Tensor>& p) {
-        return SliceGroups{{{p[0], 2, 6}, {p[2], 0, 3}}, {{p[1]}, {p[0], 0, 2}}, {{p[2], 3, -1}}};
-      },
-      [&](int t, size_t g, const std::vector<Tensor>& p) {
-        const std::vector<float> p0 = p[0].to_vector<float>(), p2 = p[2].to_vector<float>();
-        if (g == 0) {
-          before = {p0, p2};
-          return;
-        }
-        if (t == 1) {  // the first update creates the state: each parameter whole, with its last slice
-          EXPECT_EQ(p0 != before[0], g > 1) << "p0 before group " << g;
-          EXPECT_EQ(p2 != before[1], g > 2) << "p2 before group " << g;
-          return;
-        }
-        for (int k = 0; k < 6; ++k) {
-          // Before group g runs, exactly the slices of groups < g have been updated.
-          EXPECT_EQ(p0[k] != before[0][k], k >= 2 || g > 1) << "p0[" << k << "] before group " << g;
-          EXPECT_EQ(p2[k] != before[1][k], k < 3 || g > 2) << "p2[" << k << "] before group " << g;
-        }
-      });
-  // p3 has no gradient in step 2: no call for the last group then.
-  EXPECT_EQ(calls, (std::vector<std::vector<size_t>>{{0, 1, 2, 3}, {0, 1, 2}, {0, 1, 2, 3}}));
-}
-
-TEST(OptimizerStepInGroups, SlicedSgdWithMomentumMatchesStepBitForBit) {
-  check_sliced_matches_step(
-      [](std::vector<Tensor> p) -> std::unique_ptr<Optimizer> {
-        return std::make_unique<SGD>(std::move(p),
-                                     SGDOptions{.lr = 0.1, .momentum = 0.9, .dampening = 0.2, .weight_decay = 0.01});
-      },
-      [](const std::vector<Tensor>& p) {
-        return SliceGroups{{{p[3], 4, 5}, {p[1], 0, 1}}, {{p[3], 0, 4}, {p[1], 1, 4}, {p[0]}}, {{p[2]}}};
-      });
-}
-
-TEST(OptimizerStepInGroups, RejectsBadSlicesAndChangesNothing) {
-  std::vector<Tensor> params = seeded_params(22);
-  AdamW adamw(params, AdamWOptions{.lr = 0.01});
-  for (const Tensor& p : params) p.set_grad(ones(p.shape(), TensorOptions(kF32)));
-  adamw.step();
-  std::vector<std::vector<float>> before;
-  for (const Tensor& p : params) before.push_back(p.to_vector<float>());
-  bool called = false;
-  const auto note = [&](size_t) { called = true; };
-  const Tensor& p0 = params[0];  // 6 elements
-  EXPECT_TRUE(raises_error([&] { adamw.step_in_slice_groups({{{p0, 0, 7}}}, note); },
-                           {"AdamW", "group 0", "elements [0, 7)", "parameter 0", "has 6"}));
-  EXPECT_TRUE(raises_error([&] { adamw.step_in_slice_groups({{{p0, 3, 3}}}, note); }, {"elements [3, 3)"}));
-  EXPECT_TRUE(raises_error([&] { adamw.step_in_slice_groups({{{p0, -1, 2}}}, note); }, {"elements [-1, 2)"}));
-  EXPECT_TRUE(raises_error([&] { adamw.step_in_slice_groups({{{p0, 0, 4}}, {{p0, 3, -1}}}, note); },
-                           {"parameter 0", "groups 0 and 1", "elements [3, 4) overlap"}));
-  EXPECT_TRUE(raises_error([&] { adamw.step_in_slice_groups({{{p0, 0, 2}}, {{p0, 4, 6}}}, note); },
-                           {"parameter 0", "not covered", "elements [2, 4)"}));
-  EXPECT_TRUE(raises_error([&] { adamw.step_in_slice_groups({{{p0, 0, 2}}}, note); },
-                           {"parameter 0", "not covered", "elements [2, 6)"}));
-  EXPECT_FALSE(called) << "before_group ran for a rejected call";
-  EXPECT_EQ(adamw.step_count(), 1);
-  for (size_t i = 0; i < params.size(); ++i) EXPECT_EQ(params[i].to_vector<float>(), before[i]) << i;
 }
 
 TEST(OptimizerStepInGroups, RejectsForeignAndRepeatedMembersAndChangesNothing) {

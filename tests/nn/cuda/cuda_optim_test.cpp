@@ -120,34 +120,6 @@ TEST_F(CudaOptim, EveryOptimizerMatchesTheCpuForFiveSteps) {
   }
 }
 
-// DDP's step() updates a split parameter slice by slice (Optimizer::step_in_slice_groups): on the
-// device too, each slice's update must be the whole update's, bit for bit, slices cut anywhere.
-TEST_F(CudaOptim, SlicedStepsEqualWholeStepsBitForBit) {
-  for (const OptimizerCase& c : optimizer_cases()) {
-    SCOPED_TRACE(c.name);
-    test::guarded([&] {
-      test::HostRng rng;
-      Twin twin = make_twin(rng, kF32);  // .cpu is a second copy on the GPU: the whole-step replica
-      for (size_t i = 0; i < kShapes.size(); ++i) twin.cpu[i] = twin.gpu[i].detach().clone().requires_grad_(true);
-      auto whole = c.make(twin.cpu);
-      auto sliced = c.make(twin.gpu);
-      const std::vector<Tensor>& p = twin.gpu;  // [16, 33] (528 elements), [33], [1]
-      const std::vector<std::vector<Optimizer::ParamSlice>> groups = {
-          {{p[0], 7, 301}, {p[1], 32, 33}}, {{p[0], 301, -1}, {p[2]}}, {{p[0], 0, 7}, {p[1], 0, 32}}};
-      for (int step = 0; step < kSteps; ++step) {
-        set_grads(rng, twin, kF32, step);
-        for (size_t i = 0; i < kShapes.size(); ++i) {  // set_grads gave .cpu CPU gradients
-          if (twin.cpu[i].grad().defined()) twin.cpu[i].set_grad(twin.gpu[i].grad().clone());
-        }
-        whole->step();
-        sliced->step_in_slice_groups(groups, [](size_t) {});
-        for (size_t i = 0; i < kShapes.size(); ++i)
-          EXPECT_TRUE(test::tensors_identical(twin.gpu[i], twin.cpu[i])) << "step " << step << " parameter " << i;
-      }
-    });
-  }
-}
-
 TEST_F(CudaOptim, ClipGradNormMatchesTheCpuOnTheDevice) {
   for (DType dtype : {kF32, kF64, kBF16}) {
     SCOPED_TRACE(std::string(dtype_name(dtype)));
