@@ -1,10 +1,17 @@
 #include "datasets/hdf5_util.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <bit>
+#include <cerrno>
+#include <cstring>
 #include <utility>
 #include <vector>
 
 #include "core/error.h"
+#include "core/file_io.h"
 
 namespace flame::data::h5 {
 
@@ -58,23 +65,71 @@ void Handle::reset() {
 }
 
 namespace {
+struct StackEntry {
+  hid_t minor;       // H5E_NOTHDF5, H5E_CANTLOCKFILE, ...
+  std::string desc;  // may be empty
+};
+
 herr_t collect_error(unsigned, const H5E_error2_t* error, void* data) {
-  auto* messages = static_cast<std::vector<std::string>*>(data);
-  if (error->desc && *error->desc) messages->emplace_back(error->desc);
+  static_cast<std::vector<StackEntry>*>(data)->push_back({error->min_num, error->desc ? error->desc : ""});
   return 0;
 }
-}  // namespace
 
-std::string error_detail() {
-  std::vector<std::string> messages;
-  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, &collect_error, &messages);
+// The default error stack, outermost call first; clears it.
+std::vector<StackEntry> take_stack() {
+  std::vector<StackEntry> stack;
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, &collect_error, &stack);
   H5Eclear2(H5E_DEFAULT);
+  return stack;
+}
+
+std::string summary(const std::vector<StackEntry>& stack) {
+  std::vector<std::string> messages;
+  for (const StackEntry& entry : stack)
+    if (!entry.desc.empty()) messages.push_back(entry.desc);
   if (messages.empty()) return "HDF5 reported no detail";
   std::string detail = messages.front();
   // The outermost message says what failed, the innermost why; the middle repeats them.
   if (messages.size() > 2) detail += ": " + messages[messages.size() - 2];
   if (messages.size() > 1) detail += ": " + messages.back();
   return detail;
+}
+
+// 0 when the first byte of `path` can be read (or the file is empty), else the errno of open() or
+// pread(): EACCES for a file without read permission, EISDIR for a directory.
+int read_errno(const std::string& path) {
+  io::File file(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (!file.is_open()) return errno;
+  char byte = 0;
+  return ::pread(file.get(), &byte, 1, 0) < 0 ? errno : 0;
+}
+}  // namespace
+
+std::string error_detail() { return summary(take_stack()); }
+
+std::string open_failure(const std::string& path, int open_errno) {
+  const std::vector<StackEntry> stack = take_stack();
+  const std::string detail = summary(stack);
+  const auto reported = [&](hid_t minor) {
+    return std::any_of(stack.begin(), stack.end(), [&](const StackEntry& entry) { return entry.minor == minor; });
+  };
+  if (const int error = read_errno(path); error != 0) {
+    if (error == EACCES || error == EPERM)
+      return "cannot read the file: permission denied (check the mode and owner of the file and its directories)";
+    if (error == EISDIR) return "it is a directory, not an HDF5 file";
+    return fmt::format("cannot read the file: {}", std::strerror(error));
+  }
+  if (reported(H5E_CANTLOCKFILE)) {
+    constexpr const char* kNoLocking = "set HDF5_USE_FILE_LOCKING=FALSE on file systems without locking";
+    if (open_errno == EWOULDBLOCK || open_errno == EAGAIN)
+      return fmt::format(
+          "HDF5 refused to open it: the file is locked by another process (a writer still has it open?): {}; wait "
+          "for the writer to finish, or {}",
+          detail, kNoLocking);
+    return fmt::format("HDF5 refused to open it: it could not lock the file: {}; {}", detail, kNoLocking);
+  }
+  if (reported(H5E_NOTHDF5) || reported(H5E_TRUNCATED)) return "truncated, corrupt or not an HDF5 file: " + detail;
+  return "HDF5 cannot open it: " + detail;
 }
 
 void raise(const std::string& file, const std::string& context) {

@@ -42,6 +42,18 @@ class Handle {
 /// The current HDF5 error stack as one line (outermost call first, innermost cause last), and
 /// clears it. Call under the lock right after a failed H5* call.
 std::string error_detail();
+/// Why H5Fopen(`path`) just failed, as a phrase for a message that names the path. Call under the
+/// lock right after the failed call, with the errno it left: reads (and clears) the HDF5 error
+/// stack, then reads the file's first byte itself. One of
+///   "cannot read the file: permission denied (...)", "cannot read the file: <strerror>",
+///   "it is a directory, not an HDF5 file",
+///   "HDF5 refused to open it: the file is locked by another process (...): <HDF5 detail>; ...",
+///   "HDF5 refused to open it: it could not lock the file: <HDF5 detail>; ...",
+///   "truncated, corrupt or not an HDF5 file: <HDF5 detail>" (HDF5 found no signature, or the file
+///   is shorter than its superblock says),
+///   "HDF5 cannot open it: <HDF5 detail>" (anything else, e.g. a damaged superblock or consistency
+///   flags left set by a writer that did not close the file).
+std::string open_failure(const std::string& path, int open_errno);
 /// Throws flame::Error "`context`: `file`: <HDF5 error detail>".
 [[noreturn]] void raise(const std::string& file, const std::string& context);
 /// `id` when it is valid, else raise(file, context). Wraps every id-returning H5* call.

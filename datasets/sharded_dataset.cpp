@@ -146,10 +146,16 @@ void ShardedDataset::State::open_shard(size_t index) {
   OpenShard& shard = shards[index];
   shard.path = format::join(dir, info.file);
   shard.extent = manifest.kind == DatasetKind::Samples ? info.samples : info.tokens;
+  // A status the file system cannot give (a directory on the way not searchable, say) is left to
+  // H5Fopen and h5::open_failure() to name.
   std::error_code error;
-  FLAME_CHECK(std::filesystem::is_regular_file(shard.path, error),
-              "ShardedDataset: shard '{}' listed in '{}' is missing (or not a regular file)", shard.path,
-              manifest_path);
+  const std::filesystem::file_type type = std::filesystem::status(shard.path, error).type();
+  FLAME_CHECK(type != std::filesystem::file_type::not_found, "ShardedDataset: shard '{}' listed in '{}' is missing",
+              shard.path, manifest_path);
+  FLAME_CHECK(type != std::filesystem::file_type::directory,
+              "ShardedDataset: shard '{}' listed in '{}' is a directory, not an HDF5 file", shard.path, manifest_path);
+  FLAME_CHECK(type == std::filesystem::file_type::regular || error,
+              "ShardedDataset: shard '{}' listed in '{}' is not a regular file", shard.path, manifest_path);
   h5::Lock guard = h5::lock();
   errno = 0;
   const hid_t file = H5Fopen(shard.path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
@@ -162,8 +168,10 @@ void ShardedDataset::State::open_shard(size_t index) {
                open_errno == EMFILE ? "this process is at its limit" : "the system is at its limit",
                open_file_limit(), detail);
   }
-  shard.file = h5::check_id(file, shard.path,
-                            "ShardedDataset: cannot open shard (truncated, corrupt or not an HDF5 file)");
+  if (file < 0)
+    FLAME_FAIL("ShardedDataset: cannot open shard '{}' ({} of {}): {}", shard.path, index + 1, manifest.shards.size(),
+               h5::open_failure(shard.path, open_errno));
+  shard.file = h5::Handle(file);
   for (size_t f = 0; f < manifest.fields.size(); ++f) check_field(shard, f);
 }
 

@@ -1,15 +1,21 @@
-// Every bad input of issue 4 on real damaged datasets: missing, truncated and corrupt shards,
+// Every bad input of issue 4 on real damaged datasets: missing, truncated and corrupt shards (and
+// shards HDF5 cannot open for other reasons: a directory, no read permission, a writer's lock),
 // checksum mismatches, manifests that disagree with their shards, wrong dtypes and shapes, empty
 // datasets and broken manifests. Each error must name the file and what is wrong.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/file.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
 
+#include "core/file_io.h"
 #include "datasets/dataset.h"
 #include "tests/datasets/dataset_fixtures.h"
 
@@ -62,6 +68,43 @@ TEST_F(DamagedImages, EmptyShardFile) {
 TEST_F(DamagedImages, CorruptSuperblock) {
   overwrite(shard(0), 0, 64, 'x');
   expect_mentions(open_error(), {shard(0), "cannot open shard"});
+}
+
+// A shard that HDF5 cannot open for a reason other than its content says that reason, not "corrupt".
+TEST_F(DamagedImages, DirectoryInPlaceOfAShard) {
+  std::filesystem::remove(shard(1));
+  std::filesystem::create_directory(shard(1));
+  const std::string message = open_error();
+  expect_mentions(message, {shard(1), "is a directory", manifest_path()});
+  EXPECT_EQ(message.find("missing"), std::string::npos) << message;
+}
+
+TEST_F(DamagedImages, UnreadableShard) {
+  std::filesystem::permissions(shard(0), std::filesystem::perms::none);
+  if (geteuid() == 0 || std::ifstream(shard(0)).is_open())
+    GTEST_SKIP() << "the file stays readable after chmod 000 (running as root?): nothing to refuse";
+  const std::string message = open_error();
+  expect_mentions(message, {shard(0), "cannot open shard", "cannot read the file: permission denied"});
+  EXPECT_EQ(message.find("corrupt"), std::string::npos) << message;
+}
+
+// HDF5 takes no lock on a file it already has open in this process (it shares that open file), so
+// the writer of another process is stood in for by the lock such a writer holds: flock(LOCK_EX) on
+// a descriptor of its own.
+TEST_F(DamagedImages, ShardLockedByAWriter) {
+  const std::string locking = std::getenv("HDF5_USE_FILE_LOCKING") ? std::getenv("HDF5_USE_FILE_LOCKING") : "";
+  if (locking == "FALSE" || locking == "0")
+    GTEST_SKIP() << "HDF5_USE_FILE_LOCKING=" << locking << ": HDF5 takes no lock";
+  io::File writer(shard(0), O_RDWR | O_CLOEXEC);
+  ASSERT_TRUE(writer.is_open()) << shard(0) << ": " << io::errno_text();
+  if (::flock(writer.get(), LOCK_EX | LOCK_NB) != 0)
+    GTEST_SKIP() << "this file system does not lock files: " << io::errno_text();
+  const std::string message = open_error();
+  expect_mentions(message, {shard(0), "HDF5 refused to open it", "locked by another process", "unable to lock file",
+                            "HDF5_USE_FILE_LOCKING=FALSE"});
+  EXPECT_EQ(message.find("corrupt"), std::string::npos) << message;
+  ASSERT_TRUE(writer.close());
+  EXPECT_EQ(ShardedDataset(dir_.path()).size(), 300);  // the same shard opens once the writer is gone
 }
 
 TEST_F(DamagedImages, CorruptSampleBytesFailTheChecksum) {
