@@ -94,6 +94,7 @@
 #include "core/cuda/nvrtc.h"
 #include "core/cuda_device.h"
 #include "core/ops.h"
+#include "dist/collective_timeline.h"
 #include "dist/mpi_check.h"
 
 namespace flame::dist {
@@ -276,6 +277,7 @@ class NcclCommunicator final : public Communicator {
     copy_engines_ = options_.overlap_all_reduce == OverlapAllReduce::CopyEngineGather && group.world_size == 2;
     if (copy_engines_) config.CTAPolicy = NCCL_CTA_POLICY_ZERO;
 #endif
+    timeline_ = detail::CollectiveTimeline::from_environment(group.rank);  // Note [collective timeline]
     watchdog_ = std::thread([this] { watch(); });
     try {
       {
@@ -306,6 +308,8 @@ class NcclCommunicator final : public Communicator {
       std::lock_guard<std::mutex> lock(mutex_);
       unfinished = recycle_finished() != cudaSuccess || !issued_.empty();
     }
+    if (timeline_ != nullptr && unfinished) timeline_->discard();
+    timeline_.reset();  // writes it (Note [collective timeline])
     // A collective that never finished (a peer is gone), or an exception unwinding past us: finalizing
     // would wait for peers that may never come, so abort (Note [NCCL timeouts]).
     if (comm_ != nullptr && (unfinished || std::uncaught_exceptions() > 0)) {
@@ -398,8 +402,10 @@ class NcclCommunicator final : public Communicator {
     // Collectives finish in issue order: when `collective` is no longer in issued_, it has finished.
     for (const Issued& issued : issued_) {
       if (issued.number < collective) continue;
-      if (issued.number == collective)
+      if (issued.number == collective) {
         FLAME_CUDA_CHECK(cudaStreamWaitEvent(cuda::compute_stream(device_.index), issued.done, 0));
+        mark(cuda::compute_stream(device_.index), "wait", issued.what);
+      }
       break;
     }
     if (collective == issued_count_) end_carveout();
@@ -408,8 +414,10 @@ class NcclCommunicator final : public Communicator {
   void compute_wait() override {
     check_usable("compute_wait", "");
     std::lock_guard<std::mutex> lock(mutex_);
-    if (last_issued_ != nullptr)
+    if (last_issued_ != nullptr) {
       FLAME_CUDA_CHECK(cudaStreamWaitEvent(cuda::compute_stream(device_.index), last_issued_, 0));
+      mark(cuda::compute_stream(device_.index), "wait", "all");
+    }
     end_carveout();
   }
 
@@ -546,7 +554,9 @@ class NcclCommunicator final : public Communicator {
                    : cudaMemcpyAsync(own, out, tensor.nbytes(), cudaMemcpyDeviceToDevice, stream_);
           if (copied != cudaSuccess)
             fail("all_reduce", what, fmt::format("copy into the staging buffer: {}", cudaGetErrorString(copied)));
+          mark(stream_, "staged", what);
           const ncclResult_t status = ncclAllGather(own, slots, n, nccl_type(wire), comm_, stream_);
+          mark(stream_, "gathered", what);
           if (status == ncclSuccess) {  // Blocking calls (checked at construction): the all-gather is on stream_
             const cudaError_t launched = launch_over(mean, slots, out, items, op == ReduceOp::Avg ? 0.5f : 1.0f);
             if (launched != cudaSuccess)
@@ -657,18 +667,26 @@ class NcclCommunicator final : public Communicator {
   void enqueue(const char* op, const std::string& what, Call call, ComputeWaits compute_waits = ComputeWaits::Now) {
     cudaStream_t compute = cuda::compute_stream(device_.index);
     FLAME_CUDA_CHECK(cudaEventRecord(inputs_ready_, compute));
+    mark(compute, "issue", what);
     FLAME_CUDA_CHECK(cudaStreamWaitEvent(stream_, inputs_ready_, 0));
+    mark(stream_, "begin", what);
     ncclResult_t status;
     {
       CallInProgress in_call(*this, op);
       status = call();
     }
+    mark(stream_, "end", what);
     if (status != ncclSuccess && status != ncclInProgress) {
       fail(op, what, fmt::format("NCCL error {}: {}", ncclGetErrorString(status), ncclGetLastError(comm_)));
     }
     wait_async(op, what);
     const cudaEvent_t done = record_issued(op, what);
     if (compute_waits == ComputeWaits::Now) FLAME_CUDA_CHECK(cudaStreamWaitEvent(compute, done, 0));
+  }
+
+  /// Note [collective timeline]: a mark on `stream` when FLAME_NCCL_TIMELINE is set.
+  void mark(cudaStream_t stream, const char* name, const std::string& what) {
+    if (timeline_ != nullptr) timeline_->mark(stream, stream == stream_ ? "comm" : "compute", name, what);
   }
 
   /// A collective issued on stream_ and the event recorded after it (Note [NCCL timeouts]).
@@ -874,6 +892,7 @@ class NcclCommunicator final : public Communicator {
   std::condition_variable stop_cv_;
   bool stop_ = false;
   std::thread watchdog_;
+  std::unique_ptr<detail::CollectiveTimeline> timeline_;  // FLAME_NCCL_TIMELINE (Note [collective timeline])
 };
 
 }  // namespace
