@@ -402,11 +402,15 @@ class NcclCommunicator final : public Communicator {
     // Collectives finish in issue order: when `collective` is no longer in issued_, it has finished.
     for (const Issued& issued : issued_) {
       if (issued.number < collective) continue;
-      if (issued.number == collective) {
+      if (issued.number == collective)
         FLAME_CUDA_CHECK(cudaStreamWaitEvent(cuda::compute_stream(device_.index), issued.done, 0));
-        mark(cuda::compute_stream(device_.index), "wait", issued.what);
-      }
       break;
+    }
+    if (timeline_ != nullptr) {  // also when it has finished already: where the compute stream got to
+      const auto named = std::find_if(timeline_labels_.begin(), timeline_labels_.end(),
+                                      [&](const auto& entry) { return entry.first == collective; });
+      mark(cuda::compute_stream(device_.index), "wait",
+           named != timeline_labels_.end() ? named->second : fmt::format("collective {}", collective));
     }
     if (collective == issued_count_) end_carveout();
   }
@@ -681,6 +685,10 @@ class NcclCommunicator final : public Communicator {
     }
     wait_async(op, what);
     const cudaEvent_t done = record_issued(op, what);
+    if (timeline_ != nullptr) {  // compute_wait() names its mark after the collective
+      timeline_labels_.emplace_back(issued_count_, what);
+      if (timeline_labels_.size() > 64) timeline_labels_.pop_front();
+    }
     if (compute_waits == ComputeWaits::Now) FLAME_CUDA_CHECK(cudaStreamWaitEvent(compute, done, 0));
   }
 
@@ -893,6 +901,7 @@ class NcclCommunicator final : public Communicator {
   bool stop_ = false;
   std::thread watchdog_;
   std::unique_ptr<detail::CollectiveTimeline> timeline_;  // FLAME_NCCL_TIMELINE (Note [collective timeline])
+  std::deque<std::pair<uint64_t, std::string>> timeline_labels_;  // the latest collectives' numbers and labels
 };
 
 }  // namespace

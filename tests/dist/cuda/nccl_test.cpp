@@ -5,6 +5,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -315,6 +320,68 @@ TEST_F(Nccl, CopyEngineGatherSendsF32AsBf16AndWritesTheRoundedMean) {
                            {"bucket 9", "reduces_as", "all_reduce_overlapped"}));
   EXPECT_TRUE(raises_error([&] { comm_->all_reduce_overlapped_as(large, kBF16, ReduceOp::Avg, "bucket 8"); },
                            {"bucket 8", "reduces_as"}));
+}
+
+// Note [collective timeline]: FLAME_NCCL_TIMELINE makes a communicator write its marks per rank
+// when it is destroyed; without it, nothing is written.
+TEST_F(Nccl, TimelineWritesEachCollectivesMarksWhenAsked) {
+  const TempDir dir;  // one per rank (mkdtemp)
+  const std::string path = dir.file("tl");
+  const std::string file = path + ".rank" + std::to_string(rank());
+  dist::CommunicatorOptions options;
+  options.timeout = std::chrono::seconds(30);
+  if (world() == 2) {  // the copy engines too: their staged and gathered marks
+    options.overlap_all_reduce = dist::OverlapAllReduce::CopyEngineGather;
+    options.overlap_carveout_min_bytes = 1 << 20;
+  }
+  ASSERT_EQ(setenv("FLAME_NCCL_TIMELINE", path.c_str(), 1), 0);
+  auto timed = dist::make_nccl_communicator(group(), options);
+  ASSERT_EQ(unsetenv("FLAME_NCCL_TIMELINE"), 0);
+  Tensor large = full({1 << 20}, rank() + 1.0, {kF32, device()});  // 4 MiB: the copy engines at W=2
+  Tensor small = full({10}, 1.0, {kF32, device()});
+  const uint64_t first = timed->all_reduce_overlapped(large, ReduceOp::Sum, "bucket A");
+  timed->all_reduce_overlapped(small, ReduceOp::Sum, "bucket B");
+  timed->compute_wait(first);
+  timed->compute_wait();
+  timed->synchronize();
+  EXPECT_TRUE(all_close(large, {1 << 20}, std::vector<double>(1 << 20, world() * (world() + 1) / 2.0),
+                        tolerance_for(kF32)));
+  EXPECT_FALSE(std::filesystem::exists(file)) << "written before the communicator is destroyed";
+  timed.reset();
+
+  // "<ms>\t<stream>\t<mark>\t<what>" lines; every time >= 0, the first 0.
+  std::ifstream in(file);
+  ASSERT_TRUE(in) << file;
+  std::map<std::string, double> at;  // "<mark> <what>" -> ms
+  std::string line;
+  int lines = 0;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    double ms = -1.0;
+    std::string stream, mark, what;
+    fields >> ms >> stream >> mark;
+    std::getline(fields >> std::ws, what);
+    if (lines++ == 0) EXPECT_EQ(ms, 0.0) << line;
+    EXPECT_GE(ms, 0.0) << line;
+    EXPECT_EQ(stream, mark == "issue" || mark == "wait" ? "compute" : "comm") << line;
+    at[mark + " " + what] = ms;
+  }
+  for (const char* key : {"issue bucket A", "begin bucket A", "end bucket A", "wait bucket A", "issue bucket B",
+                          "begin bucket B", "end bucket B", "wait all"})
+    EXPECT_TRUE(at.count(key)) << "no mark '" << key << "' in " << file;
+  EXPECT_LE(at["begin bucket A"], at["end bucket A"]);
+  EXPECT_LE(at["end bucket A"], at["wait bucket A"]);
+  EXPECT_LE(at["end bucket A"], at["begin bucket B"]);
+  if (world() == 2) {
+    EXPECT_LE(at["begin bucket A"], at["staged bucket A"]);
+    EXPECT_LE(at["staged bucket A"], at["gathered bucket A"]);
+    EXPECT_LE(at["gathered bucket A"], at["end bucket A"]);
+    EXPECT_FALSE(at.count("staged bucket B")) << "bucket B is below the copy engines' threshold";
+  }
+  // Without the variable: no file.
+  std::filesystem::remove(file);
+  dist::make_nccl_communicator(group(), {std::chrono::seconds(30)}).reset();
+  EXPECT_FALSE(std::filesystem::exists(file));
 }
 
 TEST_F(Nccl, NonBlockingCallsGiveTheSameResults) {
