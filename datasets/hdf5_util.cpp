@@ -1,6 +1,7 @@
 #include "datasets/hdf5_util.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -95,33 +96,44 @@ std::string summary(const std::vector<StackEntry>& stack) {
   return detail;
 }
 
-// 0 when the first byte of `path` can be read (or the file is empty), else the errno of open() or
-// pread(): EACCES for a file without read permission, EISDIR for a directory.
-int read_errno(const std::string& path) {
+/// What reading `path` directly says: the errno of open() or pread() (0 when the first byte can be
+/// read, or the file is empty: EACCES without read permission, EISDIR for a directory), and whether
+/// another open file holds a lock on it (a shared flock() refused: how HDF5's writers lock).
+struct Probe {
+  int error = 0;
+  bool locked_elsewhere = false;
+};
+Probe probe_file(const std::string& path) {
   io::File file(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (!file.is_open()) return errno;
+  if (!file.is_open()) return {errno, false};
   char byte = 0;
-  return ::pread(file.get(), &byte, 1, 0) < 0 ? errno : 0;
+  if (::pread(file.get(), &byte, 1, 0) < 0) return {errno, false};
+  if (::flock(file.get(), LOCK_SH | LOCK_NB) == 0) {
+    ::flock(file.get(), LOCK_UN);
+    return {0, false};
+  }
+  return {0, errno == EWOULDBLOCK};
 }
 }  // namespace
 
 std::string error_detail() { return summary(take_stack()); }
 
-std::string open_failure(const std::string& path, int open_errno) {
+std::string open_failure(const std::string& path) {
   const std::vector<StackEntry> stack = take_stack();
   const std::string detail = summary(stack);
   const auto reported = [&](hid_t minor) {
     return std::any_of(stack.begin(), stack.end(), [&](const StackEntry& entry) { return entry.minor == minor; });
   };
-  if (const int error = read_errno(path); error != 0) {
-    if (error == EACCES || error == EPERM)
+  const Probe probe = probe_file(path);
+  if (probe.error != 0) {
+    if (probe.error == EACCES || probe.error == EPERM)
       return "cannot read the file: permission denied (check the mode and owner of the file and its directories)";
-    if (error == EISDIR) return "it is a directory, not an HDF5 file";
-    return fmt::format("cannot read the file: {}", std::strerror(error));
+    if (probe.error == EISDIR) return "it is a directory, not an HDF5 file";
+    return fmt::format("cannot read the file: {}", std::strerror(probe.error));
   }
   if (reported(H5E_CANTLOCKFILE)) {
     constexpr const char* kNoLocking = "set HDF5_USE_FILE_LOCKING=FALSE on file systems without locking";
-    if (open_errno == EWOULDBLOCK || open_errno == EAGAIN)
+    if (probe.locked_elsewhere)
       return fmt::format(
           "HDF5 refused to open it: the file is locked by another process (a writer still has it open?): {}; wait "
           "for the writer to finish, or {}",

@@ -43,17 +43,19 @@ class Handle {
 /// clears it. Call under the lock right after a failed H5* call.
 std::string error_detail();
 /// Why H5Fopen(`path`) just failed, as a phrase for a message that names the path. Call under the
-/// lock right after the failed call, with the errno it left: reads (and clears) the HDF5 error
-/// stack, then reads the file's first byte itself. One of
+/// lock right after the failed call: reads (and clears) the HDF5 error stack, then reads the
+/// file's first byte itself and probes it for a lock held elsewhere (a shared flock(), as HDF5's
+/// writers take an exclusive one). One of
 ///   "cannot read the file: permission denied (...)", "cannot read the file: <strerror>",
 ///   "it is a directory, not an HDF5 file",
 ///   "HDF5 refused to open it: the file is locked by another process (...): <HDF5 detail>; ...",
 ///   "HDF5 refused to open it: it could not lock the file: <HDF5 detail>; ...",
 ///   "truncated, corrupt or not an HDF5 file: <HDF5 detail>" (HDF5 found no signature, or the file
 ///   is shorter than its superblock says),
-///   "HDF5 cannot open it: <HDF5 detail>" (anything else, e.g. a damaged superblock or consistency
-///   flags left set by a writer that did not close the file).
-std::string open_failure(const std::string& path, int open_errno);
+///   "HDF5 cannot open it: <HDF5 detail>" (anything else, e.g. a superblock damaged behind an
+///   intact signature, or, in files of other tools written with HDF5's newest format, the
+///   consistency flags a writer that did not close the file leaves).
+std::string open_failure(const std::string& path);
 /// Throws flame::Error "`context`: `file`: <HDF5 error detail>".
 [[noreturn]] void raise(const std::string& file, const std::string& context);
 /// `id` when it is valid, else raise(file, context). Wraps every id-returning H5* call.

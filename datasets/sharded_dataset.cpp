@@ -168,9 +168,8 @@ void ShardedDataset::State::open_shard(size_t index) {
                open_errno == EMFILE ? "this process is at its limit" : "the system is at its limit",
                open_file_limit(), detail);
   }
-  if (file < 0)
-    FLAME_FAIL("ShardedDataset: cannot open shard '{}' ({} of {}): {}", shard.path, index + 1, manifest.shards.size(),
-               h5::open_failure(shard.path, open_errno));
+  FLAME_CHECK(file >= 0, "ShardedDataset: cannot open shard '{}' ({} of {}): {}", shard.path, index + 1,
+              manifest.shards.size(), h5::open_failure(shard.path));
   shard.file = h5::Handle(file);
   for (size_t f = 0; f < manifest.fields.size(); ++f) check_field(shard, f);
 }
