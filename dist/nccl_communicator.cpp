@@ -308,7 +308,8 @@ class NcclCommunicator final : public Communicator {
       std::lock_guard<std::mutex> lock(mutex_);
       unfinished = recycle_finished() != cudaSuccess || !issued_.empty();
     }
-    if (timeline_ != nullptr && unfinished) timeline_->discard();
+    if (timeline_ != nullptr && (unfinished || broken_.load() || std::uncaught_exceptions() > 0))
+      timeline_->discard();
     timeline_.reset();  // writes it (Note [collective timeline])
     // A collective that never finished (a peer is gone), or an exception unwinding past us: finalizing
     // would wait for peers that may never come, so abort (Note [NCCL timeouts]).
@@ -581,8 +582,8 @@ class NcclCommunicator final : public Communicator {
 
   /// Looks the kernels up once per communicator: runtime_kernel would hash and compare the whole
   /// source on every bucket of every step. Loaded kernels stay valid for the process, even after
-  /// cuda::clear_memory_kernel_cache(). Collectives are issued one at a time, in the same order on
-  /// every rank, so this needs no lock.
+  /// cuda::clear_memory_kernel_cache(). Only the thread that issues collectives calls it (the
+  /// watchdog never does), so it needs no lock.
   const CopyEngineKernels& copy_engine_kernels(bool bf16, bool vector) {
     CopyEngineKernels& kernels = copy_engine_kernels_[bf16 ? 1 : 0][vector ? 1 : 0];
     if (kernels.mean != nullptr) return kernels;
@@ -670,8 +671,8 @@ class NcclCommunicator final : public Communicator {
   template <class Call>
   void enqueue(const char* op, const std::string& what, Call call, ComputeWaits compute_waits = ComputeWaits::Now) {
     cudaStream_t compute = cuda::compute_stream(device_.index);
+    mark(compute, "issue", what);  // before inputs_ready_: the communication stream's marks follow it
     FLAME_CUDA_CHECK(cudaEventRecord(inputs_ready_, compute));
-    mark(compute, "issue", what);
     FLAME_CUDA_CHECK(cudaStreamWaitEvent(stream_, inputs_ready_, 0));
     mark(stream_, "begin", what);
     ncclResult_t status;
@@ -679,11 +680,11 @@ class NcclCommunicator final : public Communicator {
       CallInProgress in_call(*this, op);
       status = call();
     }
-    mark(stream_, "end", what);
     if (status != ncclSuccess && status != ncclInProgress) {
       fail(op, what, fmt::format("NCCL error {}: {}", ncclGetErrorString(status), ncclGetLastError(comm_)));
     }
     wait_async(op, what);
+    mark(stream_, "end", what);  // after wait_async: with NonBlocking calls the work is only then on stream_
     const cudaEvent_t done = record_issued(op, what);
     if (timeline_ != nullptr) {  // compute_wait() names its mark after the collective
       timeline_labels_.emplace_back(issued_count_, what);

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -334,9 +335,15 @@ TEST_F(Nccl, TimelineWritesEachCollectivesMarksWhenAsked) {
     options.overlap_all_reduce = dist::OverlapAllReduce::CopyEngineGather;
     options.overlap_carveout_min_bytes = 1 << 20;
   }
-  ASSERT_EQ(setenv("FLAME_NCCL_TIMELINE", path.c_str(), 1), 0);
-  auto timed = dist::make_nccl_communicator(group(), options);
-  ASSERT_EQ(unsetenv("FLAME_NCCL_TIMELINE"), 0);
+  struct TimelineVariable {  // set for the communicator's construction only, even when it throws
+    explicit TimelineVariable(const std::string& value) { setenv("FLAME_NCCL_TIMELINE", value.c_str(), 1); }
+    ~TimelineVariable() { unsetenv("FLAME_NCCL_TIMELINE"); }
+  };
+  std::unique_ptr<dist::Communicator> timed;
+  {
+    const TimelineVariable variable(path);
+    timed = dist::make_nccl_communicator(group(), options);
+  }
   Tensor large = full({1 << 20}, rank() + 1.0, {kF32, device()});  // 4 MiB: the copy engines at W=2
   Tensor small = full({10}, 1.0, {kF32, device()});
   const uint64_t first = timed->all_reduce_overlapped(large, ReduceOp::Sum, "bucket A");
@@ -378,10 +385,14 @@ TEST_F(Nccl, TimelineWritesEachCollectivesMarksWhenAsked) {
     EXPECT_LE(at["gathered bucket A"], at["end bucket A"]);
     EXPECT_FALSE(at.count("staged bucket B")) << "bucket B is below the copy engines' threshold";
   }
-  // Without the variable: no file.
+  // Without the variable: no file, though collectives ran.
   std::filesystem::remove(file);
-  dist::make_nccl_communicator(group(), {std::chrono::seconds(30)}).reset();
+  auto plain = dist::make_nccl_communicator(group(), {std::chrono::seconds(30)});
+  plain->barrier();
+  plain.reset();
   EXPECT_FALSE(std::filesystem::exists(file));
+  for (const auto& entry : std::filesystem::directory_iterator(dir.path()))
+    ADD_FAILURE() << "unexpected file " << entry.path();
 }
 
 TEST_F(Nccl, NonBlockingCallsGiveTheSameResults) {
