@@ -5,7 +5,9 @@
 # .data/fashion-mnist and a synthetic 2 GiB token set; allreduce_bench under mpirun -np 2 when 2+
 # GPUs are present) and the PyTorch reference in the same run.
 # Logs go to $OUT (./gpu-out when unset): build.log, test.log, bench.jsonl (every JSON line,
-# FLAME's and torch's), bench.log, device.txt, summary.txt. The summary is printed last.
+# FLAME's and torch's), bench.log, device.txt, summary.txt, and with 2+ GPUs timeline-mlp.rank0/1
+# (the collective timeline of the mlp's copy-engine step, summarised in summary.txt). The summary
+# is printed last.
 #
 # Debian packages missing on the GPU machine travel in .debs/ (carry it): each is unpacked with
 # dpkg -x into /tmp/flame-prefix, which CMake then searches.
@@ -282,6 +284,18 @@ if [ $built -eq 1 ] && [ "${FLAME_GPU_CHECK_SKIP_BENCH:-0}" != 1 ]; then
         -x NCCL_NVLS_ENABLE=0 "$build/bench/ddp_scaling_bench" --model "$model" --step bucket --reduce bf16 \
         --all-reduce copy-engine
     done
+    # Where that step's communication sits against backward (Note [collective timeline]): a run of
+    # its own, as the timing events cost the host time, so its figures stay out of bench.jsonl.
+    section "timeline_mlp_bf16_copy_engine_w2" | tee -a "$out/bench.log"
+    if timeout 120 mpirun --allow-run-as-root -np 2 -x NCCL_NVLS_ENABLE=0 -x FLAME_NCCL_TIMELINE="$out/timeline-mlp" \
+      "$build/bench/ddp_scaling_bench" --model mlp --step bucket --reduce bf16 --all-reduce copy-engine \
+      >>"$out/bench.log" 2>&1 &&
+      timeline_table=$(python3 "$root/scripts/timeline_summary.py" "$out/timeline-mlp.rank0" 2>&1); then
+      bench_results+=("timeline_mlp ok")
+    else
+      bench_results+=("timeline_mlp FAILED (see bench.log)")
+      status=1
+    fi
   fi
   # flame-train: the Fashion-MNIST CNN of configs/fashion_mnist_cnn.toml on 1 GPU and on 2 (issue 6),
   # and PyTorch's same training in the same run (bench/torch_fashion_mnist.py).
@@ -311,6 +325,10 @@ fi
   echo
   printf '%s\n' "$tables"
   echo
+  if [ -n "${timeline_table:-}" ]; then
+    echo "collective timeline, mlp, bf16 gradients through the copy engines, rank 0 (timeline-mlp.rank*):"
+    printf '%s\n\n' "$timeline_table"
+  fi
   echo "logs: $out/{build.log,test.log,bench.jsonl,bench.log,device.txt,summary.txt}"
   echo "result: $([ $status -eq 0 ] && echo OK || echo FAILED)"
 } | tee "$out/summary.txt"
