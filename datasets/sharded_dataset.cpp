@@ -150,12 +150,22 @@ void ShardedDataset::State::open_shard(size_t index) {
   // H5Fopen and h5::open_failure() to name.
   std::error_code error;
   const std::filesystem::file_type type = std::filesystem::status(shard.path, error).type();
+  std::error_code link_error;  // a symbolic link whose target is gone says so
+  const bool dangling =
+      type == std::filesystem::file_type::not_found && std::filesystem::is_symlink(shard.path, link_error);
+  FLAME_CHECK(!dangling, "ShardedDataset: shard '{}' listed in '{}' is a symbolic link to '{}', which is missing",
+              shard.path, manifest_path, std::filesystem::read_symlink(shard.path, link_error).string());
   FLAME_CHECK(type != std::filesystem::file_type::not_found, "ShardedDataset: shard '{}' listed in '{}' is missing",
               shard.path, manifest_path);
   FLAME_CHECK(type != std::filesystem::file_type::directory,
               "ShardedDataset: shard '{}' listed in '{}' is a directory, not an HDF5 file", shard.path, manifest_path);
   FLAME_CHECK(type == std::filesystem::file_type::regular || error,
-              "ShardedDataset: shard '{}' listed in '{}' is not a regular file", shard.path, manifest_path);
+              "ShardedDataset: shard '{}' listed in '{}' is a {}, not a regular file", shard.path, manifest_path,
+              type == std::filesystem::file_type::fifo     ? "FIFO"
+              : type == std::filesystem::file_type::socket ? "socket"
+              : type == std::filesystem::file_type::block || type == std::filesystem::file_type::character
+                  ? "device file"
+                  : "special file");
   h5::Lock guard = h5::lock();
   errno = 0;
   const hid_t file = H5Fopen(shard.path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);

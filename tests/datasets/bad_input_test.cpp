@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <sys/file.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -77,6 +78,17 @@ TEST_F(DamagedImages, DirectoryInPlaceOfAShard) {
   const std::string message = open_error();
   expect_mentions(message, {shard(1), "is a directory", manifest_path()});
   EXPECT_EQ(message.find("missing"), std::string::npos) << message;
+}
+
+TEST_F(DamagedImages, DanglingLinkOrFifoInPlaceOfAShard) {
+  const std::string gone = dir_.path() + "/moved-away.h5";
+  std::filesystem::rename(shard(1), gone);
+  std::filesystem::create_symlink(gone, shard(1));
+  std::filesystem::remove(gone);
+  expect_mentions(open_error(), {shard(1), "symbolic link to '" + gone + "', which is missing"});
+  std::filesystem::remove(shard(1));
+  ASSERT_EQ(::mkfifo(shard(1).c_str(), 0600), 0) << io::errno_text();
+  expect_mentions(open_error(), {shard(1), "is a FIFO, not a regular file"});
 }
 
 TEST_F(DamagedImages, UnreadableShard) {
