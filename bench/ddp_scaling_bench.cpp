@@ -60,7 +60,8 @@
 // Rank 0 prints
 //   {"bench": "ddp_step", "impl": "flame", "model": "cnn"|"mlp", "world": W,
 //    "nccl_calls": "nonblocking"|"blocking", "step": "bucket"|"after-sync", "dtype": "f32",
-//    "reduce": "f32"|"bf16", "size": "b<batch>", ["all_reduce": "copy_engine" (W=2),] "value": <ms>,
+//    "reduce": "f32"|"bf16", "size": "b<batch>", "high_priority": true|false,
+//    ["all_reduce": "copy_engine" (W=2),] "value": <ms>,
 //    "unit": "ms/step", "device": ...}
 //   {"bench": "ddp_overlap", "impl": "flame", "model": "mlp", "world": W, "nccl_calls": ...,
 //    "dtype": "f32", "size": "b256", "step_ms": ..., "step_no_comm_ms": ..., "comm_ms": ...,
@@ -201,10 +202,11 @@ void emit_line(const std::string& bench_name, const Case& c, int world, const st
                const std::string& unit, const std::string& device) {
   fmt::print(
       "{{\"bench\": \"{}\", \"impl\": \"flame\", \"model\": \"{}\", \"world\": {}, \"nccl_calls\": \"{}\", "
-      "\"step\": \"{}\", \"dtype\": \"f32\", \"reduce\": \"{}\", \"size\": \"b{}\", {}{}\"value\": {:.6g}, "
+      "\"step\": \"{}\", \"dtype\": \"f32\", \"reduce\": \"{}\", \"size\": \"b{}\", \"high_priority\": {}, {}{}"
+      "\"value\": {:.6g}, "
       "\"unit\": \"{}\", \"device\": \"{}\"}}\n",
       bench_name, model_name(c.model), world, calls_name(c.calls), c.bucket_step ? "bucket" : "after-sync",
-      c.reduce_dtype ? dtype_name(*c.reduce_dtype) : "f32", c.batch,
+      c.reduce_dtype ? dtype_name(*c.reduce_dtype) : "f32", c.batch, c.options.high_priority_stream,
       c.options.overlap_all_reduce == dist::OverlapAllReduce::CopyEngineGather && world == 2  // W=1: nothing to move
           ? "\"all_reduce\": \"copy_engine\", "
           : "",
@@ -276,11 +278,9 @@ bool run_case(const dist::ProcessGroup& group, Device device, const Case& c, dis
   if (print) {
     const std::string extra = fmt::format(
         "\"forward_ms\": {:.6g}, \"backward_ms\": {:.6g}, \"wait_ms\": {:.6g}, \"optimizer_ms\": {:.6g}, "
-        "\"host_ms\": {:.6g}, \"max_ctas\": {}, \"carveout\": {}, \"carveout_min_bytes\": {}, "
-        "\"high_priority\": {}, ",
+        "\"host_ms\": {:.6g}, \"max_ctas\": {}, \"carveout\": {}, \"carveout_min_bytes\": {}, ",
         phases.forward_ms, phases.backward_ms, phases.wait_ms, phases.optimizer_ms, phases.host_ms,
-        comm_options.nccl_max_ctas, comm_options.overlap_sm_carveout, comm_options.overlap_carveout_min_bytes,
-        comm_options.high_priority_stream ? "true" : "false");
+        comm_options.nccl_max_ctas, comm_options.overlap_sm_carveout, comm_options.overlap_carveout_min_bytes);
     emit_line("ddp_phases", c, group.world_size, extra,
               phases.forward_ms + phases.backward_ms + phases.wait_ms + phases.optimizer_ms, "ms/step", device_name);
   }

@@ -13,7 +13,9 @@
 # the copy-engine all-reduce, CommunicatorOptions::overlap_all_reduce, and PyTorch DDP, per-rank batch
 # 256, 512 and 1024, W=1 and W=2; W=1 runs the ring only, as both are the same there) or
 # copy-engine-bf16 (the same with gradients reduced in bf16 too: W=1 f32 and bf16, W=2 ring and
-# copy engines in f32 and bf16, PyTorch DDP in f32 and with its bf16 compression hook).
+# copy engines in f32 and bf16, PyTorch DDP in f32 and with its bf16 compression hook) or priority
+# (W=1 f32; W=2 bf16 gradients through the copy engines and f32 through the ring, each with the
+# communication stream at normal and at high priority; per-rank batch 256, 512 and 1024).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$root/build-gpu}
@@ -82,14 +84,14 @@ torch_variant() {
 
 variants=${FLAME_SWEEP_VARIANTS:-default}
 case $variants in
-  default | nccl | placement | scaling | copy-engine | copy-engine-bf16) ;;
+  default | nccl | placement | scaling | copy-engine | copy-engine-bf16 | priority) ;;
   *)
-    echo "ddp_sweep: FLAME_SWEEP_VARIANTS must be default, nccl, placement, scaling, copy-engine or" \
-      "copy-engine-bf16, got '$variants'" >&2
+    echo "ddp_sweep: FLAME_SWEEP_VARIANTS must be default, nccl, placement, scaling, copy-engine," \
+      "copy-engine-bf16 or priority, got '$variants'" >&2
     exit 2
     ;;
 esac
-case $variants in scaling | copy-engine*) ;; *) variant w1 1 ;; esac
+case $variants in scaling | copy-engine* | priority) ;; *) variant w1 1 ;; esac
 case $variants in
   default)
     variant w1-bucket 1 "" "" "--step bucket"
@@ -163,6 +165,20 @@ case $variants in
       done
     done
     ;;
+  priority)
+    models=$model
+    [ "$model" = all ] && models="cnn mlp"
+    for model in $models; do
+      for batch in 256 512 1024; do
+        variant "flame-$model-b$batch-f32-w1" 1 "" "" "--step bucket --batch $batch"
+        for priority in default high; do
+          variant "flame-$model-b$batch-bf16-copy-engine-$priority-w2" 2 "" "" \
+            "--step bucket --batch $batch --reduce bf16 --all-reduce copy-engine --priority $priority"
+          variant "flame-$model-b$batch-f32-ring-$priority-w2" 2 "" "" "--step bucket --batch $batch --priority $priority"
+        done
+      done
+    done
+    ;;
 esac
 
 python3 - "$jsonl" <<'PY'
@@ -184,21 +200,22 @@ for r in rows:
 steps = {}
 for r in rows:
     if r["bench"] == "ddp_step" and r["variant"].startswith(("flame-", "torch-")):
-        key = (r["impl"], r["model"], r["size"], r.get("reduce", "f32"), r.get("all_reduce", "ring"))
+        high = "-high-priority" if r.get("high_priority") else ""  # CommunicatorOptions::high_priority_stream
+        key = (r["impl"], r["model"], r["size"], r.get("reduce", "f32"), r.get("all_reduce", "ring") + high)
         steps.setdefault(key, {})[int(r["world"])] = r["value"]
 for key, by_world in steps.items():  # W=1 has nothing to all-reduce: every algorithm shares the ring's run
     if 1 not in by_world:
-        by_world[1] = steps.get(key[:4] + ("ring",), {}).get(1)
+        by_world[1] = steps.get(key[:4] + ("ring",), {}).get(1) or steps.get(key[:3] + ("f32", "ring"), {}).get(1)
 if steps:
     # Against the f32 W=1 step too: at W=1 a bf16 reduction still converts every bucket twice.
-    print(f"\n{'impl':6} {'model':5} {'batch':6} {'reduce':6} {'all-reduce':11} {'W=1 ms':>8} {'W=2 ms':>8} "
+    print(f"\n{'impl':6} {'model':5} {'batch':6} {'reduce':6} {'all-reduce':25} {'W=1 ms':>8} {'W=2 ms':>8} "
           f"{'efficiency':>10} {'vs f32 W=1':>10}")
     for (impl, model, size, reduce, algorithm), by_world in sorted(steps.items()):
         one, two = by_world.get(1), by_world.get(2)
         f32_one = steps.get((impl, model, size, "f32", "ring"), {}).get(1)
         efficiency = f"{one / two:10.3f}" if one and two else f"{'missing':>10}"
         against_f32 = f"{f32_one / two:10.3f}" if f32_one and two else f"{'missing':>10}"
-        print(f"{impl:6} {model:5} {size:6} {reduce:6} {algorithm:11} {one or float('nan'):8.3f} "
+        print(f"{impl:6} {model:5} {size:6} {reduce:6} {algorithm:25} {one or float('nan'):8.3f} "
               f"{two or float('nan'):8.3f} {efficiency} {against_f32}")
 PY
 exit $failed
