@@ -97,7 +97,7 @@ std::string summary(const std::vector<StackEntry>& stack) {
 }
 
 /// What reading `path` directly says: the errno of open() or pread() (0 when the first byte can be
-/// read, or the file is empty: EACCES without read permission, EISDIR for a directory), and whether
+/// read, or the file is empty; EACCES without read permission), and whether
 /// another open file holds a lock on it (a shared flock() refused: how HDF5's writers lock).
 struct Probe {
   int error = 0;
@@ -128,7 +128,6 @@ std::string open_failure(const std::string& path) {
   if (probe.error != 0) {
     if (probe.error == EACCES || probe.error == EPERM)
       return "cannot read the file: permission denied (check the mode and owner of the file and its directories)";
-    if (probe.error == EISDIR) return "it is a directory, not an HDF5 file";
     return fmt::format("cannot read the file: {}", std::strerror(probe.error));
   }
   if (reported(H5E_CANTLOCKFILE)) {

@@ -47,7 +47,6 @@ std::string error_detail();
 /// file's first byte itself and probes it for a lock held elsewhere (a shared flock(), as HDF5's
 /// writers take an exclusive one). One of
 ///   "cannot read the file: permission denied (...)", "cannot read the file: <strerror>",
-///   "it is a directory, not an HDF5 file",
 ///   "HDF5 refused to open it: the file is locked by another process (...): <HDF5 detail>; ...",
 ///   "HDF5 refused to open it: it could not lock the file: <HDF5 detail>; ...",
 ///   "truncated, corrupt or not an HDF5 file: <HDF5 detail>" (HDF5 found no signature, or the file
