@@ -98,11 +98,18 @@ Shape promoted(const Shape& shape, bool left) {
   return left ? Shape{1, shape[0]} : Shape{shape[0], 1};
 }
 
+/// Whether `t` is a 2-D transposed view of a contiguous matrix (as a linear layer's weight.t()).
+bool is_column_major(const Tensor& t) {
+  return t.dim() == 2 && !t.is_contiguous() && t.strides()[0] == 1 && t.strides()[1] == t.shape()[0];
+}
+
 /// grad_a = g @ b^T and grad_b = a^T @ g on the promoted operands, each summed over the batch dims
 /// its operand was broadcast along, then shaped like the operand. `a` (`b`) is defined only when
-/// grad_b (grad_a) is wanted.
+/// grad_b (grad_a) is wanted. `b_column_major`: b was a 2-D transposed view of a contiguous matrix
+/// (a linear layer's weight.t()); its gradient is then computed in that layout (Note [weight
+/// gradient layout]).
 std::vector<Tensor> matmul_backward(const Tensor& g, const Shape& a_shape, const Shape& b_shape, const Tensor& a_in,
-                                    const Tensor& b_in) {
+                                    const Tensor& b_in, bool b_column_major) {
   const Shape pa = promoted(a_shape, true), pb = promoted(b_shape, false);
   const int64_t m = pa[pa.size() - 2], k = pa.back(), n = pb.back();
   // The output gradient with the dims that 1-D promotion removed put back: [batch..., m, n].
@@ -113,11 +120,17 @@ std::vector<Tensor> matmul_backward(const Tensor& g, const Shape& a_shape, const
   std::vector<Tensor> grads(2);
   if (a_in.defined()) {
     const Tensor a = a_in.reshape(pa);
-    if (pb.size() == 2 && pa.size() > 2) {
-      // Batched a, one matrix b (a linear layer): fold the batch into the rows rather than
+    if (pb.size() == 2) {
+      // One matrix b (a linear layer): a batched a folds its batch into the rows rather than
       // forming a [batch, k, n] product and summing it.
       const int64_t rows = shape_numel(Shape(pa.begin(), pa.end() - 1));  // batch * m
-      grads[1] = matmul(a.reshape({rows, k}).t(), g2.reshape({rows, n}));
+      const Tensor a_rows = a.reshape({rows, k}), g_rows = g2.reshape({rows, n});
+      // Note [weight gradient layout]: for y = x @ w.t(), w [n, k] contiguous, the GEMM writes
+      // g^T @ x as a contiguous [n, k] and its transpose is b's gradient, so the transpose's
+      // backward hands w a contiguous gradient and AccumulateGrad adds or copies it in one
+      // coalesced pass. Computed as a^T @ g instead, w's gradient would be a transposed view and
+      // that pass a strided one (over 64 MiB for a 4096 x 4096 layer). Same GEMM, same FLOPs.
+      grads[1] = b_column_major ? matmul(g_rows.t(), a_rows).t() : matmul(a_rows.t(), g_rows);
     } else {
       grads[1] = autograd::sum_to(matmul(a.transpose(-1, -2), g2), pb);
     }
@@ -148,8 +161,9 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
     autograd::record(
         out, "MatmulBackward", {a, b},
         [a_shape = a.shape(), b_shape = b.shape(), saved_a = autograd::SavedTensor(b.requires_grad() ? a : Tensor()),
-         saved_b = autograd::SavedTensor(a.requires_grad() ? b : Tensor())](const Tensor& g) {
-          return matmul_backward(g, a_shape, b_shape, saved_a.get(), saved_b.get());
+         saved_b = autograd::SavedTensor(a.requires_grad() ? b : Tensor()),
+         b_column_major = is_column_major(b)](const Tensor& g) {
+          return matmul_backward(g, a_shape, b_shape, saved_a.get(), saved_b.get(), b_column_major);
         });
   }
   return out;

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -675,6 +676,42 @@ TEST(AutogradEarlyGradients, MatmulHandsOnTheWeightGradientBeforeComputingTheInp
     for (int j = 0; j < 2; ++j) gw[k * 2 + j] = xv[k] + xv[3 + k] + xv[6 + k] + xv[9 + k];
   EXPECT_TRUE(all_close(x.grad(), {4, 3}, gx, kTol));
   EXPECT_TRUE(all_close(w.grad(), {3, 2}, gw, kTol));
+}
+
+// Note [weight gradient layout]: for y = x @ w.t() (a linear layer), the gradient that reaches w
+// through the transpose is contiguous, whatever x's rank and whether x needs a gradient, so
+// AccumulateGrad adds or copies it in one coalesced pass; the values are d(sum(y))/dw[j][k] =
+// sum over x's rows of x[., k].
+TEST(AutogradEarlyGradients, ALinearLayersWeightGetsItsGradientInItsOwnLayout) {
+  HostRng rng;
+  const int64_t in = 3, out = 2;
+  for (const Shape& x_shape : {Shape{4, in}, Shape{2, 4, in}, Shape{in}}) {
+    for (const bool x_needs_grad : {true, false}) {
+      SCOPED_TRACE(fmt::format("x {}{}", shape_str(x_shape), x_needs_grad ? " requiring grad" : ""));
+      Tensor x = test::make_tensor(rng.uniform(test::numel_of(x_shape), -1, 1), x_shape, kF64);
+      if (x_needs_grad) x.requires_grad_();
+      Tensor w = leaf(rng, {out, in});
+      // An identity between w and its transpose that notes the layout of the gradient it passes on.
+      std::optional<bool> contiguous;
+      Tensor w_seen;
+      {
+        NoGradGuard no_grad;
+        w_seen = w.view({out, in});
+      }
+      autograd::record(w_seen, "LayoutProbeBackward", {w}, [&contiguous](const Tensor& g) {
+        contiguous = g.is_contiguous();
+        return std::vector<Tensor>{g};
+      });
+      sum(matmul(x, w_seen.t())).backward();
+      ASSERT_TRUE(contiguous.has_value());
+      EXPECT_TRUE(*contiguous) << "w's gradient arrived as a strided view";
+      const std::vector<double> xv = test::host_values(x);
+      std::vector<double> gw(out * in, 0.0);
+      for (size_t i = 0; i < xv.size(); ++i)
+        for (int64_t j = 0; j < out; ++j) gw[j * in + static_cast<int64_t>(i) % in] += xv[i];
+      EXPECT_TRUE(all_close(w.grad(), {out, in}, gw, kTol));
+    }
+  }
 }
 
 // A hook that steps its weight in place would change the input gradient computed after it (the

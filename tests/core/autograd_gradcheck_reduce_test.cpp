@@ -214,6 +214,11 @@ TEST(GradcheckMatmul, NonContiguousOperandsAndComposites) {
     const Tensor bias = test::random_f64(rng, {5}, -1, 1);
     EXPECT_TRUE(gradcheck([](const std::vector<Tensor>& in) { return add(matmul(in[0], in[1].t()), in[2]); },
                           {x, w, bias}, rng));
+    // Batched and 1-D inputs through a transposed weight (Note [weight gradient layout]).
+    for (const Shape& x_shape : {Shape{2, 3, 4}, Shape{4}}) {
+      const Tensor xb = test::random_f64(rng, x_shape, -1, 1);
+      EXPECT_TRUE(gradcheck([](const std::vector<Tensor>& in) { return matmul(in[0], in[1].t()); }, {xb, w}, rng));
+    }
   });
 }
 

@@ -188,6 +188,13 @@ TEST_F(CudaAutograd, Matmul) {
                               {Input{rng.uniform(20 * 16, -1, 1), {20, 16}, kF32, Layout::Transposed},
                                Input{rng.uniform(16 * 12, -1, 1), {16, 12}, kF32, Layout::Transposed}},
                               rng));
+  SCOPED_TRACE("a linear layer's x @ w.t(), w's gradient computed in w's layout (batched and plain x)");
+  for (const Shape& sx : {Shape{20, 16}, Shape{3, 5, 16}}) {
+    EXPECT_TRUE(gradients_match([](const std::vector<Tensor>& in) { return matmul(in[0], in[1].t()); },
+                                {Input{rng.uniform(test::numel_of(sx), -1, 1), sx},
+                                 Input{rng.uniform(12 * 16, -1, 1), {12, 16}}},
+                                rng));
+  }
 }
 
 TEST_F(CudaAutograd, ViewsCopiesAndJoining) {
