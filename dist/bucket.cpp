@@ -71,7 +71,10 @@ std::shared_ptr<Reducer> Reducer::make(nn::NamedTensors params, Communicator& co
 }
 
 Reducer::Reducer(nn::NamedTensors params, Communicator& communicator, BucketOptions options, UnusedParameters unused)
-    : params_(std::move(params)), communicator_(communicator), unused_(unused) {
+    : params_(std::move(params)),
+      communicator_(communicator),
+      unused_(unused),
+      last_bucket_high_priority_(options.last_bucket_high_priority) {
   const std::string problem = bucketing_problem(params_, communicator_.device());
   FLAME_CHECK(problem.empty(), "{}", problem);
   std::vector<Tensor> tensors;
@@ -170,13 +173,16 @@ void Reducer::launch_ready_buckets() {
   autograd::NoGradGuard no_grad;
   while (next_launch_ < buckets_.size() && buckets_[next_launch_].ready) {
     Bucket& bucket = buckets_[next_launch_];
+    const OverlapPriority priority =  // Note [last bucket priority]
+        last_bucket_high_priority_ && next_launch_ + 1 == buckets_.size() ? OverlapPriority::High
+                                                                          : OverlapPriority::Normal;
     if (bucket.converted_by_communicator) {
       bucket.collective = communicator_.all_reduce_overlapped_as(bucket.flat, *bucket.converted_by_communicator,
-                                                                 ReduceOp::Avg, bucket.label);
+                                                                 ReduceOp::Avg, bucket.label, priority);
     } else {
       if (bucket.reduced.defined()) bucket.reduced.copy_(bucket.flat);
       const Tensor& wire = bucket.reduced.defined() ? bucket.reduced : bucket.flat;
-      bucket.collective = communicator_.all_reduce_overlapped(wire, ReduceOp::Avg, bucket.label);
+      bucket.collective = communicator_.all_reduce_overlapped(wire, ReduceOp::Avg, bucket.label, priority);
     }
     if (next_launch_ == 0) last_round_launches_.clear();
     last_round_launches_.push_back(next_launch_);

@@ -46,8 +46,10 @@ void Communicator::check_reduce_scatter(const char* backend, const Tensor& input
               shape_str(expected), shape_str(input.shape()), world, shape_str(output.shape()));
 }
 
-uint64_t Communicator::all_reduce_overlapped_as(const Tensor& tensor, DType wire, ReduceOp op, const std::string& what) {
+uint64_t Communicator::all_reduce_overlapped_as(const Tensor& tensor, DType wire, ReduceOp op, const std::string& what,
+                                                OverlapPriority priority) {
   (void)op;
+  (void)priority;
   FLAME_FAIL(
       "dist::all_reduce_overlapped_as '{}': this communicator does not send {} tensors as {} itself (reduces_as() is "
       "false); convert into a {} buffer and call all_reduce_overlapped on it",

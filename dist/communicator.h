@@ -38,6 +38,15 @@ void finalize();
 
 enum class ReduceOp { Sum, Avg };
 
+/// How urgently an overlapped all-reduce's own kernels should run beside the compute stream's work.
+/// High: the NCCL communicator launches the copy-engine all-reduce's rounding and sum kernels (Note
+/// [copy-engine all-reduce] in dist/nccl_communicator.cpp) at the device's highest priority, so
+/// their blocks are scheduled ahead of waiting compute blocks. For an all-reduce whose result is
+/// needed next and that runs beside memory-bound work only, such as DDP's last bucket of a round,
+/// which runs beside the optimizer (Note [last bucket priority] in dist/bucket.h). NCCL's own
+/// kernels (the ring) keep the communication stream's priority, and the MPI backend ignores it.
+enum class OverlapPriority { Normal, High };
+
 /// Collectives over all ranks of the process group. Every rank must call the same collectives in
 /// the same order with tensors of the same shape and dtype. Failures (an NCCL error, a timeout)
 /// raise flame::Error naming the collective, `what` (e.g. "bucket 3") and the rank.
@@ -62,7 +71,10 @@ class Communicator {
   /// nothing reads, writes or frees until compute_wait() or synchronize(), as DDP's buckets during
   /// backward. Returns the collective's number, for compute_wait(number). A synchronous backend
   /// (MPI) implements it as all_reduce.
-  virtual uint64_t all_reduce_overlapped(const Tensor& tensor, ReduceOp op, const std::string& what = "") {
+  /// `priority`: see OverlapPriority.
+  virtual uint64_t all_reduce_overlapped(const Tensor& tensor, ReduceOp op, const std::string& what = "",
+                                         OverlapPriority priority = OverlapPriority::Normal) {
+    (void)priority;
     all_reduce(tensor, op, what);
     return 0;
   }
@@ -81,7 +93,8 @@ class Communicator {
   /// `wire`, itself rounded to `wire`, and the same bits on every rank. Raises flame::Error where
   /// reduces_as() is false.
   virtual uint64_t all_reduce_overlapped_as(const Tensor& tensor, DType wire, ReduceOp op,
-                                            const std::string& what = "");
+                                            const std::string& what = "",
+                                            OverlapPriority priority = OverlapPriority::Normal);
   /// Makes the compute stream wait for every collective issued so far, without blocking the host
   /// (nothing to do for a synchronous backend).
   virtual void compute_wait() {}

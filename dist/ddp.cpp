@@ -65,7 +65,8 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<nn::Module> mod
   FLAME_CHECK(options_.check_every_n_steps >= 0 && options_.checksum_rtol >= 0,
               "DistributedDataParallel: check_every_n_steps ({}) and checksum_rtol ({}) must be >= 0",
               options_.check_every_n_steps, options_.checksum_rtol);
-  const BucketOptions bucket_options{options_.first_bucket_bytes, options_.bucket_cap_bytes, options_.reduce_dtype};
+  const BucketOptions bucket_options{options_.first_bucket_bytes, options_.bucket_cap_bytes, options_.reduce_dtype,
+                                     options_.last_bucket_high_priority};
   check_bucket_options(bucket_options);  // before any collective changes the module
   const nn::NamedTensors params = module_->named_parameters();
   const nn::NamedTensors buffers = module_->named_buffers();

@@ -51,6 +51,11 @@ struct DdpOptions {
   /// stream, and keeps no bf16 buffer beside them (Communicator::reduces_as). Unset: the
   /// parameters' dtype.
   std::optional<DType> reduce_dtype;
+  /// The last bucket's all-reduce runs its own kernels at the device's highest priority, ahead of
+  /// the optimizer's (Note [last bucket priority] in dist/bucket.h). Only the NCCL copy-engine
+  /// all-reduce (CommunicatorOptions::overlap_all_reduce) has such kernels; elsewhere it changes
+  /// nothing.
+  bool last_bucket_high_priority = false;
 };
 
 class DistributedDataParallel {

@@ -250,12 +250,10 @@ class NcclCommunicator final : public Communicator {
       options_.overlap_sm_carveout = std::min(32, sms / 4);
     if (group.world_size == 1) options_.overlap_sm_carveout = 0;  // nothing runs beside the GEMMs
     overlap_gemm_sms_ = sms - options_.overlap_sm_carveout;
-    int priority = 0;
-    if (options_.high_priority_stream) {
-      int least = 0;
-      FLAME_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &priority));
-    }
-    FLAME_CUDA_CHECK(cudaStreamCreateWithPriority(&stream_, cudaStreamNonBlocking, priority));
+    int least_priority = 0;
+    FLAME_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least_priority, &highest_priority_));
+    FLAME_CUDA_CHECK(cudaStreamCreateWithPriority(&stream_, cudaStreamNonBlocking,
+                                                  options_.high_priority_stream ? highest_priority_ : 0));
     FLAME_CUDA_CHECK(cudaEventCreateWithFlags(&inputs_ready_, cudaEventDisableTiming));
     FLAME_CUDA_CHECK(cudaEventCreateWithFlags(&drained_, cudaEventDisableTiming));
 
@@ -352,14 +350,15 @@ class NcclCommunicator final : public Communicator {
     if (!work.is_same(tensor)) Tensor(tensor).copy_(work);
   }
 
-  uint64_t all_reduce_overlapped(const Tensor& tensor, ReduceOp op, const std::string& what) override {
+  uint64_t all_reduce_overlapped(const Tensor& tensor, ReduceOp op, const std::string& what,
+                                 OverlapPriority priority) override {
     check_usable("all_reduce", what);
     check_tensor("all_reduce", tensor, "tensor");
     check_reducible("NCCL", "all_reduce", tensor.dtype(), op);
     FLAME_CHECK(tensor.is_contiguous(), "dist::all_reduce_overlapped '{}': the tensor must be contiguous, got {}", what,
                 tensor.describe());
     if (copy_engines_ && tensor.dtype() == kF32 && tensor.nbytes() >= options_.overlap_carveout_min_bytes)
-      return copy_engine_all_reduce(tensor, kF32, op, what);
+      return copy_engine_all_reduce(tensor, kF32, op, what, priority);
     enqueue(
         "all_reduce", what,
         [&] {
@@ -383,14 +382,15 @@ class NcclCommunicator final : public Communicator {
            static_cast<size_t>(tensor.numel()) * dtype_size(kBF16) >= options_.overlap_carveout_min_bytes;
   }
 
-  uint64_t all_reduce_overlapped_as(const Tensor& tensor, DType wire, ReduceOp op, const std::string& what) override {
+  uint64_t all_reduce_overlapped_as(const Tensor& tensor, DType wire, ReduceOp op, const std::string& what,
+                                    OverlapPriority priority) override {
     check_usable("all_reduce", what);
     check_tensor("all_reduce", tensor, "tensor");
     check_reducible("NCCL", "all_reduce", tensor.dtype(), op);
     FLAME_CHECK(tensor.is_contiguous(), "dist::all_reduce_overlapped_as '{}': the tensor must be contiguous, got {}",
                 what, tensor.describe());
-    if (!reduces_as(tensor, wire)) return Communicator::all_reduce_overlapped_as(tensor, wire, op, what);
-    return copy_engine_all_reduce(tensor, wire, op, what);
+    if (!reduces_as(tensor, wire)) return Communicator::all_reduce_overlapped_as(tensor, wire, op, what, priority);
+    return copy_engine_all_reduce(tensor, wire, op, what, priority);
   }
 
   void compute_wait(uint64_t collective) override {
@@ -533,9 +533,10 @@ class NcclCommunicator final : public Communicator {
                 name(low[0]), name(high[0]), low[1], high[1]);
   }
 
-  /// Note [copy-engine all-reduce]: `tensor` (f32) travels as `wire` (f32 or bf16). Returns the
-  /// collective's number.
-  uint64_t copy_engine_all_reduce(const Tensor& tensor, DType wire, ReduceOp op, const std::string& what) {
+  /// Note [copy-engine all-reduce]: `tensor` (f32) travels as `wire` (f32 or bf16); its kernels
+  /// run at `priority` (OverlapPriority). Returns the collective's number.
+  uint64_t copy_engine_all_reduce(const Tensor& tensor, DType wire, ReduceOp op, const std::string& what,
+                                  OverlapPriority priority) {
     const bool bf16 = wire == kBF16;
     const size_t n = static_cast<size_t>(tensor.numel());
     const size_t slot_bytes = n * dtype_size(wire);
@@ -555,7 +556,7 @@ class NcclCommunicator final : public Communicator {
         "all_reduce", what,
         [&] {
           const cudaError_t copied =
-              bf16 ? launch_over(round, out, own, items, std::nullopt)
+              bf16 ? launch_over(round, out, own, items, std::nullopt, priority)
                    : cudaMemcpyAsync(own, out, tensor.nbytes(), cudaMemcpyDeviceToDevice, stream_);
           if (copied != cudaSuccess)
             fail("all_reduce", what, fmt::format("copy into the staging buffer: {}", cudaGetErrorString(copied)));
@@ -563,7 +564,8 @@ class NcclCommunicator final : public Communicator {
           const ncclResult_t status = ncclAllGather(own, slots, n, nccl_type(wire), comm_, stream_);
           mark(stream_, "gathered", what);
           if (status == ncclSuccess) {  // Blocking calls (checked at construction): the all-gather is on stream_
-            const cudaError_t launched = launch_over(mean, slots, out, items, op == ReduceOp::Avg ? 0.5f : 1.0f);
+            const cudaError_t launched =
+                launch_over(mean, slots, out, items, op == ReduceOp::Avg ? 0.5f : 1.0f, priority);
             if (launched != cudaSuccess)
               fail("all_reduce", what, fmt::format("the sum kernel: {}", cudaGetErrorString(launched)));
           }
@@ -598,8 +600,10 @@ class NcclCommunicator final : public Communicator {
   }
 
   /// Launches `kernel(in, out, items[, scale])` on stream_, one thread per item (grid-stride, at
-  /// most 4 blocks per SM): the copy-engine all-reduce's rounding and sum kernels.
-  cudaError_t launch_over(cudaKernel_t kernel, const void* in, void* out, size_t items, std::optional<float> scale) {
+  /// most 4 blocks per SM): the copy-engine all-reduce's rounding and sum kernels. High priority
+  /// is a launch attribute, so it applies to this kernel alone, whatever the stream's priority.
+  cudaError_t launch_over(cudaKernel_t kernel, const void* in, void* out, size_t items, std::optional<float> scale,
+                          OverlapPriority priority) {
     unsigned long long count = items;
     float factor = scale.value_or(1.0f);
     constexpr unsigned int kThreads = 256;
@@ -607,7 +611,18 @@ class NcclCommunicator final : public Communicator {
     const unsigned int grid = static_cast<unsigned int>(std::max<unsigned long long>(
         1, std::min<unsigned long long>(blocks, 4ull * cuda::multiprocessor_count(device_.index))));
     void* args[] = {&in, &out, &count, &factor};
-    return cudaLaunchKernel(reinterpret_cast<const void*>(kernel), dim3(grid), dim3(kThreads), args, 0, stream_);
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(grid);
+    config.blockDim = dim3(kThreads);
+    config.stream = stream_;
+    cudaLaunchAttribute urgent{};
+    if (priority == OverlapPriority::High) {
+      urgent.id = cudaLaunchAttributePriority;
+      urgent.val.priority = highest_priority_;
+      config.attrs = &urgent;
+      config.numAttrs = 1;
+    }
+    return cudaLaunchKernelExC(&config, reinterpret_cast<const void*>(kernel), args);
   }
 
   /// Makes the staging buffer hold at least 2 * bytes (Note [copy-engine all-reduce]). Collective
@@ -877,6 +892,7 @@ class NcclCommunicator final : public Communicator {
   size_t staging_bytes_ = 0;
   CopyEngineKernels copy_engine_kernels_[2][2];  // [bf16][vector], filled on first use
   cudaStream_t stream_ = nullptr;       // communication stream (non-blocking) on device_
+  int highest_priority_ = 0;            // the device's highest stream priority (OverlapPriority::High)
   cudaEvent_t inputs_ready_ = nullptr;  // recorded on the compute stream before each collective
   cudaEvent_t drained_ = nullptr;       // recorded on stream_ by synchronize()
   Tensor barrier_buffer_;               // [1] i32 on device_, all-reduced by barrier()

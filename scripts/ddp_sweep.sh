@@ -15,7 +15,10 @@
 # copy-engine-bf16 (the same with gradients reduced in bf16 too: W=1 f32 and bf16, W=2 ring and
 # copy engines in f32 and bf16, PyTorch DDP in f32 and with its bf16 compression hook) or priority
 # (W=1 f32; W=2 bf16 gradients through the copy engines and f32 through the ring, each with the
-# communication stream at normal and at high priority; per-rank batch 256, 512 and 1024).
+# communication stream at normal and at high priority; per-rank batch 256, 512 and 1024) or
+# last-bucket (W=1 f32; W=2 bf16 gradients through the copy engines as they are, with the last
+# bucket at high priority, DdpOptions::last_bucket_high_priority, and with the whole communication
+# stream at high priority; per-rank batch 256, 512 and 1024; all of it twice).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$root/build-gpu}
@@ -84,14 +87,14 @@ torch_variant() {
 
 variants=${FLAME_SWEEP_VARIANTS:-default}
 case $variants in
-  default | nccl | placement | scaling | copy-engine | copy-engine-bf16 | priority) ;;
+  default | nccl | placement | scaling | copy-engine | copy-engine-bf16 | priority | last-bucket) ;;
   *)
     echo "ddp_sweep: FLAME_SWEEP_VARIANTS must be default, nccl, placement, scaling, copy-engine," \
-      "copy-engine-bf16 or priority, got '$variants'" >&2
+      "copy-engine-bf16, priority or last-bucket, got '$variants'" >&2
     exit 2
     ;;
 esac
-case $variants in scaling | copy-engine* | priority) ;; *) variant w1 1 ;; esac
+case $variants in scaling | copy-engine* | priority | last-bucket) ;; *) variant w1 1 ;; esac
 case $variants in
   default)
     variant w1-bucket 1 "" "" "--step bucket"
@@ -179,10 +182,28 @@ case $variants in
       done
     done
     ;;
+  last-bucket)
+    # Twice over, each round its own W=1 run, to see the spread between calls.
+    models=$model
+    [ "$model" = all ] && models="cnn mlp"
+    for repeat in r1 r2; do
+      for model in $models; do
+        for batch in 256 512 1024; do
+          common="--step bucket --batch $batch"
+          engines="$common --reduce bf16 --all-reduce copy-engine"
+          variant "flame-$model-b$batch-f32-w1-$repeat" 1 "" "" "$common"
+          variant "flame-$model-b$batch-bf16-copy-engine-w2-$repeat" 2 "" "" "$engines"
+          variant "flame-$model-b$batch-bf16-copy-engine-last-high-w2-$repeat" 2 "" "" \
+            "$engines --last-bucket-priority high"
+          variant "flame-$model-b$batch-bf16-copy-engine-stream-high-w2-$repeat" 2 "" "" "$engines --priority high"
+        done
+      done
+    done
+    ;;
 esac
 
 python3 - "$jsonl" <<'PY'
-import json, sys
+import json, re, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 print(f"{'variant':24} {'model':5} {'W':>2} {'step ms':>8} {'fwd':>7} {'bwd':>7} {'wait':>7} {'optim':>7} {'host':>7} {'hidden':>7}")
 step = {(r["variant"], r["model"]): r["value"] for r in rows if r["bench"] == "ddp_step"}
@@ -200,22 +221,30 @@ for r in rows:
 steps = {}
 for r in rows:
     if r["bench"] == "ddp_step" and r["variant"].startswith(("flame-", "torch-")):
-        high = "-high-priority" if r.get("high_priority") else ""  # CommunicatorOptions::high_priority_stream
-        key = (r["impl"], r["model"], r["size"], r.get("reduce", "f32"), r.get("all_reduce", "ring") + high)
+        algorithm = r.get("all_reduce", "ring")
+        if r.get("high_priority"):  # CommunicatorOptions::high_priority_stream
+            algorithm += "-high-priority"
+        if r.get("last_bucket_high_priority"):  # DdpOptions::last_bucket_high_priority
+            algorithm += "-last-high"
+        repeat = r["variant"].rsplit("-", 1)[1] if re.search(r"-r[0-9]+$", r["variant"]) else ""
+        key = (r["impl"], r["model"], r["size"], r.get("reduce", "f32"), algorithm, repeat)
         steps.setdefault(key, {})[int(r["world"])] = r["value"]
+def f32_ring(key):  # the same case's f32 ring run, at W=1
+    return steps.get(key[:3] + ("f32", "ring", key[5]), {}).get(1)
 for key, by_world in steps.items():  # W=1 has nothing to all-reduce: every algorithm shares the ring's run
     if 1 not in by_world:
-        by_world[1] = steps.get(key[:4] + ("ring",), {}).get(1) or steps.get(key[:3] + ("f32", "ring"), {}).get(1)
+        by_world[1] = steps.get(key[:4] + ("ring", key[5]), {}).get(1) or f32_ring(key)
 if steps:
     # Against the f32 W=1 step too: at W=1 a bf16 reduction still converts every bucket twice.
-    print(f"\n{'impl':6} {'model':5} {'batch':6} {'reduce':6} {'all-reduce':25} {'W=1 ms':>8} {'W=2 ms':>8} "
-          f"{'efficiency':>10} {'vs f32 W=1':>10}")
-    for (impl, model, size, reduce, algorithm), by_world in sorted(steps.items()):
+    print(f"\n{'impl':6} {'model':5} {'batch':6} {'reduce':6} {'all-reduce':36} {'rep':3} {'W=1 ms':>8} "
+          f"{'W=2 ms':>8} {'efficiency':>10} {'vs f32 W=1':>10}")
+    for key, by_world in sorted(steps.items()):
+        impl, model, size, reduce, algorithm, repeat = key
         one, two = by_world.get(1), by_world.get(2)
-        f32_one = steps.get((impl, model, size, "f32", "ring"), {}).get(1)
+        f32_one = f32_ring(key)
         efficiency = f"{one / two:10.3f}" if one and two else f"{'missing':>10}"
         against_f32 = f"{f32_one / two:10.3f}" if f32_one and two else f"{'missing':>10}"
-        print(f"{impl:6} {model:5} {size:6} {reduce:6} {algorithm:25} {one or float('nan'):8.3f} "
+        print(f"{impl:6} {model:5} {size:6} {reduce:6} {algorithm:36} {repeat:3} {one or float('nan'):8.3f} "
               f"{two or float('nan'):8.3f} {efficiency} {against_f32}")
 PY
 exit $failed

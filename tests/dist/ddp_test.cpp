@@ -822,6 +822,64 @@ TEST(Ddp, CheckMidRoundRaisesUnderIgnorePolicy) {
   EXPECT_NO_THROW(ddp.check_parameters_in_sync("after the round"));
 }
 
+/// Forwards every collective to `inner` and notes each overlapped all-reduce's label and priority.
+class PriorityRecorder final : public Communicator {
+ public:
+  explicit PriorityRecorder(Communicator& inner) : Communicator(inner.group()), inner_(inner) {}
+  void all_reduce(const Tensor& t, ReduceOp op, const std::string& what) override { inner_.all_reduce(t, op, what); }
+  void broadcast(const Tensor& t, int root, const std::string& what) override { inner_.broadcast(t, root, what); }
+  void all_gather(const Tensor& in, const Tensor& out, const std::string& what) override {
+    inner_.all_gather(in, out, what);
+  }
+  void reduce_scatter(const Tensor& in, const Tensor& out, ReduceOp op, const std::string& what) override {
+    inner_.reduce_scatter(in, out, op, what);
+  }
+  void barrier() override { inner_.barrier(); }
+  void synchronize() override { inner_.synchronize(); }
+  uint64_t all_reduce_overlapped(const Tensor& t, ReduceOp op, const std::string& what,
+                                 OverlapPriority priority) override {
+    issued.emplace_back(what, priority);
+    return inner_.all_reduce_overlapped(t, op, what, priority);
+  }
+  void compute_wait() override { inner_.compute_wait(); }
+  void compute_wait(uint64_t collective) override { inner_.compute_wait(collective); }
+  Device device() const override { return inner_.device(); }
+
+  std::vector<std::pair<std::string, OverlapPriority>> issued;
+
+ private:
+  Communicator& inner_;
+};
+
+// Note [last bucket priority]: with the option, the last bucket of every round, and only it, is
+// issued at high priority; without it, every bucket is issued at normal priority.
+TEST(Ddp, OnlyTheLastBucketIsIssuedAtHighPriorityWhenAsked) {
+  for (const bool asked : {true, false}) {
+    SCOPED_TRACE(asked ? "last_bucket_high_priority" : "default options");
+    PriorityRecorder recorder(comm());
+    auto model = make_mlp(830);
+    DdpOptions options = small_buckets();
+    options.last_bucket_high_priority = asked;
+    DistributedDataParallel ddp(model, recorder, options);
+    const size_t n_buckets = ddp.reducer().buckets().size();
+    ASSERT_GE(n_buckets, 3u);
+    optim::AdamW opt(ddp.parameters(), {.lr = 1e-2});
+    for (int step = 0; step < 2; ++step) {
+      recorder.issued.clear();
+      const Batch batch = global_batch(4, 84 + step);
+      nn::mse_loss(ddp.forward(batch.x), batch.y).backward();
+      ddp.synchronize_gradients();
+      opt.step();
+      ASSERT_EQ(recorder.issued.size(), n_buckets);
+      for (size_t b = 0; b < n_buckets; ++b) {
+        EXPECT_EQ(recorder.issued[b].first, "DDP bucket " + std::to_string(b));
+        const bool high = recorder.issued[b].second == OverlapPriority::High;
+        EXPECT_EQ(high, asked && b + 1 == n_buckets) << "bucket " << b << " of " << n_buckets << ", step " << step;
+      }
+    }
+  }
+}
+
 TEST(Ddp, ForwardBeforeSynchronizeRaises) {
   auto model = make_mlp(800);
   DistributedDataParallel ddp(model, comm());

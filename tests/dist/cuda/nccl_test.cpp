@@ -209,11 +209,12 @@ TEST_F(Nccl, CopyEngineGatherMatchesTheRingAndLeavesEveryRankTheSameBits) {
     int64_t numel;
     DType dtype;
     ReduceOp op;
+    dist::OverlapPriority priority = dist::OverlapPriority::Normal;
   };
   const std::vector<Case> cases = {
       {1 << 20, kF32, ReduceOp::Avg},        // 4 MiB: vector kernel
       {(1 << 18) + 3, kF32, ReduceOp::Sum},  // just over 1 MiB, not a multiple of 4: scalar kernel
-      {1 << 21, kF32, ReduceOp::Avg},        // 8 MiB: the staging buffer grows
+      {1 << 21, kF32, ReduceOp::Avg, dist::OverlapPriority::High},  // 8 MiB: the buffer grows; urgent sum kernel
       {1 << 20, kF32, ReduceOp::Sum},        // back to 4 MiB in the grown buffer
       {1000, kF32, ReduceOp::Avg},           // below the threshold: ring
       {1 << 20, kF64, ReduceOp::Sum},        // f64: ring
@@ -228,7 +229,7 @@ TEST_F(Nccl, CopyEngineGatherMatchesTheRingAndLeavesEveryRankTheSameBits) {
     const bool offset = &c == &cases.back();
     results.push_back(offset ? empty({c.numel + 1}, {c.dtype, device()}).narrow(0, 1, c.numel).copy_(inputs.back())
                              : inputs.back().clone());
-    numbers.push_back(gather->all_reduce_overlapped(results.back(), c.op, "bucket"));
+    numbers.push_back(gather->all_reduce_overlapped(results.back(), c.op, "bucket", c.priority));
     // The copy engines need no carve-out; the 8 MiB f64 one, through the ring, starts it, and it
     // lasts until the compute_wait() that covers the last collective.
     ring_carved = ring_carved || (c.dtype == kF64 && world() > 1);
@@ -280,12 +281,16 @@ TEST_F(Nccl, CopyEngineGatherSendsF32AsBf16AndWritesTheRoundedMean) {
     int64_t numel;
     ReduceOp op;
     bool offset;  // the output 4 bytes into its allocation: the scalar kernels
+    dist::OverlapPriority priority = dist::OverlapPriority::Normal;
   };
   const std::vector<Case> cases = {
       {1 << 20, ReduceOp::Avg, false},        // 2 MiB sent: vector kernels
       {(1 << 19) + 3, ReduceOp::Sum, false},  // just over 1 MiB, not a multiple of 4: scalar kernels
       {1 << 21, ReduceOp::Avg, false},        // 4 MiB sent: the staging buffer grows
       {1 << 19, ReduceOp::Avg, true},         // 1 MiB sent at a 4-byte offset
+      // The rounding and sum kernels launched at high priority (a DDP job's last bucket).
+      {1 << 20, ReduceOp::Avg, false, dist::OverlapPriority::High},
+      {(1 << 19) + 3, ReduceOp::Sum, true, dist::OverlapPriority::High},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.numel);
@@ -293,7 +298,7 @@ TEST_F(Nccl, CopyEngineGatherSendsF32AsBf16AndWritesTheRoundedMean) {
     Tensor result = c.offset ? empty({c.numel + 1}, {kF32, device()}).narrow(0, 1, c.numel).copy_(input)
                              : input.clone();
     ASSERT_TRUE(gather->reduces_as(result, kBF16));
-    gather->all_reduce_overlapped_as(result, kBF16, c.op, "bucket");
+    gather->all_reduce_overlapped_as(result, kBF16, c.op, "bucket", c.priority);
     gather->compute_wait();
     Tensor inputs = empty({2 * c.numel}, {kF32, device()});
     comm_->all_gather(input, inputs, "inputs");
