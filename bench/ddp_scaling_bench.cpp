@@ -48,14 +48,13 @@
 //                          [--step bucket|after-sync|all] [--batch N] [--reduce f32|bf16]
 //                          [--carveout-min-kib N] [--between-cases keep|release]
 //                          [--communicator per-case|shared] [--all-reduce ring|copy-engine]
-//                          [--last-bucket-priority high|default] [--round-on compute|comm]
+//                          [--last-bucket-priority high|default]
 // (defaults: every model, blocking calls, both steps, batch 256, gradients reduced in f32).
 // --reduce bf16 sets DdpOptions::reduce_dtype (gradients all-reduced in bf16, as PyTorch's
 // bf16_compress_hook). --all-reduce copy-engine sets CommunicatorOptions::overlap_all_reduce to
 // CopyEngineGather (Note [copy-engine all-reduce], dist/nccl_communicator.cpp; 2 ranks).
 // --last-bucket-priority high sets DdpOptions::last_bucket_high_priority (Note [last bucket
-// priority], dist/bucket.h). --round-on compute sets CommunicatorOptions::round_on_compute_stream
-// (Note [rounding on the compute stream], dist/nccl_communicator.cpp).
+// priority], dist/bucket.h).
 // (--max-ctas, --carveout, --carveout-min-kib and --priority set CommunicatorOptions::nccl_max_ctas,
 // overlap_sm_carveout, overlap_carveout_min_bytes and high_priority_stream, dist/communicator.h; --step bucket replaces
 // synchronize_gradients() + AdamW step() with ddp.step(optimizer), whose wait_ms is then 0 and
@@ -65,7 +64,7 @@
 //   {"bench": "ddp_step", "impl": "flame", "model": "cnn"|"mlp", "world": W,
 //    "nccl_calls": "nonblocking"|"blocking", "step": "bucket"|"after-sync", "dtype": "f32",
 //    "reduce": "f32"|"bf16", "size": "b<batch>", "high_priority": true|false,
-//    "last_bucket_high_priority": true|false, "round_on": "compute"|"comm",
+//    "last_bucket_high_priority": true|false,
 //    ["all_reduce": "copy_engine" (W=2),] "value": <ms>,
 //    "unit": "ms/step", "device": ...}
 //   {"bench": "ddp_overlap", "impl": "flame", "model": "mlp", "world": W, "nccl_calls": ...,
@@ -209,12 +208,12 @@ void emit_line(const std::string& bench_name, const Case& c, int world, const st
   fmt::print(
       "{{\"bench\": \"{}\", \"impl\": \"flame\", \"model\": \"{}\", \"world\": {}, \"nccl_calls\": \"{}\", "
       "\"step\": \"{}\", \"dtype\": \"f32\", \"reduce\": \"{}\", \"size\": \"b{}\", \"high_priority\": {}, "
-      "\"last_bucket_high_priority\": {}, \"round_on\": \"{}\", {}{}"
+      "\"last_bucket_high_priority\": {}, {}{}"
       "\"value\": {:.6g}, "
       "\"unit\": \"{}\", \"device\": \"{}\"}}\n",
       bench_name, model_name(c.model), world, calls_name(c.calls), c.bucket_step ? "bucket" : "after-sync",
       c.reduce_dtype ? dtype_name(*c.reduce_dtype) : "f32", c.batch, c.options.high_priority_stream,
-      c.last_bucket_high_priority, c.options.round_on_compute_stream ? "compute" : "comm",
+      c.last_bucket_high_priority,
       c.options.overlap_all_reduce == dist::OverlapAllReduce::CopyEngineGather && world == 2  // W=1: nothing to move
           ? "\"all_reduce\": \"copy_engine\", "
           : "",
@@ -382,12 +381,12 @@ Selection parse_arguments(int argc, char** argv) {
                                  flag == "--carveout" || flag == "--priority" || flag == "--step" ||
                                  flag == "--batch" || flag == "--reduce" || flag == "--carveout-min-kib" ||
                                  flag == "--between-cases" || flag == "--communicator" || flag == "--all-reduce" ||
-                                 flag == "--last-bucket-priority" || flag == "--round-on"),
+                                 flag == "--last-bucket-priority"),
                 "ddp_scaling_bench: unknown argument '{}'; usage: ddp_scaling_bench [--model cnn|mlp|all] "
                 "[--calls blocking|nonblocking|all] [--max-ctas N] [--carveout N] [--priority high|default] "
                 "[--step bucket|after-sync|all] [--batch N] [--reduce f32|bf16] [--carveout-min-kib N] "
                 "[--between-cases keep|release] [--communicator per-case|shared] [--all-reduce ring|copy-engine] "
-                "[--last-bucket-priority high|default] [--round-on compute|comm]",
+                "[--last-bucket-priority high|default]",
                 flag);
     const std::string value = argv[++i];
     if (flag == "--all-reduce") {
@@ -415,10 +414,6 @@ Selection parse_arguments(int argc, char** argv) {
       const long long kib = std::stoll(value);
       FLAME_CHECK(kib >= 0, "ddp_scaling_bench: --carveout-min-kib must be >= 0, got {}", value);
       selection.common.options.overlap_carveout_min_bytes = static_cast<size_t>(kib) << 10;
-    } else if (flag == "--round-on") {
-      FLAME_CHECK(value == "compute" || value == "comm", "ddp_scaling_bench: --round-on must be compute or comm, got '{}'",
-                  value);
-      selection.common.options.round_on_compute_stream = value == "compute";
     } else if (flag == "--last-bucket-priority") {
       FLAME_CHECK(value == "high" || value == "default",
                   "ddp_scaling_bench: --last-bucket-priority must be high or default, got '{}'", value);

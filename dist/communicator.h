@@ -169,12 +169,6 @@ struct CommunicatorOptions {
   /// Smaller tensors, other dtypes and every other collective still use the ring. The MPI backend
   /// ignores it.
   OverlapAllReduce overlap_all_reduce = OverlapAllReduce::Ring;
-  /// NCCL, CopyEngineGather, f32 tensors sent as bf16 (all_reduce_overlapped_as): the kernel that
-  /// rounds the tensor into this rank's bf16 slot runs on the compute stream, when the collective
-  /// is issued, instead of on the communication stream (Note [rounding on the compute stream] in
-  /// dist/nccl_communicator.cpp). It then lengthens the compute stream by one pass over the tensor,
-  /// but cannot be starved behind the GEMMs that follow it.
-  bool round_on_compute_stream = false;
 };
 
 /// MPI collectives on CPU tensors (the backend the whole distributed path is tested with on CI).

@@ -58,15 +58,6 @@
 // (1.347 against 1.307 ms; the conversion kernels spread over every SM beside backward's GEMMs),
 // though faster at 1024.
 //
-// Note [rounding on the compute stream]: with CommunicatorOptions::round_on_compute_stream, an
-// f32 tensor sent as bf16 through the copy engines is rounded into this rank's slot by a kernel on
-// the compute stream, launched when all_reduce_overlapped_as() is called; the communication stream
-// then starts with the all-gather. On the communication stream that kernel runs beside whatever
-// backward launches next, and beside a GEMM whose blocks fill every SM it can wait for most of the
-// GEMM. The compute stream first waits for the communication stream to finish the previous
-// copy-engine all-reduce (an event recorded after its sum kernel), as the slots are shared; in a
-// DDP step that one finished before the step's backward began, so the wait costs nothing.
-//
 // Note [NCCL timeouts]: nothing waits forever, in either NcclCalls mode.
 // - synchronize() (the host's only wait) raises flame::Error after the timeout, naming the
 //   communicator's oldest unfinished collective and the rank, and aborts the communicator.
@@ -265,7 +256,6 @@ class NcclCommunicator final : public Communicator {
                                                   options_.high_priority_stream ? highest_priority_ : 0));
     FLAME_CUDA_CHECK(cudaEventCreateWithFlags(&inputs_ready_, cudaEventDisableTiming));
     FLAME_CUDA_CHECK(cudaEventCreateWithFlags(&drained_, cudaEventDisableTiming));
-    FLAME_CUDA_CHECK(cudaEventCreateWithFlags(&staging_free_, cudaEventDisableTiming));
 
     ncclUniqueId id;
     std::memset(&id, 0, sizeof id);
@@ -299,7 +289,6 @@ class NcclCommunicator final : public Communicator {
       stop_watchdog();  // a joinable std::thread must not outlive a failed constructor
       if (comm_ != nullptr) ncclCommAbort(comm_);
       cudaEventDestroy(drained_);
-      cudaEventDestroy(staging_free_);
       cudaEventDestroy(inputs_ready_);
       cudaStreamDestroy(stream_);
       throw;
@@ -343,7 +332,6 @@ class NcclCommunicator final : public Communicator {
       }
     }
     if (drained_) cudaEventDestroy(drained_);
-    if (staging_free_) cudaEventDestroy(staging_free_);
     for (const Issued& issued : issued_) cudaEventDestroy(issued.done);
     for (cudaEvent_t event : free_events_) cudaEventDestroy(event);
     if (inputs_ready_) cudaEventDestroy(inputs_ready_);
@@ -564,21 +552,12 @@ class NcclCommunicator final : public Communicator {
     const CopyEngineKernels& kernels = copy_engine_kernels(bf16, vector);
     const cudaKernel_t mean = kernels.mean;
     const cudaKernel_t round = kernels.round;
-    const bool round_on_compute = bf16 && options_.round_on_compute_stream;
-    if (round_on_compute) {  // Note [rounding on the compute stream]
-      const cudaStream_t compute = cuda::compute_stream(device_.index);
-      FLAME_CUDA_CHECK(cudaStreamWaitEvent(compute, staging_free_, 0));
-      const cudaError_t rounded = launch_over(round, out, own, items, std::nullopt, priority, compute);
-      if (rounded != cudaSuccess)
-        fail("all_reduce", what, fmt::format("rounding into the staging buffer: {}", cudaGetErrorString(rounded)));
-    }
     enqueue(
         "all_reduce", what,
         [&] {
           const cudaError_t copied =
-              round_on_compute ? cudaSuccess
-              : bf16           ? launch_over(round, out, own, items, std::nullopt, priority, stream_)
-                               : cudaMemcpyAsync(own, out, tensor.nbytes(), cudaMemcpyDeviceToDevice, stream_);
+              bf16 ? launch_over(round, out, own, items, std::nullopt, priority)
+                   : cudaMemcpyAsync(own, out, tensor.nbytes(), cudaMemcpyDeviceToDevice, stream_);
           if (copied != cudaSuccess)
             fail("all_reduce", what, fmt::format("copy into the staging buffer: {}", cudaGetErrorString(copied)));
           mark(stream_, "staged", what);
@@ -586,14 +565,13 @@ class NcclCommunicator final : public Communicator {
           mark(stream_, "gathered", what);
           if (status == ncclSuccess) {  // Blocking calls (checked at construction): the all-gather is on stream_
             const cudaError_t launched =
-                launch_over(mean, slots, out, items, op == ReduceOp::Avg ? 0.5f : 1.0f, priority, stream_);
+                launch_over(mean, slots, out, items, op == ReduceOp::Avg ? 0.5f : 1.0f, priority);
             if (launched != cudaSuccess)
               fail("all_reduce", what, fmt::format("the sum kernel: {}", cudaGetErrorString(launched)));
           }
           return status;
         },
         ComputeWaits::Later);
-    FLAME_CUDA_CHECK(cudaEventRecord(staging_free_, stream_));  // the sum kernel was the last to read it
     return issued_count_;
   }
 
@@ -621,11 +599,11 @@ class NcclCommunicator final : public Communicator {
     return kernels;
   }
 
-  /// Launches `kernel(in, out, items[, scale])` on `stream`, one thread per item (grid-stride, at
+  /// Launches `kernel(in, out, items[, scale])` on stream_, one thread per item (grid-stride, at
   /// most 4 blocks per SM): the copy-engine all-reduce's rounding and sum kernels. High priority
   /// is a launch attribute, so it applies to this kernel alone, whatever the stream's priority.
   cudaError_t launch_over(cudaKernel_t kernel, const void* in, void* out, size_t items, std::optional<float> scale,
-                          OverlapPriority priority, cudaStream_t stream) {
+                          OverlapPriority priority) {
     unsigned long long count = items;
     float factor = scale.value_or(1.0f);
     constexpr unsigned int kThreads = 256;
@@ -636,7 +614,7 @@ class NcclCommunicator final : public Communicator {
     cudaLaunchConfig_t config{};
     config.gridDim = dim3(grid);
     config.blockDim = dim3(kThreads);
-    config.stream = stream;
+    config.stream = stream_;
     cudaLaunchAttribute urgent{};
     if (priority == OverlapPriority::High) {
       urgent.id = cudaLaunchAttributePriority;
@@ -917,8 +895,6 @@ class NcclCommunicator final : public Communicator {
   int highest_priority_ = 0;            // the device's highest stream priority (OverlapPriority::High)
   cudaEvent_t inputs_ready_ = nullptr;  // recorded on the compute stream before each collective
   cudaEvent_t drained_ = nullptr;       // recorded on stream_ by synchronize()
-  cudaEvent_t staging_free_ = nullptr;  // recorded on stream_ after each copy-engine all-reduce (its last
-                                        // read of the staging buffer): Note [rounding on the compute stream]
   Tensor barrier_buffer_;               // [1] i32 on device_, all-reduced by barrier()
   int overlap_gemm_sms_ = 0;            // the GEMMs' SM target during a carve-out
   bool carved_out_ = false;             // GEMMs target fewer SMs (Note [SM carve-out])

@@ -18,9 +18,7 @@
 # communication stream at normal and at high priority; per-rank batch 256, 512 and 1024) or
 # last-bucket (W=1 f32; W=2 bf16 gradients through the copy engines as they are, with the last
 # bucket at high priority, DdpOptions::last_bucket_high_priority, and with the whole communication
-# stream at high priority; per-rank batch 256, 512 and 1024; all of it twice) or rounding (the
-# same W=1 runs; W=2 bf16 through the copy engines with the last bucket at high priority, with the
-# rounding on the compute stream, CommunicatorOptions::round_on_compute_stream, and with both).
+# stream at high priority; per-rank batch 256, 512 and 1024; all of it twice).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$root/build-gpu}
@@ -89,14 +87,14 @@ torch_variant() {
 
 variants=${FLAME_SWEEP_VARIANTS:-default}
 case $variants in
-  default | nccl | placement | scaling | copy-engine | copy-engine-bf16 | priority | last-bucket | rounding) ;;
+  default | nccl | placement | scaling | copy-engine | copy-engine-bf16 | priority | last-bucket) ;;
   *)
     echo "ddp_sweep: FLAME_SWEEP_VARIANTS must be default, nccl, placement, scaling, copy-engine," \
-      "copy-engine-bf16, priority, last-bucket or rounding, got '$variants'" >&2
+      "copy-engine-bf16, priority or last-bucket, got '$variants'" >&2
     exit 2
     ;;
 esac
-case $variants in scaling | copy-engine* | priority | last-bucket | rounding) ;; *) variant w1 1 ;; esac
+case $variants in scaling | copy-engine* | priority | last-bucket) ;; *) variant w1 1 ;; esac
 case $variants in
   default)
     variant w1-bucket 1 "" "" "--step bucket"
@@ -202,25 +200,6 @@ case $variants in
       done
     done
     ;;
-  rounding)
-    # Twice over, each round its own W=1 run, to see the spread between calls.
-    models=$model
-    [ "$model" = all ] && models="cnn mlp"
-    for repeat in r1 r2; do
-      for model in $models; do
-        for batch in 256 512 1024; do
-          common="--step bucket --batch $batch"
-          engines="$common --reduce bf16 --all-reduce copy-engine"
-          variant "flame-$model-b$batch-f32-w1-$repeat" 1 "" "" "$common"
-          variant "flame-$model-b$batch-bf16-copy-engine-last-high-w2-$repeat" 2 "" "" \
-            "$engines --last-bucket-priority high"
-          variant "flame-$model-b$batch-bf16-copy-engine-round-compute-w2-$repeat" 2 "" "" "$engines --round-on compute"
-          variant "flame-$model-b$batch-bf16-copy-engine-last-high-round-compute-w2-$repeat" 2 "" "" \
-            "$engines --last-bucket-priority high --round-on compute"
-        done
-      done
-    done
-    ;;
 esac
 
 python3 - "$jsonl" <<'PY'
@@ -247,8 +226,6 @@ for r in rows:
             algorithm += "-high-priority"
         if r.get("last_bucket_high_priority"):  # DdpOptions::last_bucket_high_priority
             algorithm += "-last-high"
-        if r.get("round_on") == "compute":  # CommunicatorOptions::round_on_compute_stream
-            algorithm += "-round-on-compute"
         repeat = r["variant"].rsplit("-", 1)[1] if re.search(r"-r[0-9]+$", r["variant"]) else ""
         key = (r["impl"], r["model"], r["size"], r.get("reduce", "f32"), algorithm, repeat)
         steps.setdefault(key, {})[int(r["world"])] = r["value"]

@@ -219,18 +219,14 @@ TEST_F(DdpNccl, CopyEngineBf16ReductionConvertsOnTheCommunicationStream) {
   options.timeout = std::chrono::seconds(30);
   options.overlap_all_reduce = OverlapAllReduce::CopyEngineGather;
   options.overlap_carveout_min_bytes = 0;
-  for (const bool round_on_compute : {false, true}) {  // Note [rounding on the compute stream]
-    SCOPED_TRACE(round_on_compute ? "rounding on the compute stream" : "rounding on the communication stream");
-    options.round_on_compute_stream = round_on_compute;
-    auto gather = make_nccl_communicator(ProcessGroup::init(), options);
-    expect_bf16_reduced_training(*gather, [&](const Reducer& reducer) {
-      for (const Bucket& bucket : reducer.buckets()) {
-        EXPECT_FALSE(bucket.reduced.defined()) << bucket.label;
-        EXPECT_EQ(bucket.converted_by_communicator, world() == 2 ? std::optional<DType>(DType::BF16) : std::nullopt)
-            << bucket.label;
-      }
-    });
-  }
+  auto gather = make_nccl_communicator(ProcessGroup::init(), options);
+  expect_bf16_reduced_training(*gather, [&](const Reducer& reducer) {
+    for (const Bucket& bucket : reducer.buckets()) {
+      EXPECT_FALSE(bucket.reduced.defined()) << bucket.label;
+      EXPECT_EQ(bucket.converted_by_communicator, world() == 2 ? std::optional<DType>(DType::BF16) : std::nullopt)
+          << bucket.label;
+    }
+  });
 }
 
 TEST_F(DdpNccl, NoSyncAccumulatesLocallyThenReducesTheSum) {

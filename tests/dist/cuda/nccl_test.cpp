@@ -215,10 +215,10 @@ TEST_F(Nccl, CopyEngineGatherMatchesTheRingAndLeavesEveryRankTheSameBits) {
       {1 << 20, kF32, ReduceOp::Avg},        // 4 MiB: vector kernel
       {(1 << 18) + 3, kF32, ReduceOp::Sum},  // just over 1 MiB, not a multiple of 4: scalar kernel
       {1 << 21, kF32, ReduceOp::Avg, dist::OverlapPriority::High},  // 8 MiB: the buffer grows; urgent sum kernel
-      {1 << 20, kF32, ReduceOp::Sum},                               // back to 4 MiB in the grown buffer
-      {1000, kF32, ReduceOp::Avg},                                  // below the threshold: ring
-      {1 << 20, kF64, ReduceOp::Sum},                               // f64: ring
-      {1 << 18, kF32, ReduceOp::Avg},  // 1 MiB at a 4-byte offset: the scalar kernel despite n % 4 == 0
+      {1 << 20, kF32, ReduceOp::Sum},        // back to 4 MiB in the grown buffer
+      {1000, kF32, ReduceOp::Avg},           // below the threshold: ring
+      {1 << 20, kF64, ReduceOp::Sum},        // f64: ring
+      {1 << 18, kF32, ReduceOp::Avg},        // 1 MiB at a 4-byte offset: the scalar kernel despite n % 4 == 0
   };
   std::vector<Tensor> inputs, results;
   std::vector<uint64_t> numbers;
@@ -292,34 +292,26 @@ TEST_F(Nccl, CopyEngineGatherSendsF32AsBf16AndWritesTheRoundedMean) {
       {1 << 20, ReduceOp::Avg, false, dist::OverlapPriority::High},
       {(1 << 19) + 3, ReduceOp::Sum, true, dist::OverlapPriority::High},
   };
-  // The same again with the rounding on the compute stream (Note [rounding on the compute stream]).
-  dist::CommunicatorOptions on_compute = options;
-  on_compute.round_on_compute_stream = true;
-  auto rounding_on_compute = dist::make_nccl_communicator(group(), on_compute);
-  for (const auto& [communicator, name] : {std::pair{gather.get(), "rounding on the communication stream"},
-                                           std::pair{rounding_on_compute.get(), "rounding on the compute stream"}}) {
-    for (const Case& c : cases) {
-      SCOPED_TRACE(fmt::format("{}, {} values", name, c.numel));
-      Tensor input = randn({c.numel}, {kF32, device()}).mul_(100.0);
-      Tensor result =
-          c.offset ? empty({c.numel + 1}, {kF32, device()}).narrow(0, 1, c.numel).copy_(input) : input.clone();
-      ASSERT_TRUE(communicator->reduces_as(result, kBF16));
-      communicator->all_reduce_overlapped_as(result, kBF16, c.op, "bucket", c.priority);
-      communicator->compute_wait();
-      Tensor inputs = empty({2 * c.numel}, {kF32, device()});
-      comm_->all_gather(input, inputs, "inputs");
-      const Tensor rounded = inputs.to(kCPU).to(kBF16).to(kF32);
-      Tensor expected = rounded.narrow(0, 0, c.numel).clone().add_(rounded.narrow(0, c.numel, c.numel));
-      if (c.op == ReduceOp::Avg) expected.mul_(0.5);
-      const std::vector<float> want = expected.to(kBF16).to(kF32).to_vector<float>();
-      const std::vector<float> got = result.to(kCPU).to_vector<float>();
-      ASSERT_EQ(got.size(), want.size());
-      const auto [g, w] = std::mismatch(got.begin(), got.end(), want.begin());
-      EXPECT_TRUE(g == got.end()) << "first difference at " << (g - got.begin()) << ": " << *g << " against " << *w;
-    }
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.numel);
+    Tensor input = randn({c.numel}, {kF32, device()}).mul_(100.0);
+    Tensor result = c.offset ? empty({c.numel + 1}, {kF32, device()}).narrow(0, 1, c.numel).copy_(input)
+                             : input.clone();
+    ASSERT_TRUE(gather->reduces_as(result, kBF16));
+    gather->all_reduce_overlapped_as(result, kBF16, c.op, "bucket", c.priority);
+    gather->compute_wait();
+    Tensor inputs = empty({2 * c.numel}, {kF32, device()});
+    comm_->all_gather(input, inputs, "inputs");
+    const Tensor rounded = inputs.to(kCPU).to(kBF16).to(kF32);
+    Tensor expected = rounded.narrow(0, 0, c.numel).clone().add_(rounded.narrow(0, c.numel, c.numel));
+    if (c.op == ReduceOp::Avg) expected.mul_(0.5);
+    const std::vector<float> want = expected.to(kBF16).to(kF32).to_vector<float>();
+    const std::vector<float> got = result.to(kCPU).to_vector<float>();
+    ASSERT_EQ(got.size(), want.size());
+    const auto [g, w] = std::mismatch(got.begin(), got.end(), want.begin());
+    EXPECT_TRUE(g == got.end()) << "first difference at " << (g - got.begin()) << ": " << *g << " against " << *w;
   }
   gather->barrier();
-  rounding_on_compute->barrier();
 
   // Not for it: a tensor below the threshold, an f16 wire, an f64 tensor, the ring communicator.
   // all_reduce_overlapped_as then raises, naming the way out (DDP converts itself there).
@@ -364,8 +356,8 @@ TEST_F(Nccl, TimelineWritesEachCollectivesMarksWhenAsked) {
   timed->compute_wait(first);
   timed->compute_wait();
   timed->synchronize();
-  EXPECT_TRUE(
-      all_close(large, {1 << 20}, std::vector<double>(1 << 20, world() * (world() + 1) / 2.0), tolerance_for(kF32)));
+  EXPECT_TRUE(all_close(large, {1 << 20}, std::vector<double>(1 << 20, world() * (world() + 1) / 2.0),
+                        tolerance_for(kF32)));
   EXPECT_FALSE(std::filesystem::exists(file)) << "written before the communicator is destroyed";
   timed.reset();
 
