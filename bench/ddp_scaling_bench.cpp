@@ -49,12 +49,13 @@
 //                          [--carveout-min-kib N] [--between-cases keep|release]
 //                          [--communicator per-case|shared] [--all-reduce ring|copy-engine]
 //                          [--last-bucket-priority high|default]
-// (defaults: every model, blocking calls, both steps, batch 256, gradients reduced in f32).
+// (defaults: every model, blocking calls, both steps, batch 256, gradients reduced in f32, the
+// last bucket at high priority).
 // --reduce bf16 sets DdpOptions::reduce_dtype (gradients all-reduced in bf16, as PyTorch's
 // bf16_compress_hook). --all-reduce copy-engine sets CommunicatorOptions::overlap_all_reduce to
 // CopyEngineGather (Note [copy-engine all-reduce], dist/nccl_communicator.cpp; 2 ranks).
-// --last-bucket-priority high sets DdpOptions::last_bucket_high_priority (Note [last bucket
-// priority], dist/bucket.h).
+// --last-bucket-priority sets DdpOptions::last_bucket_high_priority (Note [last bucket priority],
+// dist/bucket.h; high, the default, or default, i.e. the stream's priority).
 // (--max-ctas, --carveout, --carveout-min-kib and --priority set CommunicatorOptions::nccl_max_ctas,
 // overlap_sm_carveout, overlap_carveout_min_bytes and high_priority_stream, dist/communicator.h; --step bucket replaces
 // synchronize_gradients() + AdamW step() with ddp.step(optimizer), whose wait_ms is then 0 and
@@ -198,7 +199,8 @@ struct Case {
   bool bucket_step = true;            // ddp.step(optimizer), or synchronize_gradients() + step()
   int64_t batch = kDefaultBatch;      // per rank
   std::optional<DType> reduce_dtype;  // DdpOptions::reduce_dtype (--reduce bf16)
-  bool last_bucket_high_priority = false;  // DdpOptions::last_bucket_high_priority (--last-bucket-priority)
+  // DdpOptions::last_bucket_high_priority (--last-bucket-priority)
+  bool last_bucket_high_priority = dist::DdpOptions{}.last_bucket_high_priority;
 };
 
 /// Prints one JSON line (rank 0 only): the common keys, `extra` (already formatted "key": value

@@ -55,7 +55,7 @@ struct DdpOptions {
   /// the optimizer's (Note [last bucket priority] in dist/bucket.h). Only the NCCL copy-engine
   /// all-reduce (CommunicatorOptions::overlap_all_reduce) has such kernels; elsewhere it changes
   /// nothing.
-  bool last_bucket_high_priority = false;
+  bool last_bucket_high_priority = true;
 };
 
 class DistributedDataParallel {

@@ -176,7 +176,8 @@ case $variants in
         variant "flame-$model-b$batch-f32-w1" 1 "" "" "--step bucket --batch $batch"
         for priority in default high; do
           variant "flame-$model-b$batch-bf16-copy-engine-$priority-w2" 2 "" "" \
-            "--step bucket --batch $batch --reduce bf16 --all-reduce copy-engine --priority $priority"
+            "--step bucket --batch $batch --reduce bf16 --all-reduce copy-engine --priority $priority \
+             --last-bucket-priority default"
           variant "flame-$model-b$batch-f32-ring-$priority-w2" 2 "" "" "--step bucket --batch $batch --priority $priority"
         done
       done
@@ -192,10 +193,11 @@ case $variants in
           common="--step bucket --batch $batch"
           engines="$common --reduce bf16 --all-reduce copy-engine"
           variant "flame-$model-b$batch-f32-w1-$repeat" 1 "" "" "$common"
-          variant "flame-$model-b$batch-bf16-copy-engine-w2-$repeat" 2 "" "" "$engines"
+          variant "flame-$model-b$batch-bf16-copy-engine-w2-$repeat" 2 "" "" "$engines --last-bucket-priority default"
           variant "flame-$model-b$batch-bf16-copy-engine-last-high-w2-$repeat" 2 "" "" \
             "$engines --last-bucket-priority high"
-          variant "flame-$model-b$batch-bf16-copy-engine-stream-high-w2-$repeat" 2 "" "" "$engines --priority high"
+          variant "flame-$model-b$batch-bf16-copy-engine-stream-high-w2-$repeat" 2 "" "" \
+            "$engines --priority high --last-bucket-priority default"
         done
       done
     done

@@ -851,11 +851,12 @@ class PriorityRecorder final : public Communicator {
   Communicator& inner_;
 };
 
-// Note [last bucket priority]: with the option, the last bucket of every round, and only it, is
-// issued at high priority; without it, every bucket is issued at normal priority.
-TEST(Ddp, OnlyTheLastBucketIsIssuedAtHighPriorityWhenAsked) {
+// Note [last bucket priority]: with the option (the default), the last bucket of every round, and
+// only it, is issued at high priority; without it, every bucket is issued at normal priority.
+TEST(Ddp, OnlyTheLastBucketIsIssuedAtHighPriorityUnlessTurnedOff) {
+  EXPECT_TRUE(DdpOptions{}.last_bucket_high_priority);
   for (const bool asked : {true, false}) {
-    SCOPED_TRACE(asked ? "last_bucket_high_priority" : "default options");
+    SCOPED_TRACE(asked ? "last_bucket_high_priority" : "turned off");
     PriorityRecorder recorder(comm());
     auto model = make_mlp(830);
     DdpOptions options = small_buckets();

@@ -162,8 +162,8 @@ TEST_F(DdpNccl, CopyEngineAllReduceTrainsAsTheRing) {
 /// reduce_dtype bf16 on `communicator`: after check_buckets(ddp's reducer), 3 steps where each rank's
 /// .grad (synchronize_gradients on a twin) is a bf16 value near the global-batch gradient, and
 /// ddp.step gives the same bits as the twin's synchronize + step; the replicas stay in sync. ddp
-/// issues its last bucket at high priority and the twin does not (Note [last bucket priority]):
-/// the priority must not change a bit.
+/// issues its last bucket at high priority (the default) and the twin does not (Note [last bucket
+/// priority]): the priority must not change a bit.
 void expect_bf16_reduced_training(Communicator& communicator, const std::function<void(const Reducer&)>& check_buckets) {
   const int rank = ProcessGroup::init().rank, world = ProcessGroup::init().world_size;
   const Device device = ProcessGroup::init().cuda_device();
@@ -172,10 +172,10 @@ void expect_bf16_reduced_training(Communicator& communicator, const std::functio
   auto model = make_mlp(270, kHidden, device);
   auto twin = clone_mlp(*model, device);
   auto reference = clone_mlp(*model, device);
-  DdpOptions urgent = small_buckets(DType::BF16);
-  urgent.last_bucket_high_priority = true;
-  DistributedDataParallel ddp(model, communicator, urgent);
-  DistributedDataParallel twin_ddp(twin, communicator, small_buckets(DType::BF16));
+  DistributedDataParallel ddp(model, communicator, small_buckets(DType::BF16));
+  DdpOptions normal = small_buckets(DType::BF16);
+  normal.last_bucket_high_priority = false;
+  DistributedDataParallel twin_ddp(twin, communicator, normal);
   ASSERT_GE(ddp.reducer().buckets().size(), 3u);
   check_buckets(ddp.reducer());
   optim::AdamW opt(ddp.parameters(), {.lr = 1e-2});
