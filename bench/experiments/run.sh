@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Builds and runs the experiments of this folder on the 2-GPU machine (issue 5; results in
 # docs/PERFORMANCE.md, "tenth run"). Plain nvcc, NCCL, cuBLAS and MPI: not part of the CMake build.
-# Usage (on nvidia-h200-x2, from the repository root): bench/experiments/run.sh [all|tail]
-# (tail: only the DDP step's tail emulation)
+# Usage (on nvidia-h200-x2, from the repository root): bench/experiments/run.sh [all|tail|peer]
+# (tail: only the DDP step's tail emulation; peer: only the peer copies split over streams)
 set -uo pipefail
 which=${1:-all}
 cd "$(dirname "$0")" || exit 1
 export NCCL_NVLS_ENABLE=0
 [ "$(id -u)" -eq 0 ] && export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 bin=$(mktemp -d /tmp/flame-experiments.XXXXXX)
+nvcc -O2 -arch=sm_90 -o "$bin/peer_copy_streams" peer_copy_streams.cu || exit 1
+if [ "$which" = peer ]; then
+  echo "== peer copies over NVLink, split into chunks on several streams"
+  timeout 60 "$bin/peer_copy_streams"
+  exit $?
+fi
 mpi_flags=$(mpicxx --showme:compile) mpi_libs=$(mpicxx --showme:link)
 for program in allreduce_beside_gemm ddp_tail_emulation; do
   # shellcheck disable=SC2086
@@ -41,3 +47,5 @@ done
 fi
 echo "== GEMMs under an SM target, alone"
 [ "$which" = tail ] || "$bin/gemm_sm_target_sweep"
+echo "== peer copies over NVLink, split into chunks on several streams"
+[ "$which" = tail ] || timeout 60 "$bin/peer_copy_streams"
