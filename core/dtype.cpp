@@ -90,6 +90,30 @@ uint16_t float_to_bf16_bits(float value) {
   return static_cast<uint16_t>(x >> 16);
 }
 
+float float_rounded_to_odd(double value) {
+  float rounded = static_cast<float>(value);
+  if (std::isnan(value) || static_cast<double>(rounded) == value) return rounded;
+  if (std::fabs(static_cast<double>(rounded)) > std::fabs(value)) rounded = std::nextafter(rounded, 0.0f);
+  uint32_t bits = 0;
+  std::memcpy(&bits, &rounded, sizeof bits);
+  bits |= 1u;
+  std::memcpy(&rounded, &bits, sizeof bits);
+  return rounded;
+}
+
+float float_rounded_to_odd(int64_t value) {
+  // The magnitude's top 24 bits, the last one set when any bit below them is: exact in a float.
+  const uint64_t magnitude = value < 0 ? uint64_t{0} - static_cast<uint64_t>(value) : static_cast<uint64_t>(value);
+  int width = 0;
+  while (width < 64 && (magnitude >> width) != 0) ++width;
+  if (width <= 24) return static_cast<float>(value);
+  const int shift = width - 24;
+  uint64_t kept = magnitude >> shift;
+  if ((magnitude & ((uint64_t{1} << shift) - 1)) != 0) kept |= 1u;
+  const float rounded = std::ldexp(static_cast<float>(kept), shift);
+  return value < 0 ? -rounded : rounded;
+}
+
 float bf16_bits_to_float(uint16_t bits) {
   const uint32_t x = static_cast<uint32_t>(bits) << 16;
   float out;

@@ -44,5 +44,14 @@ float half_bits_to_float(uint16_t bits);
 /// bfloat16 <-> float on the host, round to nearest even (NaN stays NaN).
 uint16_t float_to_bf16_bits(float value);
 float bf16_bits_to_float(uint16_t bits);
+/// `value` as a float rounded to odd: exact when it fits, else truncated toward zero with the last
+/// mantissa bit set. Rounding it to f16 or bf16 (nearest even; at most 11 of float's 24
+/// significant bits) gives what rounding `value` itself would, where going through the nearest
+/// float could round twice: 1 + 2^-8 + 2^-40 would become 1 in bf16 instead of 1 + 2^-7, and the
+/// integer 2^24 + 2^16 + 1 would become 2^24 instead of 2^24 + 2^17. Beyond float's range it is
+/// the largest finite float (which rounds on to inf); NaN stays NaN. The elementwise kernels
+/// convert the same way on CUDA (core/cuda/elementwise_source.cpp).
+float float_rounded_to_odd(double value);
+float float_rounded_to_odd(int64_t value);
 
 }  // namespace flame

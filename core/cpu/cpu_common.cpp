@@ -59,33 +59,14 @@ LoadDouble double_loader(DType dtype) {
   FLAME_FAIL("cpu backend: unknown dtype {}", static_cast<int>(dtype));
 }
 
-namespace {
-
-/// `value` as a float rounded to odd: truncated toward zero, then the last mantissa bit set when
-/// that was inexact. Rounding this float to a narrower type (f16, bf16: at most 11 of float's 24
-/// significant bits) to nearest even gives the same result as rounding `value` directly; going
-/// through a float rounded to nearest could round twice (1 + 2^-11 + 2^-40 would become 1 in f16).
-float to_float_rounded_to_odd(double value) {
-  float rounded = static_cast<float>(value);
-  if (std::isnan(value) || static_cast<double>(rounded) == value) return rounded;
-  if (std::fabs(static_cast<double>(rounded)) > std::fabs(value)) rounded = std::nextafter(rounded, 0.0f);
-  uint32_t bits = 0;
-  std::memcpy(&bits, &rounded, sizeof bits);
-  bits |= 1u;
-  std::memcpy(&rounded, &bits, sizeof bits);
-  return rounded;
-}
-
-}  // namespace
-
 StoreDouble double_storer(DType dtype) {
   switch (dtype) {
     case DType::F32: return [](char* p, double v) { write(p, static_cast<float>(v)); };
     case DType::F64: return [](char* p, double v) { write(p, v); };
     case DType::F16:
-      return [](char* p, double v) { write(p, float_to_half_bits(to_float_rounded_to_odd(v))); };
+      return [](char* p, double v) { write(p, float_to_half_bits(float_rounded_to_odd(v))); };
     case DType::BF16:
-      return [](char* p, double v) { write(p, float_to_bf16_bits(to_float_rounded_to_odd(v))); };
+      return [](char* p, double v) { write(p, float_to_bf16_bits(float_rounded_to_odd(v))); };
     case DType::I32: return [](char* p, double v) { write(p, saturate<int32_t>(v)); };
     case DType::I64: return [](char* p, double v) { write(p, saturate<int64_t>(v)); };
     case DType::U8: return [](char* p, double v) { write(p, saturate<uint8_t>(v)); };
@@ -116,9 +97,9 @@ StoreInt int_storer(DType dtype) {
     case DType::F32: return [](char* p, int64_t v) { write(p, static_cast<float>(v)); };
     case DType::F64: return [](char* p, int64_t v) { write(p, static_cast<double>(v)); };
     case DType::F16:
-      return [](char* p, int64_t v) { write(p, float_to_half_bits(static_cast<float>(v))); };
+      return [](char* p, int64_t v) { write(p, float_to_half_bits(float_rounded_to_odd(v))); };
     case DType::BF16:
-      return [](char* p, int64_t v) { write(p, float_to_bf16_bits(static_cast<float>(v))); };
+      return [](char* p, int64_t v) { write(p, float_to_bf16_bits(float_rounded_to_odd(v))); };
     case DType::I32: return [](char* p, int64_t v) { write(p, static_cast<int32_t>(v)); };
     case DType::I64: return [](char* p, int64_t v) { write(p, v); };
     case DType::U8: return [](char* p, int64_t v) { write(p, static_cast<uint8_t>(v)); };

@@ -44,8 +44,8 @@ Scalar to_scalar(DType dtype, double value) {
   switch (dtype) {
     case DType::F32: s.f32 = static_cast<float>(value); break;
     case DType::F64: s.f64 = value; break;
-    case DType::F16: s.u16 = float_to_half_bits(static_cast<float>(value)); break;
-    case DType::BF16: s.u16 = float_to_bf16_bits(static_cast<float>(value)); break;
+    case DType::F16: s.u16 = float_to_half_bits(float_rounded_to_odd(value)); break;
+    case DType::BF16: s.u16 = float_to_bf16_bits(float_rounded_to_odd(value)); break;
     case DType::I32: s.i32 = saturate<int32_t>(value); break;
     case DType::I64: s.i64 = saturate<int64_t>(value); break;
     case DType::U8: s.u8 = saturate<uint8_t>(value); break;

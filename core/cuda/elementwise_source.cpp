@@ -54,8 +54,8 @@ std::string load(DType dtype, const std::string& s) {
 /// instructions give the type's minimum for NaN from some source types).
 std::string store(DType dtype, const std::string& v, bool from_floating) {
   switch (dtype) {
-    case DType::F16: return fmt::format("f32_to_f16((float)({}))", v);
-    case DType::BF16: return fmt::format("f32_to_bf16((float)({}))", v);
+    case DType::F16: return fmt::format("f32_to_f16(flame_odd_f32({}))", v);
+    case DType::BF16: return fmt::format("f32_to_bf16(flame_odd_f32({}))", v);
     case DType::Bool: return fmt::format("(unsigned char)(({}) != 0)", v);
     case DType::U8:
       if (from_floating) return fmt::format("flame_saturate_u8((double)({}))", v);
@@ -174,6 +174,26 @@ __device__ __forceinline__ float bf16_to_f32(unsigned short h) {
 }
 )";
   }
+  // float_rounded_to_odd (core/dtype.h) for each compute type: what f16 and bf16 are rounded from.
+  src += R"(__device__ __forceinline__ float flame_odd_f32(float v) { return v; }
+__device__ __forceinline__ float flame_odd_f32(double v) {
+  float r = __double2float_rz(v);
+  if (v == v && (double)r != v) r = __uint_as_float(__float_as_uint(r) | 1u);
+  return r;
+}
+__device__ __forceinline__ float flame_odd_f32(long long v) {
+  const unsigned long long m = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+  const int width = 64 - __clzll(m);
+  if (width <= 24) return (float)v;
+  const int shift = width - 24;
+  unsigned long long kept = m >> shift;
+  if ((m & ((1ull << shift) - 1ull)) != 0ull) kept |= 1ull;
+  const float r = ldexpf((float)kept, shift);
+  return v < 0 ? -r : r;
+}
+__device__ __forceinline__ float flame_odd_f32(int v) { return flame_odd_f32((long long)v); }
+__device__ __forceinline__ float flame_odd_f32(unsigned char v) { return (float)v; }
+)";
   src += R"(// Integer power by squaring, wrapping like repeated multiplication; negative exponents give
 // the truncated real result (0 unless the base is 1 or -1).
 __device__ __forceinline__ long long flame_ipow(long long base, long long e) {

@@ -167,6 +167,38 @@ TEST(Conversion, LargeIntegersRoundOnceToFloat) {
   EXPECT_EQ(i.to(kF64).to_vector<double>()[0], std::ldexp(1.0, 60) + std::ldexp(1.0, 36));  // one rounding too
 }
 
+// float_rounded_to_odd (core/dtype.h): an f64 or integer value is rounded once to f16 or bf16, not
+// first to the nearest float and then again.
+TEST(Conversion, DoublesAndIntegersRoundOnceToHalfAndBf16) {
+  const double one = 1.0;
+  // Just above the bf16 (f16) midpoint between 1 and its next value: up. Through the nearest float
+  // the + 2^-40 is lost, the midpoint remains, and ties to even give 1.
+  const std::vector<double> above{one + std::ldexp(1.0, -8) + std::ldexp(1.0, -40),
+                                  -(one + std::ldexp(1.0, -8) + std::ldexp(1.0, -40))};
+  EXPECT_TRUE(all_close(test::make_tensor(above, {2}, kF64).to(kBF16), {2},
+                        {one + std::ldexp(1.0, -7), -(one + std::ldexp(1.0, -7))}, kExact));
+  const double half_above = one + std::ldexp(1.0, -11) + std::ldexp(1.0, -40);
+  EXPECT_TRUE(all_close(test::make_tensor({half_above}, {1}, kF64).to(kF16), {1}, {one + std::ldexp(1.0, -10)}, kExact));
+  EXPECT_TRUE(all_close(full({2}, above[0], TensorOptions(kBF16)), {2}, std::vector<double>(2, one + std::ldexp(1.0, -7)), kExact));
+  // 2^24 + 2^16 + 1 is just above the bf16 midpoint 2^24 + 2^16: up to 2^24 + 2^17. The nearest
+  // float is the midpoint itself (2^24 + 2^16), which ties to even give 2^24.
+  const int64_t v = (int64_t{1} << 24) + (int64_t{1} << 16) + 1;
+  const double up = std::ldexp(1.0, 24) + std::ldexp(1.0, 17);
+  for (const DType from : {kI64, kI32}) {
+    SCOPED_TRACE(dtype_name(from));
+    const Tensor i = from_vector<int64_t>({v, -v, (int64_t{1} << 24) + 1}, {3}, kI64).to(from);
+    EXPECT_TRUE(all_close(i.to(kBF16), {3}, {up, -up, std::ldexp(1.0, 24)}, kExact));
+  }
+  // Exact values, the midpoint itself, the extremes and NaN keep their usual results.
+  EXPECT_EQ(float_rounded_to_odd(int64_t{1} << 24), std::ldexp(1.0f, 24));
+  EXPECT_EQ(float_rounded_to_odd(std::numeric_limits<int64_t>::min()), -std::ldexp(1.0f, 63));
+  EXPECT_EQ(float_rounded_to_odd(std::numeric_limits<int64_t>::max()), std::ldexp(1.0f, 63) - std::ldexp(1.0f, 39));
+  EXPECT_EQ(float_to_bf16_bits(float_rounded_to_odd(std::numeric_limits<int64_t>::max())), 0x5F00);  // 2^63
+  EXPECT_EQ(float_rounded_to_odd(1e39), std::numeric_limits<float>::max());
+  EXPECT_TRUE(std::isnan(float_rounded_to_odd(std::nan(""))));
+  EXPECT_EQ(float_rounded_to_odd(one + std::ldexp(1.0, -8)), 1.0f + std::ldexp(1.0f, -8));
+}
+
 TEST(Conversion, ConversionOfNonContiguousViews) {
   test::HostRng rng;
   const auto v = rng.uniform(12, -4, 4);

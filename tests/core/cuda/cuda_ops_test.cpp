@@ -498,6 +498,40 @@ TEST_F(CudaOps, ConversionsBetweenEveryDtype) {
   }
 }
 
+// f64 and integer values round once to f16 and bf16 on CUDA, as on the CPU (float_rounded_to_odd,
+// core/dtype.h): values just above a midpoint, which the nearest float turns into the midpoint.
+TEST_F(CudaOps, ConversionsToHalfAndBf16RoundOnceAsOnTheCpu) {
+  HostRng rng;
+  std::vector<double> doubles{1.0 + std::ldexp(1.0, -8) + std::ldexp(1.0, -40),
+                              -(1.0 + std::ldexp(1.0, -8) + std::ldexp(1.0, -40)),
+                              1.0 + std::ldexp(1.0, -11) + std::ldexp(1.0, -40), 1e39, -1e39, 0.0};
+  for (double v : rng.uniform(26, -1e5, 1e5)) doubles.push_back(v);
+  std::vector<int64_t> integers{(int64_t{1} << 24) + (int64_t{1} << 16) + 1, -((int64_t{1} << 24) + (int64_t{1} << 16) + 1),
+                                (int64_t{1} << 24) + 1, std::numeric_limits<int64_t>::max(),
+                                std::numeric_limits<int64_t>::min(), (int64_t{1} << 40) + (int64_t{1} << 32) + 7};
+  for (double v : rng.uniform(26, -1e12, 1e12)) integers.push_back(static_cast<int64_t>(v));
+  const Tensor f64 = from_vector<double>(doubles, {32}, kF64);
+  const Tensor i64 = from_vector<int64_t>(integers, {32}, kI64);
+  std::vector<int32_t> narrow{(1 << 24) + (1 << 16) + 1, -((1 << 24) + (1 << 16) + 1), (1 << 24) + 3,
+                              std::numeric_limits<int32_t>::max(), std::numeric_limits<int32_t>::min()};
+  for (double v : rng.uniform(27, -2e9, 2e9)) narrow.push_back(static_cast<int32_t>(v));
+  const Tensor i32 = from_vector<int32_t>(narrow, {32}, kI32);
+  for (const auto& [name, input] : {std::pair{"f64", f64}, std::pair{"i64", i64}, std::pair{"i32", i32}}) {
+    for (const DType to : {kBF16, kF16}) {
+      SCOPED_TRACE(fmt::format("{} -> {}", name, dtype_name(to)));
+      const std::vector<float> cpu = input.to(to).to(kF32).to_vector<float>();
+      const std::vector<float> gpu = input.to(kGpu).to(to).to(kCPU).to(kF32).to_vector<float>();
+      ASSERT_EQ(cpu.size(), gpu.size());
+      for (size_t i = 0; i < cpu.size(); ++i)
+        EXPECT_TRUE(cpu[i] == gpu[i] || (std::isnan(cpu[i]) && std::isnan(gpu[i])))
+            << "element " << i << ": cpu " << cpu[i] << ", cuda " << gpu[i];
+    }
+  }
+  // A double scalar filled into bf16 rounds once too.
+  EXPECT_EQ(full({4}, doubles[0], TensorOptions(kBF16, kGpu)).to(kCPU).to(kF32).to_vector<float>(),
+            std::vector<float>(4, 1.0f + std::ldexp(1.0f, -7)));
+}
+
 TEST_F(CudaOps, ViewsCopiesAndCrossDeviceTransfers) {
   HostRng rng;
   const auto v = rng.uniform(60, -5, 5);
