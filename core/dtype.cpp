@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "core/error.h"
 
@@ -91,6 +92,8 @@ uint16_t float_to_bf16_bits(float value) {
 }
 
 float float_rounded_to_odd(double value) {
+  constexpr double kLargest = std::numeric_limits<float>::max();
+  if (std::isfinite(value) && std::fabs(value) > kLargest) return static_cast<float>(std::copysign(kLargest, value));
   float rounded = static_cast<float>(value);
   if (std::isnan(value) || static_cast<double>(rounded) == value) return rounded;
   if (std::fabs(static_cast<double>(rounded)) > std::fabs(value)) rounded = std::nextafter(rounded, 0.0f);

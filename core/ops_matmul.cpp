@@ -106,8 +106,9 @@ bool is_column_major(const Tensor& t) {
 /// grad_a = g @ b^T and grad_b = a^T @ g on the promoted operands, each summed over the batch dims
 /// its operand was broadcast along, then shaped like the operand. `a` (`b`) is defined only when
 /// grad_b (grad_a) is wanted. `b_column_major`: b was a 2-D transposed view of a contiguous matrix
-/// (a linear layer's weight.t()); its gradient is then computed in that layout (Note [weight
-/// gradient layout]).
+/// (a linear layer's weight.t()), not itself a leaf; its gradient is then computed in that layout,
+/// which the transpose turns back into the matrix's own (Note [weight gradient layout]). A
+/// column-major leaf keeps the contiguous gradient: AccumulateGrad copies it in one pass either way.
 std::vector<Tensor> matmul_backward(const Tensor& g, const Shape& a_shape, const Shape& b_shape, const Tensor& a_in,
                                     const Tensor& b_in, bool b_column_major) {
   const Shape pa = promoted(a_shape, true), pb = promoted(b_shape, false);
@@ -162,7 +163,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
         out, "MatmulBackward", {a, b},
         [a_shape = a.shape(), b_shape = b.shape(), saved_a = autograd::SavedTensor(b.requires_grad() ? a : Tensor()),
          saved_b = autograd::SavedTensor(a.requires_grad() ? b : Tensor()),
-         b_column_major = is_column_major(b)](const Tensor& g) {
+         b_column_major = is_column_major(b) && !b.is_leaf()](const Tensor& g) {
           return matmul_backward(g, a_shape, b_shape, saved_a.get(), saved_b.get(), b_column_major);
         });
   }

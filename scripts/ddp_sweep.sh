@@ -226,7 +226,8 @@ for r in rows:
         algorithm = r.get("all_reduce", "ring")
         if r.get("high_priority"):  # CommunicatorOptions::high_priority_stream
             algorithm += "-high-priority"
-        if r.get("last_bucket_high_priority"):  # DdpOptions::last_bucket_high_priority
+        # DdpOptions::last_bucket_high_priority: it acts on the copy-engine all-reduce only.
+        if r.get("last_bucket_high_priority") and r.get("all_reduce") == "copy_engine":
             algorithm += "-last-high"
         repeat = r["variant"].rsplit("-", 1)[1] if re.search(r"-r[0-9]+$", r["variant"]) else ""
         key = (r["impl"], r["model"], r["size"], r.get("reduce", "f32"), algorithm, repeat)

@@ -1,7 +1,9 @@
 // How fast the copy engines move a buffer from one GPU to the other over NVLink, when the copy is
 // split into K chunks on K streams (issue 5: NCCL's copy-engine all-gather moved the mlp's 32 MiB
 // bf16 bucket at about 275 GB/s, one copy per peer). One process drives both GPUs (peer access
-// on); "both" sends in both directions at once, as the 2-rank all-gather does. Not part of FLAME.
+// on); "both" sends in both directions at once, as the 2-rank all-gather does. The copies are all
+// queued while a spin kernel holds the timed stream, so the interval is the GPUs' time alone.
+// Not part of FLAME.
 // Usage: peer_copy_streams   (prints one JSON line per case: MiB, streams, direction, GB/s per direction)
 #include <cuda_runtime.h>
 
@@ -23,6 +25,14 @@ namespace {
 
 constexpr int kMaxStreams = 8;
 constexpr int kReps = 30;
+
+/// Holds GPU 0's timing stream for about `cycles` clock cycles, so that the host has queued every
+/// copy before the timed interval starts (the interval then holds no host time).
+__global__ void spin(long long cycles) {
+  const long long start = clock64();
+  while (clock64() - start < cycles) {
+  }
+}
 
 struct Gpu {
   void* send = nullptr;
@@ -81,6 +91,8 @@ int main() {
         std::vector<double> ms;
         for (int rep = 0; rep < kReps + 3; ++rep) {
           CK(cudaSetDevice(0));
+          spin<<<1, 1, 0, clock>>>(2000000);  // about 1 ms
+          CK(cudaGetLastError());
           CK(cudaEventRecord(start, clock));
           issue(gpus, 0, 1, bytes, k, start);
           if (both) issue(gpus, 1, 0, bytes, k, start);

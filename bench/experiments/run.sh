@@ -9,7 +9,7 @@ cd "$(dirname "$0")" || exit 1
 export NCCL_NVLS_ENABLE=0
 [ "$(id -u)" -eq 0 ] && export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 bin=$(mktemp -d /tmp/flame-experiments.XXXXXX)
-nvcc -O2 -arch=sm_90 -o "$bin/peer_copy_streams" peer_copy_streams.cu || exit 1
+[ "$which" = tail ] || nvcc -O2 -arch=sm_90 -o "$bin/peer_copy_streams" peer_copy_streams.cu || exit 1
 if [ "$which" = peer ]; then
   echo "== peer copies over NVLink, split into chunks on several streams"
   timeout 60 "$bin/peer_copy_streams"

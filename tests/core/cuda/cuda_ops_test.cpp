@@ -6,6 +6,7 @@
 #include <fmt/ranges.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "support/test_support.h"
@@ -504,8 +505,13 @@ TEST_F(CudaOps, ConversionsToHalfAndBf16RoundOnceAsOnTheCpu) {
   HostRng rng;
   std::vector<double> doubles{1.0 + std::ldexp(1.0, -8) + std::ldexp(1.0, -40),
                               -(1.0 + std::ldexp(1.0, -8) + std::ldexp(1.0, -40)),
-                              1.0 + std::ldexp(1.0, -11) + std::ldexp(1.0, -40), 1e39, -1e39, 0.0};
-  for (double v : rng.uniform(26, -1e5, 1e5)) doubles.push_back(v);
+                              1.0 + std::ldexp(1.0, -11) + std::ldexp(1.0, -40), 1e39, -1e39, 0.0, -0.0,
+                              std::numeric_limits<double>::infinity(), -std::numeric_limits<double>::infinity(),
+                              std::ldexp(1.0, -140) * (1.0 + std::ldexp(1.0, -30)),  // a float subnormal
+                              -std::ldexp(1.0, -160),                                // below every float: -0
+                              std::ldexp(1.0, -24) * (1.5 + std::ldexp(1.0, -40)),   // an f16 subnormal, above a tie
+                              65520.0 - std::ldexp(1.0, -30)};                       // just below f16's overflow
+  for (double v : rng.uniform(19, -1e5, 1e5)) doubles.push_back(v);
   std::vector<int64_t> integers{(int64_t{1} << 24) + (int64_t{1} << 16) + 1, -((int64_t{1} << 24) + (int64_t{1} << 16) + 1),
                                 (int64_t{1} << 24) + 1, std::numeric_limits<int64_t>::max(),
                                 std::numeric_limits<int64_t>::min(), (int64_t{1} << 40) + (int64_t{1} << 32) + 7};
@@ -519,12 +525,16 @@ TEST_F(CudaOps, ConversionsToHalfAndBf16RoundOnceAsOnTheCpu) {
   for (const auto& [name, input] : {std::pair{"f64", f64}, std::pair{"i64", i64}, std::pair{"i32", i32}}) {
     for (const DType to : {kBF16, kF16}) {
       SCOPED_TRACE(fmt::format("{} -> {}", name, dtype_name(to)));
+      // Widening to f32 is exact and keeps the sign of zero: compare the bits.
       const std::vector<float> cpu = input.to(to).to(kF32).to_vector<float>();
       const std::vector<float> gpu = input.to(kGpu).to(to).to(kCPU).to(kF32).to_vector<float>();
       ASSERT_EQ(cpu.size(), gpu.size());
-      for (size_t i = 0; i < cpu.size(); ++i)
-        EXPECT_TRUE(cpu[i] == gpu[i] || (std::isnan(cpu[i]) && std::isnan(gpu[i])))
-            << "element " << i << ": cpu " << cpu[i] << ", cuda " << gpu[i];
+      for (size_t i = 0; i < cpu.size(); ++i) {
+        uint32_t cpu_bits = 0, gpu_bits = 0;
+        std::memcpy(&cpu_bits, &cpu[i], sizeof cpu_bits);
+        std::memcpy(&gpu_bits, &gpu[i], sizeof gpu_bits);
+        EXPECT_EQ(cpu_bits, gpu_bits) << "element " << i << ": cpu " << cpu[i] << ", cuda " << gpu[i];
+      }
     }
   }
   // A double scalar filled into bf16 rounds once too.
