@@ -118,19 +118,23 @@ Probe probe_file(const std::string& path) {
 
 std::string error_detail() { return summary(take_stack()); }
 
-std::string open_failure(const std::string& path) {
+OpenFailure take_open_failure() {
   const std::vector<StackEntry> stack = take_stack();
-  const std::string detail = summary(stack);
   const auto reported = [&](hid_t minor) {
     return std::any_of(stack.begin(), stack.end(), [&](const StackEntry& entry) { return entry.minor == minor; });
   };
+  return OpenFailure{summary(stack), reported(H5E_CANTLOCKFILE), reported(H5E_NOTHDF5) || reported(H5E_TRUNCATED)};
+}
+
+std::string describe_open_failure(const std::string& path, const OpenFailure& failure) {
+  const std::string& detail = failure.detail;
   const Probe probe = probe_file(path);
   if (probe.error != 0) {
     if (probe.error == EACCES || probe.error == EPERM)
       return "cannot read the file: permission denied (check the mode and owner of the file and its directories)";
     return fmt::format("cannot read the file: {}", std::strerror(probe.error));
   }
-  if (reported(H5E_CANTLOCKFILE)) {
+  if (failure.cannot_lock) {
     constexpr const char* kNoLocking = "set HDF5_USE_FILE_LOCKING=FALSE on file systems without locking";
     if (probe.locked_elsewhere)
       return fmt::format(
@@ -139,7 +143,7 @@ std::string open_failure(const std::string& path) {
           detail, kNoLocking);
     return fmt::format("HDF5 refused to open it: it could not lock the file: {}; {}", detail, kNoLocking);
   }
-  if (reported(H5E_NOTHDF5) || reported(H5E_TRUNCATED)) return "truncated, corrupt or not an HDF5 file: " + detail;
+  if (failure.not_hdf5) return "truncated, corrupt or not an HDF5 file: " + detail;
   return "HDF5 cannot open it: " + detail;
 }
 

@@ -42,10 +42,20 @@ class Handle {
 /// The current HDF5 error stack as one line (outermost call first, innermost cause last), and
 /// clears it. Call under the lock right after a failed H5* call.
 std::string error_detail();
-/// Why H5Fopen(`path`) just failed, as a phrase for a message that names the path. Call under the
-/// lock right after the failed call: reads (and clears) the HDF5 error stack, then reads the
-/// file's first byte itself and probes it for a lock held elsewhere (a shared flock(), as HDF5's
-/// writers take an exclusive one). One of
+/// What HDF5 reported when H5Fopen just failed: its error stack as one line, and whether it could
+/// not lock the file or found no HDF5 file (no signature, or shorter than its superblock says).
+struct OpenFailure {
+  std::string detail;
+  bool cannot_lock = false;
+  bool not_hdf5 = false;
+};
+/// Reads (and clears) the HDF5 error stack. Call under the lock right after the failed H5Fopen.
+OpenFailure take_open_failure();
+/// Why H5Fopen(`path`) failed, as a phrase for a message that names the path: reads the file's
+/// first byte itself and probes it for a lock held elsewhere (a shared flock(), as HDF5's writers
+/// take an exclusive one), then phrases `failure`. Needs no HDF5 lock; call it after releasing
+/// that lock, so a file system that hangs on the probe holds up no other thread's HDF5 calls.
+/// One of
 ///   "cannot read the file: permission denied (...)", "cannot read the file: <strerror>",
 ///   "HDF5 refused to open it: the file is locked by another process (...): <HDF5 detail>; ...",
 ///   "HDF5 refused to open it: it could not lock the file: <HDF5 detail>; ...",
@@ -54,7 +64,7 @@ std::string error_detail();
 ///   "HDF5 cannot open it: <HDF5 detail>" (anything else, e.g. a superblock damaged behind an
 ///   intact signature, or, in files of other tools written with HDF5's newest format, the
 ///   consistency flags a writer that did not close the file leaves).
-std::string open_failure(const std::string& path);
+std::string describe_open_failure(const std::string& path, const OpenFailure& failure);
 /// Throws flame::Error "`context`: `file`: <HDF5 error detail>".
 [[noreturn]] void raise(const std::string& file, const std::string& context);
 /// `id` when it is valid, else raise(file, context). Wraps every id-returning H5* call.

@@ -147,7 +147,7 @@ void ShardedDataset::State::open_shard(size_t index) {
   shard.path = format::join(dir, info.file);
   shard.extent = manifest.kind == DatasetKind::Samples ? info.samples : info.tokens;
   // A status the file system cannot give (a directory on the way not searchable, say) is left to
-  // H5Fopen and h5::open_failure() to name.
+  // H5Fopen and h5::describe_open_failure() to name.
   std::error_code error;
   const std::filesystem::file_type type = std::filesystem::status(shard.path, error).type();
   std::error_code link_error;  // a symbolic link whose target is gone says so
@@ -178,8 +178,12 @@ void ShardedDataset::State::open_shard(size_t index) {
                open_errno == EMFILE ? "this process is at its limit" : "the system is at its limit",
                open_file_limit(), detail);
   }
-  FLAME_CHECK(file >= 0, "ShardedDataset: cannot open shard '{}' ({} of {}): {}", shard.path, index + 1,
-              manifest.shards.size(), h5::open_failure(shard.path));
+  if (file < 0) {
+    const h5::OpenFailure failure = h5::take_open_failure();
+    guard.unlock();  // the file probe may block on a hung file system: not under the HDF5 lock
+    FLAME_FAIL("ShardedDataset: cannot open shard '{}' ({} of {}): {}", shard.path, index + 1, manifest.shards.size(),
+               h5::describe_open_failure(shard.path, failure));
+  }
   shard.file = h5::Handle(file);
   for (size_t f = 0; f < manifest.fields.size(); ++f) check_field(shard, f);
 }
