@@ -128,8 +128,10 @@ void run_backward(const Tensor& root, const Tensor& grad, bool retain_graph);
 /// gradient first, and the communication overlaps the input-gradient GEMM or convolution. Any
 /// order that respects the dependencies is a valid backward order; only where three or more
 /// gradients meet in one node can the order of their sums (so the last bits) change. The
-/// function must return that input's entry undefined (what it returns there is ignored).
-void deliver_gradient_early(size_t input, const Tensor& grad);
+/// function must return that input's entry undefined (what it returns there is ignored). Pass the
+/// gradient with std::move when the function keeps no other handle to it, so that the parameter's
+/// accumulator can take it over instead of copying it.
+void deliver_gradient_early(size_t input, Tensor grad);
 
 /// Sums `grad` over the dims that broadcasting added or expanded, giving `shape`
 /// (the backward of broadcasting).

@@ -101,7 +101,7 @@ std::vector<Tensor> backward(const Conv2dGeometry& g, const Tensor& grad_out, co
     // Note [early gradients]: the weight's and bias's gradients go on before the input's is queued.
     for (size_t i : {size_t{1}, size_t{2}}) {
       if (!grads[i].defined()) continue;
-      autograd::deliver_gradient_early(i, grads[i]);
+      autograd::deliver_gradient_early(i, std::move(grads[i]));
       grads[i] = Tensor();
     }
     grads[0] = Tensor::empty({g.batch, g.in_channels, g.in_h, g.in_w}, options);

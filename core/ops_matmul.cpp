@@ -138,7 +138,7 @@ std::vector<Tensor> matmul_backward(const Tensor& g, const Shape& a_shape, const
     grads[1] = grads[1].reshape(b_shape);
     if (b_in.defined()) {
       // Note [early gradients]: b's gradient (a linear layer's weight) goes on before a's is queued.
-      autograd::deliver_gradient_early(1, grads[1]);
+      autograd::deliver_gradient_early(1, std::move(grads[1]));
       grads[1] = Tensor();
     }
   }

@@ -94,6 +94,10 @@ class Tensor {
   std::string describe() const;
   /// True when both handles share one implementation (the same tensor, not merely equal views).
   bool is_same(const Tensor& other) const { return impl_ == other.impl_; }
+  /// True when no other handle refers to this tensor and no other tensor shares its storage (no
+  /// view of it or of what it views): whoever holds this handle may take the tensor over without
+  /// anyone else seeing a later write (AccumulateGrad keeps such a gradient as .grad, uncopied).
+  bool is_sole_owner() const { return impl_.use_count() == 1 && impl().storage.use_count() == 1; }
 
   // --- views (share storage) -------------------------------------------------------------
   /// Same data, new shape; one dimension may be -1. Requires a compatible layout (see reshape).

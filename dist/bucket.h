@@ -13,8 +13,8 @@
 //
 // Gradient as bucket view. A parameter's gradient-ready hook (Note [autograd engine]) first makes
 // sure the parameter's .grad is its bucket view: when .grad is some other tensor (the first
-// backward, or any backward after zero_grad(set_to_none), which gives AccumulateGrad a fresh
-// buffer), the hook copies it into the view and calls set_grad(view). From then on autograd adds
+// backward, or any backward after zero_grad(set_to_none), where AccumulateGrad's .grad is the
+// gradient itself or a fresh copy of it), the hook copies it into the view and calls set_grad(view). From then on autograd adds
 // later gradients into the view in place, so accumulation under no_sync() happens in the bucket
 // and the reduced result is already in .grad: there is no copy back after the all-reduce.
 // DDP's zero_grad() zeroes the buckets and keeps the views as gradients (PyTorch's

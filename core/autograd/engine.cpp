@@ -26,10 +26,16 @@ class AccumulateGrad final : public Node {
     if (!impl || !grad.defined()) return {};
     const Tensor leaf(impl);
     AutogradMeta& meta = leaf.autograd_meta();
-    // The first gradient gets a fresh buffer (`grad` may be shared with other leaves or nodes);
-    // later ones add into it in place, so a .grad that is a view (of a bucket) stays one.
+    // The first gradient becomes .grad: taken over when nothing else can see it (the engine's
+    // handle is the only one, it views all of its own storage and is contiguous, as PyTorch's
+    // AccumulateGrad steals), else copied into a fresh buffer (it may be shared with other leaves or
+    // nodes, or be the caller's own tensor). Later ones add into .grad in place, so a .grad that is
+    // a view (of a DDP bucket) stays one.
     if (meta.grad.defined())
       meta.grad.add_(grad);
+    else if (grad.is_sole_owner() && grad.is_contiguous() && grad.offset() == 0 &&
+             grad.storage()->nbytes() == grad.nbytes())
+      meta.grad = grad;
     else
       meta.grad = grad.clone();
     const uint64_t version = leaf.storage()->version();
@@ -156,7 +162,7 @@ class GraphTask {
   void run_node(Node* node, std::vector<Node*>* early = nullptr);
   /// Adds `grad` (may be undefined) to the pending gradient of node->next[input]; true when that
   /// was its last missing contribution.
-  bool deliver(Node& node, size_t input, const Tensor& grad);
+  bool deliver(Node& node, size_t input, Tensor grad);
 };
 
 /// The node whose backward is running on this thread, for deliver_gradient_early.
@@ -167,13 +173,13 @@ struct RunningNode {
 };
 thread_local RunningNode t_running;
 
-bool GraphTask::deliver(Node& node, size_t input, const Tensor& grad) {
+bool GraphTask::deliver(Node& node, size_t input, Tensor grad) {
   Node* next = node.next[input].get();
   if (!next) return false;
   if (grad.defined()) {
     check_gradient(node, input, grad);
     Tensor& slot = pending[next];
-    slot = slot.defined() ? add(slot, grad) : grad;
+    slot = slot.defined() ? add(slot, grad) : std::move(grad);  // moved: the slot may become its only handle
   }
   return --dependencies[next] == 0;
 }
@@ -195,7 +201,7 @@ void GraphTask::run_node(Node* node, std::vector<Node*>* early) {
   }
   for (size_t i = 0; i < node->next.size(); ++i) {
     if (delivered[i]) continue;
-    if (deliver(*node, i, i < input_grads.size() ? input_grads[i] : Tensor())) {
+    if (deliver(*node, i, i < input_grads.size() ? std::move(input_grads[i]) : Tensor())) {
       if (early)
         early->push_back(node->next[i].get());
       else
@@ -210,7 +216,7 @@ bool runs_early(const Node& node) { return node.next.size() <= 1; }
 
 }  // namespace
 
-void deliver_gradient_early(size_t input, const Tensor& grad) {
+void deliver_gradient_early(size_t input, Tensor grad) {
   FLAME_CHECK(t_running.task != nullptr, "deliver_gradient_early: called outside a backward function");
   Node& node = *t_running.node;
   std::vector<char>& delivered = *t_running.delivered;
@@ -218,7 +224,7 @@ void deliver_gradient_early(size_t input, const Tensor& grad) {
               "deliver_gradient_early: {} has no input {} or delivered it already", node.name(), input);
   delivered[input] = 1;
   GraphTask& task = *t_running.task;
-  if (!task.deliver(node, input, grad)) return;
+  if (!task.deliver(node, input, std::move(grad))) return;
   // Note [early gradients]: what now has all its gradient runs before the caller goes on.
   std::vector<Node*> early{node.next[input].get()};
   while (!early.empty()) {

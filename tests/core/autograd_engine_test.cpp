@@ -105,6 +105,51 @@ TEST(AutogradEngine, LeafGradIsAFreshBufferNotTheIncomingGradient) {
   EXPECT_TRUE(all_close(a.grad(), {4}, scaled(gv, 2.0), kTol));
 }
 
+// A gradient that nothing else holds becomes .grad as it is, uncopied (as PyTorch's AccumulateGrad
+// steals it); one that something else can see is copied: a handle kept elsewhere, or a view of a
+// larger buffer.
+TEST(AutogradEngine, ASoleOwnedGradientBecomesTheLeafsGradUncopied) {
+  HostRng rng;
+  const auto gv = rng.uniform(4, -1, 1);
+  Tensor kept;  // when set, the backward below keeps a handle to the gradient it returns
+  bool keep = false, as_view = false;
+  const void* produced = nullptr;
+  const auto backward_of = [&](Tensor& x) {
+    Tensor out;
+    {
+      NoGradGuard no_grad;
+      out = mul(x, 3.0);
+    }
+    autograd::record(out, "ProbeBackward", {x}, [&](const Tensor& g) {
+      Tensor r = as_view ? zeros({8}, kF64).narrow(0, 2, 4).copy_(mul(g, 3.0)) : mul(g, 3.0);
+      produced = r.data_ptr();
+      if (keep) kept = r;
+      return std::vector<Tensor>{r};
+    });
+    out.backward(test::make_tensor(gv, {4}, kF64));
+  };
+  Tensor a = leaf(rng, {4});
+  backward_of(a);
+  EXPECT_EQ(a.grad().data_ptr(), produced) << "a sole-owned gradient was copied";
+  EXPECT_TRUE(all_close(a.grad(), {4}, scaled(gv, 3.0), kTol));
+
+  keep = true;
+  Tensor b = leaf(rng, {4});
+  backward_of(b);
+  EXPECT_NE(b.grad().data_ptr(), produced) << "a gradient the backward still holds became .grad";
+  Tensor(b.grad()).mul_(2.0);
+  EXPECT_TRUE(all_close(kept, {4}, scaled(gv, 3.0), kTol)) << "a write to .grad reached the backward's tensor";
+
+  keep = false;
+  as_view = true;
+  Tensor c = leaf(rng, {4});
+  backward_of(c);
+  EXPECT_NE(c.grad().data_ptr(), produced) << "a view of a larger buffer became .grad";
+  EXPECT_TRUE(c.grad().is_contiguous());
+  EXPECT_EQ(c.grad().storage()->nbytes(), c.grad().nbytes());
+  EXPECT_TRUE(all_close(c.grad(), {4}, scaled(gv, 3.0), kTol));
+}
+
 // --- retain_graph -----------------------------------------------------------------------------------
 
 TEST(AutogradEngine, SecondBackwardNeedsRetainGraph) {
