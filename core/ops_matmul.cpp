@@ -108,7 +108,7 @@ bool is_column_major(const Tensor& t) {
 /// grad_b (grad_a) is wanted. `b_column_major`: b was a 2-D transposed view of a contiguous matrix
 /// (a linear layer's weight.t()), not itself a leaf; its gradient is then computed in that layout,
 /// which the transpose turns back into the matrix's own (Note [weight gradient layout]). A
-/// column-major leaf keeps the contiguous gradient: AccumulateGrad copies it in one pass either way.
+/// column-major leaf keeps the contiguous gradient, which AccumulateGrad can take over as it is.
 std::vector<Tensor> matmul_backward(const Tensor& g, const Shape& a_shape, const Shape& b_shape, const Tensor& a_in,
                                     const Tensor& b_in, bool b_column_major) {
   const Shape pa = promoted(a_shape, true), pb = promoted(b_shape, false);
@@ -128,9 +128,10 @@ std::vector<Tensor> matmul_backward(const Tensor& g, const Shape& a_shape, const
       const Tensor a_rows = a.reshape({rows, k}), g_rows = g2.reshape({rows, n});
       // Note [weight gradient layout]: for y = x @ w.t(), w [n, k] contiguous, the GEMM writes
       // g^T @ x as a contiguous [n, k] and its transpose is b's gradient, so the transpose's
-      // backward hands w a contiguous gradient and AccumulateGrad adds or copies it in one
-      // coalesced pass. Computed as a^T @ g instead, w's gradient would be a transposed view and
-      // that pass a strided one (over 64 MiB for a 4096 x 4096 layer). Same GEMM, same FLOPs.
+      // backward hands w a contiguous gradient, which AccumulateGrad takes over as .grad or adds
+      // into it in one coalesced pass. Computed as a^T @ g instead, w's gradient would be a
+      // transposed view, copied or added in a strided pass (over 64 MiB for a 4096 x 4096 layer).
+      // Same GEMM, same FLOPs.
       grads[1] = b_column_major ? matmul(g_rows.t(), a_rows).t() : matmul(a_rows.t(), g_rows);
     } else {
       grads[1] = autograd::sum_to(matmul(a.transpose(-1, -2), g2), pb);

@@ -178,12 +178,14 @@ void ShardedDataset::State::open_shard(size_t index) {
                open_errno == EMFILE ? "this process is at its limit" : "the system is at its limit",
                open_file_limit(), detail);
   }
+  std::string why;
   if (file < 0) {
     const h5::OpenFailure failure = h5::take_open_failure();
     guard.unlock();  // the file probe may block on a hung file system: not under the HDF5 lock
-    FLAME_FAIL("ShardedDataset: cannot open shard '{}' ({} of {}): {}", shard.path, index + 1, manifest.shards.size(),
-               h5::describe_open_failure(shard.path, failure));
+    why = h5::describe_open_failure(shard.path, failure);
   }
+  FLAME_CHECK(file >= 0, "ShardedDataset: cannot open shard '{}' ({} of {}): {}", shard.path, index + 1,
+              manifest.shards.size(), why);
   shard.file = h5::Handle(file);
   for (size_t f = 0; f < manifest.fields.size(); ++f) check_field(shard, f);
 }
