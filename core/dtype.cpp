@@ -1,5 +1,6 @@
 #include "core/dtype.h"
 
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -107,8 +108,7 @@ float float_rounded_to_odd(double value) {
 float float_rounded_to_odd(int64_t value) {
   // The magnitude's top 24 bits, the last one set when any bit below them is: exact in a float.
   const uint64_t magnitude = value < 0 ? uint64_t{0} - static_cast<uint64_t>(value) : static_cast<uint64_t>(value);
-  int width = 0;
-  while (width < 64 && (magnitude >> width) != 0) ++width;
+  const int width = std::bit_width(magnitude);
   if (width <= 24) return static_cast<float>(value);
   const int shift = width - 24;
   uint64_t kept = magnitude >> shift;
