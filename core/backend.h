@@ -159,9 +159,12 @@ class Backend {
   /// One Adam step over every entry of the lists (Note [fused adam] in core/fused.h), in place on
   /// params, exp_avg and exp_avg_sq. Already checked by adam_step_: equal list lengths, every
   /// tensor contiguous on this device, and per entry one shape and one floating dtype.
+  /// grad_slots holds one entry per param: where its slots are defined (f32 entry, slots [W, numel]
+  /// bf16 with stride(1) == 1), the gradient is computed from them and written into grads[i] before
+  /// it is used (Note [gradient slots]); where undefined, grads[i] is read.
   virtual void adam_step(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
                          const std::vector<Tensor>& exp_avg, const std::vector<Tensor>& exp_avg_sq,
-                         const AdamStepArgs& args) = 0;
+                         const AdamStepArgs& args, const std::vector<GradientSlots>& grad_slots) = 0;
   /// Waits until all work queued on this device is done (no-op on the CPU).
   virtual void synchronize() = 0;
 };

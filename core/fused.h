@@ -28,6 +28,20 @@
 // states are rounded once per step rather than after every partial operation. On CUDA all
 // tensors go to one kernel launch (several only for more than a launch's worth of tensors or
 // several dtypes); the launch reads each tensor's pointers from its kernel arguments.
+//
+// Note [gradient slots]
+// An entry's gradient may also be given as GradientSlots: every rank's contribution, each rounded
+// to bf16, not yet averaged (what a data-parallel all-gather leaves, dist/ddp.h's
+// fuse_mean_into_step). adam_step_ then computes, per element,
+//   g = bf16_round(((s_0 + s_1) + s_2 + ... + s_{W-1}) * scale)
+// with every sum and the product in f32 (in rank order) and the rounding to nearest even, NaN
+// kept quiet (bits (x >> 16) | 0x40, as float_to_bf16_bits), stores g as f32 into grads[i] and
+// uses it for the update. That is bit for bit what the NCCL copy-engine all-reduce's sum kernel
+// writes into a bucket (dist/nccl_communicator.cpp, Note [bf16 on the wire]), so an update that
+// reads the slots equals one that reads the reduced gradient, on the device that computes it; the
+// mean itself (grads[i]) is the same on the CPU and CUDA, but for the payload of a NaN (CUDA's
+// arithmetic gives its canonical NaN, the CPU's keeps an operand's). Only f32 parameters with
+// bf16 slots.
 #pragma once
 
 #include <cstdint>
@@ -64,6 +78,15 @@ struct AdamStepArgs {
   double bias_correction2 = 1.0;
 };
 
+/// A gradient held as every rank's bf16 values (Note [gradient slots]).
+struct GradientSlots {
+  /// [W, numel] bf16, W >= 1, on the parameter's device: row w holds rank w's values. Rows may lie
+  /// apart (stride(0) >= numel) but each row is contiguous (stride(1) == 1). Undefined: no slots.
+  Tensor slots;
+  /// The factor applied to the sum: 1/W (as a float) for the mean.
+  float scale = 1.0f;
+};
+
 /// Applies one Adam step in place to params[i], exp_avg[i] and exp_avg_sq[i] from grads[i], for
 /// every i (Note [fused adam]). The four lists have one length; all tensors live on one device;
 /// params[i], exp_avg[i] and exp_avg_sq[i] are contiguous, and the four tensors of entry i share
@@ -73,5 +96,13 @@ struct AdamStepArgs {
 /// naming adam_step_ and the entry otherwise; nothing is written unless every entry fits.
 void adam_step_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads, const std::vector<Tensor>& exp_avg,
                 const std::vector<Tensor>& exp_avg_sq, const AdamStepArgs& args);
+/// The same, where grad_slots is empty or holds one entry per parameter: an entry with defined
+/// slots gives that parameter's gradient (Note [gradient slots]); it is written into grads[i],
+/// which must then be a contiguous f32 tensor (params[i] f32, slots [W, numel] bf16 with
+/// stride(1) == 1, on the same device), before it is used. Raises flame::Error naming adam_step_
+/// and the entry for any other combination; nothing is written unless every entry fits.
+void adam_step_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads, const std::vector<Tensor>& exp_avg,
+                const std::vector<Tensor>& exp_avg_sq, const AdamStepArgs& args,
+                const std::vector<GradientSlots>& grad_slots);
 
 }  // namespace flame

@@ -3,6 +3,7 @@
 #include "core/fused.h"
 
 #include <cmath>
+#include <utility>
 
 #include "core/autograd.h"
 #include "core/backend.h"
@@ -62,18 +63,58 @@ void check_adam_args(const AdamStepArgs& a) {
       a.bias_correction1, a.bias_correction2);
 }
 
+/// The bytes [begin, end) of a contiguous tensor in its storage.
+std::pair<int64_t, int64_t> byte_range(const Tensor& t) {
+  const int64_t begin = t.offset() * static_cast<int64_t>(t.element_size());
+  return {begin, begin + static_cast<int64_t>(t.nbytes())};
+}
+
+/// True when contiguous a and b share a byte; they may be views of one storage in different dtypes.
+bool contiguous_overlap(const Tensor& a, const Tensor& b) {
+  if (a.storage() != b.storage() || a.numel() == 0 || b.numel() == 0) return false;
+  const auto [a0, a1] = byte_range(a);
+  const auto [b0, b1] = byte_range(b);
+  return a0 < b1 && b0 < a1;
+}
+
+/// True when a row of `slots` [W, n] (stride(1) == 1) shares a byte with contiguous `t`. Row by
+/// row, so that a tensor lying between rows of the same buffer is not refused.
+bool slot_rows_overlap(const Tensor& slots, const Tensor& t) {
+  if (slots.storage() != t.storage() || slots.numel() == 0 || t.numel() == 0) return false;
+  const auto [t0, t1] = byte_range(t);
+  const int64_t element = static_cast<int64_t>(slots.element_size());
+  for (int64_t w = 0; w < slots.size(0); ++w) {
+    const int64_t row0 = (slots.offset() + w * slots.stride(0)) * element;
+    if (row0 < t1 && t0 < row0 + slots.size(1) * element) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 void adam_step_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads, const std::vector<Tensor>& exp_avg,
                 const std::vector<Tensor>& exp_avg_sq, const AdamStepArgs& args) {
+  adam_step_(params, grads, exp_avg, exp_avg_sq, args, {});
+}
+
+void adam_step_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads, const std::vector<Tensor>& exp_avg,
+                const std::vector<Tensor>& exp_avg_sq, const AdamStepArgs& args,
+                const std::vector<GradientSlots>& grad_slots) {
   const char* op = "adam_step_";
   FLAME_CHECK(grads.size() == params.size() && exp_avg.size() == params.size() && exp_avg_sq.size() == params.size(),
               "{}: got {} params, {} grads, {} exp_avg and {} exp_avg_sq; the lists must have one length", op,
               params.size(), grads.size(), exp_avg.size(), exp_avg_sq.size());
+  FLAME_CHECK(grad_slots.empty() || grad_slots.size() == params.size(),
+              "{}: got {} grad_slots for {} params; pass none, or one per param (undefined slots where the grad is "
+              "given as a tensor)",
+              op, grad_slots.size(), params.size());
   check_adam_args(args);
   if (params.empty()) return;
-  std::vector<Tensor> contiguous_grads;
-  contiguous_grads.reserve(grads.size());
+  // One entry per param from here on (Note [gradient slots]); undefined slots: read grads[i].
+  const std::vector<GradientSlots> no_slots(grad_slots.empty() ? params.size() : 0);
+  const std::vector<GradientSlots>& slots_per_entry = grad_slots.empty() ? no_slots : grad_slots;
+  std::vector<Tensor> backend_grads;
+  backend_grads.reserve(grads.size());
   for (size_t i = 0; i < params.size(); ++i) {
     const Tensor &p = params[i], &g = grads[i], &m = exp_avg[i], &v = exp_avg_sq[i];
     FLAME_CHECK(p.defined() && g.defined() && m.defined() && v.defined(), "{}: entry {} has an undefined tensor", op,
@@ -88,16 +129,46 @@ void adam_step_(const std::vector<Tensor>& params, const std::vector<Tensor>& gr
     FLAME_CHECK(p.is_contiguous() && m.is_contiguous() && v.is_contiguous(),
                 "{}: entry {}: param {}, exp_avg {} and exp_avg_sq {} must be contiguous (they are updated in place)",
                 op, i, p.describe(), m.describe(), v.describe());
-    contiguous_grads.push_back(g.contiguous());
+    const Tensor& s = slots_per_entry[i].slots;
+    if (!s.defined()) {
+      backend_grads.push_back(g.contiguous());
+      continue;
+    }
+    detail::check_same_device(op, {&p, &s});
+    FLAME_CHECK(p.dtype() == DType::F32, "{}: entry {}: gradient slots need an f32 param, got param {}", op, i,
+                p.describe());
+    FLAME_CHECK(g.is_contiguous(),
+                "{}: entry {}: grad {} must be contiguous when the entry has gradient slots (the mean of the slots is "
+                "written into it)",
+                op, i, g.describe());
+    FLAME_CHECK(s.dtype() == DType::BF16, "{}: entry {}: gradient slots {} must be bf16", op, i, s.describe());
+    FLAME_CHECK(s.dim() == 2 && s.size(0) >= 1 && s.size(1) == p.numel(),
+                "{}: entry {}: gradient slots {} must have shape [W, {}] with W >= 1 (one row of the param's {} "
+                "elements per rank)",
+                op, i, s.describe(), p.numel(), p.numel());
+    FLAME_CHECK(s.stride(1) == 1, "{}: entry {}: each row of gradient slots {} must be contiguous (stride(1) == 1)", op,
+                i, s.describe());
+    for (const Tensor* t : {&p, &g, &m, &v})
+      FLAME_CHECK(!slot_rows_overlap(s, *t), "{}: entry {}: gradient slots {} overlap {} in memory", op, i,
+                  s.describe(), t->describe());
+    for (const Tensor* t : {&p, &m, &v})
+      FLAME_CHECK(!contiguous_overlap(g, *t),
+                  "{}: entry {}: grad {} overlaps {} in memory; with gradient slots the grad is written", op, i,
+                  g.describe(), t->describe());
+    backend_grads.push_back(g);  // written by the backend: the caller's tensor itself
   }
   for (size_t i = 0; i < params.size(); ++i) {
-    detail::check_inplace_allowed(op, params[i], {&grads[i]});
+    const Tensor& s = slots_per_entry[i].slots;
+    detail::check_inplace_allowed(op, params[i], {&grads[i], &s});
     detail::check_inplace_allowed(op, exp_avg[i]);
     detail::check_inplace_allowed(op, exp_avg_sq[i]);
+    if (s.defined()) detail::check_inplace_allowed(op, grads[i], {&s});
   }
-  backend_for(params[0].device()).adam_step(params, contiguous_grads, exp_avg, exp_avg_sq, args);
-  for (size_t i = 0; i < params.size(); ++i)
+  backend_for(params[0].device()).adam_step(params, backend_grads, exp_avg, exp_avg_sq, args, slots_per_entry);
+  for (size_t i = 0; i < params.size(); ++i) {
     for (const Tensor* written : {&params[i], &exp_avg[i], &exp_avg_sq[i]}) detail::mark_written(*written);
+    if (slots_per_entry[i].slots.defined()) detail::mark_written(grads[i]);
+  }
 }
 
 }  // namespace flame

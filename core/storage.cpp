@@ -46,8 +46,15 @@ Storage::Storage(Device device, size_t nbytes)
     : device_(device), nbytes_(nbytes), allocator_(&allocator_for(device)),
       data_(allocator_->allocate(nbytes)) {}
 
+Storage::Storage(Device device, void* borrowed, size_t nbytes)
+    : device_(device), nbytes_(nbytes), allocator_(nullptr), data_(borrowed) {}
+
+std::shared_ptr<Storage> Storage::borrow(Device device, void* data, size_t nbytes) {
+  return std::shared_ptr<Storage>(new Storage(device, data, nbytes));
+}
+
 Storage::~Storage() {
-  if (data_) allocator_->deallocate(data_, nbytes_);
+  if (data_ && allocator_) allocator_->deallocate(data_, nbytes_);
 }
 
 }  // namespace flame

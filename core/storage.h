@@ -27,6 +27,10 @@ Allocator& allocator_for(Device device);
 class Storage {
  public:
   Storage(Device device, size_t nbytes);
+  /// A Storage over `nbytes` at `data` that something else allocated and frees, such as a
+  /// communicator's registered buffer: never freed here, so its owner must keep it alive as long as
+  /// device work may read a tensor viewing it.
+  static std::shared_ptr<Storage> borrow(Device device, void* data, size_t nbytes);
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -39,9 +43,11 @@ class Storage {
   void bump_version() { ++version_; }
 
  private:
+  Storage(Device device, void* borrowed, size_t nbytes);
+
   Device device_;
   size_t nbytes_;
-  Allocator* allocator_;
+  Allocator* allocator_;  // null for borrowed memory
   void* data_;
   uint64_t version_ = 0;
 };

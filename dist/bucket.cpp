@@ -90,7 +90,10 @@ Reducer::Reducer(nn::NamedTensors params, Communicator& communicator, BucketOpti
     const Tensor& first = tensors[members.front()];
     bucket.flat = zeros({numel}, TensorOptions(first.dtype(), first.device()));
     if (options.reduce_dtype && *options.reduce_dtype != first.dtype()) {
-      if (communicator_.reduces_as(bucket.flat, *options.reduce_dtype))
+      if (options.fuse_mean_into_step && communicator_.defers_mean(bucket.flat, *options.reduce_dtype)) {
+        bucket.converted_by_communicator = *options.reduce_dtype;
+        bucket.mean_deferred = true;
+      } else if (communicator_.reduces_as(bucket.flat, *options.reduce_dtype))
         bucket.converted_by_communicator = *options.reduce_dtype;
       else
         bucket.reduced = zeros({numel}, TensorOptions(*options.reduce_dtype, first.device()));
@@ -176,7 +179,13 @@ void Reducer::launch_ready_buckets() {
     const OverlapPriority priority =  // Note [last bucket priority]
         last_bucket_high_priority_ && next_launch_ + 1 == buckets_.size() ? OverlapPriority::High
                                                                           : OverlapPriority::Normal;
-    if (bucket.converted_by_communicator) {
+    if (bucket.mean_deferred) {
+      bucket.deferred = communicator_.all_reduce_overlapped_deferred(bucket.flat, *bucket.converted_by_communicator,
+                                                                     ReduceOp::Avg, next_launch_, bucket.label,
+                                                                     priority);
+      bucket.collective = bucket.deferred.collective;
+      bucket.mean_written = false;
+    } else if (bucket.converted_by_communicator) {
       bucket.collective = communicator_.all_reduce_overlapped_as(bucket.flat, *bucket.converted_by_communicator,
                                                                  ReduceOp::Avg, bucket.label, priority);
     } else {
@@ -198,12 +207,37 @@ void Reducer::wait_for_bucket(size_t index) {
   write_back(buckets_[index]);
 }
 
+std::vector<GradientSlots> Reducer::wait_for_bucket_slots(size_t index) {
+  FLAME_CHECK(index < buckets_.size(), "DistributedDataParallel: bucket {} does not exist ({} buckets)", index,
+              buckets_.size());
+  Bucket& bucket = buckets_[index];
+  communicator_.compute_wait(bucket.collective);
+  if (bucket.mean_written) {
+    write_back(bucket);
+    return {};
+  }
+  std::vector<GradientSlots> slots;
+  int64_t offset = 0;
+  for (const Tensor& view : bucket.views) {
+    slots.push_back({bucket.deferred.slots.narrow(1, offset, view.numel()), bucket.deferred.scale});
+    offset += view.numel();
+  }
+  // mean_written stays false: the caller writes the mean into the .grad of every parameter it
+  // updates, and should it raise instead, DDP's step() has write_back() write them all.
+  return slots;
+}
+
 void Reducer::wait_for_all_buckets() {
   communicator_.compute_wait();
   for (Bucket& bucket : buckets_) write_back(bucket);
 }
 
 void Reducer::write_back(Bucket& bucket) {
+  if (bucket.mean_deferred && !bucket.mean_written) {
+    communicator_.write_deferred_mean(bucket.deferred, bucket.flat);
+    bucket.mean_written = true;
+    return;
+  }
   if (!bucket.reduced.defined()) return;
   autograd::NoGradGuard no_grad;
   bucket.flat.copy_(bucket.reduced);

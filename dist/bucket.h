@@ -86,6 +86,16 @@
 // instead of 61, and the mlp scaled 0.946-0.948 at batch 256 per rank against 0.918, 0.971-0.979
 // at 512 against 0.973-0.980, 0.980-0.987 at 1024 against 0.986-0.988; so it is on by default.
 // Every rank issues the same priorities (they depend on the bucket index only).
+//
+// Deferred means (BucketOptions::fuse_mean_into_step, Note [deferred mean] in
+// dist/communicator.cpp): where the communicator defers_mean() for a bucket (f32 gradients with
+// reduce_dtype bf16, on the NCCL copy engines or MPI), its all-reduce stops after the all-gather:
+// Bucket::deferred holds every rank's bf16 values, and flat keeps this rank's gradient until the
+// mean is written. DDP's step() hands each parameter's slots to the optimizer
+// (wait_for_bucket_slots()), whose update computes the mean, writes it into .grad (the bucket view)
+// and applies it; everything else (synchronize_gradients(), an optimizer that cannot take slots, a
+// round that raises) has the communicator write the mean into flat when it waits for the bucket
+// (write_back()). Either way .grad ends as the same bits as without the option.
 #pragma once
 
 #include <cstdint>
@@ -94,6 +104,7 @@
 #include <string>
 #include <vector>
 
+#include "core/fused.h"
 #include "dist/communicator.h"
 #include "nn/module.h"
 
@@ -118,6 +129,9 @@ struct BucketOptions {
   /// Note [last bucket priority]: the last bucket's all-reduce runs its own kernels at high
   /// priority (OverlapPriority::High).
   bool last_bucket_high_priority = true;
+  /// Deferred means (see the notes above): the mean of each bucket that the communicator can defer
+  /// is computed by the optimizer's update in DDP's step().
+  bool fuse_mean_into_step = false;
 };
 
 /// One flat bucket: its tensor and the parameters it holds (indices into the reducer's list).
@@ -128,6 +142,12 @@ struct Bucket {
   /// Set when the communicator sends flat as this dtype itself (Communicator::reduces_as(): the
   /// copy-engine all-reduce with reduce_dtype bf16): no conversion on the compute stream.
   std::optional<DType> converted_by_communicator;
+  /// Set when its mean is deferred (BucketOptions::fuse_mean_into_step and the communicator
+  /// defers_mean()); `deferred` then holds the latest all-reduce's slots, and `mean_written` says
+  /// whether flat already holds their mean.
+  bool mean_deferred = false;
+  DeferredMean deferred;
+  bool mean_written = true;
   std::vector<size_t> params;  // in bucket order (reverse registration order)
   std::vector<Tensor> views;   // views[k]: flat's slice for params[k], shaped like it
   size_t pending = 0;          // parameters not yet ready in the current round
@@ -175,6 +195,12 @@ class Reducer : public std::enable_shared_from_this<Reducer> {
   /// buckets launched before it), without blocking the host. With a reduce_dtype it also converts
   /// the bucket's mean back into its gradients, so under PerBucket every bucket must be waited for.
   void wait_for_bucket(size_t index);
+  /// As wait_for_bucket(index), but a deferred mean (BucketOptions::fuse_mean_into_step) is left to
+  /// the caller: returns each of the bucket's parameters' slots (bucket order; the rows of
+  /// Bucket::deferred at the parameter's offset), whose mean the caller must write into its .grad
+  /// (as AdamW's update does, core/fused.h Note [gradient slots]). Empty when the mean is not
+  /// deferred or already in flat.
+  std::vector<GradientSlots> wait_for_bucket_slots(size_t index);
   /// Orders the compute stream's later work after every bucket's latest all-reduce (with a
   /// reduce_dtype, converting every mean back), without blocking the host.
   void wait_for_all_buckets();
@@ -205,7 +231,8 @@ class Reducer : public std::enable_shared_from_this<Reducer> {
   void adopt_grad(size_t param);
   void mark_ready(size_t param);
   void launch_ready_buckets();
-  /// With a reduce_dtype: converts the bucket's reduced mean back into its gradients (flat).
+  /// With a reduce_dtype: converts the bucket's reduced mean back into its gradients (flat), or has
+  /// the communicator write a deferred mean there.
   void write_back(Bucket& bucket);
   void reset_round();
   void finish_round(ComputeWaits waits);

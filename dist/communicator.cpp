@@ -1,4 +1,18 @@
+// Note [deferred mean]: all_reduce_overlapped_deferred() stops an all-reduce of f32 values sent as
+// bf16 before its last step. Each rank rounds its tensor to bf16 and the ranks' values are gathered
+// into slots [W, n]; the mean, bf16_round(((s_0 + s_1) + ... + s_{W-1}) * scale) in f32 (Note
+// [gradient slots] in core/fused.h), is left to whoever reads it. DDP's step() with
+// DdpOptions::fuse_mean_into_step has AdamW compute it inside its update, which writes it into
+// .grad as it goes: on the NCCL copy engines (Note [copy-engine all-reduce]) the sum kernel's own
+// memory pass over each bucket then leaves the path between the all-gather and the update. The
+// expression is the copy-engine sum kernel's (Note [bf16 on the wire]), so the result is the same
+// bits either way. The slots of each key (DDP: each bucket) are kept apart, as the optimizer reads
+// them after later buckets have been gathered. The base implementation (the MPI backend) rounds
+// with to(), gathers with all_gather() and averages with core ops.
 #include "dist/communicator.h"
+
+#include "core/autograd.h"
+#include "core/ops.h"
 
 namespace flame::dist {
 
@@ -54,6 +68,41 @@ uint64_t Communicator::all_reduce_overlapped_as(const Tensor& tensor, DType wire
       "dist::all_reduce_overlapped_as '{}': this communicator does not send {} tensors as {} itself (reduces_as() is "
       "false); convert into a {} buffer and call all_reduce_overlapped on it",
       what, dtype_name(tensor.dtype()), dtype_name(wire), dtype_name(wire));
+}
+
+DeferredMean Communicator::all_reduce_overlapped_deferred(const Tensor& tensor, DType wire, ReduceOp op, size_t key,
+                                                         const std::string& what, OverlapPriority priority) {
+  (void)key;  // the slots are a fresh tensor each time
+  (void)priority;
+  FLAME_CHECK(defers_mean(tensor, wire),
+              "dist::all_reduce_overlapped_deferred '{}': this communicator cannot defer the mean of {} {} sent as {} "
+              "(defers_mean() is false)",
+              what, dtype_name(tensor.dtype()), shape_str(tensor.shape()), dtype_name(wire));
+  check_reducible("base", "all_reduce_overlapped_deferred", tensor.dtype(), op);
+  FLAME_CHECK(tensor.is_contiguous() && tensor.dim() == 1,
+              "dist::all_reduce_overlapped_deferred '{}': the tensor must be 1-D and contiguous, got {}", what,
+              tensor.describe());
+  autograd::NoGradGuard no_grad;
+  const int world = group_.world_size;
+  const Tensor own = tensor.to(wire);
+  Tensor slots = Tensor::empty({world * tensor.numel()}, TensorOptions(wire, tensor.device()));
+  all_gather(own, slots, what);
+  return {slots.view({world, tensor.numel()}), op == ReduceOp::Avg ? 1.0f / static_cast<float>(world) : 1.0f, 0};
+}
+
+void Communicator::write_deferred_mean(const DeferredMean& mean, const Tensor& out) {
+  const Tensor& slots = mean.slots;
+  FLAME_CHECK(slots.defined() && slots.dim() == 2 && out.dtype() == DType::F32 && out.is_contiguous() &&
+                  out.numel() == slots.size(1),
+              "dist::write_deferred_mean: out {} must be contiguous f32 with one slot row's elements (slots {})",
+              out.describe(), slots.defined() ? slots.describe() : "undefined");
+  autograd::NoGradGuard no_grad;
+  // Each f32 operation rounds once, as the kernels' f32 arithmetic (Note [gradient slots]).
+  Tensor sum = slots.select(0, 0).to(DType::F32);
+  for (int64_t w = 1; w < slots.size(0); ++w) sum = add(sum, slots.select(0, w).to(DType::F32));
+  sum = mul(sum, static_cast<double>(mean.scale));
+  Tensor target = out.view(sum.shape());
+  target.copy_(sum.to(slots.dtype()));
 }
 
 std::unique_ptr<Communicator> make_communicator(const ProcessGroup& group, Device device, CommunicatorOptions options) {

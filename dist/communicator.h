@@ -47,6 +47,13 @@ enum class ReduceOp { Sum, Avg };
 /// kernels (the ring) keep the communication stream's priority, and the MPI backend ignores it.
 enum class OverlapPriority { Normal, High };
 
+/// What all_reduce_overlapped_deferred() leaves: every rank's values, not yet averaged.
+struct DeferredMean {
+  Tensor slots;             // [W, numel] of the wire dtype: row w holds rank w's values rounded to it
+  float scale = 1.0f;       // 1/W for Avg, 1 for Sum (GradientSlots::scale in core/fused.h)
+  uint64_t collective = 0;  // the all-reduce's number, for compute_wait(collective)
+};
+
 /// Collectives over all ranks of the process group. Every rank must call the same collectives in
 /// the same order with tensors of the same shape and dtype. Failures (an NCCL error, a timeout)
 /// raise flame::Error naming the collective, `what` (e.g. "bucket 3") and the rank.
@@ -95,6 +102,28 @@ class Communicator {
   virtual uint64_t all_reduce_overlapped_as(const Tensor& tensor, DType wire, ReduceOp op,
                                             const std::string& what = "",
                                             OverlapPriority priority = OverlapPriority::Normal);
+  /// Whether all_reduce_overlapped_deferred(tensor, wire, ...) is available: f32 tensors sent as bf16,
+  /// on the NCCL copy-engine all-reduce where reduces_as() holds, and on the MPI backend. Depends
+  /// only on the tensor's dtype and size and the options, which the ranks agree on.
+  virtual bool defers_mean(const Tensor& tensor, DType wire) const {
+    (void)tensor;
+    (void)wire;
+    return false;
+  }
+  /// all_reduce_overlapped_as() without its last step (Note [deferred mean] in dist/communicator.cpp):
+  /// every rank's `tensor` rounded to `wire` is gathered, and the reader computes the mean: DDP's
+  /// fused step inside the optimizer's update (core/fused.h, Note [gradient slots]), anything else
+  /// through write_deferred_mean(). Read the slots only after compute_wait(result.collective). They
+  /// stay valid until the next deferred all-reduce with the same `key` (DDP: the bucket index) is
+  /// issued, which, like every collective, is ordered after the compute stream's work issued
+  /// before it; the communicator must outlive them. Raises flame::Error where defers_mean() is false.
+  virtual DeferredMean all_reduce_overlapped_deferred(const Tensor& tensor, DType wire, ReduceOp op, size_t key,
+                                                      const std::string& what = "",
+                                                      OverlapPriority priority = OverlapPriority::Normal);
+  /// Writes `mean`'s average into `out` (f32, contiguous, one slot row's numel) on the compute
+  /// stream, without blocking the host: the bits all_reduce_overlapped_as() would have left in the
+  /// tensor. Call it after compute_wait(mean.collective).
+  virtual void write_deferred_mean(const DeferredMean& mean, const Tensor& out);
   /// Makes the compute stream wait for every collective issued so far, without blocking the host
   /// (nothing to do for a synchronous backend).
   virtual void compute_wait() {}

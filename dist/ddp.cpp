@@ -66,7 +66,7 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<nn::Module> mod
               "DistributedDataParallel: check_every_n_steps ({}) and checksum_rtol ({}) must be >= 0",
               options_.check_every_n_steps, options_.checksum_rtol);
   const BucketOptions bucket_options{options_.first_bucket_bytes, options_.bucket_cap_bytes, options_.reduce_dtype,
-                                     options_.last_bucket_high_priority};
+                                     options_.last_bucket_high_priority, options_.fuse_mean_into_step};
   check_bucket_options(bucket_options);  // before any collective changes the module
   const nn::NamedTensors params = module_->named_parameters();
   const nn::NamedTensors buffers = module_->named_buffers();
@@ -132,13 +132,29 @@ void DistributedDataParallel::step(optim::Optimizer& optimizer) {
   check_trained_set_unchanged();
   reducer_->finish(Reducer::ComputeWaits::PerBucket);
   try {
-    optimizer.step_in_groups(bucket_params_, [&](size_t g) {
-      if (g < bucket_params_.size()) {
-        reducer_->wait_for_bucket(g);
-      } else {
-        communicator_.compute_wait();  // parameters outside the module: after every bucket
-      }
-    });
+    if (!optimizer.takes_gradient_slots()) {
+      optimizer.step_in_groups(bucket_params_, [&](size_t g) {
+        if (g < bucket_params_.size()) {
+          reducer_->wait_for_bucket(g);
+        } else {
+          communicator_.compute_wait();  // parameters outside the module: after every bucket
+        }
+      });
+      return;
+    }
+    // Deferred means (DdpOptions::fuse_mean_into_step) go to the update as slots.
+    std::vector<GradientSlots> slots;  // of the group being updated
+    optimizer.step_in_groups(
+        bucket_params_,
+        [&](size_t g) {
+          if (g < bucket_params_.size()) {
+            slots = reducer_->wait_for_bucket_slots(g);
+          } else {
+            slots.clear();
+            communicator_.compute_wait();
+          }
+        },
+        [&](size_t) { return std::move(slots); });
   } catch (...) {
     // e.g. the optimizer does not hold the module's parameters: the buckets are still waited for,
     // so the next backward does not write them while they are reduced, and .grad holds the means.

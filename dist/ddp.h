@@ -56,6 +56,15 @@ struct DdpOptions {
   /// all-reduce (CommunicatorOptions::overlap_all_reduce) has such kernels; elsewhere it changes
   /// nothing.
   bool last_bucket_high_priority = true;
+  /// With reduce_dtype bf16 for f32 parameters, on the NCCL copy-engine all-reduce (or MPI): each
+  /// bucket's all-reduce stops once every rank's bf16 values are gathered, and step() has Adam or
+  /// AdamW compute the mean inside its update, writing it into .grad as it goes (Note [deferred
+  /// mean] in dist/communicator.cpp). That takes the sum kernel's memory pass over each bucket off
+  /// the path between the last all-gather and the update. .grad and the parameters end as the
+  /// same bits as without it. synchronize_gradients(), and step() with an optimizer that cannot
+  /// take the slots (SGD), have the communicator write the means when they wait, as before but
+  /// on the compute stream. Elsewhere it changes nothing. Measured: docs/PERFORMANCE.md.
+  bool fuse_mean_into_step = false;
 };
 
 class DistributedDataParallel {

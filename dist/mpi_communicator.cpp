@@ -56,6 +56,10 @@ class MpiCommunicator final : public Communicator {
   }
 
   Device device() const override { return kCPU; }
+  /// Note [deferred mean]: the base implementation, through all_gather.
+  bool defers_mean(const Tensor& tensor, DType wire) const override {
+    return tensor.dtype() == DType::F32 && wire == DType::BF16;
+  }
 
   ~MpiCommunicator() override {
     // A communicator with a collective left pending by a timeout is not freed (MPI_Comm_free would

@@ -85,6 +85,8 @@
 #include <cstring>
 #include <deque>
 #include <exception>
+#include <initializer_list>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -94,6 +96,7 @@
 #include "core/cuda/nvrtc.h"
 #include "core/cuda_device.h"
 #include "core/ops.h"
+#include "core/storage.h"
 #include "dist/collective_timeline.h"
 #include "dist/mpi_check.h"
 
@@ -209,6 +212,13 @@ using StagingWindow = ncclWindow_t;
 using StagingWindow = void*;  // no symmetric windows before NCCL 2.27; CopyEngineGather is refused
 #endif
 
+/// Device memory from ncclMemAlloc, registered as a symmetric window of the communicator.
+struct SymmetricBuffer {
+  void* data = nullptr;
+  StagingWindow window = nullptr;
+  size_t bytes = 0;
+};
+
 std::string label(const char* op, const std::string& what) {
   return what.empty() ? std::string(op) : fmt::format("{} '{}'", op, what);
 }
@@ -315,7 +325,7 @@ class NcclCommunicator final : public Communicator {
       ncclCommAbort(comm_);
       comm_ = nullptr;
     }
-    release_staging();
+    release_symmetric_buffers();
     if (comm_ != nullptr) {
       // Flush and destroy cleanly when possible; abort when finalising fails or outlasts the timeout.
       const ncclResult_t started = ncclCommFinalize(comm_);
@@ -391,6 +401,43 @@ class NcclCommunicator final : public Communicator {
                 what, tensor.describe());
     if (!reduces_as(tensor, wire)) return Communicator::all_reduce_overlapped_as(tensor, wire, op, what, priority);
     return copy_engine_all_reduce(tensor, wire, op, what, priority);
+  }
+
+  bool defers_mean(const Tensor& tensor, DType wire) const override { return reduces_as(tensor, wire); }
+
+  DeferredMean all_reduce_overlapped_deferred(const Tensor& tensor, DType wire, ReduceOp op, size_t key,
+                                              const std::string& what, OverlapPriority priority) override {
+    check_usable("all_reduce", what);
+    check_tensor("all_reduce", tensor, "tensor");
+    check_reducible("NCCL", "all_reduce", tensor.dtype(), op);
+    FLAME_CHECK(tensor.is_contiguous() && tensor.dim() == 1,
+                "dist::all_reduce_overlapped_deferred '{}': the tensor must be 1-D and contiguous, got {}", what,
+                tensor.describe());
+    if (!defers_mean(tensor, wire))  // raises, naming why
+      return Communicator::all_reduce_overlapped_deferred(tensor, wire, op, key, what, priority);
+    // Note [deferred mean]: each key keeps its own slots until its next all-reduce.
+    SymmetricBuffer& region = deferred_slots_[key];
+    const uint64_t number = copy_engine_all_reduce(tensor, wire, op, what, priority, &region);
+    const int64_t n = tensor.numel();
+    const Tensor slots =
+        Tensor::from_storage(Storage::borrow(device_, region.data, region.bytes), {2, n}, {n, 1}, 0, wire);
+    return {slots, op == ReduceOp::Avg ? 0.5f : 1.0f, number};
+  }
+
+  void write_deferred_mean(const DeferredMean& mean, const Tensor& out) override {
+    check_usable("write_deferred_mean", "");
+    const Tensor& slots = mean.slots;
+    FLAME_CHECK(slots.defined() && slots.device() == device_ && slots.dtype() == kBF16 && slots.dim() == 2 &&
+                    slots.size(0) == 2 && slots.is_contiguous() && out.device() == device_ && out.dtype() == kF32 &&
+                    out.is_contiguous() && out.numel() == slots.size(1),
+                "dist::write_deferred_mean (NCCL): slots {} must be the [2, n] bf16 of a deferred all-reduce on {} "
+                "and out {} contiguous f32 [n]",
+                slots.defined() ? slots.describe() : "undefined", device_.str(), out.describe());
+    const size_t n = static_cast<size_t>(out.numel());
+    const bool vector = vector_ready(n, out.data_ptr(), slots.data_ptr());
+    const cudaKernel_t kernel = copy_engine_kernels(/*bf16=*/true, vector).mean;
+    FLAME_CUDA_CHECK(launch_over(kernel, cuda::compute_stream(device_.index), slots.data_ptr(), out.data_ptr(),
+                                 vector ? n / 4 : n, mean.scale, OverlapPriority::Normal));
   }
 
   void compute_wait(uint64_t collective) override {
@@ -534,19 +581,25 @@ class NcclCommunicator final : public Communicator {
   }
 
   /// Note [copy-engine all-reduce]: `tensor` (f32) travels as `wire` (f32 or bf16); its kernels
-  /// run at `priority` (OverlapPriority). Returns the collective's number.
+  /// run at `priority` (OverlapPriority). With `deferred` (Note [deferred mean]) the slots go to
+  /// that buffer and no sum kernel runs: the tensor keeps this rank's values. Returns the
+  /// collective's number.
   uint64_t copy_engine_all_reduce(const Tensor& tensor, DType wire, ReduceOp op, const std::string& what,
-                                  OverlapPriority priority) {
+                                  OverlapPriority priority, SymmetricBuffer* deferred = nullptr) {
     const bool bf16 = wire == kBF16;
     const size_t n = static_cast<size_t>(tensor.numel());
     const size_t slot_bytes = n * dtype_size(wire);
-    ensure_staging(slot_bytes, what);
-    char* slots = static_cast<char*>(staging_);
+    if (deferred != nullptr) {
+      // The compute stream may still read this key's earlier slots, the communication stream the
+      // shared staging buffer.
+      ensure_symmetric(*deferred, 2 * slot_bytes, what, {stream_, cuda::compute_stream(device_.index)});
+    } else {
+      ensure_symmetric(staging_, 2 * slot_bytes, what, {stream_});
+    }
+    char* slots = static_cast<char*>(deferred != nullptr ? deferred->data : staging_.data);
     char* own = slots + static_cast<size_t>(group_.rank) * slot_bytes;
     float* out = static_cast<float*>(tensor.data_ptr());
-    // The vector kernels read 4 values at a time: 16 bytes of f32, 8 of bf16 (own slot too).
-    const bool vector = n % 4 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0 &&
-                        reinterpret_cast<uintptr_t>(slots) % 16 == 0;
+    const bool vector = vector_ready(n, out, slots);
     const size_t items = vector ? n / 4 : n;
     // Resolved before any NCCL call of this all-reduce (compiled on first use, then kept).
     const CopyEngineKernels& kernels = copy_engine_kernels(bf16, vector);
@@ -556,16 +609,17 @@ class NcclCommunicator final : public Communicator {
         "all_reduce", what,
         [&] {
           const cudaError_t copied =
-              bf16 ? launch_over(round, out, own, items, std::nullopt, priority)
+              bf16 ? launch_over(round, stream_, out, own, items, std::nullopt, priority)
                    : cudaMemcpyAsync(own, out, tensor.nbytes(), cudaMemcpyDeviceToDevice, stream_);
           if (copied != cudaSuccess)
             fail("all_reduce", what, fmt::format("copy into the staging buffer: {}", cudaGetErrorString(copied)));
           mark(stream_, "staged", what);
           const ncclResult_t status = ncclAllGather(own, slots, n, nccl_type(wire), comm_, stream_);
           mark(stream_, "gathered", what);
-          if (status == ncclSuccess) {  // Blocking calls (checked at construction): the all-gather is on stream_
+          if (status == ncclSuccess && deferred == nullptr) {  // Blocking calls (checked at construction): the
+                                                              // all-gather is on stream_
             const cudaError_t launched =
-                launch_over(mean, slots, out, items, op == ReduceOp::Avg ? 0.5f : 1.0f, priority);
+                launch_over(mean, stream_, slots, out, items, op == ReduceOp::Avg ? 0.5f : 1.0f, priority);
             if (launched != cudaSuccess)
               fail("all_reduce", what, fmt::format("the sum kernel: {}", cudaGetErrorString(launched)));
           }
@@ -599,11 +653,17 @@ class NcclCommunicator final : public Communicator {
     return kernels;
   }
 
-  /// Launches `kernel(in, out, items[, scale])` on stream_, one thread per item (grid-stride, at
+  /// Whether the vector kernels can take n values at out (f32) and slots: they read 4 values at a
+  /// time, 16 bytes of f32 and 8 of bf16 (own slot too).
+  static bool vector_ready(size_t n, const void* out, const void* slots) {
+    return n % 4 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0 && reinterpret_cast<uintptr_t>(slots) % 16 == 0;
+  }
+
+  /// Launches `kernel(in, out, items[, scale])` on `stream`, one thread per item (grid-stride, at
   /// most 4 blocks per SM): the copy-engine all-reduce's rounding and sum kernels. High priority
   /// is a launch attribute, so it applies to this kernel alone, whatever the stream's priority.
-  cudaError_t launch_over(cudaKernel_t kernel, const void* in, void* out, size_t items, std::optional<float> scale,
-                          OverlapPriority priority) {
+  cudaError_t launch_over(cudaKernel_t kernel, cudaStream_t stream, const void* in, void* out, size_t items,
+                          std::optional<float> scale, OverlapPriority priority) {
     unsigned long long count = items;
     float factor = scale.value_or(1.0f);
     constexpr unsigned int kThreads = 256;
@@ -614,7 +674,7 @@ class NcclCommunicator final : public Communicator {
     cudaLaunchConfig_t config{};
     config.gridDim = dim3(grid);
     config.blockDim = dim3(kThreads);
-    config.stream = stream_;
+    config.stream = stream;
     cudaLaunchAttribute urgent{};
     if (priority == OverlapPriority::High) {
       urgent.id = cudaLaunchAttributePriority;
@@ -625,57 +685,68 @@ class NcclCommunicator final : public Communicator {
     return cudaLaunchKernelExC(&config, reinterpret_cast<const void*>(kernel), args);
   }
 
-  /// Makes the staging buffer hold at least 2 * bytes (Note [copy-engine all-reduce]). Collective
-  /// when it grows; every rank grows it at the same all-reduce, as they issue the same ones.
-  void ensure_staging(size_t bytes, const std::string& what) {
-    const size_t need = 2 * bytes;
-    if (need <= staging_bytes_) return;
+  /// Makes `buffer` hold at least `need` bytes of ncclMemAlloc memory registered as a symmetric
+  /// window (Note [copy-engine all-reduce]). Collective when it grows; every rank grows it at the
+  /// same all-reduce, as they issue the same ones. `readers`: the streams whose earlier work may
+  /// still use the old buffer, drained first (the watchdog bounds this wait).
+  void ensure_symmetric(SymmetricBuffer& buffer, size_t need, const std::string& what,
+                        std::initializer_list<cudaStream_t> readers) {
+    if (need <= buffer.bytes) return;
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
-    // Earlier all-reduces on stream_ may still read the old buffer; the watchdog bounds this wait.
-    if (staging_ != nullptr) {
-      const cudaError_t drained = cudaStreamSynchronize(stream_);
-      if (drained != cudaSuccess)
-        fail("all_reduce", what, fmt::format("waiting to grow the staging buffer: {}", cudaGetErrorString(drained)));
+    if (buffer.data != nullptr) {
+      for (cudaStream_t reader : readers) {
+        const cudaError_t drained = cudaStreamSynchronize(reader);
+        if (drained != cudaSuccess)
+          fail("all_reduce", what, fmt::format("waiting to grow the staging buffer: {}", cudaGetErrorString(drained)));
+      }
     }
-    release_staging();
+    release(buffer);
     CallInProgress call(*this, "ncclCommWindowRegister");
-    ncclResult_t status = ncclMemAlloc(&staging_, need);
+    ncclResult_t status = ncclMemAlloc(&buffer.data, need);
     if (status == ncclSuccess) {
-      status = ncclCommWindowRegister(comm_, staging_, need, &staging_window_, NCCL_WIN_COLL_SYMMETRIC);
+      status = ncclCommWindowRegister(comm_, buffer.data, need, &buffer.window, NCCL_WIN_COLL_SYMMETRIC);
       if (status != ncclSuccess) {
-        ncclMemFree(staging_);
-        staging_ = nullptr;
+        ncclMemFree(buffer.data);
+        buffer.data = nullptr;
       }
     } else {
-      staging_ = nullptr;
+      buffer.data = nullptr;
     }
     if (status != ncclSuccess)
       fail("all_reduce", what,
            fmt::format("could not allocate and register the {}-byte copy-engine staging buffer: NCCL error {}: {}",
                        need, ncclGetErrorString(status), ncclGetLastError(comm_)));
-    if (staging_window_ == nullptr) {  // NCCL without symmetric memory (e.g. NCCL_CUMEM_ENABLE=0) gives no window
-      ncclMemFree(staging_);
-      staging_ = nullptr;
+    if (buffer.window == nullptr) {  // NCCL without symmetric memory (e.g. NCCL_CUMEM_ENABLE=0) gives no window
+      ncclMemFree(buffer.data);
+      buffer.data = nullptr;
       fail("all_reduce", what,
            "NCCL registered no symmetric window for the copy-engine staging buffer (symmetric memory is off or "
            "unsupported here, e.g. NCCL_CUMEM_ENABLE=0); use OverlapAllReduce::Ring");
     }
-    staging_bytes_ = need;
+    buffer.bytes = need;
 #else
+    (void)buffer;
+    (void)need;
     (void)what;
+    (void)readers;
 #endif
   }
 
-  /// Deregisters and frees the staging buffer (its window only while the communicator is usable).
-  void release_staging() {
+  /// Deregisters and frees `buffer` (its window only while the communicator is usable).
+  void release(SymmetricBuffer& buffer) {
 #if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
-    if (staging_ == nullptr) return;
-    if (comm_ != nullptr && staging_window_ != nullptr) ncclCommWindowDeregister(comm_, staging_window_);
-    ncclMemFree(staging_);
-    staging_ = nullptr;
-    staging_window_ = nullptr;
-    staging_bytes_ = 0;
+    if (buffer.data == nullptr) return;
+    if (comm_ != nullptr && buffer.window != nullptr) ncclCommWindowDeregister(comm_, buffer.window);
+    ncclMemFree(buffer.data);
 #endif
+    buffer = SymmetricBuffer{};
+  }
+
+  /// Frees the staging buffer and every key's deferred slots.
+  void release_symmetric_buffers() {
+    release(staging_);
+    for (auto& [key, region] : deferred_slots_) release(region);
+    deferred_slots_.clear();
   }
 
   enum class ComputeWaits { Now, Later };
@@ -885,11 +956,11 @@ class NcclCommunicator final : public Communicator {
   Device device_;
   ncclComm_t comm_ = nullptr;
   // Note [copy-engine all-reduce]: comm_ runs under NCCL_CTA_POLICY_ZERO (CopyEngineGather, 2 ranks)
-  // and owns the symmetric staging buffer [2, n] of staging_bytes_ bytes.
+  // and owns the symmetric staging buffer [2, n], and one per key of the deferred all-reduces
+  // (Note [deferred mean]).
   bool copy_engines_ = false;
-  void* staging_ = nullptr;
-  StagingWindow staging_window_ = nullptr;
-  size_t staging_bytes_ = 0;
+  SymmetricBuffer staging_;
+  std::map<size_t, SymmetricBuffer> deferred_slots_;
   CopyEngineKernels copy_engine_kernels_[2][2];  // [bf16][vector], filled on first use
   cudaStream_t stream_ = nullptr;       // communication stream (non-blocking) on device_
   int highest_priority_ = 0;            // the device's highest stream priority (OverlapPriority::High)

@@ -175,11 +175,14 @@ def print_allreduce(records):
 
 
 def ddp_variant(record):
-    """' bf16' / ' b1024' / ' copy_engine' when a DDP record reduced in another dtype, used another batch
-    than the default or all-reduced on the copy engines."""
+    """' bf16' / ' b1024' / ' copy_engine' / ' copy_engine fused_mean' when a DDP record reduced in another
+    dtype, used another batch than the default, all-reduced on the copy engines, or left the mean to
+    AdamW (DdpOptions::fuse_mean_into_step)."""
     tags = ""
     if record.get("all_reduce", "ring") != "ring":
         tags += f" {record['all_reduce']}"
+        if record.get("fuse_mean"):
+            tags += " fused_mean"
     if record.get("reduce", "f32") != "f32":
         tags += f" {record['reduce']}"
     if record.get("size", "b256") != "b256":
@@ -203,9 +206,10 @@ def print_ddp(records):
     rows = [header]
     for model, calls in sorted({(m, c) for m, c, _ in steps}):
         one, two = steps.get((model, calls, 1)), steps.get((model, calls, 2))
+        ring_calls = calls.replace(" copy_engine", "").replace(" fused_mean", "")
         if one is None and " copy_engine" in calls:  # W=1 moves nothing: the ring's W=1 run stands for it
-            one = steps.get((model, calls.replace(" copy_engine", ""), 1))
-        plain_one = steps.get((model, calls.replace(" copy_engine", "").replace(" bf16", ""), 1))
+            one = steps.get((model, ring_calls, 1))
+        plain_one = steps.get((model, ring_calls.replace(" bf16", ""), 1))
         efficiency = one / two if one is not None and two else None
         strict = plain_one / two if plain_one is not None and two else None
         target = f">={DDP_EFFICIENCY_TARGET} " + (

@@ -65,8 +65,8 @@ class CpuBackend final : public Backend {
                               const Tensor& grad_losses, const Tensor& grad_logits, int64_t ignore_index,
                               double label_smoothing) override;
   void adam_step(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
-                 const std::vector<Tensor>& exp_avg, const std::vector<Tensor>& exp_avg_sq,
-                 const AdamStepArgs& args) override;  // cpu_adam.cpp
+                 const std::vector<Tensor>& exp_avg, const std::vector<Tensor>& exp_avg_sq, const AdamStepArgs& args,
+                 const std::vector<GradientSlots>& grad_slots) override;  // cpu_adam.cpp
   void synchronize() override {}
 };
 

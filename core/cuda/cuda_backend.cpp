@@ -95,10 +95,10 @@ class CudaBackend final : public Backend {
                                         ignore_index, label_smoothing);
   }
   void adam_step(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
-                 const std::vector<Tensor>& exp_avg, const std::vector<Tensor>& exp_avg_sq,
-                 const AdamStepArgs& args) override {
+                 const std::vector<Tensor>& exp_avg, const std::vector<Tensor>& exp_avg_sq, const AdamStepArgs& args,
+                 const std::vector<GradientSlots>& grad_slots) override {
     if (params.empty()) return;
-    cuda::launch_adam_step(ctx_of(params[0]), params, grads, exp_avg, exp_avg_sq, args);
+    cuda::launch_adam_step(ctx_of(params[0]), params, grads, exp_avg, exp_avg_sq, args, grad_slots);
   }
   /// One backend serves every device: waits for each device FLAME has used.
   void synchronize() override {

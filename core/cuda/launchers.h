@@ -57,6 +57,7 @@ void launch_cross_entropy_backward(DeviceContext& ctx, const Tensor& logits, con
                                    int64_t ignore_index, double label_smoothing);
 void launch_adam_step(DeviceContext& ctx, const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
                       const std::vector<Tensor>& exp_avg, const std::vector<Tensor>& exp_avg_sq,
-                      const AdamStepArgs& args);                                            // adam_step.cu
+                      const AdamStepArgs& args,
+                      const std::vector<GradientSlots>& grad_slots);                        // adam_step.cu
 
 }  // namespace flame::cuda

@@ -22,7 +22,7 @@ Adam::Adam(std::vector<Tensor> params, AdamOptions options, WeightDecayMode mode
 }
 
 void Adam::update(Tensor& param, const Tensor& grad, ParamState& state) {
-  update_all({PendingUpdate{&param, grad, &state}});
+  update_all({PendingUpdate{&param, grad, &state, {}}});
 }
 
 void Adam::update_all(const std::vector<PendingUpdate>& updates) {
@@ -31,6 +31,7 @@ void Adam::update_all(const std::vector<PendingUpdate>& updates) {
     Device device;
     int64_t step = 0;
     std::vector<Tensor> params, grads, exp_avg, exp_avg_sq;
+    std::vector<GradientSlots> slots;
   };
   std::vector<Group> groups;
   std::vector<std::pair<Tensor*, Tensor>> copy_back;  // non-contiguous parameter, its updated copy
@@ -48,7 +49,7 @@ void Adam::update_all(const std::vector<PendingUpdate>& updates) {
     }
     auto group = std::find_if(groups.begin(), groups.end(),
                               [&](const Group& g) { return g.device == param.device() && g.step == state.step; });
-    if (group == groups.end()) group = groups.insert(groups.end(), Group{param.device(), state.step, {}, {}, {}, {}});
+    if (group == groups.end()) group = groups.insert(groups.end(), Group{param.device(), state.step, {}, {}, {}, {}, {}});
     Tensor target = param;
     if (!param.is_contiguous()) {
       target = param.contiguous();
@@ -58,6 +59,7 @@ void Adam::update_all(const std::vector<PendingUpdate>& updates) {
     group->grads.push_back(grad);
     group->exp_avg.push_back(state.tensors.at("exp_avg"));
     group->exp_avg_sq.push_back(state.tensors.at("exp_avg_sq"));
+    group->slots.push_back(u.slots);
   }
 
   const auto [beta1, beta2] = options_.betas;
@@ -72,7 +74,9 @@ void Adam::update_all(const std::vector<PendingUpdate>& updates) {
     args.decay = mode_;
     args.bias_correction1 = 1.0 - std::pow(beta1, t);
     args.bias_correction2 = 1.0 - std::pow(beta2, t);
-    adam_step_(g.params, g.grads, g.exp_avg, g.exp_avg_sq, args);
+    const bool any_slots =
+        std::any_of(g.slots.begin(), g.slots.end(), [](const GradientSlots& s) { return s.slots.defined(); });
+    adam_step_(g.params, g.grads, g.exp_avg, g.exp_avg_sq, args, any_slots ? g.slots : std::vector<GradientSlots>{});
   }
   for (auto& [param, updated] : copy_back) param->copy_(updated);
 }

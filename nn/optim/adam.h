@@ -43,6 +43,8 @@ class Adam : public Optimizer {
   Adam(std::vector<Tensor> params, AdamOptions options = {});
   const AdamOptions& options() const { return options_; }
   WeightDecayMode weight_decay_mode() const { return mode_; }
+  /// The fused kernel computes a mean from GradientSlots itself (Note [gradient slots]).
+  bool takes_gradient_slots() const override { return true; }
 
  protected:
   Adam(std::vector<Tensor> params, AdamOptions options, WeightDecayMode mode, const char* type_name);

@@ -1,6 +1,7 @@
 #include "nn/optim/optimizer.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cmath>
 #include <optional>
 #include <unordered_map>
@@ -46,8 +47,14 @@ void Optimizer::step() {
 
 void Optimizer::step_in_groups(const std::vector<std::vector<Tensor>>& groups,
                                const std::function<void(size_t)>& before_group) {
+  step_in_groups(groups, before_group, nullptr);
+}
+
+void Optimizer::step_in_groups(const std::vector<std::vector<Tensor>>& groups,
+                               const std::function<void(size_t)>& before_group, const GroupGradientSlots& slots_of) {
   // Group of each parameter (groups.size(): none); checked before anything changes.
   std::vector<size_t> group_of(params_.size(), groups.size());
+  std::vector<std::vector<size_t>> members(groups.size());  // per group, its parameters' indices in its order
   if (!groups.empty()) {
     std::unordered_map<const TensorImpl*, size_t> index_of;
     for (size_t i = 0; i < params_.size(); ++i) index_of.emplace(params_[i].impl_ptr().get(), i);
@@ -60,6 +67,7 @@ void Optimizer::step_in_groups(const std::vector<std::vector<Tensor>>& groups,
         FLAME_CHECK(group_of[i] == groups.size(), "{}.step_in_groups: parameter {} ({}) is in groups {} and {}",
                     type_name_, i, member.describe(), group_of[i], g);
         group_of[i] = g;
+        members[g].push_back(i);
       }
     }
   }
@@ -82,21 +90,40 @@ void Optimizer::step_in_groups(const std::vector<std::vector<Tensor>>& groups,
   autograd::NoGradGuard no_grad;
   ++step_count_;
   std::vector<std::vector<PendingUpdate>> updates(groups.size() + 1);  // per group, in parameter order
+  std::vector<size_t> update_of(params_.size(), SIZE_MAX);              // index into its group's updates
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor grad = params_[i].grad();
     if (!grad.defined()) continue;
     ++state_[i].step;
-    updates[group_of[i]].push_back({&params_[i], std::move(grad), &state_[i]});
+    update_of[i] = updates[group_of[i]].size();
+    updates[group_of[i]].push_back({&params_[i], std::move(grad), &state_[i], {}});
   }
   for (size_t g = 0; g <= groups.size(); ++g) {
     if (g == groups.size() && updates[g].empty()) break;
     before_group(g);
+    if (slots_of && g < groups.size()) attach_slots(members[g], slots_of(g), update_of, updates[g]);
     if (!updates[g].empty()) update_all(updates[g]);
   }
 }
 
+void Optimizer::attach_slots(const std::vector<size_t>& members, std::vector<GradientSlots> slots,
+                             const std::vector<size_t>& update_of, std::vector<PendingUpdate>& updates) const {
+  if (slots.empty()) return;
+  FLAME_CHECK(slots.size() == members.size(), "{}.step_in_groups: {} gradient slots for a group of {} parameters",
+              type_name_, slots.size(), members.size());
+  FLAME_CHECK(takes_gradient_slots(), "{}.step_in_groups: {} cannot take gradients as slots (Adam and AdamW can)",
+              type_name_, type_name_);
+  for (size_t k = 0; k < members.size(); ++k) {
+    const size_t u = update_of[members[k]];
+    if (u != SIZE_MAX) updates[u].slots = std::move(slots[k]);  // no gradient: skipped, slots unread
+  }
+}
+
 void Optimizer::update_all(const std::vector<PendingUpdate>& updates) {
-  for (const PendingUpdate& u : updates) update(*u.param, u.grad, *u.state);
+  for (const PendingUpdate& u : updates) {
+    FLAME_CHECK(!u.slots.slots.defined(), "{}: cannot take a gradient as slots (Adam and AdamW can)", type_name_);
+    update(*u.param, u.grad, *u.state);
+  }
 }
 
 void Optimizer::zero_grad() {

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "core/fused.h"
 #include "nn/module.h"
 
 namespace flame::optim {
@@ -43,6 +44,17 @@ class Optimizer {
   /// gradients are ready, as DDP's step() does per bucket. Raises naming the tensor for a group
   /// member that is not a parameter of this optimizer, or one listed twice.
   void step_in_groups(const std::vector<std::vector<Tensor>>& groups, const std::function<void(size_t)>& before_group);
+  /// Per group, the GradientSlots of its members (in the group's order), or none (empty).
+  using GroupGradientSlots = std::function<std::vector<GradientSlots>(size_t group)>;
+  /// step_in_groups where, after before_group(g), slots_of(g) may give group g's gradients as
+  /// every rank's bf16 values (Note [gradient slots] in core/fused.h): the update then computes
+  /// each such member's mean, writes it into its .grad and applies it, as DDP's step() does with
+  /// fuse_mean_into_step. Only where takes_gradient_slots(); elsewhere slots raise flame::Error.
+  /// A member without a gradient is skipped as usual, its slots unread.
+  void step_in_groups(const std::vector<std::vector<Tensor>>& groups, const std::function<void(size_t)>& before_group,
+                      const GroupGradientSlots& slots_of);
+  /// Whether updates can read GradientSlots (Adam and AdamW: their fused kernel computes the mean).
+  virtual bool takes_gradient_slots() const { return false; }
   /// Clears every parameter's gradient (PyTorch's zero_grad(set_to_none=True)).
   void zero_grad();
 
@@ -81,16 +93,22 @@ class Optimizer {
   struct PendingUpdate {
     Tensor* param;
     Tensor grad;
-    ParamState* state;  // state->step already counts this update
+    ParamState* state;    // state->step already counts this update
+    GradientSlots slots;  // defined slots: the gradient is their mean, written into grad first
   };
   /// Applies every update of one step() (in parameter order, grad mode off). The default calls
-  /// update() on each; an optimizer that updates many parameters at once (Adam's fused kernel)
-  /// overrides it.
+  /// update() on each (and raises for an update with slots); an optimizer that updates many
+  /// parameters at once (Adam's fused kernel) overrides it.
   virtual void update_all(const std::vector<PendingUpdate>& updates);
   /// The names of the state tensors every parameter with state holds (may be empty).
   virtual std::vector<std::string> state_keys() const = 0;
 
  private:
+  /// Gives group members' updates their slots (members: the group's parameter indices, in order;
+  /// update_of: per parameter, its index in `updates`, SIZE_MAX without a gradient).
+  void attach_slots(const std::vector<size_t>& members, std::vector<GradientSlots> slots,
+                    const std::vector<size_t>& update_of, std::vector<PendingUpdate>& updates) const;
+
   std::vector<Tensor> params_;
   std::vector<ParamState> state_;  // one per parameter; step == 0 means no state yet
   double lr_;

@@ -1,13 +1,18 @@
 // Fused training ops on the CPU (core/fused.h): cross_entropy_rows (losses and gradients against
 // float64 references, finite-difference gradients in float64, ignore_index, label smoothing,
 // stability, NaN rows, errors) and adam_step_ (against the update rule written out in double,
-// several tensors and dtypes in one call, both weight-decay modes, errors).
+// several tensors and dtypes in one call, both weight-decay modes, errors; with gradient slots:
+// the mean bit for bit against a float reference, the update equal to the one that reads it,
+// errors).
 #include "core/fused.h"
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <memory>
 
 #include "core/autograd.h"
 #include "support/gradcheck.h"
@@ -329,6 +334,237 @@ TEST(AdamStep, BadArgumentsRaiseAndWriteNothing) {
     EXPECT_NO_THROW(adam_step_({leaf}, {g}, {m}, {v}, args));
   }
   EXPECT_LT(leaf.to_vector<double>()[0], 1.0);
+}
+
+// --- adam_step_ with gradient slots --------------------------------------------------------------
+
+/// `x` rounded to bf16 as the note says (nearest, ties to even; NaN quiet), written without
+/// FLAME's conversion: nearbyint (ties to even) in units of x's last bf16 bit, in double.
+float round_to_bf16(float x) {
+  if (std::isnan(x)) {
+    uint32_t bits;
+    std::memcpy(&bits, &x, 4);
+    bits = ((bits >> 16) | 0x40u) << 16;
+    std::memcpy(&x, &bits, 4);
+    return x;
+  }
+  if (x == 0.0f || std::isinf(x)) return x;
+  const int exponent = std::max(std::ilogb(x), -126);  // bf16 keeps 8 significant bits, down to 2^-133
+  const double unit = std::ldexp(1.0, exponent - 7);
+  return static_cast<float>(std::nearbyint(static_cast<double>(x) / unit) * unit);  // 2^128 becomes inf
+}
+
+/// ((s_0 + s_1) + ... + s_{W-1}) * scale in float, then rounded to bf16, element by element.
+std::vector<float> slot_mean_reference(const std::vector<std::vector<double>>& rows, float scale) {
+  std::vector<float> mean(rows[0].size());
+  for (size_t e = 0; e < mean.size(); ++e) {
+    float sum = static_cast<float>(rows[0][e]);
+    for (size_t w = 1; w < rows.size(); ++w) sum += static_cast<float>(rows[w][e]);
+    mean[e] = round_to_bf16(sum * scale);
+  }
+  return mean;
+}
+
+std::vector<uint32_t> f32_bits(const Tensor& t) {
+  const std::vector<float> values = t.to_vector<float>();
+  std::vector<uint32_t> bits(values.size());
+  if (!bits.empty()) std::memcpy(bits.data(), values.data(), 4 * bits.size());
+  return bits;
+}
+
+std::vector<uint32_t> f32_bits(const std::vector<float>& values) {
+  std::vector<uint32_t> bits(values.size());
+  if (!bits.empty()) std::memcpy(bits.data(), values.data(), 4 * bits.size());
+  return bits;
+}
+
+/// `rows` (each rounded to bf16 already) as slots [W, n]: columns 2..n+1 of a [W, n + 5] bf16
+/// tensor whose other columns hold NaN, so stride(0) = n + 5 > n.
+Tensor make_slots(const std::vector<std::vector<double>>& rows) {
+  const int64_t w = static_cast<int64_t>(rows.size()), n = static_cast<int64_t>(rows[0].size()), wide = n + 5;
+  std::vector<double> values(static_cast<size_t>(w * wide), kNaN);
+  for (int64_t r = 0; r < w; ++r) std::copy(rows[r].begin(), rows[r].end(), values.begin() + r * wide + 2);
+  return from_vector(values, {w, wide}, kBF16).narrow(1, 2, n);
+}
+
+TEST(AdamStepSlots, ReferenceRoundingOfTies) {
+  // The test's own rounding: exact halves go to the even neighbour; both neighbours 2^-7 apart.
+  EXPECT_EQ(round_to_bf16(1.0f + 0x1p-8f), 1.0f);                // tie, down to even
+  EXPECT_EQ(round_to_bf16(1.0f + 3 * 0x1p-8f), 1.0f + 0x1p-6f);  // tie, up to even
+  EXPECT_EQ(round_to_bf16(-(1.0f + 3 * 0x1p-8f)), -(1.0f + 0x1p-6f));
+  EXPECT_EQ(round_to_bf16(1.0f + 0x1p-8f + 0x1p-20f), 1.0f + 0x1p-7f);  // past the tie
+  EXPECT_EQ(round_to_bf16(0x1.ffp127f), std::numeric_limits<float>::infinity());
+  EXPECT_EQ(round_to_bf16(0x1p-130f), 0x1p-130f);  // bf16 subnormal
+}
+
+/// Per W, rows of slot values (already bf16) that exercise the note's arithmetic: ties of the
+/// rounding (W = 2, 4, where scale 1/W is exact) and an f32 sum that cancels in rank order.
+std::vector<std::vector<double>> special_rows(int w) {
+  std::vector<std::vector<double>> rows(w);
+  const auto column = [&](std::vector<double> values) {
+    for (int r = 0; r < w; ++r) rows[r].push_back(values[r]);
+  };
+  if (w == 2) {
+    column({1.0, 1.0 + 0x1p-7});           // mean 1 + 2^-8: tie, to 1
+    column({1.0 + 0x1p-7, 1.0 + 0x1p-6});  // mean 1 + 3 * 2^-8: tie, to 1 + 2^-6
+    column({-1.0, -1.0 - 0x1p-7});         // -(1 + 2^-8): to -1
+  } else if (w == 4) {
+    column({1.0 + 0x1p-6, 1.0, 1.0, 1.0});                    // mean 1 + 2^-8: tie, to 1
+    column({1.0 + 0x1p-6, 1.0 + 0x1p-6, 1.0 + 0x1p-6, 1.0});  // 1 + 3 * 2^-8: tie, up
+    column({0x1p25, 1.0, -0x1p25, 0.0});                      // 2^25 + 1 rounds to 2^25 in f32: 0
+  } else if (w == 3) {
+    column({0x1p25, 1.0, -0x1p25});  // 0 in f32 rank order (1/3 in exact arithmetic)
+    column({0x1p25, -0x1p25, 1.0});  // 1/3 rounded
+  } else {
+    column({1.0 + 0x1p-7});
+  }
+  return rows;
+}
+
+TEST(AdamStepSlots, MeanMatchesTheFloatReferenceAndTheUpdateReadsIt) {
+  HostRng rng;
+  // Entries 0, 2 and 4 carry slots; 1 (f32) and 3 (f64) read their grads.
+  const std::vector<Shape> shapes{{3, 5}, {7}, {2, 2, 3}, {4}, {0}};
+  const std::vector<DType> dtypes{kF32, kF32, kF32, kF64, kF32};
+  const std::vector<bool> has_slots{true, false, true, false, true};
+  for (int w = 1; w <= 4; ++w) {
+    for (const auto& [decay, wd] : std::vector<std::pair<AdamWeightDecay, double>>{{AdamWeightDecay::L2, 0.1},
+                                                                                   {AdamWeightDecay::Decoupled, 0.1}}) {
+      SCOPED_TRACE(fmt::format("W {} {}", w, decay == AdamWeightDecay::L2 ? "L2" : "decoupled"));
+      const float scale = 1.0f / static_cast<float>(w);
+      std::vector<Tensor> p, g, m, v, p_ref, g_ref, m_ref, v_ref;
+      std::vector<GradientSlots> slots;
+      std::vector<std::vector<float>> means;
+      for (size_t i = 0; i < shapes.size(); ++i) {
+        const int64_t n = test::numel_of(shapes[i]);
+        const auto param = random_rounded(rng, n, -1, 1, dtypes[i]), avg = random_rounded(rng, n, -0.1, 0.1, dtypes[i]),
+                   avg_sq = random_rounded(rng, n, 0, 0.01, dtypes[i]);
+        std::vector<double> grad = random_rounded(rng, n, -1, 1, dtypes[i]);
+        GradientSlots entry;
+        if (has_slots[i]) {
+          std::vector<std::vector<double>> rows;
+          for (int r = 0; r < w; ++r) rows.push_back(random_rounded(rng, n, -2, 2, kBF16));
+          if (i == 0) {  // the special columns first
+            const auto special = special_rows(w);
+            for (int r = 0; r < w; ++r) std::copy(special[r].begin(), special[r].end(), rows[r].begin());
+          }
+          entry = {make_slots(rows), scale};
+          means.push_back(slot_mean_reference(rows, scale));
+          grad.assign(static_cast<size_t>(n), 7.0);  // overwritten, never read
+        } else {
+          means.emplace_back();
+        }
+        slots.push_back(entry);
+        p.push_back(test::make_tensor(param, shapes[i], dtypes[i]));
+        g.push_back(test::make_tensor(grad, shapes[i], dtypes[i]));
+        m.push_back(test::make_tensor(avg, shapes[i], dtypes[i]));
+        v.push_back(test::make_tensor(avg_sq, shapes[i], dtypes[i]));
+        p_ref.push_back(p.back().clone());
+        m_ref.push_back(m.back().clone());
+        v_ref.push_back(v.back().clone());
+        g_ref.push_back(has_slots[i] ? test::make_tensor(std::vector<double>(means.back().begin(), means.back().end()),
+                                                         shapes[i], kF32)
+                                     : g.back().clone());
+      }
+      const AdamStepArgs args = adam_args(decay, wd, 2);
+      adam_step_(p, g, m, v, args, slots);
+      adam_step_(p_ref, g_ref, m_ref, v_ref, args);
+      for (size_t i = 0; i < shapes.size(); ++i) {
+        SCOPED_TRACE(fmt::format("entry {} {}", i, p[i].describe()));
+        if (has_slots[i]) {
+          EXPECT_EQ(f32_bits(g[i]), f32_bits(means[i]));
+        } else {
+          EXPECT_TRUE(test::tensors_identical(g[i], g_ref[i]));  // read only
+        }
+        EXPECT_TRUE(test::tensors_identical(p[i], p_ref[i]));
+        EXPECT_TRUE(test::tensors_identical(m[i], m_ref[i]));
+        EXPECT_TRUE(test::tensors_identical(v[i], v_ref[i]));
+      }
+      // The closed forms of the special columns.
+      const std::vector<float> g0 = g[0].to_vector<float>();
+      if (w == 2)
+        EXPECT_EQ(std::vector<float>(g0.begin(), g0.begin() + 3), (std::vector<float>{1.0f, 1.0f + 0x1p-6f, -1.0f}));
+      if (w == 4)
+        EXPECT_EQ(std::vector<float>(g0.begin(), g0.begin() + 3), (std::vector<float>{1.0f, 1.0f + 0x1p-6f, 0.0f}));
+      if (w == 3) {
+        EXPECT_EQ(g0[0], 0.0f);
+        EXPECT_EQ(g0[1], round_to_bf16(1.0f / 3.0f));
+      }
+    }
+  }
+}
+
+TEST(AdamStepSlots, NonFiniteSlotsGiveNonFiniteMeans) {
+  const Tensor p = zeros({3}), g = zeros({3}), m = zeros({3}), v = zeros({3});
+  const GradientSlots slots{make_slots({{kNaN, kInf, 0x1p127}, {1.0, 1.0, 0x1p127}}), 0.5f};
+  adam_step_({p}, {g}, {m}, {v}, adam_args(AdamWeightDecay::L2, 0.0, 1), {slots});
+  const std::vector<float> mean = g.to_vector<float>();
+  EXPECT_TRUE(std::isnan(mean[0]));
+  EXPECT_EQ(f32_bits(g)[0] & 0x7fc0ffffu, 0x7fc00000u);  // a quiet NaN with bf16's bits only
+  EXPECT_EQ(mean[1], std::numeric_limits<float>::infinity());
+  EXPECT_EQ(mean[2], std::numeric_limits<float>::infinity());  // 2^128 overflows f32 before the scale
+}
+
+TEST(AdamStepSlots, BadArgumentsRaiseAndWriteNothing) {
+  const AdamStepArgs args = adam_args(AdamWeightDecay::Decoupled, 0.1, 1);
+  const Tensor p = ones({2, 3}), g = full({2, 3}, 0.5), m = zeros({2, 3}), v = zeros({2, 3});
+  const Tensor good = from_vector<double>({1, 2, 3, 4, 5, 6}, {1, 6}, kBF16);
+  const auto unchanged = [&] {
+    return all_close(p, {2, 3}, std::vector<double>(6, 1.0), {}) &&
+           all_close(g, {2, 3}, std::vector<double>(6, 0.5), {}) &&
+           all_close(m, {2, 3}, std::vector<double>(6, 0.0), {});
+  };
+  const auto raises = [&](const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
+                          const std::vector<Tensor>& avg, const std::vector<Tensor>& avg_sq,
+                          const std::vector<GradientSlots>& slots, const std::vector<std::string>& fragments) {
+    return raises_error([&] { adam_step_(params, grads, avg, avg_sq, args, slots); }, fragments);
+  };
+  // A second, valid entry that is refused with the first.
+  const Tensor p2 = ones({6}), g2 = ones({6}), m2 = zeros({6}), v2 = zeros({6});
+  const std::vector<Tensor> ps{p2, p}, gs{g2, g}, ms{m2, m}, vs{v2, v};
+  const auto with = [&](Tensor slots) { return std::vector<GradientSlots>{{good, 1.0f}, {std::move(slots), 1.0f}}; };
+
+  EXPECT_TRUE(raises(ps, gs, ms, vs, {{good, 1.0f}}, {"adam_step_", "got 1 grad_slots for 2 params"}));
+  for (DType dtype : {kBF16, kF64}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    const Tensor pd = ones({6}, dtype), gd = ones({6}, dtype), md = zeros({6}, dtype), vd = zeros({6}, dtype);
+    EXPECT_TRUE(raises({p2, pd}, {g2, gd}, {m2, md}, {v2, vd}, with(good),
+                       {"adam_step_", "entry 1", "gradient slots need an f32 param"}));
+    EXPECT_TRUE(all_close(pd, {6}, std::vector<double>(6, 1.0), {}));
+  }
+  EXPECT_TRUE(raises({p2, p}, {g2, full({3, 2}, 0.5).t()}, {m2, m}, {v2, v}, with(good.view({1, 6})),
+                     {"adam_step_", "entry 1", "must be contiguous when the entry has gradient slots"}));
+  EXPECT_TRUE(raises(ps, gs, ms, vs, with(zeros({2, 5}, kBF16)), {"adam_step_", "entry 1", "shape [W, 6]"}));
+  EXPECT_TRUE(raises(ps, gs, ms, vs, with(zeros({6}, kBF16)), {"adam_step_", "entry 1", "shape [W, 6]"}));
+  EXPECT_TRUE(raises(ps, gs, ms, vs, with(zeros({0, 6}, kBF16)), {"adam_step_", "entry 1", "W >= 1"}));
+  EXPECT_TRUE(raises(ps, gs, ms, vs, with(zeros({2, 6}, kF32)), {"adam_step_", "entry 1", "must be bf16"}));
+  EXPECT_TRUE(raises(ps, gs, ms, vs, with(zeros({6, 2}, kBF16).t()), {"adam_step_", "entry 1", "stride(1) == 1"}));
+  Tensor tracked = full({2, 3}, 0.5);
+  tracked.requires_grad_();
+  EXPECT_TRUE(raises(ps, {g2, tracked}, ms, vs, with(good), {"adam_step_", "NoGradGuard"}));
+  EXPECT_TRUE(unchanged());
+  EXPECT_TRUE(all_close(p2, {6}, std::vector<double>(6, 1.0), {}));
+  EXPECT_TRUE(all_close(g2, {6}, std::vector<double>(6, 1.0), {}));
+}
+
+TEST(AdamStepSlots, SlotsAndGradMayShareAStorageWithoutOverlapping) {
+  // One 48-byte buffer: slot rows [2, 6] bf16 at bytes [0, 12) and [36, 48) (stride(0) 18), the
+  // f32 grad [6] between them at [12, 36). A grad over a slot row is refused.
+  const auto storage = std::make_shared<Storage>(kCPU, 48);
+  const Tensor slots = Tensor::from_storage(storage, {2, 6}, {18, 1}, 0, kBF16);
+  Tensor::from_storage(storage, {24}, {1}, 0, kBF16).fill_(1.0);
+  Tensor grad = Tensor::from_storage(storage, {6}, {1}, 3, kF32);
+  grad.fill_(5.0);
+  const Tensor p = zeros({6}), m = zeros({6}), v = zeros({6});
+  const AdamStepArgs args = adam_args(AdamWeightDecay::L2, 0.0, 1);
+  adam_step_({p}, {grad}, {m}, {v}, args, {{slots, 0.5f}});
+  EXPECT_TRUE(all_close(grad, {6}, std::vector<double>(6, 1.0), {}));
+  const Tensor over = Tensor::from_storage(storage, {6}, {1}, 2, kF32);  // bytes [8, 32): row 0's end
+  EXPECT_TRUE(raises_error(
+      [&] {
+        adam_step_({p}, {over}, {m}, {v}, args, {{slots, 0.5f}});
+      },
+      {"adam_step_", "entry 0", "overlap"}));
 }
 
 }  // namespace

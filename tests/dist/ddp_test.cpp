@@ -19,6 +19,7 @@
 #include "nn/loss.h"
 #include "nn/module.h"
 #include "nn/optim/adam.h"
+#include "nn/optim/sgd.h"
 
 namespace flame::dist {
 namespace {
@@ -104,13 +105,17 @@ TEST(Ddp, MatchesSingleProcessTrainingOnTheGlobalBatch) {
 /// same parameters and optimizer state bit for bit. With `extra`, each optimizer also holds a
 /// parameter outside the module (updated after every bucket); with `reduce_dtype`, both reduce in
 /// that dtype.
-void check_ddp_step_matches_separate_step(uint64_t seed, bool extra, std::optional<DType> reduce_dtype = std::nullopt) {
+void check_ddp_step_matches_separate_step(uint64_t seed, bool extra, std::optional<DType> reduce_dtype = std::nullopt,
+                                          bool fuse_mean = false) {
   constexpr int64_t kLocal = 4;
   const int64_t global = kLocal * world();
   auto separate_model = make_mlp(seed + rank());  // each rank different: DDP broadcasts rank 0's
   auto fused_model = make_mlp(seed + rank());
-  DistributedDataParallel separate(separate_model, comm(), small_buckets(reduce_dtype));
-  DistributedDataParallel fused(fused_model, comm(), small_buckets(reduce_dtype));
+  DdpOptions options = small_buckets(reduce_dtype);
+  options.fuse_mean_into_step = fuse_mean;
+  DistributedDataParallel separate(separate_model, comm(), options);
+  DistributedDataParallel fused(fused_model, comm(), options);
+  for (const Bucket& bucket : fused.reducer().buckets()) EXPECT_EQ(bucket.mean_deferred, fuse_mean) << bucket.label;
   ASSERT_GE(fused.reducer().buckets().size(), 3u) << "the test wants several buckets";
   expect_same_parameters(*fused_model, *separate_model, 0.0, "after construction");
 
@@ -265,6 +270,52 @@ TEST(Ddp, StepUpdatesParametersOutsideTheModuleToo) { check_ddp_step_matches_sep
 
 TEST(Ddp, StepWithBf16ReductionMatchesSynchronizeThenOptimizerStepBitForBit) {
   check_ddp_step_matches_separate_step(1250, /*extra=*/false, DType::BF16);
+}
+
+// fuse_mean_into_step (Note [deferred mean]): on MPI every bucket's mean is deferred; AdamW's update
+// computes it from the slots inside ddp.step, and the communicator writes it for
+// synchronize_gradients(). Both must leave the same .grad, parameters and state, bit for bit; the
+// extra parameter outside the module (no slots) shares AdamW's update with slotted ones.
+TEST(Ddp, MeanFusedIntoAdamWMatchesSynchronizeThenStepBitForBit) {
+  check_ddp_step_matches_separate_step(1260, /*extra=*/true, DType::BF16, /*fuse_mean=*/true);
+}
+
+// The fused mean is the mean the reducer's own bf16 path computes: with two ranks (one sum, so MPI's
+// order cannot matter) the same bits as without the option; and with an optimizer that takes no
+// slots (SGD), ddp.step has the communicator write the means first.
+TEST(Ddp, MeanFusedIntoTheStepEqualsTheUnfusedBf16Mean) {
+  constexpr int64_t kLocal = 4;
+  const int64_t global = kLocal * world();
+  for (const bool adamw : {true, false}) {
+    SCOPED_TRACE(adamw ? "AdamW" : "SGD");
+    auto fused_model = make_mlp(1270 + rank());
+    auto plain_model = make_mlp(1270 + rank());
+    DdpOptions fused_options = small_buckets(DType::BF16);
+    fused_options.fuse_mean_into_step = true;
+    DistributedDataParallel fused(fused_model, comm(), fused_options);
+    DistributedDataParallel plain(plain_model, comm(), small_buckets(DType::BF16));
+    const auto make_opt = [&](const std::vector<Tensor>& params) -> std::unique_ptr<optim::Optimizer> {
+      if (adamw) return std::make_unique<optim::AdamW>(params, optim::AdamWOptions{.lr = 1e-2});
+      return std::make_unique<optim::SGD>(params, optim::SGDOptions{.lr = 0.1, .momentum = 0.9});
+    };
+    auto fused_opt = make_opt(fused.parameters());
+    auto plain_opt = make_opt(plain.parameters());
+    for (int step = 0; step < 3; ++step) {
+      const std::string at = "step " + std::to_string(step);
+      const Batch batch = global_batch(global, 127 + step);
+      const Batch mine = batch.slice(rank() * kLocal, kLocal);
+      fused.zero_grad();
+      nn::mse_loss(fused.forward(mine.x), mine.y).backward();
+      fused.step(*fused_opt);
+      plain.zero_grad();
+      nn::mse_loss(plain.forward(mine.x), mine.y).backward();
+      plain.step(*plain_opt);
+      const double tolerance = world() == 2 ? 0.0 : 1e-2;  // more ranks: MPI may sum in another order
+      expect_same_grads(*fused_model, *plain_model, tolerance, at);
+      expect_same_parameters(*fused_model, *plain_model, world() == 2 ? 0.0 : 1e-3, at);
+    }
+    fused.check_parameters_in_sync("after the fused steps");
+  }
 }
 
 TEST(Ddp, Bf16ReduceDtypeGivesEveryRankTheMeanRoundedToBf16) {

@@ -540,6 +540,65 @@ TEST(OptimizerStepInGroups, RejectsForeignAndRepeatedMembersAndChangesNothing) {
     EXPECT_TRUE(test::tensors_identical(state_after[i].second, state_before[i].second)) << state_after[i].first;
 }
 
+// step_in_groups with gradient slots (Note [gradient slots], DDP's fuse_mean_into_step): AdamW
+// writes each slotted member's mean into its .grad and applies it, as a plain step on that mean;
+// members without slots, and members outside any group, read their .grad as usual.
+TEST(OptimizerStepInGroups, AdamWTakesGradientSlotsAsTheirMean) {
+  std::vector<Tensor> plain = seeded_params(31), slotted = seeded_params(31);
+  AdamW plain_opt(plain, AdamWOptions{.lr = 0.01, .weight_decay = 0.1});
+  AdamW slotted_opt(slotted, AdamWOptions{.lr = 0.01, .weight_decay = 0.1});
+  EXPECT_TRUE(slotted_opt.takes_gradient_slots());
+  Generator gen(32);
+  const std::vector<std::vector<Tensor>> groups = {{slotted[2], slotted[0]}, {slotted[1]}};  // p3 in none
+  for (int t = 1; t <= kSteps; ++t) {
+    SCOPED_TRACE("step " + std::to_string(t));
+    // Two ranks' values for p2 and p0, stored as [2, numel] bf16 rows of a wider buffer.
+    std::vector<GradientSlots> slots;
+    for (size_t i : {size_t{2}, size_t{0}}) {
+      const int64_t n = plain[i].numel();
+      const Tensor wide = randn({2, n + 3}, TensorOptions(kF32), &gen).to(kBF16);
+      const Tensor rows = wide.narrow(1, 1, n);
+      slots.push_back({rows, 0.5f});
+      // The mean (Note [gradient slots]): f32 sum of the two bf16 values, halved, rounded to bf16.
+      const Tensor mean = mul(add(rows.select(0, 0).to(kF32), rows.select(0, 1).to(kF32)), 0.5).to(kBF16).to(kF32);
+      plain[i].set_grad(mean.view(plain[i].shape()));
+      slotted[i].set_grad(full(plain[i].shape(), 7.0, TensorOptions(kF32)));  // overwritten with the mean
+    }
+    for (size_t i : {size_t{1}, size_t{3}}) {
+      const Tensor g = randn(kGroupShapes[i], TensorOptions(kF32), &gen);
+      plain[i].set_grad(g.clone());
+      slotted[i].set_grad(g.clone());
+    }
+    plain_opt.step();
+    slotted_opt.step_in_groups(groups, [](size_t) {}, [&](size_t g) {
+      return g == 0 ? slots : std::vector<GradientSlots>{};
+    });
+    for (size_t i = 0; i < plain.size(); ++i) {
+      expect_bitwise_equal(slotted[i], plain[i], "parameter " + std::to_string(i));
+      expect_bitwise_equal(slotted[i].grad(), plain[i].grad(), "gradient " + std::to_string(i));
+    }
+  }
+  expect_same_state(slotted_opt, plain_opt);
+}
+
+TEST(OptimizerStepInGroups, SlotsNeedAnOptimizerThatTakesThemAndOnePerMember) {
+  std::vector<Tensor> params = seeded_params(33);
+  for (const Tensor& p : params) p.set_grad(ones(p.shape(), TensorOptions(kF32)));
+  const GradientSlots slots{zeros({2, params[1].numel()}, TensorOptions(kBF16)), 0.5f};
+  SGD sgd(params, SGDOptions{.lr = 0.1});
+  EXPECT_FALSE(sgd.takes_gradient_slots());
+  const std::vector<float> before = params[1].to_vector<float>();
+  EXPECT_TRUE(raises_error([&] { sgd.step_in_groups({{params[1]}}, [](size_t) {}, [&](size_t) {
+    return std::vector<GradientSlots>{slots};
+  }); }, {"SGD", "cannot take gradients as slots"}));
+  EXPECT_EQ(params[1].to_vector<float>(), before);
+  AdamW adamw(params, AdamWOptions{.lr = 0.01});
+  EXPECT_TRUE(raises_error([&] { adamw.step_in_groups({{params[1], params[0]}}, [](size_t) {}, [&](size_t) {
+    return std::vector<GradientSlots>{slots};
+  }); }, {"AdamW", "1 gradient slots for a group of 2 parameters"}));
+  EXPECT_EQ(params[1].to_vector<float>(), before);
+}
+
 // A module converted (to()) after the optimizer's first step leaves the optimizer's state on the old
 // dtype. The next step names that, and raises before anything changes: no step count advances and
 // no parameter moves (SGD used to update the parameters before the failing one).

@@ -1,12 +1,14 @@
 // Fused training ops on CUDA against the CPU reference backend (core/fused.h): cross_entropy_rows
 // losses and gradients in every floating dtype, for warp-per-row and block-per-row class counts,
 // ignore_index and label smoothing, non-finite rows; a bad target reported at synchronisation;
-// adam_step_ over many tensors (several launches, chunks spanning tensors, mixed dtypes) and
-// nn::cross_entropy's device-side mean. Skips without a CUDA device.
+// adam_step_ over many tensors (several launches, chunks spanning tensors, mixed dtypes), with
+// gradient slots (the mean bit for bit as on the CPU, the update bit for bit the one that reads
+// the mean) and nn::cross_entropy's device-side mean. Skips without a CUDA device.
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "core/autograd.h"
@@ -214,6 +216,118 @@ TEST_F(CudaFused, AdamStepMatchesTheCpuOverManyTensors) {
       }
     }
   }
+}
+
+/// `rows` (rounded to bf16 on the host) as slots [W, n] on `device`: columns 3..n+2 of a
+/// [W, n + 7] bf16 tensor, so stride(0) > n.
+Tensor make_slots(const std::vector<std::vector<double>>& rows, Device device) {
+  const int64_t w = static_cast<int64_t>(rows.size()), n = static_cast<int64_t>(rows[0].size()), wide = n + 7;
+  std::vector<double> values(static_cast<size_t>(w * wide), kNaN);
+  for (int64_t r = 0; r < w; ++r) std::copy(rows[r].begin(), rows[r].end(), values.begin() + r * wide + 3);
+  return test::make_tensor(values, {w, wide}, kBF16).to(device).narrow(1, 3, n);
+}
+
+/// Equal f32 bit patterns, except that a NaN matches any NaN: CUDA's arithmetic gives the
+/// canonical NaN where the CPU's keeps an operand's payload.
+::testing::AssertionResult same_f32_bits(const Tensor& actual, const Tensor& expected) {
+  const std::vector<float> a = actual.to_vector<float>(), e = expected.to_vector<float>();
+  if (a.size() != e.size()) return ::testing::AssertionFailure() << a.size() << " vs " << e.size() << " elements";
+  for (size_t k = 0; k < a.size(); ++k) {
+    uint32_t a_bits, e_bits;
+    std::memcpy(&a_bits, &a[k], 4);
+    std::memcpy(&e_bits, &e[k], 4);
+    if (a_bits != e_bits && !(std::isnan(a[k]) && std::isnan(e[k])))
+      return ::testing::AssertionFailure()
+             << fmt::format("element {}: {:#010x} ({}) vs {:#010x} ({})", k, a_bits, a[k], e_bits, e[k]);
+  }
+  return ::testing::AssertionSuccess();
+}
+
+TEST_F(CudaFused, AdamStepSlotsMatchTheCpuAndThePlainStepOnTheMean) {
+  HostRng rng;
+  // 140 tensors (three launches), sizes around the 2048-element chunk; every third reads its grad
+  // (some in f64), the others carry W = 1..4 slots, one of them with a NaN and an inf.
+  const std::vector<int64_t> sizes{1, 2047, 2048, 2049, 0, 5000, 7, 300, 4096, 33};
+  const int count = 140;
+  std::vector<Shape> shapes;
+  std::vector<DType> dtypes;
+  std::vector<std::vector<double>> values;
+  std::vector<std::vector<std::vector<double>>> slot_rows(count);
+  for (int i = 0; i < count; ++i) {
+    const int64_t n = sizes[i % sizes.size()];
+    shapes.push_back({n});
+    dtypes.push_back(i % 9 == 6 ? kF64 : kF32);
+    values.push_back(rng.uniform(n, -1, 1));      // param
+    values.push_back(rng.uniform(n, -1, 1));      // grad
+    values.push_back(rng.uniform(n, -0.1, 0.1));  // exp_avg
+    values.push_back(rng.uniform(n, 0, 0.01));    // exp_avg_sq
+    if (i % 3 == 0 || dtypes[i] != kF32) continue;
+    for (int r = 0; r <= i % 4; ++r) slot_rows[i].push_back(rng.uniform(n, -2, 2));
+  }
+  slot_rows[5][1][3] = kNaN;  // 5000 elements, W = 2
+  slot_rows[5][0][4000] = kInf;
+  // Sums that f32 rounds in rank order: 2^25 + 1 is 2^25, so these means are 0, not 1/W.
+  slot_rows[2][0][10] = 0x1p25;  // W = 3
+  slot_rows[2][1][10] = 1.0;
+  slot_rows[2][2][10] = -0x1p25;
+  for (int r = 0; r < 4; ++r) slot_rows[7][r][10] = std::vector<double>{0x1p25, 1.0, -0x1p25, 0.0}[r];  // W = 4
+  for (const auto& [decay, wd] : std::vector<std::pair<AdamWeightDecay, double>>{{AdamWeightDecay::L2, 0.05},
+                                                                                 {AdamWeightDecay::Decoupled, 0.1}}) {
+    SCOPED_TRACE(fmt::format("{} weight_decay {}", decay == AdamWeightDecay::L2 ? "L2" : "decoupled", wd));
+    AdamLists gpu = make_lists(values, shapes, dtypes, kGpu);
+    const AdamLists cpu = make_lists(values, shapes, dtypes, kCPU);
+    std::vector<GradientSlots> gpu_slots(count), cpu_slots(count);
+    for (int i = 0; i < count; ++i) {
+      if (slot_rows[i].empty()) continue;
+      const float scale = 1.0f / static_cast<float>(slot_rows[i].size());
+      gpu_slots[i] = {make_slots(slot_rows[i], kGpu), scale};
+      cpu_slots[i] = {make_slots(slot_rows[i], kCPU), scale};
+    }
+    // The state before the step, for the plain step on the mean.
+    AdamLists plain;
+    for (int i = 0; i < count; ++i) {
+      plain.p.push_back(gpu.p[i].clone());
+      plain.m.push_back(gpu.m[i].clone());
+      plain.v.push_back(gpu.v[i].clone());
+    }
+    AdamStepArgs args;
+    args.lr = 0.01;
+    args.weight_decay = wd;
+    args.decay = decay;
+    args.bias_correction1 = 1.0 - std::pow(args.beta1, 3);
+    args.bias_correction2 = 1.0 - std::pow(args.beta2, 3);
+    adam_step_(gpu.p, gpu.g, gpu.m, gpu.v, args, gpu_slots);
+    adam_step_(cpu.p, cpu.g, cpu.m, cpu.v, args, cpu_slots);
+    for (int i = 0; i < count; ++i) plain.g.push_back(gpu.g[i].clone());
+    adam_step_(plain.p, plain.g, plain.m, plain.v, args);
+    for (int i = 0; i < count; ++i) {
+      SCOPED_TRACE(fmt::format("entry {} {} W {}", i, gpu.p[i].describe(), slot_rows[i].size()));
+      EXPECT_TRUE(same_f32_bits(gpu.g[i], cpu.g[i]));
+      EXPECT_TRUE(test::tensors_close(gpu.p[i], cpu.p[i], tolerance(dtypes[i])));
+      EXPECT_TRUE(test::tensors_close(gpu.m[i], cpu.m[i], tolerance(dtypes[i])));
+      EXPECT_TRUE(test::tensors_close(gpu.v[i], cpu.v[i], tolerance(dtypes[i])));
+      EXPECT_TRUE(test::tensors_identical(gpu.p[i], plain.p[i]));
+      EXPECT_TRUE(test::tensors_identical(gpu.m[i], plain.m[i]));
+      EXPECT_TRUE(test::tensors_identical(gpu.v[i], plain.v[i]));
+    }
+    const std::vector<double> g5 = test::host_values(gpu.g[5]);
+    EXPECT_TRUE(std::isnan(g5[3]));
+    EXPECT_EQ(g5[4000], kInf);
+    EXPECT_EQ(test::host_values(gpu.g[2])[10], 0.0);
+    EXPECT_EQ(test::host_values(gpu.g[7])[10], 0.0);
+  }
+}
+
+TEST_F(CudaFused, AdamStepSlotsRefuseAnotherDevice) {
+  const Tensor p = test::make_tensor({1, 2}, {2}, kF32, kGpu);
+  const Tensor g = zeros({2}, TensorOptions(kF32, kGpu)), m = zeros({2}, TensorOptions(kF32, kGpu)),
+               v = zeros({2}, TensorOptions(kF32, kGpu));
+  EXPECT_TRUE(test::raises_error(
+      [&] {
+        adam_step_({p}, {g}, {m}, {v}, AdamStepArgs{}, {{zeros({1, 2}, kBF16), 1.0f}});
+      },
+      {"adam_step_"}));
+  EXPECT_TRUE(test::all_close(p, {2}, {1, 2}, {}));
 }
 
 TEST_F(CudaFused, AdamStepRefusesMixedDevices) {

@@ -163,8 +163,10 @@ TEST_F(DdpNccl, CopyEngineAllReduceTrainsAsTheRing) {
 /// .grad (synchronize_gradients on a twin) is a bf16 value near the global-batch gradient, and
 /// ddp.step gives the same bits as the twin's synchronize + step; the replicas stay in sync. ddp
 /// issues its last bucket at high priority (the default) and the twin does not (Note [last bucket
-/// priority]): the priority must not change a bit.
-void expect_bf16_reduced_training(Communicator& communicator, const std::function<void(const Reducer&)>& check_buckets) {
+/// priority]): the priority must not change a bit. `fuse_ddp` and `fuse_twin` set
+/// fuse_mean_into_step on each (Note [deferred mean]): that must not change a bit either.
+void expect_bf16_reduced_training(Communicator& communicator, const std::function<void(const Reducer&)>& check_buckets,
+                                  bool fuse_ddp = false, bool fuse_twin = false) {
   const int rank = ProcessGroup::init().rank, world = ProcessGroup::init().world_size;
   const Device device = ProcessGroup::init().cuda_device();
   constexpr int64_t kLocal = 5;
@@ -172,9 +174,12 @@ void expect_bf16_reduced_training(Communicator& communicator, const std::functio
   auto model = make_mlp(270, kHidden, device);
   auto twin = clone_mlp(*model, device);
   auto reference = clone_mlp(*model, device);
-  DistributedDataParallel ddp(model, communicator, small_buckets(DType::BF16));
+  DdpOptions fused = small_buckets(DType::BF16);
+  fused.fuse_mean_into_step = fuse_ddp;
+  DistributedDataParallel ddp(model, communicator, fused);
   DdpOptions normal = small_buckets(DType::BF16);
   normal.last_bucket_high_priority = false;
+  normal.fuse_mean_into_step = fuse_twin;
   DistributedDataParallel twin_ddp(twin, communicator, normal);
   ASSERT_GE(ddp.reducer().buckets().size(), 3u);
   check_buckets(ddp.reducer());
@@ -227,6 +232,26 @@ TEST_F(DdpNccl, CopyEngineBf16ReductionConvertsOnTheCommunicationStream) {
           << bucket.label;
     }
   });
+}
+
+TEST_F(DdpNccl, CopyEngineMeanFusedIntoAdamWGivesTheSameBits) {
+  // fuse_mean_into_step (Note [deferred mean]): the buckets stop after the all-gather and AdamW's
+  // kernel computes each mean. Against a twin that reduces as before, then against a twin that
+  // defers too and has the communicator write its means at synchronize_gradients().
+  CommunicatorOptions options;
+  options.timeout = std::chrono::seconds(30);
+  options.overlap_all_reduce = OverlapAllReduce::CopyEngineGather;
+  options.overlap_carveout_min_bytes = 0;
+  auto gather = make_nccl_communicator(ProcessGroup::init(), options);
+  for (const bool fuse_twin : {false, true}) {
+    SCOPED_TRACE(fuse_twin ? "twin defers and writes its means" : "twin reduces as before");
+    expect_bf16_reduced_training(
+        *gather,
+        [&](const Reducer& reducer) {
+          for (const Bucket& bucket : reducer.buckets()) EXPECT_EQ(bucket.mean_deferred, world() == 2) << bucket.label;
+        },
+        /*fuse_ddp=*/true, fuse_twin);
+  }
 }
 
 TEST_F(DdpNccl, NoSyncAccumulatesLocallyThenReducesTheSum) {
