@@ -85,16 +85,17 @@ __device__ __forceinline__ float slot_mean(const AdamTensor& t, int64_t i) {
   return round_to_bf16(mul_rn(sum, t.slot_scale));
 }
 
-/// The update of one element from its gradient, in compute type C (Note [fused adam]), with
-/// every rounding spelled out, so that it is the same wherever it is inlined: the update from
-/// slots equals bit for bit the one that reads their mean (Note [gradient slots]).
+/// The update of one element from its gradient, in compute type C (Note [fused adam]), given the
+/// element's loaded parameter and state, with every rounding spelled out, so that it is the same
+/// wherever it is inlined: the update from slots equals bit for bit the one that reads their mean
+/// (Note [gradient slots]).
 template <class T, class C = compute_t<T>>
-__device__ __forceinline__ void update_element(const AdamScalars<C>& s, T* p, T* m, T* v, int64_t i, C grad) {
-  C param = to_compute(p[i]);
+__device__ __forceinline__ void update_element(const AdamScalars<C>& s, C param, C m_old, C v_old, C grad, T* p, T* m,
+                                               T* v, int64_t i) {
   if (s.l2) grad = fma_rn(s.weight_decay, param, grad);
   if (s.decoupled) param = mul_rn(param, s.decay_factor);
-  const C m_new = fma_rn(s.beta1, to_compute(m[i]), mul_rn(s.one_minus_beta1, grad));
-  const C v_new = fma_rn(s.beta2, to_compute(v[i]), mul_rn(mul_rn(s.one_minus_beta2, grad), grad));
+  const C m_new = fma_rn(s.beta1, m_old, mul_rn(s.one_minus_beta1, grad));
+  const C v_new = fma_rn(s.beta2, v_old, mul_rn(mul_rn(s.one_minus_beta2, grad), grad));
   param = fma_rn(-s.step_size, m_new / add_rn(sqrt(v_new) / s.sqrt_bc2, s.eps), param);
   m[i] = from_compute<T>(m_new);
   v[i] = from_compute<T>(v_new);
@@ -118,14 +119,32 @@ __global__ void __launch_bounds__(kThreads)
     T* g = static_cast<T*>(t.grad);
     T* m = static_cast<T*>(t.exp_avg);
     T* v = static_cast<T*>(t.exp_avg_sq);
-    if (t.slots != nullptr) {
-      // The update uses the mean as it is stored (exact for f32, the only dtype given slots).
+    // Every load of an element is issued before any arithmetic on loaded values: warps issue in
+    // order, so an add waiting for a load would hold back the loads written after it, and the
+    // element would wait for memory twice.
+    if (t.slots != nullptr && t.slot_rows == 2) {  // two ranks: straight-line code, one block of loads
+      const uint16_t* second = t.slots + t.slot_stride;
       for (int64_t i = first; i < hi; i += kThreads) {
-        g[i] = from_compute<T>(static_cast<C>(slot_mean(t, i)));
-        update_element(s, p, m, v, i, to_compute(g[i]));
+        const uint16_t a = t.slots[i], b = second[i];
+        const C param = to_compute(p[i]), m_old = to_compute(m[i]), v_old = to_compute(v[i]);
+        // The mean as it is stored (exact: f32 is the only dtype given slots).
+        const float mean = round_to_bf16(mul_rn(add_rn(float_of_bf16_bits(a), float_of_bf16_bits(b)), t.slot_scale));
+        const C grad = to_compute(from_compute<T>(static_cast<C>(mean)));
+        g[i] = from_compute<T>(grad);
+        update_element(s, param, m_old, v_old, grad, p, m, v, i);
+      }
+    } else if (t.slots != nullptr) {
+      for (int64_t i = first; i < hi; i += kThreads) {
+        const C param = to_compute(p[i]), m_old = to_compute(m[i]), v_old = to_compute(v[i]);
+        const C grad = to_compute(from_compute<T>(static_cast<C>(slot_mean(t, i))));
+        g[i] = from_compute<T>(grad);
+        update_element(s, param, m_old, v_old, grad, p, m, v, i);
       }
     } else {
-      for (int64_t i = first; i < hi; i += kThreads) update_element(s, p, m, v, i, to_compute(g[i]));
+      for (int64_t i = first; i < hi; i += kThreads) {
+        const C grad = to_compute(g[i]);
+        update_element(s, to_compute(p[i]), to_compute(m[i]), to_compute(v[i]), grad, p, m, v, i);
+      }
     }
   }
 }
