@@ -48,15 +48,16 @@
 //                          [--step bucket|after-sync|all] [--batch N] [--reduce f32|bf16]
 //                          [--carveout-min-kib N] [--between-cases keep|release]
 //                          [--communicator per-case|shared] [--all-reduce ring|copy-engine]
-//                          [--last-bucket-priority high|default] [--fuse-mean on|off]
+//                          [--last-bucket-priority high|default]
+//                          [--step-mean reduced|in-update|in-update-local-grad]
 // (defaults: every model, blocking calls, both steps, batch 256, gradients reduced in f32, the
 // last bucket at high priority).
 // --reduce bf16 sets DdpOptions::reduce_dtype (gradients all-reduced in bf16, as PyTorch's
 // bf16_compress_hook). --all-reduce copy-engine sets CommunicatorOptions::overlap_all_reduce to
 // CopyEngineGather (Note [copy-engine all-reduce], dist/nccl_communicator.cpp; 2 ranks).
 // --last-bucket-priority sets DdpOptions::last_bucket_high_priority (Note [last bucket priority],
-// dist/bucket.h; high, the default, or default, i.e. the stream's priority). --fuse-mean on sets
-// DdpOptions::fuse_mean_into_step (Note [deferred mean], dist/communicator.cpp; off by default).
+// dist/bucket.h; high, the default, or default, i.e. the stream's priority). --step-mean sets
+// DdpOptions::step_mean (Note [deferred mean], dist/communicator.cpp; reduced by default).
 // (--max-ctas, --carveout, --carveout-min-kib and --priority set CommunicatorOptions::nccl_max_ctas,
 // overlap_sm_carveout, overlap_carveout_min_bytes and high_priority_stream, dist/communicator.h; --step bucket replaces
 // synchronize_gradients() + AdamW step() with ddp.step(optimizer), whose wait_ms is then 0 and
@@ -66,7 +67,7 @@
 //   {"bench": "ddp_step", "impl": "flame", "model": "cnn"|"mlp", "world": W,
 //    "nccl_calls": "nonblocking"|"blocking", "step": "bucket"|"after-sync", "dtype": "f32",
 //    "reduce": "f32"|"bf16", "size": "b<batch>", "high_priority": true|false,
-//    "last_bucket_high_priority": true|false, "fuse_mean": true|false,
+//    "last_bucket_high_priority": true|false, "step_mean": "reduced"|"in_update"|"in_update_local_grad",
 //    ["all_reduce": "copy_engine" (W=2),] "value": <ms>,
 //    "unit": "ms/step", "device": ...}
 //   {"bench": "ddp_overlap", "impl": "flame", "model": "mlp", "world": W, "nccl_calls": ...,
@@ -114,6 +115,19 @@ constexpr int kRuns = 50;
 enum class Model { Cnn, Mlp };
 
 const char* model_name(Model model) { return model == Model::Cnn ? "cnn" : "mlp"; }
+/// DdpOptions::step_mean as the JSON lines name it.
+const char* step_mean_name(dist::StepMean mean) {
+  switch (mean) {
+    case dist::StepMean::Reduced:
+      return "reduced";
+    case dist::StepMean::InUpdate:
+      return "in_update";
+    case dist::StepMean::InUpdateLocalGrad:
+      return "in_update_local_grad";
+  }
+  return "?";
+}
+
 const char* calls_name(dist::NcclCalls calls) {
   return calls == dist::NcclCalls::NonBlocking ? "nonblocking" : "blocking";
 }
@@ -202,7 +216,7 @@ struct Case {
   std::optional<DType> reduce_dtype;  // DdpOptions::reduce_dtype (--reduce bf16)
   // DdpOptions::last_bucket_high_priority (--last-bucket-priority)
   bool last_bucket_high_priority = dist::DdpOptions{}.last_bucket_high_priority;
-  bool fuse_mean = false;  // DdpOptions::fuse_mean_into_step (--fuse-mean)
+  dist::StepMean step_mean = dist::StepMean::Reduced;  // DdpOptions::step_mean (--step-mean)
 };
 
 /// Prints one JSON line (rank 0 only): the common keys, `extra` (already formatted "key": value
@@ -212,12 +226,12 @@ void emit_line(const std::string& bench_name, const Case& c, int world, const st
   fmt::print(
       "{{\"bench\": \"{}\", \"impl\": \"flame\", \"model\": \"{}\", \"world\": {}, \"nccl_calls\": \"{}\", "
       "\"step\": \"{}\", \"dtype\": \"f32\", \"reduce\": \"{}\", \"size\": \"b{}\", \"high_priority\": {}, "
-      "\"last_bucket_high_priority\": {}, \"fuse_mean\": {}, {}{}"
+      "\"last_bucket_high_priority\": {}, \"step_mean\": \"{}\", {}{}"
       "\"value\": {:.6g}, "
       "\"unit\": \"{}\", \"device\": \"{}\"}}\n",
       bench_name, model_name(c.model), world, calls_name(c.calls), c.bucket_step ? "bucket" : "after-sync",
       c.reduce_dtype ? dtype_name(*c.reduce_dtype) : "f32", c.batch, c.options.high_priority_stream,
-      c.last_bucket_high_priority, c.fuse_mean,
+      c.last_bucket_high_priority, step_mean_name(c.step_mean),
       c.options.overlap_all_reduce == dist::OverlapAllReduce::CopyEngineGather && world == 2  // W=1: nothing to move
           ? "\"all_reduce\": \"copy_engine\", "
           : "",
@@ -248,7 +262,7 @@ bool run_case(const dist::ProcessGroup& group, Device device, const Case& c, dis
   dist::DdpOptions ddp_options;
   ddp_options.reduce_dtype = c.reduce_dtype;
   ddp_options.last_bucket_high_priority = c.last_bucket_high_priority;
-  ddp_options.fuse_mean_into_step = c.fuse_mean;
+  ddp_options.step_mean = c.step_mean;
   dist::DistributedDataParallel ddp(model, *comm, ddp_options);
   optim::AdamW optimizer(ddp.parameters(), optim::AdamWOptions{.lr = 1e-3});
 
@@ -386,12 +400,12 @@ Selection parse_arguments(int argc, char** argv) {
                                  flag == "--carveout" || flag == "--priority" || flag == "--step" ||
                                  flag == "--batch" || flag == "--reduce" || flag == "--carveout-min-kib" ||
                                  flag == "--between-cases" || flag == "--communicator" || flag == "--all-reduce" ||
-                                 flag == "--last-bucket-priority" || flag == "--fuse-mean"),
+                                 flag == "--last-bucket-priority" || flag == "--step-mean"),
                 "ddp_scaling_bench: unknown argument '{}'; usage: ddp_scaling_bench [--model cnn|mlp|all] "
                 "[--calls blocking|nonblocking|all] [--max-ctas N] [--carveout N] [--priority high|default] "
                 "[--step bucket|after-sync|all] [--batch N] [--reduce f32|bf16] [--carveout-min-kib N] "
                 "[--between-cases keep|release] [--communicator per-case|shared] [--all-reduce ring|copy-engine] "
-                "[--last-bucket-priority high|default] [--fuse-mean on|off]",
+                "[--last-bucket-priority high|default] [--step-mean reduced|in-update|in-update-local-grad]",
                 flag);
     const std::string value = argv[++i];
     if (flag == "--all-reduce") {
@@ -419,10 +433,12 @@ Selection parse_arguments(int argc, char** argv) {
       const long long kib = std::stoll(value);
       FLAME_CHECK(kib >= 0, "ddp_scaling_bench: --carveout-min-kib must be >= 0, got {}", value);
       selection.common.options.overlap_carveout_min_bytes = static_cast<size_t>(kib) << 10;
-    } else if (flag == "--fuse-mean") {
-      FLAME_CHECK(value == "on" || value == "off", "ddp_scaling_bench: --fuse-mean must be on or off, got '{}'",
-                  value);
-      selection.common.fuse_mean = value == "on";
+    } else if (flag == "--step-mean") {
+      FLAME_CHECK(value == "reduced" || value == "in-update" || value == "in-update-local-grad",
+                  "ddp_scaling_bench: --step-mean must be reduced, in-update or in-update-local-grad, got '{}'", value);
+      selection.common.step_mean = value == "reduced"     ? dist::StepMean::Reduced
+                                   : value == "in-update" ? dist::StepMean::InUpdate
+                                                          : dist::StepMean::InUpdateLocalGrad;
     } else if (flag == "--last-bucket-priority") {
       FLAME_CHECK(value == "high" || value == "default",
                   "ddp_scaling_bench: --last-bucket-priority must be high or default, got '{}'", value);

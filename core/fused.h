@@ -32,11 +32,11 @@
 // Note [gradient slots]
 // An entry's gradient may also be given as GradientSlots: every rank's contribution, each rounded
 // to bf16, not yet averaged (what a data-parallel all-gather leaves, dist/ddp.h's
-// fuse_mean_into_step). adam_step_ then computes, per element,
+// step_mean). adam_step_ then computes, per element,
 //   g = bf16_round(((s_0 + s_1) + s_2 + ... + s_{W-1}) * scale)
 // with every sum and the product in f32 (in rank order) and the rounding to nearest even, NaN
-// kept quiet (bits (x >> 16) | 0x40, as float_to_bf16_bits), stores g as f32 into grads[i] and
-// uses it for the update. That is bit for bit what the NCCL copy-engine all-reduce's sum kernel
+// kept quiet (bits (x >> 16) | 0x40, as float_to_bf16_bits), stores g as f32 into grads[i]
+// (unless GradientSlots::write_mean is false) and uses it for the update. That is bit for bit what the NCCL copy-engine all-reduce's sum kernel
 // writes into a bucket (dist/nccl_communicator.cpp, Note [bf16 on the wire]), so an update that
 // reads the slots equals one that reads the reduced gradient, on the device that computes it; the
 // mean itself (grads[i]) is the same on the CPU and CUDA, but for the payload of a NaN (CUDA's
@@ -85,6 +85,9 @@ struct GradientSlots {
   Tensor slots;
   /// The factor applied to the sum: 1/W (as a float) for the mean.
   float scale = 1.0f;
+  /// Whether the mean is stored into the entry's grad; false: used for the update only, the grad
+  /// is left as it was (one memory pass less).
+  bool write_mean = true;
 };
 
 /// Applies one Adam step in place to params[i], exp_avg[i] and exp_avg_sq[i] from grads[i], for

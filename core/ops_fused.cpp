@@ -167,7 +167,7 @@ void adam_step_(const std::vector<Tensor>& params, const std::vector<Tensor>& gr
   backend_for(params[0].device()).adam_step(params, backend_grads, exp_avg, exp_avg_sq, args, slots_per_entry);
   for (size_t i = 0; i < params.size(); ++i) {
     for (const Tensor* written : {&params[i], &exp_avg[i], &exp_avg_sq[i]}) detail::mark_written(*written);
-    if (slots_per_entry[i].slots.defined()) detail::mark_written(grads[i]);
+    if (slots_per_entry[i].slots.defined() && slots_per_entry[i].write_mean) detail::mark_written(grads[i]);
   }
 }
 

@@ -74,7 +74,8 @@ Reducer::Reducer(nn::NamedTensors params, Communicator& communicator, BucketOpti
     : params_(std::move(params)),
       communicator_(communicator),
       unused_(unused),
-      last_bucket_high_priority_(options.last_bucket_high_priority) {
+      last_bucket_high_priority_(options.last_bucket_high_priority),
+      step_mean_(options.step_mean) {
   const std::string problem = bucketing_problem(params_, communicator_.device());
   FLAME_CHECK(problem.empty(), "{}", problem);
   std::vector<Tensor> tensors;
@@ -90,7 +91,7 @@ Reducer::Reducer(nn::NamedTensors params, Communicator& communicator, BucketOpti
     const Tensor& first = tensors[members.front()];
     bucket.flat = zeros({numel}, TensorOptions(first.dtype(), first.device()));
     if (options.reduce_dtype && *options.reduce_dtype != first.dtype()) {
-      if (options.fuse_mean_into_step && communicator_.defers_mean(bucket.flat, *options.reduce_dtype)) {
+      if (options.step_mean != StepMean::Reduced && communicator_.defers_mean(bucket.flat, *options.reduce_dtype)) {
         bucket.converted_by_communicator = *options.reduce_dtype;
         bucket.mean_deferred = true;
       } else if (communicator_.reduces_as(bucket.flat, *options.reduce_dtype))
@@ -219,11 +220,13 @@ std::vector<GradientSlots> Reducer::wait_for_bucket_slots(size_t index) {
   std::vector<GradientSlots> slots;
   int64_t offset = 0;
   for (const Tensor& view : bucket.views) {
-    slots.push_back({bucket.deferred.slots.narrow(1, offset, view.numel()), bucket.deferred.scale});
+    slots.push_back(
+        {bucket.deferred.slots.narrow(1, offset, view.numel()), bucket.deferred.scale, step_mean_ == StepMean::InUpdate});
     offset += view.numel();
   }
-  // mean_written stays false: the caller writes the mean into the .grad of every parameter it
-  // updates, and should it raise instead, DDP's step() has write_back() write them all.
+  // mean_written stays false: under InUpdate the caller writes the mean into the .grad of every
+  // parameter it updates (under InUpdateLocalGrad into none), and should it raise instead, DDP's
+  // step() has write_back() write them all.
   return slots;
 }
 

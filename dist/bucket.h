@@ -87,15 +87,17 @@
 // at 512 against 0.973-0.980, 0.980-0.987 at 1024 against 0.986-0.988; so it is on by default.
 // Every rank issues the same priorities (they depend on the bucket index only).
 //
-// Deferred means (BucketOptions::fuse_mean_into_step, Note [deferred mean] in
-// dist/communicator.cpp): where the communicator defers_mean() for a bucket (f32 gradients with
-// reduce_dtype bf16, on the NCCL copy engines or MPI), its all-reduce stops after the all-gather:
-// Bucket::deferred holds every rank's bf16 values, and flat keeps this rank's gradient until the
-// mean is written. DDP's step() hands each parameter's slots to the optimizer
-// (wait_for_bucket_slots()), whose update computes the mean, writes it into .grad (the bucket view)
-// and applies it; everything else (synchronize_gradients(), an optimizer that cannot take slots, a
-// round that raises) has the communicator write the mean into flat when it waits for the bucket
-// (write_back()). Either way .grad ends as the same bits as without the option.
+// Deferred means (BucketOptions::step_mean, Note [deferred mean] in dist/communicator.cpp): where
+// the communicator defers_mean() for a bucket (f32 gradients with reduce_dtype bf16, on the NCCL
+// copy engines or MPI), its all-reduce stops after the all-gather: Bucket::deferred holds every
+// rank's bf16 values, and flat keeps this rank's gradient until the mean is written. DDP's step()
+// hands each parameter's slots to the optimizer (wait_for_bucket_slots()), whose update computes
+// the mean and applies it, writing it into .grad (the bucket view) under StepMean::InUpdate and
+// not under InUpdateLocalGrad; everything else (synchronize_gradients(), an optimizer that cannot
+// take slots, a round that raises) has the communicator write the mean into flat when it waits
+// for the bucket (write_back()). So .grad ends as the same bits as under StepMean::Reduced, except
+// after step() under InUpdateLocalGrad, where it still holds this rank's own gradient (but for the
+// first round under UnusedParameters::Error, which waits for, and so writes, every mean).
 #pragma once
 
 #include <cstdint>
@@ -116,6 +118,17 @@ enum class UnusedParameters {
   Ignore,  // it contributes nothing; it keeps no gradient unless another rank produced one
 };
 
+/// Where DDP's step() takes each bucket's mean from, for a bucket whose mean the communicator can
+/// defer (Communicator::defers_mean(): f32 gradients with reduce_dtype bf16 on the NCCL copy
+/// engines, or on MPI); other buckets are all-reduced as under Reduced whatever is chosen.
+enum class StepMean {
+  Reduced,            // the all-reduce writes the mean into the bucket (.grad); the update reads it
+  InUpdate,           // the all-reduce stops after the all-gather; Adam's update computes the mean,
+                      // writes it into .grad and applies it: the same bits, one memory pass less
+  InUpdateLocalGrad,  // as InUpdate, but the mean is not written: after step() each such .grad
+                      // still holds this rank's own gradient (one more memory pass less)
+};
+
 /// Whether gradient-ready hooks reduce (the default) or only accumulate locally (no_sync()).
 enum class GradSync { Reduce, AccumulateLocally };
 
@@ -129,9 +142,8 @@ struct BucketOptions {
   /// Note [last bucket priority]: the last bucket's all-reduce runs its own kernels at high
   /// priority (OverlapPriority::High).
   bool last_bucket_high_priority = true;
-  /// Deferred means (see the notes above): the mean of each bucket that the communicator can defer
-  /// is computed by the optimizer's update in DDP's step().
-  bool fuse_mean_into_step = false;
+  /// Deferred means (see the notes above): where DDP's step() takes each mean from.
+  StepMean step_mean = StepMean::Reduced;
 };
 
 /// One flat bucket: its tensor and the parameters it holds (indices into the reducer's list).
@@ -142,7 +154,7 @@ struct Bucket {
   /// Set when the communicator sends flat as this dtype itself (Communicator::reduces_as(): the
   /// copy-engine all-reduce with reduce_dtype bf16): no conversion on the compute stream.
   std::optional<DType> converted_by_communicator;
-  /// Set when its mean is deferred (BucketOptions::fuse_mean_into_step and the communicator
+  /// Set when its mean is deferred (BucketOptions::step_mean not Reduced, and the communicator
   /// defers_mean()); `deferred` then holds the latest all-reduce's slots, and `mean_written` says
   /// whether flat already holds their mean.
   bool mean_deferred = false;
@@ -195,11 +207,11 @@ class Reducer : public std::enable_shared_from_this<Reducer> {
   /// buckets launched before it), without blocking the host. With a reduce_dtype it also converts
   /// the bucket's mean back into its gradients, so under PerBucket every bucket must be waited for.
   void wait_for_bucket(size_t index);
-  /// As wait_for_bucket(index), but a deferred mean (BucketOptions::fuse_mean_into_step) is left to
-  /// the caller: returns each of the bucket's parameters' slots (bucket order; the rows of
-  /// Bucket::deferred at the parameter's offset), whose mean the caller must write into its .grad
-  /// (as AdamW's update does, core/fused.h Note [gradient slots]). Empty when the mean is not
-  /// deferred or already in flat.
+  /// As wait_for_bucket(index), but a deferred mean (BucketOptions::step_mean) is left to the
+  /// caller: returns each of the bucket's parameters' slots (bucket order; the rows of
+  /// Bucket::deferred at the parameter's offset), whose mean the caller applies, and writes into
+  /// its .grad where GradientSlots::write_mean says so (StepMean::InUpdate; as AdamW's update does,
+  /// core/fused.h Note [gradient slots]). Empty when the mean is not deferred or already in flat.
   std::vector<GradientSlots> wait_for_bucket_slots(size_t index);
   /// Orders the compute stream's later work after every bucket's latest all-reduce (with a
   /// reduce_dtype, converting every mean back), without blocking the host.
@@ -241,6 +253,7 @@ class Reducer : public std::enable_shared_from_this<Reducer> {
   Communicator& communicator_;
   UnusedParameters unused_;
   bool last_bucket_high_priority_;  // BucketOptions::last_bucket_high_priority
+  StepMean step_mean_;              // BucketOptions::step_mean
   GradSync sync_ = GradSync::Reduce;
   std::vector<Bucket> buckets_;
   std::vector<size_t> bucket_of_;            // per parameter

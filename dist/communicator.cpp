@@ -2,11 +2,11 @@
 // bf16 before its last step. Each rank rounds its tensor to bf16 and the ranks' values are gathered
 // into slots [W, n]; the mean, bf16_round(((s_0 + s_1) + ... + s_{W-1}) * scale) in f32 (Note
 // [gradient slots] in core/fused.h), is left to whoever reads it. DDP's step() with
-// DdpOptions::fuse_mean_into_step has AdamW compute it inside its update, which writes it into
-// .grad as it goes: on the NCCL copy engines (Note [copy-engine all-reduce]) the sum kernel's own
-// memory pass over each bucket then leaves the path between the all-gather and the update. The
-// expression is the copy-engine sum kernel's (Note [bf16 on the wire]), so the result is the same
-// bits either way. The slots of each key (DDP: each bucket) are kept apart, as the optimizer reads
+// DdpOptions::step_mean InUpdate has AdamW compute it inside its update, which writes it into
+// .grad as it goes (InUpdateLocalGrad: which does not write it). On the NCCL copy engines (Note
+// [copy-engine all-reduce]) the sum kernel's own memory pass over each bucket then leaves the path
+// between the all-gather and the update. The expression is the copy-engine sum kernel's (Note
+// [bf16 on the wire]), so the result is the same bits either way. The slots of each key (DDP: each bucket) are kept apart, as the optimizer reads
 // them after later buckets have been gathered. The base implementation (the MPI backend) rounds
 // with to(), gathers with all_gather() and averages with core ops.
 #include "dist/communicator.h"

@@ -66,7 +66,7 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<nn::Module> mod
               "DistributedDataParallel: check_every_n_steps ({}) and checksum_rtol ({}) must be >= 0",
               options_.check_every_n_steps, options_.checksum_rtol);
   const BucketOptions bucket_options{options_.first_bucket_bytes, options_.bucket_cap_bytes, options_.reduce_dtype,
-                                     options_.last_bucket_high_priority, options_.fuse_mean_into_step};
+                                     options_.last_bucket_high_priority, options_.step_mean};
   check_bucket_options(bucket_options);  // before any collective changes the module
   const nn::NamedTensors params = module_->named_parameters();
   const nn::NamedTensors buffers = module_->named_buffers();
@@ -142,7 +142,7 @@ void DistributedDataParallel::step(optim::Optimizer& optimizer) {
       });
       return;
     }
-    // Deferred means (DdpOptions::fuse_mean_into_step) go to the update as slots.
+    // Deferred means (DdpOptions::step_mean) go to the update as slots.
     std::vector<GradientSlots> slots;  // of the group being updated
     optimizer.step_in_groups(
         bucket_params_,

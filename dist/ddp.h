@@ -56,15 +56,19 @@ struct DdpOptions {
   /// all-reduce (CommunicatorOptions::overlap_all_reduce) has such kernels; elsewhere it changes
   /// nothing.
   bool last_bucket_high_priority = true;
-  /// With reduce_dtype bf16 for f32 parameters, on the NCCL copy-engine all-reduce (or MPI): each
-  /// bucket's all-reduce stops once every rank's bf16 values are gathered, and step() has Adam or
-  /// AdamW compute the mean inside its update, writing it into .grad as it goes (Note [deferred
+  /// With reduce_dtype bf16 for f32 parameters, on the NCCL copy-engine all-reduce (or MPI),
+  /// InUpdate and InUpdateLocalGrad stop each bucket's all-reduce once every rank's bf16 values are
+  /// gathered, and step() has Adam or AdamW compute the mean inside its update (Note [deferred
   /// mean] in dist/communicator.cpp). That takes the sum kernel's memory pass over each bucket off
-  /// the path between the last all-gather and the update. .grad and the parameters end as the
-  /// same bits as without it. synchronize_gradients(), and step() with an optimizer that cannot
-  /// take the slots (SGD), have the communicator write the means when they wait, as before but
-  /// on the compute stream. Elsewhere it changes nothing. Measured: docs/PERFORMANCE.md.
-  bool fuse_mean_into_step = false;
+  /// the path between the last all-gather and the update. Under InUpdate the update writes the
+  /// mean into .grad as it goes, and .grad and the parameters end as the same bits as under
+  /// Reduced. Under InUpdateLocalGrad it does not: the parameters are the same bits, but after
+  /// step() each such .grad holds this rank's own gradient, not the mean (except after the first
+  /// step, whose unused-parameter check waits for every bucket and so writes the means), so read
+  /// gradients after step() (e.g. to log their norm) only under the other two. synchronize_gradients(), and step()
+  /// with an optimizer that cannot take the slots (SGD), have the communicator write the means when
+  /// they wait, on the compute stream. Elsewhere it changes nothing. Measured: docs/PERFORMANCE.md.
+  StepMean step_mean = StepMean::Reduced;
 };
 
 class DistributedDataParallel {

@@ -18,6 +18,7 @@ is 2 when the file cannot be read, 1 when a table could not be built from its re
 says which and why; the others are still printed), else 0.
 """
 import json
+import re
 import sys
 
 # (bench, baseline bench, baseline impl, target ratio flame / baseline); higher value is better
@@ -175,14 +176,14 @@ def print_allreduce(records):
 
 
 def ddp_variant(record):
-    """' bf16' / ' b1024' / ' copy_engine' / ' copy_engine fused_mean' when a DDP record reduced in another
+    """' bf16' / ' b1024' / ' copy_engine' / ' copy_engine in_update' when a DDP record reduced in another
     dtype, used another batch than the default, all-reduced on the copy engines, or left the mean to
-    AdamW (DdpOptions::fuse_mean_into_step)."""
+    AdamW (DdpOptions::step_mean)."""
     tags = ""
     if record.get("all_reduce", "ring") != "ring":
         tags += f" {record['all_reduce']}"
-        if record.get("fuse_mean"):
-            tags += " fused_mean"
+        if record.get("step_mean", "reduced") != "reduced":
+            tags += f" {record['step_mean']}"
     if record.get("reduce", "f32") != "f32":
         tags += f" {record['reduce']}"
     if record.get("size", "b256") != "b256":
@@ -206,7 +207,7 @@ def print_ddp(records):
     rows = [header]
     for model, calls in sorted({(m, c) for m, c, _ in steps}):
         one, two = steps.get((model, calls, 1)), steps.get((model, calls, 2))
-        ring_calls = calls.replace(" copy_engine", "").replace(" fused_mean", "")
+        ring_calls = re.sub(r" copy_engine( in_update\w*)?", "", calls)
         if one is None and " copy_engine" in calls:  # W=1 moves nothing: the ring's W=1 run stands for it
             one = steps.get((model, ring_calls, 1))
         plain_one = steps.get((model, ring_calls.replace(" bf16", ""), 1))

@@ -18,9 +18,9 @@
 # communication stream at normal and at high priority; per-rank batch 256, 512 and 1024) or
 # last-bucket (W=1 f32; W=2 bf16 gradients through the copy engines as they are, with the last
 # bucket at high priority, DdpOptions::last_bucket_high_priority, and with the whole communication
-# stream at high priority; per-rank batch 256, 512 and 1024; all of it twice) or fuse-mean (W=1
-# f32; W=2 bf16 gradients through the copy engines with and without DdpOptions::fuse_mean_into_step;
-# per-rank batch 256, 512 and 1024; all of it twice).
+# stream at high priority; per-rank batch 256, 512 and 1024; all of it twice) or step-mean (W=1
+# f32; W=2 bf16 gradients through the copy engines with each DdpOptions::step_mean; per-rank batch
+# 256, 512 and 1024; all of it twice).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$root/build-gpu}
@@ -89,14 +89,14 @@ torch_variant() {
 
 variants=${FLAME_SWEEP_VARIANTS:-default}
 case $variants in
-  default | nccl | placement | scaling | copy-engine | copy-engine-bf16 | priority | last-bucket | fuse-mean) ;;
+  default | nccl | placement | scaling | copy-engine | copy-engine-bf16 | priority | last-bucket | step-mean) ;;
   *)
     echo "ddp_sweep: FLAME_SWEEP_VARIANTS must be default, nccl, placement, scaling, copy-engine," \
-      "copy-engine-bf16, priority, last-bucket or fuse-mean, got '$variants'" >&2
+      "copy-engine-bf16, priority, last-bucket or step-mean, got '$variants'" >&2
     exit 2
     ;;
 esac
-case $variants in scaling | copy-engine* | priority | last-bucket | fuse-mean) ;; *) variant w1 1 ;; esac
+case $variants in scaling | copy-engine* | priority | last-bucket | step-mean) ;; *) variant w1 1 ;; esac
 case $variants in
   default)
     variant w1-bucket 1 "" "" "--step bucket"
@@ -204,7 +204,7 @@ case $variants in
       done
     done
     ;;
-  fuse-mean)
+  step-mean)
     models=$model
     [ "$model" = all ] && models="cnn mlp"
     for repeat in r1 r2; do
@@ -214,7 +214,9 @@ case $variants in
           engines="$common --reduce bf16 --all-reduce copy-engine"
           variant "flame-$model-b$batch-f32-w1-$repeat" 1 "" "" "$common"
           variant "flame-$model-b$batch-bf16-copy-engine-w2-$repeat" 2 "" "" "$engines"
-          variant "flame-$model-b$batch-bf16-copy-engine-fused-w2-$repeat" 2 "" "" "$engines --fuse-mean on"
+          variant "flame-$model-b$batch-bf16-copy-engine-in-update-w2-$repeat" 2 "" "" "$engines --step-mean in-update"
+          variant "flame-$model-b$batch-bf16-copy-engine-local-grad-w2-$repeat" 2 "" "" \
+            "$engines --step-mean in-update-local-grad"
         done
       done
     done
@@ -246,8 +248,8 @@ for r in rows:
         # DdpOptions::last_bucket_high_priority: it acts on the copy-engine all-reduce only.
         if r.get("last_bucket_high_priority") and r.get("all_reduce") == "copy_engine":
             algorithm += "-last-high"
-        if r.get("fuse_mean") and r.get("all_reduce") == "copy_engine":  # DdpOptions::fuse_mean_into_step
-            algorithm += "-fused-mean"
+        if r.get("step_mean", "reduced") != "reduced" and r.get("all_reduce") == "copy_engine":  # DdpOptions::step_mean
+            algorithm += "-" + r["step_mean"].replace("_", "-")
         repeat = r["variant"].rsplit("-", 1)[1] if re.search(r"-r[0-9]+$", r["variant"]) else ""
         key = (r["impl"], r["model"], r["size"], r.get("reduce", "f32"), algorithm, repeat)
         steps.setdefault(key, {})[int(r["world"])] = r["value"]

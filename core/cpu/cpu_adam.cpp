@@ -61,13 +61,18 @@ void CpuBackend::adam_step(const std::vector<Tensor>& params, const std::vector<
                   "adam_step: entry {} mixes {} and {}; its tensors must share one floating dtype", i, p.describe(),
                   t->describe());
     }
-    // The mean goes into grads[i] first; the update below then reads it like any gradient.
-    if (grad_slots[i].slots.defined()) write_slot_mean(i, grad_slots[i], grads[i]);
+    // The mean goes into grads[i] first (or a scratch buffer, GradientSlots::write_mean false); the
+    // update below then reads it like any gradient.
+    Tensor grad = grads[i];
+    if (grad_slots[i].slots.defined()) {
+      if (!grad_slots[i].write_mean) grad = Tensor::empty(p.shape(), TensorOptions(DType::F32, kCPU));
+      write_slot_mean(i, grad_slots[i], grad);
+    }
     const LoadDouble load = double_loader(p.dtype());
     const StoreDouble store = double_storer(p.dtype());
     const size_t size = p.element_size();
     char* pp = static_cast<char*>(p.data_ptr());
-    const char* gp = static_cast<const char*>(grads[i].data_ptr());
+    const char* gp = static_cast<const char*>(grad.data_ptr());
     char* mp = static_cast<char*>(exp_avg[i].data_ptr());
     char* vp = static_cast<char*>(exp_avg_sq[i].data_ptr());
     for (int64_t e = 0; e < numel; ++e) {

@@ -18,7 +18,7 @@ namespace flame::cuda {
 namespace {
 
 // Tensors per launch: the kernel's arguments (about 3.6 KiB) stay under the 4 KiB classic limit.
-constexpr int kMaxTensors = 56;
+constexpr int kMaxTensors = 52;
 constexpr int kThreads = 256;
 constexpr int64_t kChunk = 8 * kThreads;  // elements per block
 
@@ -31,6 +31,7 @@ struct AdamTensor {
   int64_t slot_stride = 0;          // elements from one row of slots to the next
   int slot_rows = 0;                // W
   float slot_scale = 0.0f;
+  bool write_mean = true;  // store the slots' mean into grad (GradientSlots::write_mean)
 };
 
 struct AdamLaunch {
@@ -130,14 +131,14 @@ __global__ void __launch_bounds__(kThreads)
         // The mean as it is stored (exact: f32 is the only dtype given slots).
         const float mean = round_to_bf16(mul_rn(add_rn(float_of_bf16_bits(a), float_of_bf16_bits(b)), t.slot_scale));
         const C grad = to_compute(from_compute<T>(static_cast<C>(mean)));
-        g[i] = from_compute<T>(grad);
+        if (t.write_mean) g[i] = from_compute<T>(grad);
         update_element(s, param, m_old, v_old, grad, p, m, v, i);
       }
     } else if (t.slots != nullptr) {
       for (int64_t i = first; i < hi; i += kThreads) {
         const C param = to_compute(p[i]), m_old = to_compute(m[i]), v_old = to_compute(v[i]);
         const C grad = to_compute(from_compute<T>(static_cast<C>(slot_mean(t, i))));
-        g[i] = from_compute<T>(grad);
+        if (t.write_mean) g[i] = from_compute<T>(grad);
         update_element(s, param, m_old, v_old, grad, p, m, v, i);
       }
     } else {
@@ -224,6 +225,7 @@ void launch_adam_step(DeviceContext& ctx, const std::vector<Tensor>& params, con
           launch.tensors[k].slot_stride = gs.slots.stride(0);
           launch.tensors[k].slot_rows = static_cast<int>(gs.slots.size(0));
           launch.tensors[k].slot_scale = gs.scale;
+          launch.tensors[k].write_mean = gs.write_mean;
         }
         launch.starts[k + 1] = launch.starts[k] + params[i].numel();
         launch.count = k + 1;

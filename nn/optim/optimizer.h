@@ -48,8 +48,8 @@ class Optimizer {
   using GroupGradientSlots = std::function<std::vector<GradientSlots>(size_t group)>;
   /// step_in_groups where, after before_group(g), slots_of(g) may give group g's gradients as
   /// every rank's bf16 values (Note [gradient slots] in core/fused.h): the update then computes
-  /// each such member's mean, writes it into its .grad and applies it, as DDP's step() does with
-  /// fuse_mean_into_step. Only where takes_gradient_slots(); elsewhere slots raise flame::Error.
+  /// each such member's mean, writes it into its .grad (GradientSlots::write_mean) and applies it,
+  /// as DDP's step() does with DdpOptions::step_mean. Only where takes_gradient_slots(); elsewhere slots raise flame::Error.
   /// A member without a gradient is skipped as usual, its slots unread.
   void step_in_groups(const std::vector<std::vector<Tensor>>& groups, const std::function<void(size_t)>& before_group,
                       const GroupGradientSlots& slots_of);

@@ -505,6 +505,20 @@ TEST(AdamStepSlots, NonFiniteSlotsGiveNonFiniteMeans) {
   EXPECT_EQ(mean[2], std::numeric_limits<float>::infinity());  // 2^128 overflows f32 before the scale
 }
 
+// GradientSlots::write_mean false: the same update from the mean, the grad left as it was.
+TEST(AdamStepSlots, AnUnwrittenMeanUpdatesAsAWrittenOne) {
+  const std::vector<std::vector<double>> rows{{0.5, -1.25, 3.0, 0x1p-9}, {0.25, 1.0, -2.0, 1.0 + 0x1p-7}};
+  const auto fresh = [] { return std::vector<Tensor>{full({4}, 0.5), full({4}, 9.0), full({4}, 0.1), full({4}, 0.2)}; };
+  std::vector<Tensor> written = fresh(), unwritten = fresh();
+  const AdamStepArgs args = adam_args(AdamWeightDecay::Decoupled, 0.1, 2);
+  adam_step_({written[0]}, {written[1]}, {written[2]}, {written[3]}, args, {{make_slots(rows), 0.5f}});
+  adam_step_({unwritten[0]}, {unwritten[1]}, {unwritten[2]}, {unwritten[3]}, args, {{make_slots(rows), 0.5f, false}});
+  EXPECT_EQ(f32_bits(written[1]), f32_bits(slot_mean_reference(rows, 0.5f)));
+  EXPECT_EQ(unwritten[1].to_vector<float>(), std::vector<float>(4, 9.0f));
+  for (size_t k : {size_t{0}, size_t{2}, size_t{3}}) EXPECT_EQ(f32_bits(unwritten[k]), f32_bits(written[k])) << k;
+  EXPECT_NE(f32_bits(written[0]), f32_bits(fresh()[0])) << "the step changed nothing";
+}
+
 TEST(AdamStepSlots, BadArgumentsRaiseAndWriteNothing) {
   const AdamStepArgs args = adam_args(AdamWeightDecay::Decoupled, 0.1, 1);
   const Tensor p = ones({2, 3}), g = full({2, 3}, 0.5), m = zeros({2, 3}), v = zeros({2, 3});

@@ -106,16 +106,16 @@ TEST(Ddp, MatchesSingleProcessTrainingOnTheGlobalBatch) {
 /// parameter outside the module (updated after every bucket); with `reduce_dtype`, both reduce in
 /// that dtype.
 void check_ddp_step_matches_separate_step(uint64_t seed, bool extra, std::optional<DType> reduce_dtype = std::nullopt,
-                                          bool fuse_mean = false) {
+                                          StepMean step_mean = StepMean::Reduced) {
   constexpr int64_t kLocal = 4;
   const int64_t global = kLocal * world();
   auto separate_model = make_mlp(seed + rank());  // each rank different: DDP broadcasts rank 0's
   auto fused_model = make_mlp(seed + rank());
   DdpOptions options = small_buckets(reduce_dtype);
-  options.fuse_mean_into_step = fuse_mean;
+  options.step_mean = step_mean;
   DistributedDataParallel separate(separate_model, comm(), options);
   DistributedDataParallel fused(fused_model, comm(), options);
-  for (const Bucket& bucket : fused.reducer().buckets()) EXPECT_EQ(bucket.mean_deferred, fuse_mean) << bucket.label;
+  for (const Bucket& bucket : fused.reducer().buckets()) EXPECT_EQ(bucket.mean_deferred, step_mean != StepMean::Reduced) << bucket.label;
   ASSERT_GE(fused.reducer().buckets().size(), 3u) << "the test wants several buckets";
   expect_same_parameters(*fused_model, *separate_model, 0.0, "after construction");
 
@@ -272,12 +272,16 @@ TEST(Ddp, StepWithBf16ReductionMatchesSynchronizeThenOptimizerStepBitForBit) {
   check_ddp_step_matches_separate_step(1250, /*extra=*/false, DType::BF16);
 }
 
-// fuse_mean_into_step (Note [deferred mean]): on MPI every bucket's mean is deferred; AdamW's update
+// StepMean::InUpdate (Note [deferred mean]): on MPI every bucket's mean is deferred; AdamW's update
 // computes it from the slots inside ddp.step, and the communicator writes it for
 // synchronize_gradients(). Both must leave the same .grad, parameters and state, bit for bit; the
 // extra parameter outside the module (no slots) shares AdamW's update with slotted ones.
 TEST(Ddp, MeanFusedIntoAdamWMatchesSynchronizeThenStepBitForBit) {
-  check_ddp_step_matches_separate_step(1260, /*extra=*/true, DType::BF16, /*fuse_mean=*/true);
+  check_ddp_step_matches_separate_step(1260, /*extra=*/true, DType::BF16, StepMean::InUpdate);
+}
+
+TEST(Ddp, MeanInUpdateWithoutWritingItLeavesEachRankItsOwnGradient) {
+  expect_local_grad_step_matches_in_update(comm(), /*deferred=*/true);
 }
 
 // The fused mean is the mean the reducer's own bf16 path computes: with two ranks (one sum, so MPI's
@@ -291,7 +295,7 @@ TEST(Ddp, MeanFusedIntoTheStepEqualsTheUnfusedBf16Mean) {
     auto fused_model = make_mlp(1270 + rank());
     auto plain_model = make_mlp(1270 + rank());
     DdpOptions fused_options = small_buckets(DType::BF16);
-    fused_options.fuse_mean_into_step = true;
+    fused_options.step_mean = StepMean::InUpdate;
     DistributedDataParallel fused(fused_model, comm(), fused_options);
     DistributedDataParallel plain(plain_model, comm(), small_buckets(DType::BF16));
     const auto make_opt = [&](const std::vector<Tensor>& params) -> std::unique_ptr<optim::Optimizer> {

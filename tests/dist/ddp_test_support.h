@@ -21,7 +21,9 @@
 #include "dist/ddp.h"
 #include "nn/activation.h"
 #include "nn/linear.h"
+#include "nn/loss.h"
 #include "nn/module.h"
+#include "nn/optim/adam.h"
 
 namespace flame::dist::ddp_testing {
 
@@ -137,6 +139,51 @@ inline DdpOptions small_buckets(std::optional<DType> reduce_dtype = std::nullopt
   options.first_bucket_bytes = 64;  // the last layer's bias and part of its weight
   options.bucket_cap_bytes = 512;
   return options;
+}
+
+/// DdpOptions::step_mean InUpdateLocalGrad against InUpdate (Note [deferred mean]) on
+/// `communicator`, bf16 reduction, 3 AdamW steps through ddp.step: the same parameters bit for bit,
+/// each bucket's mean deferred where `deferred` says, and after each step but the first every .grad
+/// of the local-grad replica still holds what backward left there (this rank's own gradient) where
+/// the other holds the mean. After the first step (whose unused-parameter check waits for every
+/// bucket, writing the means), or where nothing was deferred, it holds the mean too.
+inline void expect_local_grad_step_matches_in_update(Communicator& communicator, bool deferred) {
+  const int rank = ProcessGroup::init().rank, world = ProcessGroup::init().world_size;
+  const Device device = communicator.device();
+  constexpr int64_t kLocal = 4;
+  auto written_model = make_mlp(1280 + rank, kHidden, device);  // each rank different: DDP broadcasts
+  auto local_model = make_mlp(1280 + rank, kHidden, device);
+  DdpOptions written_options = small_buckets(DType::BF16), local_options = small_buckets(DType::BF16);
+  written_options.step_mean = StepMean::InUpdate;
+  local_options.step_mean = StepMean::InUpdateLocalGrad;
+  DistributedDataParallel written(written_model, communicator, written_options);
+  DistributedDataParallel local(local_model, communicator, local_options);
+  for (const Bucket& bucket : local.reducer().buckets()) EXPECT_EQ(bucket.mean_deferred, deferred) << bucket.label;
+  optim::AdamW written_opt(written.parameters(), {.lr = 1e-2});
+  optim::AdamW local_opt(local.parameters(), {.lr = 1e-2});
+  bool some_mean_differs = false;  // from this rank's own gradient: the check below can tell them apart
+  for (int step = 0; step < 3; ++step) {
+    const std::string at = "step " + std::to_string(step);
+    const Batch mine = global_batch(kLocal * world, 128 + step, device).slice(rank * kLocal, kLocal);
+    written.zero_grad();
+    nn::mse_loss(written.forward(mine.x), mine.y).backward();
+    written.step(written_opt);
+    local.zero_grad();
+    nn::mse_loss(local.forward(mine.x), mine.y).backward();
+    std::vector<std::vector<float>> own;  // what backward left in each .grad
+    for (const auto& entry : local_model->named_parameters()) own.push_back(entry.second.grad().to_vector<float>());
+    local.step(local_opt);
+    expect_same_parameters(*local_model, *written_model, 0.0, at);
+    const nn::NamedTensors l = local_model->named_parameters(), w = written_model->named_parameters();
+    for (size_t i = 0; i < l.size(); ++i) {
+      const std::vector<float> mean = w[i].second.grad().to_vector<float>();
+      EXPECT_EQ(l[i].second.grad().to_vector<float>(), deferred && step > 0 ? own[i] : mean)
+          << "grad of " << l[i].first << " " << at << " rank " << rank;
+      some_mean_differs = some_mean_differs || mean != own[i];
+    }
+  }
+  if (deferred && world > 1) EXPECT_TRUE(some_mean_differs) << "every mean equals this rank's own gradient";
+  local.check_parameters_in_sync("after the local-grad steps");
 }
 
 }  // namespace flame::dist::ddp_testing

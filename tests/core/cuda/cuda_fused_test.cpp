@@ -296,6 +296,12 @@ TEST_F(CudaFused, AdamStepSlotsMatchTheCpuAndThePlainStepOnTheMean) {
     args.decay = decay;
     args.bias_correction1 = 1.0 - std::pow(args.beta1, 3);
     args.bias_correction2 = 1.0 - std::pow(args.beta2, 3);
+    // The same slots with write_mean false: the same update, and the grads left as they were.
+    AdamLists unwritten = make_lists(values, shapes, dtypes, kGpu);
+    const AdamLists original = make_lists(values, shapes, dtypes, kGpu);
+    std::vector<GradientSlots> unwritten_slots = gpu_slots;
+    for (GradientSlots& slots : unwritten_slots) slots.write_mean = false;
+    adam_step_(unwritten.p, unwritten.g, unwritten.m, unwritten.v, args, unwritten_slots);
     adam_step_(gpu.p, gpu.g, gpu.m, gpu.v, args, gpu_slots);
     adam_step_(cpu.p, cpu.g, cpu.m, cpu.v, args, cpu_slots);
     for (int i = 0; i < count; ++i) plain.g.push_back(gpu.g[i].clone());
@@ -309,6 +315,10 @@ TEST_F(CudaFused, AdamStepSlotsMatchTheCpuAndThePlainStepOnTheMean) {
       EXPECT_TRUE(test::tensors_identical(gpu.p[i], plain.p[i]));
       EXPECT_TRUE(test::tensors_identical(gpu.m[i], plain.m[i]));
       EXPECT_TRUE(test::tensors_identical(gpu.v[i], plain.v[i]));
+      EXPECT_TRUE(test::tensors_identical(unwritten.p[i], gpu.p[i]));
+      EXPECT_TRUE(test::tensors_identical(unwritten.m[i], gpu.m[i]));
+      EXPECT_TRUE(test::tensors_identical(unwritten.v[i], gpu.v[i]));
+      EXPECT_TRUE(test::tensors_identical(unwritten.g[i], original.g[i]));
     }
     const std::vector<double> g5 = test::host_values(gpu.g[5]);
     EXPECT_TRUE(std::isnan(g5[3]));

@@ -163,10 +163,10 @@ TEST_F(DdpNccl, CopyEngineAllReduceTrainsAsTheRing) {
 /// .grad (synchronize_gradients on a twin) is a bf16 value near the global-batch gradient, and
 /// ddp.step gives the same bits as the twin's synchronize + step; the replicas stay in sync. ddp
 /// issues its last bucket at high priority (the default) and the twin does not (Note [last bucket
-/// priority]): the priority must not change a bit. `fuse_ddp` and `fuse_twin` set
-/// fuse_mean_into_step on each (Note [deferred mean]): that must not change a bit either.
+/// priority]): the priority must not change a bit. `ddp_mean` and `twin_mean` set each one's
+/// step_mean (Note [deferred mean]): Reduced and InUpdate must not change a bit either.
 void expect_bf16_reduced_training(Communicator& communicator, const std::function<void(const Reducer&)>& check_buckets,
-                                  bool fuse_ddp = false, bool fuse_twin = false) {
+                                  StepMean ddp_mean = StepMean::Reduced, StepMean twin_mean = StepMean::Reduced) {
   const int rank = ProcessGroup::init().rank, world = ProcessGroup::init().world_size;
   const Device device = ProcessGroup::init().cuda_device();
   constexpr int64_t kLocal = 5;
@@ -175,11 +175,11 @@ void expect_bf16_reduced_training(Communicator& communicator, const std::functio
   auto twin = clone_mlp(*model, device);
   auto reference = clone_mlp(*model, device);
   DdpOptions fused = small_buckets(DType::BF16);
-  fused.fuse_mean_into_step = fuse_ddp;
+  fused.step_mean = ddp_mean;
   DistributedDataParallel ddp(model, communicator, fused);
   DdpOptions normal = small_buckets(DType::BF16);
   normal.last_bucket_high_priority = false;
-  normal.fuse_mean_into_step = fuse_twin;
+  normal.step_mean = twin_mean;
   DistributedDataParallel twin_ddp(twin, communicator, normal);
   ASSERT_GE(ddp.reducer().buckets().size(), 3u);
   check_buckets(ddp.reducer());
@@ -235,23 +235,25 @@ TEST_F(DdpNccl, CopyEngineBf16ReductionConvertsOnTheCommunicationStream) {
 }
 
 TEST_F(DdpNccl, CopyEngineMeanFusedIntoAdamWGivesTheSameBits) {
-  // fuse_mean_into_step (Note [deferred mean]): the buckets stop after the all-gather and AdamW's
+  // StepMean::InUpdate (Note [deferred mean]): the buckets stop after the all-gather and AdamW's
   // kernel computes each mean. Against a twin that reduces as before, then against a twin that
-  // defers too and has the communicator write its means at synchronize_gradients().
+  // defers too and has the communicator write its means at synchronize_gradients(); then
+  // InUpdateLocalGrad against InUpdate.
   CommunicatorOptions options;
   options.timeout = std::chrono::seconds(30);
   options.overlap_all_reduce = OverlapAllReduce::CopyEngineGather;
   options.overlap_carveout_min_bytes = 0;
   auto gather = make_nccl_communicator(ProcessGroup::init(), options);
-  for (const bool fuse_twin : {false, true}) {
-    SCOPED_TRACE(fuse_twin ? "twin defers and writes its means" : "twin reduces as before");
+  for (const StepMean twin_mean : {StepMean::Reduced, StepMean::InUpdate}) {
+    SCOPED_TRACE(twin_mean == StepMean::InUpdate ? "twin defers and writes its means" : "twin reduces as before");
     expect_bf16_reduced_training(
         *gather,
         [&](const Reducer& reducer) {
           for (const Bucket& bucket : reducer.buckets()) EXPECT_EQ(bucket.mean_deferred, world() == 2) << bucket.label;
         },
-        /*fuse_ddp=*/true, fuse_twin);
+        StepMean::InUpdate, twin_mean);
   }
+  expect_local_grad_step_matches_in_update(*gather, /*deferred=*/world() == 2);
 }
 
 TEST_F(DdpNccl, NoSyncAccumulatesLocallyThenReducesTheSum) {
