@@ -231,7 +231,12 @@ void emit_line(const std::string& bench_name, const Case& c, int world, const st
       "\"unit\": \"{}\", \"device\": \"{}\"}}\n",
       bench_name, model_name(c.model), world, calls_name(c.calls), c.bucket_step ? "bucket" : "after-sync",
       c.reduce_dtype ? dtype_name(*c.reduce_dtype) : "f32", c.batch, c.options.high_priority_stream,
-      c.last_bucket_high_priority, step_mean_name(c.step_mean),
+      c.last_bucket_high_priority,
+      // Only bf16 gradients through the copy engines can defer their means (Note [deferred mean]).
+      step_mean_name(c.options.overlap_all_reduce == dist::OverlapAllReduce::CopyEngineGather && world == 2 &&
+                             c.reduce_dtype == DType::BF16
+                         ? c.step_mean
+                         : dist::StepMean::Reduced),
       c.options.overlap_all_reduce == dist::OverlapAllReduce::CopyEngineGather && world == 2  // W=1: nothing to move
           ? "\"all_reduce\": \"copy_engine\", "
           : "",

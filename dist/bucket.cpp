@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 #include <map>
 #include <utility>
 
@@ -76,6 +77,11 @@ Reducer::Reducer(nn::NamedTensors params, Communicator& communicator, BucketOpti
       unused_(unused),
       last_bucket_high_priority_(options.last_bucket_high_priority),
       step_mean_(options.step_mean) {
+  // Note [deferred mean]: slot keys of their own, so that the rounds of two DDPs on one communicator
+  // (one backward through two wrapped modules, say) never share slots. The keys are local: each
+  // rank's slots are its own buffers, allocated at the same collectives on every rank.
+  static std::atomic<size_t> reducers{0};
+  deferred_key_base_ = reducers.fetch_add(1) << 32;
   const std::string problem = bucketing_problem(params_, communicator_.device());
   FLAME_CHECK(problem.empty(), "{}", problem);
   std::vector<Tensor> tensors;
@@ -182,8 +188,8 @@ void Reducer::launch_ready_buckets() {
                                                                           : OverlapPriority::Normal;
     if (bucket.mean_deferred) {
       bucket.deferred = communicator_.all_reduce_overlapped_deferred(bucket.flat, *bucket.converted_by_communicator,
-                                                                     ReduceOp::Avg, next_launch_, bucket.label,
-                                                                     priority);
+                                                                     ReduceOp::Avg, deferred_key_base_ + next_launch_,
+                                                                     bucket.label, priority);
       bucket.collective = bucket.deferred.collective;
       bucket.mean_written = false;
     } else if (bucket.converted_by_communicator) {

@@ -95,7 +95,8 @@
 // the mean and applies it, writing it into .grad (the bucket view) under StepMean::InUpdate and
 // not under InUpdateLocalGrad; everything else (synchronize_gradients(), an optimizer that cannot
 // take slots, a round that raises) has the communicator write the mean into flat when it waits
-// for the bucket (write_back()). So .grad ends as the same bits as under StepMean::Reduced, except
+// for the bucket (write_back()). So .grad ends as the same bits as under StepMean::Reduced (on the
+// copy engines; MPI's own sum order can change the last bf16 bit with more than 2 ranks), except
 // after step() under InUpdateLocalGrad, where it still holds this rank's own gradient (but for the
 // first round under UnusedParameters::Error, which waits for, and so writes, every mean).
 #pragma once
@@ -254,6 +255,7 @@ class Reducer : public std::enable_shared_from_this<Reducer> {
   UnusedParameters unused_;
   bool last_bucket_high_priority_;  // BucketOptions::last_bucket_high_priority
   StepMean step_mean_;              // BucketOptions::step_mean
+  size_t deferred_key_base_ = 0;    // this reducer's slot keys: base + bucket index (Note [deferred mean])
   GradSync sync_ = GradSync::Reduce;
   std::vector<Bucket> buckets_;
   std::vector<size_t> bucket_of_;            // per parameter

@@ -6,9 +6,16 @@
 // .grad as it goes (InUpdateLocalGrad: which does not write it). On the NCCL copy engines (Note
 // [copy-engine all-reduce]) the sum kernel's own memory pass over each bucket then leaves the path
 // between the all-gather and the update. The expression is the copy-engine sum kernel's (Note
-// [bf16 on the wire]), so the result is the same bits either way. The slots of each key (DDP: each bucket) are kept apart, as the optimizer reads
-// them after later buckets have been gathered. The base implementation (the MPI backend) rounds
-// with to(), gathers with all_gather() and averages with core ops.
+// [bf16 on the wire]), so on the copy engines (2 ranks) the result is the same bits either way. On
+// MPI, StepMean::Reduced sums in MPI's order and then divides, so with more than 2 ranks its mean
+// can differ from this one in the last bf16 bit.
+// The slots of each key (DDP: each reducer's bucket) are kept apart, as the optimizer reads them
+// after later buckets have been gathered, and they are kept until the communicator is destroyed
+// (which first waits for the compute stream). A key's next all-gather is ordered after the compute
+// stream's work issued before it, and NCCL's all-gather writes into a peer's slots only once every
+// rank has joined it, so no rank overwrites slots that another still reads. The base
+// implementation (the MPI backend) rounds with to(), gathers with all_gather() and averages with
+// core ops.
 #include "dist/communicator.h"
 
 #include "core/autograd.h"

@@ -62,10 +62,13 @@ struct DdpOptions {
   /// mean] in dist/communicator.cpp). That takes the sum kernel's memory pass over each bucket off
   /// the path between the last all-gather and the update. Under InUpdate the update writes the
   /// mean into .grad as it goes, and .grad and the parameters end as the same bits as under
-  /// Reduced. Under InUpdateLocalGrad it does not: the parameters are the same bits, but after
-  /// step() each such .grad holds this rank's own gradient, not the mean (except after the first
-  /// step, whose unused-parameter check waits for every bucket and so writes the means), so read
-  /// gradients after step() (e.g. to log their norm) only under the other two. synchronize_gradients(), and step()
+  /// Reduced (on the copy engines; on MPI with more than 2 ranks the means can differ in the last
+  /// bf16 bit, as MPI sums in its own order). Under InUpdateLocalGrad it does not: the parameters
+  /// are the same bits as under InUpdate, but after step() each such .grad holds this rank's own
+  /// gradient, not the mean (except after the first step under UnusedParameters::Error, whose
+  /// unused-parameter check waits for every bucket and so writes the means), so read gradients
+  /// after step() (e.g. to log their norm) only under the other two. Each deferred bucket keeps
+  /// slots of its own in the communicator (its f32 size again) until the communicator goes. synchronize_gradients(), and step()
   /// with an optimizer that cannot take the slots (SGD), have the communicator write the means when
   /// they wait, on the compute stream. Elsewhere it changes nothing. Measured: docs/PERFORMANCE.md.
   StepMean step_mean = StepMean::Reduced;

@@ -325,6 +325,9 @@ class NcclCommunicator final : public Communicator {
       ncclCommAbort(comm_);
       comm_ = nullptr;
     }
+    // Note [deferred mean]: the compute stream may still read a key's slots (an optimizer step just
+    // issued); the communication stream's users have finished or been aborted above.
+    if (!deferred_slots_.empty()) cudaStreamSynchronize(cuda::compute_stream(device_.index));
     release_symmetric_buffers();
     if (comm_ != nullptr) {
       // Flush and destroy cleanly when possible; abort when finalising fails or outlasts the timeout.

@@ -87,6 +87,8 @@ void Optimizer::step_in_groups(const std::vector<std::vector<Tensor>>& groups,
                   type_name_, key, i, t.describe(), p.describe());
     }
   }
+  FLAME_CHECK(!slots_of || takes_gradient_slots(),
+              "{}.step_in_groups: {} cannot take gradients as slots (Adam and AdamW can)", type_name_, type_name_);
   autograd::NoGradGuard no_grad;
   ++step_count_;
   std::vector<std::vector<PendingUpdate>> updates(groups.size() + 1);  // per group, in parameter order
@@ -111,8 +113,6 @@ void Optimizer::attach_slots(const std::vector<size_t>& members, std::vector<Gra
   if (slots.empty()) return;
   FLAME_CHECK(slots.size() == members.size(), "{}.step_in_groups: {} gradient slots for a group of {} parameters",
               type_name_, slots.size(), members.size());
-  FLAME_CHECK(takes_gradient_slots(), "{}.step_in_groups: {} cannot take gradients as slots (Adam and AdamW can)",
-              type_name_, type_name_);
   for (size_t k = 0; k < members.size(); ++k) {
     const size_t u = update_of[members[k]];
     if (u != SIZE_MAX) updates[u].slots = std::move(slots[k]);  // no gradient: skipped, slots unread

@@ -50,7 +50,9 @@ class Optimizer {
   /// every rank's bf16 values (Note [gradient slots] in core/fused.h): the update then computes
   /// each such member's mean, writes it into its .grad (GradientSlots::write_mean) and applies it,
   /// as DDP's step() does with DdpOptions::step_mean. Only where takes_gradient_slots(); elsewhere slots raise flame::Error.
-  /// A member without a gradient is skipped as usual, its slots unread.
+  /// A member without a gradient is skipped as usual, its slots unread. An optimizer that cannot take
+  /// slots raises before anything changes; a slots list whose length is not its group's raises when
+  /// that group is reached, after the groups before it were updated.
   void step_in_groups(const std::vector<std::vector<Tensor>>& groups, const std::function<void(size_t)>& before_group,
                       const GroupGradientSlots& slots_of);
   /// Whether updates can read GradientSlots (Adam and AdamW: their fused kernel computes the mean).

@@ -592,6 +592,7 @@ TEST(OptimizerStepInGroups, SlotsNeedAnOptimizerThatTakesThemAndOnePerMember) {
     return std::vector<GradientSlots>{slots};
   }); }, {"SGD", "cannot take gradients as slots"}));
   EXPECT_EQ(params[1].to_vector<float>(), before);
+  EXPECT_EQ(sgd.step_count(), 0) << "the refused step counted";
   AdamW adamw(params, AdamWOptions{.lr = 0.01});
   EXPECT_TRUE(raises_error([&] { adamw.step_in_groups({{params[1], params[0]}}, [](size_t) {}, [&](size_t) {
     return std::vector<GradientSlots>{slots};

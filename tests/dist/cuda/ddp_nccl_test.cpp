@@ -256,6 +256,49 @@ TEST_F(DdpNccl, CopyEngineMeanFusedIntoAdamWGivesTheSameBits) {
   expect_local_grad_step_matches_in_update(*gather, /*deferred=*/world() == 2);
 }
 
+TEST_F(DdpNccl, DeferredMeansOfTwoInterleavedDdpsStayApart) {
+  // Two DDPs on one copy-engine communicator, both backpropagating before either steps (Note
+  // [deferred mean]: each reducer's buckets keep slots of their own): the same bits as the same two
+  // run one after the other. Their buckets differ in size, so shared slots would also be regrown.
+  CommunicatorOptions options;
+  options.timeout = std::chrono::seconds(30);
+  options.overlap_all_reduce = OverlapAllReduce::CopyEngineGather;
+  options.overlap_carveout_min_bytes = 0;
+  auto gather = make_nccl_communicator(ProcessGroup::init(), options);
+  DdpOptions in_update = small_buckets(DType::BF16);
+  in_update.step_mean = StepMean::InUpdate;
+  constexpr int64_t kLocal = 4;
+  std::vector<std::shared_ptr<nn::Sequential>> models;  // interleaved a, b; then one after the other a, b
+  for (int copy = 0; copy < 2; ++copy)
+    for (const int64_t hidden : {kHidden, int64_t{24}}) models.push_back(make_mlp(290 + hidden, hidden, device()));
+  std::vector<std::unique_ptr<DistributedDataParallel>> ddps;
+  std::vector<std::unique_ptr<optim::AdamW>> opts;
+  for (const auto& model : models) {
+    ddps.push_back(std::make_unique<DistributedDataParallel>(model, *gather, in_update));
+    opts.push_back(std::make_unique<optim::AdamW>(ddps.back()->parameters(), optim::AdamWOptions{.lr = 1e-2}));
+  }
+  const auto backward = [&](size_t k, const Batch& mine) {
+    ddps[k]->zero_grad();
+    nn::mse_loss(ddps[k]->forward(mine.x), mine.y).backward();
+  };
+  for (int step = 0; step < 3; ++step) {
+    const Batch mine = global_batch(kLocal * world(), 300 + step, device()).slice(rank() * kLocal, kLocal);
+    backward(0, mine);
+    backward(1, mine);
+    ddps[0]->step(*opts[0]);
+    ddps[1]->step(*opts[1]);
+    backward(2, mine);
+    ddps[2]->step(*opts[2]);
+    backward(3, mine);
+    ddps[3]->step(*opts[3]);
+    const std::string at = "step " + std::to_string(step);
+    expect_same_parameters(*models[0], *models[2], 0.0, at);
+    expect_same_parameters(*models[1], *models[3], 0.0, at);
+    expect_same_grads(*models[0], *models[2], 0.0, at);
+    expect_same_grads(*models[1], *models[3], 0.0, at);
+  }
+}
+
 TEST_F(DdpNccl, NoSyncAccumulatesLocallyThenReducesTheSum) {
   constexpr int64_t kMicro = 3, kMicroBatch = 4;
   const int64_t global = kMicro * kMicroBatch * world();
