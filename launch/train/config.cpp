@@ -41,12 +41,17 @@ constexpr std::array<EnumName<ReduceDtype>, 2> kReduceDtypeNames{
     {{ReduceDtype::Param, "param"}, {ReduceDtype::BF16, "bf16"}}};
 constexpr std::array<EnumName<AllReduceChoice>, 2> kAllReduceNames{
     {{AllReduceChoice::Ring, "ring"}, {AllReduceChoice::CopyEngine, "copy_engine"}}};
+constexpr std::array<EnumName<StepMeanChoice>, 3> kStepMeanNames{{{StepMeanChoice::Reduced, "reduced"},
+                                                                  {StepMeanChoice::InUpdate, "in_update"},
+                                                                  {StepMeanChoice::InUpdateLocalGrad,
+                                                                   "in_update_local_grad"}}};
 
 constexpr const auto& names_of(DeviceChoice) { return kDeviceNames; }
 constexpr const auto& names_of(OptimizerKind) { return kOptimizerNames; }
 constexpr const auto& names_of(ScheduleChoice) { return kScheduleNames; }
 constexpr const auto& names_of(ReduceDtype) { return kReduceDtypeNames; }
 constexpr const auto& names_of(AllReduceChoice) { return kAllReduceNames; }
+constexpr const auto& names_of(StepMeanChoice) { return kStepMeanNames; }
 
 template <class E>
 std::string_view name_of(E value) {
@@ -193,6 +198,7 @@ void visit_keys(Visitor& v, C& c) {
   v.key("timeout_s", c.ddp.timeout_s, FloatRange{0.001, Bound::Closed, 1e9, Bound::Closed});
   v.key("reduce_dtype", c.ddp.reduce_dtype);
   v.key("all_reduce", c.ddp.all_reduce);
+  v.key("step_mean", c.ddp.step_mean);
 }
 
 // --- the known sections and keys -------------------------------------------------------------------
@@ -666,5 +672,6 @@ std::string_view to_string(OptimizerKind kind) { return name_of(kind); }
 std::string_view to_string(ScheduleChoice kind) { return name_of(kind); }
 std::string_view to_string(ReduceDtype dtype) { return name_of(dtype); }
 std::string_view to_string(AllReduceChoice choice) { return name_of(choice); }
+std::string_view to_string(StepMeanChoice choice) { return name_of(choice); }
 
 }  // namespace flame::train

@@ -43,6 +43,14 @@ enum class AllReduceChoice {
   CopyEngine,  // "copy_engine": 2 GPU ranks only; the copy engines move the buckets, no SM is held
 };
 
+/// ddp.step_mean: where the optimizer step takes each bf16 bucket's mean from
+/// (dist::DdpOptions::step_mean).
+enum class StepMeanChoice {
+  Reduced,            // "reduced": the all-reduce writes it into .grad
+  InUpdate,           // "in_update": Adam/AdamW computes it in its update and writes it into .grad
+  InUpdateLocalGrad,  // "in_update_local_grad": the same without writing it into .grad
+};
+
 /// [model]
 struct ModelConfig {
   /// model.name: a model registered with the trainer ("mlp", "cnn", ...). The config only checks
@@ -130,6 +138,7 @@ struct DdpConfig {
   double timeout_s = 300.0;      // ddp.timeout_s: [0.001, 1e9] seconds before a collective is declared hung
   ReduceDtype reduce_dtype = ReduceDtype::Param;       // ddp.reduce_dtype
   AllReduceChoice all_reduce = AllReduceChoice::Ring;  // ddp.all_reduce
+  StepMeanChoice step_mean = StepMeanChoice::Reduced;  // ddp.step_mean
   bool operator==(const DdpConfig&) const = default;
 };
 
@@ -170,11 +179,13 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 std::string to_toml(const Config& config);
 
 /// The names used in the config and in logs: "auto" / "cpu" / "cuda", "sgd" / "adam" / "adamw",
-/// "constant" / "step" / "warmup_cosine", "param" / "bf16", "ring" / "copy_engine".
+/// "constant" / "step" / "warmup_cosine", "param" / "bf16", "ring" / "copy_engine", "reduced" /
+/// "in_update" / "in_update_local_grad".
 std::string_view to_string(DeviceChoice device);
 std::string_view to_string(OptimizerKind kind);
 std::string_view to_string(ScheduleChoice kind);
 std::string_view to_string(ReduceDtype dtype);
 std::string_view to_string(AllReduceChoice choice);
+std::string_view to_string(StepMeanChoice choice);
 
 }  // namespace flame::train

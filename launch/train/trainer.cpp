@@ -124,6 +124,18 @@ Device choose_device(DeviceChoice choice, const dist::ProcessGroup& group) {
   FLAME_FAIL("train.device: unknown choice");
 }
 
+dist::StepMean ddp_step_mean(StepMeanChoice choice) {
+  switch (choice) {
+    case StepMeanChoice::Reduced:
+      return dist::StepMean::Reduced;
+    case StepMeanChoice::InUpdate:
+      return dist::StepMean::InUpdate;
+    case StepMeanChoice::InUpdateLocalGrad:
+      return dist::StepMean::InUpdateLocalGrad;
+  }
+  FLAME_FAIL("ddp.step_mean: unknown choice {}", static_cast<int>(choice));
+}
+
 std::unique_ptr<optim::Optimizer> make_optimizer(const OptimizerConfig& c, std::vector<Tensor> params) {
   switch (c.kind) {
     case OptimizerKind::Sgd: {
@@ -367,6 +379,17 @@ void Trainer::set_up() {
       log_->warn(
           "ddp.all_reduce = \"copy_engine\" applies to GPU ranks; these ranks train on the CPU and "
           "all-reduce through MPI");
+  }
+  if (config_.ddp.step_mean != StepMeanChoice::Reduced) {
+    // Note [deferred mean]: only bf16 gradients can be deferred (through the copy engines on GPUs),
+    // and only the bucket-by-bucket step takes them (clipping synchronizes first).
+    const bool deferrable = config_.ddp.reduce_dtype == ReduceDtype::BF16 &&
+                            (!device_.is_cuda() || config_.ddp.all_reduce == AllReduceChoice::CopyEngine);
+    if (!deferrable || config_.train.clip_grad_norm > 0)
+      log_->warn("ddp.step_mean = \"{}\" acts only with ddp.reduce_dtype = \"bf16\", on GPUs with ddp.all_reduce = "
+                 "\"copy_engine\", and without train.clip_grad_norm; here {}",
+                 to_string(config_.ddp.step_mean),
+                 deferrable ? "clipping has every mean written first" : "it changes nothing");
   }
   if (device_.is_cuda()) {
     dist::CommunicatorOptions gradient_options = comm_options;
@@ -689,6 +712,7 @@ RunResult Trainer::run() {
           .checksum_rtol = 0.0,
           .reduce_dtype =
               config_.ddp.reduce_dtype == ReduceDtype::BF16 ? std::optional<DType>(DType::BF16) : std::nullopt,
+          .step_mean = ddp_step_mean(config_.ddp.step_mean),
       });
   ddp_->set_steps(step_);  // a resumed run keeps its check cadence (ddp.check_every) and step numbers
   if (group_.rank == 0) {

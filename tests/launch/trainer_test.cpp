@@ -727,6 +727,29 @@ TEST(Trainer, MlpLearnsWhichQuadrantIsBright) {
   EXPECT_LT(*result.test_loss, 0.3);
 }
 
+// ddp.step_mean (Note [deferred mean]): with bf16 gradients every bucket's mean is deferred, even on
+// one CPU rank (through MPI's all_gather), and AdamW computes it in its update. One rank's mean is
+// its own gradient rounded to bf16, as the reduced path gives: the same losses, step for step.
+TEST(Trainer, StepMeanInTheUpdateTrainsAsTheReducedMean) {
+  TempDir dir;
+  write_quadrant_images(dir.file("train"), 64, 5);
+  std::map<std::string, std::map<int64_t, double>> losses;
+  for (const std::string mean : {"reduced", "in_update", "in_update_local_grad"}) {
+    const Config config = make_config(dir, {"train.batch_size=8", "train.steps=6", "log.tensorboard=false",
+                                            "optimizer.name=\"adamw\"", "ddp.reduce_dtype=\"bf16\"",
+                                            fmt::format("ddp.step_mean=\"{}\"", mean),
+                                            fmt::format("log.dir=\"{}\"", dir.file("run-" + mean)),
+                                            fmt::format("checkpoint.dir=\"{}\"", dir.file("ckpt-" + mean))});
+    EXPECT_EQ(config.ddp.step_mean == StepMeanChoice::Reduced, mean == "reduced");
+    train(config);
+    losses[mean] = series(read_jsonl(dir.file("run-" + mean + "/metrics.jsonl")), "loss");
+    ASSERT_EQ(losses[mean].size(), 6u) << mean;
+  }
+  EXPECT_EQ(losses["in_update"], losses["reduced"]);
+  EXPECT_EQ(losses["in_update_local_grad"], losses["reduced"]);
+  EXPECT_NE(losses["reduced"].at(1), losses["reduced"].at(6)) << "the run did not train";
+}
+
 // --- errors -----------------------------------------------------------------------------------------
 
 TEST(TrainerErrors, DatasetWithoutImageField) {
