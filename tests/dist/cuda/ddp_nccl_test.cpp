@@ -48,6 +48,15 @@ class DdpNccl : public ::testing::Test {
   static int rank() { return ProcessGroup::init().rank; }
   static int world() { return ProcessGroup::init().world_size; }
   static Device device() { return ProcessGroup::init().cuda_device(); }
+  /// A communicator of its own whose overlapped all-reduces all go through the copy engines
+  /// (threshold 0: every bucket; Note [copy-engine all-reduce]).
+  static std::unique_ptr<Communicator> copy_engine_communicator() {
+    CommunicatorOptions options;
+    options.timeout = std::chrono::seconds(30);
+    options.overlap_all_reduce = OverlapAllReduce::CopyEngineGather;
+    options.overlap_carveout_min_bytes = 0;
+    return make_nccl_communicator(ProcessGroup::init(), options);
+  }
   static Communicator* comm_;
 };
 Communicator* DdpNccl::comm_ = nullptr;
@@ -125,11 +134,7 @@ TEST_F(DdpNccl, BucketByBucketStepEqualsSynchronizeThenStep) {
 TEST_F(DdpNccl, CopyEngineAllReduceTrainsAsTheRing) {
   // Note [copy-engine all-reduce] with every bucket through the copy engines (threshold 0): the
   // replicas must stay identical and end where the ring-reduced twin and one process end.
-  CommunicatorOptions options;
-  options.timeout = std::chrono::seconds(30);
-  options.overlap_all_reduce = OverlapAllReduce::CopyEngineGather;
-  options.overlap_carveout_min_bytes = 0;
-  auto gather = make_nccl_communicator(ProcessGroup::init(), options);
+  auto gather = copy_engine_communicator();
   constexpr int64_t kLocal = 5;
   const int64_t global = kLocal * world();
   auto model = make_mlp(270, kHidden, device());
@@ -220,11 +225,7 @@ TEST_F(DdpNccl, CopyEngineBf16ReductionConvertsOnTheCommunicationStream) {
   // reduce_dtype bf16 with the copy-engine all-reduce (threshold 0: every bucket): the communicator
   // converts (Bucket::converted_by_communicator, no `reduced` buffer); .grad is still the mean
   // rounded to bf16, every rank the same bits, and step() equals synchronize + step.
-  CommunicatorOptions options;
-  options.timeout = std::chrono::seconds(30);
-  options.overlap_all_reduce = OverlapAllReduce::CopyEngineGather;
-  options.overlap_carveout_min_bytes = 0;
-  auto gather = make_nccl_communicator(ProcessGroup::init(), options);
+  auto gather = copy_engine_communicator();
   expect_bf16_reduced_training(*gather, [&](const Reducer& reducer) {
     for (const Bucket& bucket : reducer.buckets()) {
       EXPECT_FALSE(bucket.reduced.defined()) << bucket.label;
@@ -239,11 +240,7 @@ TEST_F(DdpNccl, CopyEngineMeanFusedIntoAdamWGivesTheSameBits) {
   // kernel computes each mean. Against a twin that reduces as before, then against a twin that
   // defers too and has the communicator write its means at synchronize_gradients(); then
   // InUpdateLocalGrad against InUpdate.
-  CommunicatorOptions options;
-  options.timeout = std::chrono::seconds(30);
-  options.overlap_all_reduce = OverlapAllReduce::CopyEngineGather;
-  options.overlap_carveout_min_bytes = 0;
-  auto gather = make_nccl_communicator(ProcessGroup::init(), options);
+  auto gather = copy_engine_communicator();
   for (const StepMean twin_mean : {StepMean::Reduced, StepMean::InUpdate}) {
     SCOPED_TRACE(twin_mean == StepMean::InUpdate ? "twin defers and writes its means" : "twin reduces as before");
     expect_bf16_reduced_training(
@@ -260,11 +257,7 @@ TEST_F(DdpNccl, DeferredMeansOfTwoInterleavedDdpsStayApart) {
   // Two DDPs on one copy-engine communicator, both backpropagating before either steps (Note
   // [deferred mean]: each reducer's buckets keep slots of their own): the same bits as the same two
   // run one after the other. Their buckets differ in size, so shared slots would also be regrown.
-  CommunicatorOptions options;
-  options.timeout = std::chrono::seconds(30);
-  options.overlap_all_reduce = OverlapAllReduce::CopyEngineGather;
-  options.overlap_carveout_min_bytes = 0;
-  auto gather = make_nccl_communicator(ProcessGroup::init(), options);
+  auto gather = copy_engine_communicator();
   DdpOptions in_update = small_buckets(DType::BF16);
   in_update.step_mean = StepMean::InUpdate;
   constexpr int64_t kLocal = 4;
