@@ -1,8 +1,8 @@
 #include "nn/optim/optimizer.h"
 
 #include <algorithm>
-#include <cstdint>
 #include <cmath>
+#include <cstdint>
 #include <optional>
 #include <unordered_map>
 #include <utility>
