@@ -75,6 +75,9 @@ void empty_cache(int device) { no_cuda("empty_cache", device); }
 int multiprocessor_count(int device) { no_cuda("multiprocessor_count", device); }
 void set_gemm_sm_target(int device, int) { no_cuda("set_gemm_sm_target", device); }
 int gemm_sm_target(int device) { no_cuda("gemm_sm_target", device); }
+void set_conv2d_api(Conv2dApi) { no_cuda("set_conv2d_api", 0); }
+Conv2dApi conv2d_api() { no_cuda("conv2d_api", 0); }
+Conv2dApiCalls conv2d_api_calls() { no_cuda("conv2d_api_calls", 0); }
 
 #endif
 

@@ -36,4 +36,22 @@ void set_gemm_sm_target(int device, int sms);
 /// The value set_gemm_sm_target last set on `device` (0: all SMs).
 int gemm_sm_target(int device = 0);
 
+/// Which cuDNN API runs conv2d's passes (forward, backward-data, backward-filter) on every device
+/// (Note [cudnn conv plans] in core/cuda/conv2d.cpp): execution plans of cuDNN's graph API, the
+/// default, which cost the host less per call, or cuDNN's legacy cudnnConvolution* calls. Both
+/// compute the same convolution; cuDNN may pick different kernels for them. The environment
+/// variable FLAME_CUDNN_CONV ("graph" or "legacy") sets the value a process starts with.
+enum class Conv2dApi { Graph, Legacy };
+/// Selects the API for the conv2d calls made from now on, in every thread.
+void set_conv2d_api(Conv2dApi api);
+Conv2dApi conv2d_api();
+/// How many conv2d passes each API has run in this process. Under Conv2dApi::Graph a pass still
+/// runs through the legacy API where the graph API offers no allowed engine for its geometry, dtype
+/// and alignment (logged once per geometry).
+struct Conv2dApiCalls {
+  uint64_t graph = 0;
+  uint64_t legacy = 0;
+};
+Conv2dApiCalls conv2d_api_calls();
+
 }  // namespace flame::cuda

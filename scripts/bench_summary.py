@@ -28,6 +28,7 @@ ROWS = [
     ("add", "copy", "cuda_memcpy", 0.85),
     ("copy", None, None, None),
     ("op_overhead", None, None, None),
+    ("conv2d_overhead", None, None, None),
     ("cnn_step", None, None, None),
 ]
 # Targets on FLAME's own figure (issue 3: a CNN training step in at most 1.0 ms on the H100):

@@ -1,47 +1,74 @@
-// Convolution through cuDNN's legacy API (cudnnConvolutionForward / BackwardData / BackwardFilter)
-// on contiguous NCHW tensors, enqueued on the device's compute stream.
+// Convolution through cuDNN on contiguous NCHW tensors, enqueued on the device's compute stream:
+// execution plans of cuDNN's graph (backend) API, or its legacy cudnnConvolutionForward /
+// BackwardData / BackwardFilter calls.
 //
 // Note [cudnn conv plans]
 // - One cuDNN handle per device, created on first use and bound to the device's compute stream.
 //   Handles live for the process (never destroyed: at exit the CUDA runtime may already be gone).
-// - A plan (tensor, filter and convolution descriptors, and the algorithm and workspace size of each
-//   of the three passes) is built once per (device, dtype, geometry) from cuDNN's heuristics
-//   (cudnnGet*Algorithm_v7, no benchmarking) and kept for the process, so steady-state training makes
-//   no heuristic query. Plans are small host objects; a new batch size adds one.
-// - Math: f32 uses CUDNN_FMA_MATH, because CUDNN_DEFAULT_MATH lets cuDNN run f32 convolutions as TF32
-//   on Ampere and later, and FLAME's f32 never uses TF32 (as matmul); results whose math type is a
-//   tensor-op mode are skipped for f32. f64 uses the default math (full f64 precision either way).
-//   f16 and bf16 use CUDNN_TENSOR_OP_MATH and compute (accumulate) in f32. The heuristics are asked
-//   with these math types; each pass then runs with the math type its chosen result names.
+// - A plan is built once per (device, dtype, geometry, pointer alignment) and kept for the process,
+//   so steady-state training makes no heuristic query. Plans are small host objects; a new batch
+//   size adds one. A plan holds, for each of the three passes (forward, backward-data,
+//   backward-filter):
+//   - an execution plan of cuDNN's graph API: the pass as a one-operation graph, the first engine
+//     configuration of heuristics mode A that is allowed (below), finalizes, and fits the workspace
+//     limit. A call then only builds a variant pack (the three data pointers and the workspace) and
+//     runs cudnnBackendExecute. This is the default (Conv2dApi::Graph, core/cuda_device.h): its host
+//     cost per call is below the legacy calls', whose every call goes through cuDNN's own plan
+//     lookup, and the cnn's training step is bound by the host (docs/PERFORMANCE.md, sixteenth run);
+//   - the legacy descriptors and algorithm (cudnnGet*Algorithm_v7, no benchmarking), used under
+//     Conv2dApi::Legacy (set_conv2d_api, or FLAME_CUDNN_CONV=legacy) and for a pass for which the
+//     graph API offers no allowed engine (logged once per plan). conv2d_api_calls() counts both.
+// - The tensors' byte alignment is part of the plan: 16 when the three operands and the workspace
+//   start on 16-byte boundaries (every fresh tensor from the caching allocator), else the largest
+//   power of two they share, down to the element size (a view at an odd element offset).
+// - Math: FLAME's f32 never uses TF32 (as matmul). The legacy path asks with CUDNN_FMA_MATH, because
+//   CUDNN_DEFAULT_MATH lets cuDNN run f32 convolutions as TF32 on Ampere and later, and skips results
+//   whose math type is a tensor-op mode; the graph path skips f32 engines whose numerical notes
+//   name tensor cores or down-converted inputs. f64 uses the default math (full f64 precision
+//   either way). f16 and bf16 use tensor cores and compute (accumulate) in f32; the graph path
+//   skips engines with a reduced-precision reduction for every dtype.
 // - Workspace comes from the caching allocator as a u8 Tensor on the device, freed stream-ordered
-//   right after the call is enqueued (Note [caching allocator streams]); algorithms needing more than
-//   kMaxWorkspaceBytes are passed over.
+//   right after the call is enqueued (Note [caching allocator streams]); engines and algorithms
+//   needing more than kMaxWorkspaceBytes are passed over.
 #include <cudnn.h>
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include <array>
+#include <atomic>
 #include <climits>
+#include <cstdlib>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
+#include "core/cuda/cudnn_backend.h"
 #include "core/cuda/launchers.h"
-
-#define FLAME_CUDNN_CHECK(expr)                                                                                       \
-  do {                                                                                                                \
-    const cudnnStatus_t flame_status_ = (expr);                                                                       \
-    if (flame_status_ != CUDNN_STATUS_SUCCESS)                                                                        \
-      ::flame::detail::throw_error(                                                                                   \
-          #expr, __FILE__, __LINE__,                                                                                  \
-          ::fmt::format("cuDNN error {} ({})", cudnnGetErrorString(flame_status_), static_cast<int>(flame_status_))); \
-  } while (0)
+#include "core/cuda_device.h"
 
 namespace flame::cuda {
 namespace {
 
 constexpr size_t kMaxWorkspaceBytes = size_t{1} << 30;
+
+/// The API conv2d starts with: FLAME_CUDNN_CONV ("graph" or "legacy"), else the graph API.
+Conv2dApi api_from_environment() {
+  const char* value = std::getenv("FLAME_CUDNN_CONV");
+  if (value == nullptr || *value == '\0' || std::strcmp(value, "graph") == 0) return Conv2dApi::Graph;
+  if (std::strcmp(value, "legacy") == 0) return Conv2dApi::Legacy;
+  FLAME_FAIL("FLAME_CUDNN_CONV must be \"graph\" or \"legacy\", got \"{}\"", value);
+}
+
+std::atomic<Conv2dApi>& selected_api() {
+  static std::atomic<Conv2dApi> api{api_from_environment()};
+  return api;
+}
+
+std::atomic<uint64_t> graph_calls{0};
+std::atomic<uint64_t> legacy_calls{0};
 
 std::string geometry_str(const Conv2dGeometry& g) {
   return fmt::format(
@@ -51,6 +78,12 @@ std::string geometry_str(const Conv2dGeometry& g) {
       g.kernel_w, g.batch, g.out_channels, g.out_h, g.out_w, g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dilation_h,
       g.dilation_w, g.groups);
 }
+
+Shape input_shape(const Conv2dGeometry& g) { return {g.batch, g.in_channels, g.in_h, g.in_w}; }
+Shape weight_shape(const Conv2dGeometry& g) {
+  return {g.out_channels, g.groups > 0 ? g.in_channels / g.groups : 0, g.kernel_h, g.kernel_w};
+}
+Shape output_shape(const Conv2dGeometry& g) { return {g.batch, g.out_channels, g.out_h, g.out_w}; }
 
 struct CudnnTypes {
   cudnnDataType_t data;
@@ -88,7 +121,23 @@ cudnnHandle_t handle_for(DeviceContext& ctx) {
   return handle;
 }
 
-/// Descriptors and chosen algorithms of one (device, dtype, geometry). Each pass has its own
+enum Pass { kForward = 0, kBackwardData = 1, kBackwardFilter = 2, kPasses = 3 };
+const char* const kPassNames[kPasses] = {"forward", "backward-data", "backward-filter"};
+
+// The unique ids of the three tensors in every pass's graph: x is the input (or its gradient), w the
+// weight (or its gradient) and y the output (or its gradient).
+constexpr int64_t kUidX = 1, kUidW = 2, kUidY = 3;
+
+/// One pass planned through cuDNN's graph API (Note [cudnn conv plans]): the finalized execution
+/// plan, the descriptors it was built from (kept for its lifetime) and its workspace size.
+struct GraphPass {
+  std::vector<BackendDescriptor> parts;
+  std::vector<BackendDescriptor> configs;
+  std::unique_ptr<BackendDescriptor> plan;
+  size_t workspace_bytes = 0;
+};
+
+/// Descriptors and chosen algorithms of one (device, dtype, geometry, alignment). Each pass has its own
 /// convolution descriptor, whose math type is the one its chosen algorithm was offered with (cuDNN
 /// picks kernels by algorithm and math type together).
 struct ConvPlan {
@@ -99,6 +148,8 @@ struct ConvPlan {
   cudnnConvolutionBwdDataAlgo_t data_algo{};
   cudnnConvolutionBwdFilterAlgo_t filter_algo{};
   size_t forward_bytes = 0, data_bytes = 0, filter_bytes = 0;
+
+  std::array<std::unique_ptr<GraphPass>, kPasses> graph;  // per Pass; null where the graph API offers no plan
 
   ConvPlan() = default;
   ConvPlan(const ConvPlan&) = delete;
@@ -159,7 +210,156 @@ void make_conv_descriptor(const Conv2dGeometry& g, const CudnnTypes& types, cudn
   FLAME_CUDNN_CHECK(cudnnSetConvolutionMathType(conv, types.math));
 }
 
-std::unique_ptr<ConvPlan> make_plan(cudnnHandle_t handle, const Conv2dGeometry& g, DType dtype) {
+/// True when an engine with these numerical notes may run a pass in `dtype` (Note [cudnn conv plans]).
+bool engine_allowed(const std::vector<cudnnBackendNumericalNote_t>& notes, DType dtype) {
+  for (const cudnnBackendNumericalNote_t note : notes) {
+    if (note == CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION) return false;
+    if (dtype == DType::F32 && (note == CUDNN_NUMERICAL_NOTE_TENSOR_CORE || note == CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS))
+      return false;
+  }
+  return true;
+}
+
+/// Plans `pass` through cuDNN's graph API (Note [cudnn conv plans]); null when cuDNN refuses a step
+/// or offers no allowed engine within the workspace limit.
+std::unique_ptr<GraphPass> make_graph_pass(cudnnHandle_t handle, const Conv2dGeometry& g, DType dtype, Pass pass,
+                                           int64_t alignment) {
+  const CudnnTypes types = cudnn_types(dtype);
+  auto result = std::make_unique<GraphPass>();
+  bool ok = true;
+  const auto make = [&](cudnnBackendDescriptorType_t type) {
+    result->parts.emplace_back(type);
+    return result->parts.back().get();
+  };
+  const auto set = [&](cudnnBackendDescriptor_t d, cudnnBackendAttributeName_t name, cudnnBackendAttributeType_t type,
+                       int64_t count, const void* values) {
+    if (ok) ok = cudnnBackendSetAttribute(d, name, type, count, values) == CUDNN_STATUS_SUCCESS;
+  };
+  const auto finalize = [&](cudnnBackendDescriptor_t d) {
+    if (ok) ok = cudnnBackendFinalize(d) == CUDNN_STATUS_SUCCESS;
+  };
+  const auto tensor = [&](int64_t uid, const Shape& shape) {
+    const std::array<int64_t, 4> dims{shape[0], shape[1], shape[2], shape[3]};
+    const std::array<int64_t, 4> strides{dims[1] * dims[2] * dims[3], dims[2] * dims[3], dims[3], 1};
+    const cudnnBackendDescriptor_t t = make(CUDNN_BACKEND_TENSOR_DESCRIPTOR);
+    set(t, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &types.data);
+    set(t, CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, 4, dims.data());
+    set(t, CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, 4, strides.data());
+    set(t, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid);
+    set(t, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &alignment);
+    finalize(t);
+    return t;
+  };
+  const cudnnBackendDescriptor_t x = tensor(kUidX, input_shape(g));
+  const cudnnBackendDescriptor_t w = tensor(kUidW, weight_shape(g));
+  const cudnnBackendDescriptor_t y = tensor(kUidY, output_shape(g));
+
+  const cudnnBackendDescriptor_t conv = make(CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR);
+  const int64_t spatial_dims = 2;
+  const cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
+  const std::array<int64_t, 2> padding{g.pad_h, g.pad_w}, dilation{g.dilation_h, g.dilation_w},
+      stride{g.stride_h, g.stride_w};
+  set(conv, CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, CUDNN_TYPE_INT64, 1, &spatial_dims);
+  set(conv, CUDNN_ATTR_CONVOLUTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &types.compute);
+  set(conv, CUDNN_ATTR_CONVOLUTION_CONV_MODE, CUDNN_TYPE_CONVOLUTION_MODE, 1, &mode);
+  set(conv, CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, CUDNN_TYPE_INT64, 2, padding.data());
+  set(conv, CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, CUDNN_TYPE_INT64, 2, padding.data());
+  set(conv, CUDNN_ATTR_CONVOLUTION_DILATIONS, CUDNN_TYPE_INT64, 2, dilation.data());
+  set(conv, CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES, CUDNN_TYPE_INT64, 2, stride.data());
+  finalize(conv);
+
+  // alpha = 1, beta = 0, as double for f64 data and float otherwise.
+  const bool f64 = dtype == DType::F64;
+  const cudnnBackendAttributeType_t scale_type = f64 ? CUDNN_TYPE_DOUBLE : CUDNN_TYPE_FLOAT;
+  const double one_d = 1.0, zero_d = 0.0;
+  const float one_f = 1.0f, zero_f = 0.0f;
+  const void* one = f64 ? static_cast<const void*>(&one_d) : static_cast<const void*>(&one_f);
+  const void* zero = f64 ? static_cast<const void*>(&zero_d) : static_cast<const void*>(&zero_f);
+  struct OperationAttributes {
+    cudnnBackendDescriptorType_t type;
+    cudnnBackendAttributeName_t x, w, y, conv, alpha, beta;
+  };
+  static constexpr OperationAttributes kOperations[kPasses] = {
+      {CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X,
+       CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y,
+       CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA,
+       CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA},
+      {CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_DATA_DESCRIPTOR, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DX,
+       CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_W, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DY,
+       CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_CONV_DESC, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_ALPHA,
+       CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_BETA},
+      {CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_FILTER_DESCRIPTOR, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_X,
+       CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DW, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DY,
+       CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_CONV_DESC, CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_ALPHA,
+       CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_BETA},
+  };
+  const OperationAttributes& attributes = kOperations[pass];
+  const cudnnBackendDescriptor_t operation = make(attributes.type);
+  set(operation, attributes.x, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &x);
+  set(operation, attributes.w, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &w);
+  set(operation, attributes.y, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y);
+  set(operation, attributes.conv, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &conv);
+  set(operation, attributes.alpha, scale_type, 1, one);
+  set(operation, attributes.beta, scale_type, 1, zero);
+  finalize(operation);
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"  // the handle attributes: cuDNN 9.14 on the GPU machines
+  const cudnnBackendDescriptor_t graph = make(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
+  set(graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &operation);
+  set(graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle);
+  finalize(graph);
+
+  const cudnnBackendDescriptor_t heuristics = make(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
+  const cudnnBackendHeurMode_t heuristics_mode = CUDNN_HEUR_MODE_A;
+  set(heuristics, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &graph);
+  set(heuristics, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &heuristics_mode);
+  finalize(heuristics);
+  int64_t count = 0;
+  if (!ok || cudnnBackendGetAttribute(heuristics, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0,
+                                      &count, nullptr) != CUDNN_STATUS_SUCCESS)
+    return nullptr;
+  std::vector<cudnnBackendDescriptor_t> configs;
+  for (int64_t i = 0; i < count; ++i) {
+    result->configs.emplace_back(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR);
+    configs.push_back(result->configs.back().get());
+  }
+  int64_t returned = 0;
+  if (count == 0 || cudnnBackendGetAttribute(heuristics, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                                             count, &returned, configs.data()) != CUDNN_STATUS_SUCCESS)
+    return nullptr;
+  for (int64_t i = 0; i < returned; ++i) {
+    BackendDescriptor engine(CUDNN_BACKEND_ENGINE_DESCRIPTOR);
+    cudnnBackendDescriptor_t engine_descriptor = engine.get();
+    int64_t got = 0;
+    if (cudnnBackendGetAttribute(configs[i], CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &got,
+                                 &engine_descriptor) != CUDNN_STATUS_SUCCESS)
+      continue;
+    std::vector<cudnnBackendNumericalNote_t> notes(CUDNN_NUMERICAL_NOTE_TYPE_COUNT);
+    if (cudnnBackendGetAttribute(engine_descriptor, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
+                                 static_cast<int64_t>(notes.size()), &got, notes.data()) != CUDNN_STATUS_SUCCESS)
+      continue;
+    notes.resize(static_cast<size_t>(got));
+    if (!engine_allowed(notes, dtype)) continue;
+    auto plan = std::make_unique<BackendDescriptor>(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
+    int64_t workspace = 0;
+    if (plan->set(CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle) != CUDNN_STATUS_SUCCESS ||
+        plan->set(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &configs[i]) !=
+            CUDNN_STATUS_SUCCESS ||
+        plan->finalize() != CUDNN_STATUS_SUCCESS ||
+        cudnnBackendGetAttribute(plan->get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &got,
+                                 &workspace) != CUDNN_STATUS_SUCCESS ||
+        workspace < 0 || static_cast<size_t>(workspace) > kMaxWorkspaceBytes)
+      continue;
+    result->plan = std::move(plan);
+    result->workspace_bytes = static_cast<size_t>(workspace);
+    return result;
+  }
+#pragma GCC diagnostic pop
+  return nullptr;
+}
+
+std::unique_ptr<ConvPlan> make_plan(cudnnHandle_t handle, const Conv2dGeometry& g, DType dtype, int64_t alignment) {
   const CudnnTypes types = cudnn_types(dtype);
   for (int64_t v : {g.batch, g.in_channels, g.out_channels, g.in_h, g.in_w, g.kernel_h, g.kernel_w, g.stride_h,
                     g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w, g.groups})
@@ -194,12 +394,20 @@ std::unique_ptr<ConvPlan> make_plan(cudnnHandle_t handle, const Conv2dGeometry& 
   plan_pass("backward-filter", handle, plan->x, plan->y, plan->filter_conv, plan->w,
             cudnnGetConvolutionBackwardFilterAlgorithm_v7, cudnnGetConvolutionBackwardFilterWorkspaceSize,
             CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, dtype, g, plan->filter_algo, plan->filter_bytes);
+  for (const Pass pass : {kForward, kBackwardData, kBackwardFilter}) {
+    plan->graph[pass] = make_graph_pass(handle, g, dtype, pass, alignment);
+    if (plan->graph[pass] == nullptr)
+      spdlog::info("conv2d: cuDNN's graph API offers no {} plan for {} in {} ({}-byte alignment); that pass runs "
+                   "through the legacy API",
+                   kPassNames[pass], geometry_str(g), dtype_name(dtype), alignment);
+  }
   return plan;
 }
 
 /// The cached plan of (ctx's device, dtype, g) (Note [cudnn conv plans]).
-const ConvPlan& plan_for(DeviceContext& ctx, cudnnHandle_t handle, const Conv2dGeometry& g, DType dtype) {
-  using Key = std::array<int64_t, 18>;
+const ConvPlan& plan_for(DeviceContext& ctx, cudnnHandle_t handle, const Conv2dGeometry& g, DType dtype,
+                         int64_t alignment) {
+  using Key = std::array<int64_t, 19>;
   static std::mutex mutex;
   static std::map<Key, std::unique_ptr<ConvPlan>> plans;
   const Key key{ctx.device,     static_cast<int64_t>(dtype),
@@ -210,10 +418,11 @@ const ConvPlan& plan_for(DeviceContext& ctx, cudnnHandle_t handle, const Conv2dG
                 g.kernel_h,     g.kernel_w,
                 g.stride_h,     g.stride_w,
                 g.pad_h,        g.pad_w,
-                g.dilation_h,   g.dilation_w};
+                g.dilation_h,   g.dilation_w,
+                alignment};
   std::lock_guard<std::mutex> lock(mutex);
   auto it = plans.find(key);
-  if (it == plans.end()) it = plans.emplace(key, make_plan(handle, g, dtype)).first;
+  if (it == plans.end()) it = plans.emplace(key, make_plan(handle, g, dtype, alignment)).first;
   return *it->second;
 }
 
@@ -221,6 +430,45 @@ const ConvPlan& plan_for(DeviceContext& ctx, cudnnHandle_t handle, const Conv2dG
 Tensor workspace(DeviceContext& ctx, size_t bytes) {
   if (bytes == 0) return Tensor();
   return Tensor::empty({static_cast<int64_t>(bytes)}, TensorOptions(DType::U8, cuda_device(ctx.device)));
+}
+
+/// The byte alignment the operands share (Note [cudnn conv plans]): the largest power of two up to 16
+/// that divides each one's address, at least the element size.
+int64_t operand_alignment(DType dtype, std::initializer_list<const Tensor*> operands) {
+  const auto element = static_cast<int64_t>(dtype_size(dtype));
+  int64_t alignment = 16;
+  for (const Tensor* operand : operands) {
+    const auto address = reinterpret_cast<uintptr_t>(operand->data_ptr());
+    while (alignment > element && address % static_cast<uintptr_t>(alignment) != 0) alignment /= 2;
+  }
+  return alignment;
+}
+
+/// Runs `pass` on x, w and y (input, weight and output, or their gradients): through the plan's
+/// graph execution plan under Conv2dApi::Graph where it has one, else through `legacy(workspace)`,
+/// the pass's legacy call given a workspace of `legacy_bytes` (Note [cudnn conv plans]).
+template <class LegacyCall>
+void run_pass(DeviceContext& ctx, cudnnHandle_t handle, const ConvPlan& plan, Pass pass, const Tensor& x,
+              const Tensor& w, const Tensor& y, size_t legacy_bytes, LegacyCall legacy) {
+  const GraphPass* graph = selected_api().load(std::memory_order_relaxed) == Conv2dApi::Graph ? plan.graph[pass].get()
+                                                                                                 : nullptr;
+  if (graph == nullptr) {
+    const Tensor scratch = workspace(ctx, legacy_bytes);
+    legacy(scratch.defined() ? scratch.data_ptr() : nullptr);
+    legacy_calls.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  const Tensor scratch = workspace(ctx, graph->workspace_bytes);
+  void* workspace_pointer = scratch.defined() ? scratch.data_ptr() : nullptr;
+  const std::array<int64_t, 3> uids{kUidX, kUidW, kUidY};
+  const std::array<void*, 3> pointers{x.data_ptr(), w.data_ptr(), y.data_ptr()};
+  BackendDescriptor pack(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR);
+  FLAME_CUDNN_CHECK(pack.set(CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 3, uids.data()));
+  FLAME_CUDNN_CHECK(pack.set(CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, 3, pointers.data()));
+  FLAME_CUDNN_CHECK(pack.set(CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace_pointer));
+  FLAME_CUDNN_CHECK(pack.finalize());
+  FLAME_CUDNN_CHECK(cudnnBackendExecute(handle, graph->plan->get(), pack.get()));
+  graph_calls.fetch_add(1, std::memory_order_relaxed);
 }
 
 /// alpha = 1 and beta = 0 in the type cuDNN reads them as (double for f64 data, float otherwise).
@@ -241,12 +489,6 @@ void check_operand(const char* op, const char* what, const Tensor& t, DType dtyp
               shape_str(shape));
 }
 
-Shape input_shape(const Conv2dGeometry& g) { return {g.batch, g.in_channels, g.in_h, g.in_w}; }
-Shape weight_shape(const Conv2dGeometry& g) {
-  return {g.out_channels, g.groups > 0 ? g.in_channels / g.groups : 0, g.kernel_h, g.kernel_w};
-}
-Shape output_shape(const Conv2dGeometry& g) { return {g.batch, g.out_channels, g.out_h, g.out_w}; }
-
 }  // namespace
 
 void launch_conv2d_forward(DeviceContext& ctx, const Conv2dGeometry& g, const Tensor& input, const Tensor& weight,
@@ -259,12 +501,13 @@ void launch_conv2d_forward(DeviceContext& ctx, const Conv2dGeometry& g, const Te
   check_operand(op, "out", out, dtype, output_shape(g));
   if (out.numel() == 0) return;
   const cudnnHandle_t handle = handle_for(ctx);
-  const ConvPlan& plan = plan_for(ctx, handle, g, dtype);
-  const Tensor scratch = workspace(ctx, plan.forward_bytes);
-  const Scaling s(dtype);
-  FLAME_CUDNN_CHECK(cudnnConvolutionForward(
-      handle, s.one(), plan.x, input.data_ptr(), plan.w, weight.data_ptr(), plan.forward_conv, plan.forward_algo,
-      scratch.defined() ? scratch.data_ptr() : nullptr, plan.forward_bytes, s.zero(), plan.y, out.data_ptr()));
+  const ConvPlan& plan = plan_for(ctx, handle, g, dtype, operand_alignment(dtype, {&input, &weight, &out}));
+  run_pass(ctx, handle, plan, kForward, input, weight, out, plan.forward_bytes, [&](void* scratch) {
+    const Scaling s(dtype);
+    FLAME_CUDNN_CHECK(cudnnConvolutionForward(handle, s.one(), plan.x, input.data_ptr(), plan.w, weight.data_ptr(),
+                                              plan.forward_conv, plan.forward_algo, scratch, plan.forward_bytes,
+                                              s.zero(), plan.y, out.data_ptr()));
+  });
   FLAME_CUDA_LAUNCH_CHECK();
 }
 
@@ -282,12 +525,13 @@ void launch_conv2d_backward_input(DeviceContext& ctx, const Conv2dGeometry& g, c
     return;
   }
   const cudnnHandle_t handle = handle_for(ctx);
-  const ConvPlan& plan = plan_for(ctx, handle, g, dtype);
-  const Tensor scratch = workspace(ctx, plan.data_bytes);
-  const Scaling s(dtype);
-  FLAME_CUDNN_CHECK(cudnnConvolutionBackwardData(
-      handle, s.one(), plan.w, weight.data_ptr(), plan.y, grad_out.data_ptr(), plan.data_conv, plan.data_algo,
-      scratch.defined() ? scratch.data_ptr() : nullptr, plan.data_bytes, s.zero(), plan.x, grad_input.data_ptr()));
+  const ConvPlan& plan = plan_for(ctx, handle, g, dtype, operand_alignment(dtype, {&grad_input, &weight, &grad_out}));
+  run_pass(ctx, handle, plan, kBackwardData, grad_input, weight, grad_out, plan.data_bytes, [&](void* scratch) {
+    const Scaling s(dtype);
+    FLAME_CUDNN_CHECK(cudnnConvolutionBackwardData(handle, s.one(), plan.w, weight.data_ptr(), plan.y,
+                                                   grad_out.data_ptr(), plan.data_conv, plan.data_algo, scratch,
+                                                   plan.data_bytes, s.zero(), plan.x, grad_input.data_ptr()));
+  });
   FLAME_CUDA_LAUNCH_CHECK();
 }
 
@@ -305,13 +549,18 @@ void launch_conv2d_backward_weight(DeviceContext& ctx, const Conv2dGeometry& g, 
     return;
   }
   const cudnnHandle_t handle = handle_for(ctx);
-  const ConvPlan& plan = plan_for(ctx, handle, g, dtype);
-  const Tensor scratch = workspace(ctx, plan.filter_bytes);
-  const Scaling s(dtype);
-  FLAME_CUDNN_CHECK(cudnnConvolutionBackwardFilter(
-      handle, s.one(), plan.x, input.data_ptr(), plan.y, grad_out.data_ptr(), plan.filter_conv, plan.filter_algo,
-      scratch.defined() ? scratch.data_ptr() : nullptr, plan.filter_bytes, s.zero(), plan.w, grad_weight.data_ptr()));
+  const ConvPlan& plan = plan_for(ctx, handle, g, dtype, operand_alignment(dtype, {&input, &grad_weight, &grad_out}));
+  run_pass(ctx, handle, plan, kBackwardFilter, input, grad_weight, grad_out, plan.filter_bytes, [&](void* scratch) {
+    const Scaling s(dtype);
+    FLAME_CUDNN_CHECK(cudnnConvolutionBackwardFilter(handle, s.one(), plan.x, input.data_ptr(), plan.y,
+                                                     grad_out.data_ptr(), plan.filter_conv, plan.filter_algo, scratch,
+                                                     plan.filter_bytes, s.zero(), plan.w, grad_weight.data_ptr()));
+  });
   FLAME_CUDA_LAUNCH_CHECK();
 }
+
+void set_conv2d_api(Conv2dApi api) { selected_api().store(api); }
+Conv2dApi conv2d_api() { return selected_api().load(); }
+Conv2dApiCalls conv2d_api_calls() { return {graph_calls.load(), legacy_calls.load()}; }
 
 }  // namespace flame::cuda

@@ -1,7 +1,8 @@
 // conv2d on CUDA (cuDNN) against the CPU: the forward and all three gradients for stride / padding /
 // dilation / groups / bias combinations. f64 and f32 are checked against the CPU's float64 results
 // tightly enough that TF32 (10-bit mantissa products) would fail; f16 and bf16 within loose
-// tolerances of the float64 results on the same (rounded) inputs. Also: results and gradients stay
+// tolerances of the float64 results on the same (rounded) inputs, through both of cuDNN's APIs
+// (graph and legacy) and with operands off the 16-byte grid. Also: results and gradients stay
 // on the GPU, steady-state steps make no cudaMalloc (workspace from the caching allocator, cached
 // plans), nn::Conv2d draws the same weights on both devices and trains on CUDA, mixed devices and
 // empty batches. Skips without a CUDA device.
@@ -14,6 +15,7 @@
 
 #include "core/autograd.h"
 #include "core/conv.h"
+#include "core/cuda_device.h"
 #include "nn/activation.h"
 #include "nn/conv2d.h"
 #include "nn/flatten.h"
@@ -123,21 +125,82 @@ double scale_tolerance(DType dtype) {
 
 class CudaConv2d : public test::CudaTest {};
 
-TEST_F(CudaConv2d, ForwardAndGradientsMatchCpuFloat64) {
+/// Selects a cuDNN API for conv2d for one scope, then restores the one before.
+class Conv2dApiScope {
+ public:
+  explicit Conv2dApiScope(cuda::Conv2dApi api) : previous_(cuda::conv2d_api()) { cuda::set_conv2d_api(api); }
+  ~Conv2dApiScope() { cuda::set_conv2d_api(previous_); }
+  Conv2dApiScope(const Conv2dApiScope&) = delete;
+  Conv2dApiScope& operator=(const Conv2dApiScope&) = delete;
+
+ private:
+  cuda::Conv2dApi previous_;
+};
+
+const char* api_name(cuda::Conv2dApi api) { return api == cuda::Conv2dApi::Graph ? "graph API" : "legacy API"; }
+
+// Every case through both cuDNN APIs: each matches the CPU, and every pass (forward, both
+// gradients) runs through the API selected, the graph API offering a plan for all of them.
+TEST_F(CudaConv2d, ForwardAndGradientsMatchCpuFloat64ThroughBothCudnnApis) {
   HostRng rng;
-  for (const ConvCase& c : conv_cases()) {
-    for (DType dtype : test::floating_dtypes()) {
-      for (Layout layout : {Layout::Contiguous, Layout::Transposed}) {
-        SCOPED_TRACE(fmt::format("{} {} {}", test::case_str(c), dtype_name(dtype), test::layout_name(layout)));
-        test::guarded([&] {
-          const CaseValues v = draw_values(rng, c, dtype);
-          const ConvRun expected = run_conv(c, v, kF64, kCPU, Layout::Contiguous);
-          const ConvRun actual = run_conv(c, v, dtype, kGpu, layout);
-          cuda::synchronize();
-          EXPECT_TRUE(runs_match(actual, expected, scale_tolerance(dtype)));
-        });
+  for (const cuda::Conv2dApi api : {cuda::Conv2dApi::Graph, cuda::Conv2dApi::Legacy}) {
+    const Conv2dApiScope scope(api);
+    for (const ConvCase& c : conv_cases()) {
+      for (DType dtype : test::floating_dtypes()) {
+        for (Layout layout : {Layout::Contiguous, Layout::Transposed}) {
+          SCOPED_TRACE(fmt::format("{} {} {} {}", api_name(api), test::case_str(c), dtype_name(dtype),
+                                   test::layout_name(layout)));
+          test::guarded([&] {
+            const CaseValues v = draw_values(rng, c, dtype);
+            const ConvRun expected = run_conv(c, v, kF64, kCPU, Layout::Contiguous);
+            const cuda::Conv2dApiCalls before = cuda::conv2d_api_calls();
+            const ConvRun actual = run_conv(c, v, dtype, kGpu, layout);
+            cuda::synchronize();
+            const cuda::Conv2dApiCalls after = cuda::conv2d_api_calls();
+            EXPECT_TRUE(runs_match(actual, expected, scale_tolerance(dtype)));
+            // Three passes: forward, input gradient, weight gradient.
+            const uint64_t graph = after.graph - before.graph, legacy = after.legacy - before.legacy;
+            EXPECT_EQ(api == cuda::Conv2dApi::Graph ? graph : legacy, 3u);
+            EXPECT_EQ(api == cuda::Conv2dApi::Graph ? legacy : graph, 0u);
+          });
+        }
       }
     }
+  }
+}
+
+// An operand one element into its buffer is 4-byte (f32) or 2-byte (bf16) aligned: the graph API
+// plans it with that alignment, apart from the 16-byte plan of the same geometry.
+TEST_F(CudaConv2d, OperandsOffTheSixteenByteGridMatchTheCpu) {
+  HostRng rng;
+  const ConvCase c{"offset by one element", {4, 8, 12, 12}, {16, 8, 3, 3}, {.padding = {1, 1}}, true};
+  for (const DType dtype : {kF32, kBF16}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    const CaseValues v = draw_values(rng, c, dtype);
+    const ConvRun expected = run_conv(c, v, kF64, kCPU, Layout::Contiguous);
+    const ConvRun aligned = run_conv(c, v, dtype, kGpu, Layout::Contiguous);
+    const auto one_element_in = [&](const std::vector<double>& values, const Shape& shape) {
+      std::vector<double> padded{0.0};
+      padded.insert(padded.end(), values.begin(), values.end());
+      const Tensor buffer = test::make_tensor(padded, {static_cast<int64_t>(padded.size())}, dtype, kGpu);
+      Tensor view = buffer.narrow(0, 1, static_cast<int64_t>(values.size())).view(shape);
+      view.requires_grad_();
+      return view;
+    };
+    Tensor x = one_element_in(v.x, c.input);
+    Tensor w = one_element_in(v.w, c.weight);
+    ASSERT_NE(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16, 0u);
+    ASSERT_TRUE(x.is_contiguous() && w.is_contiguous());
+    const Tensor b = test::make_tensor(v.b, {c.weight[0]}, dtype, kGpu);
+    const cuda::Conv2dApiCalls before = cuda::conv2d_api_calls();
+    const Tensor out = conv2d(x, w, b, c.options);
+    out.backward(test::make_tensor(v.r, out.shape(), dtype, kGpu));
+    cuda::synchronize();
+    EXPECT_EQ(cuda::conv2d_api_calls().graph - before.graph, 3u);
+    EXPECT_TRUE(close_at_scale(out, expected.out, scale_tolerance(dtype)));
+    EXPECT_TRUE(close_at_scale(x.grad(), expected.grad_input, scale_tolerance(dtype)));
+    EXPECT_TRUE(close_at_scale(w.grad(), expected.grad_weight, scale_tolerance(dtype)));
+    EXPECT_TRUE(close_at_scale(aligned.out, expected.out, scale_tolerance(dtype)));
   }
 }
 
