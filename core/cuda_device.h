@@ -42,8 +42,11 @@ int gemm_sm_target(int device = 0);
 /// compute the same convolution; cuDNN may pick different kernels for them. The environment
 /// variable FLAME_CUDNN_CONV ("graph" or "legacy") sets the value a process starts with.
 enum class Conv2dApi { Graph, Legacy };
-/// Selects the API for the conv2d calls made from now on, in every thread.
+/// Selects the API for the conv2d calls made from now on, in every thread (and makes a bad
+/// FLAME_CUDNN_CONV value harmless).
 void set_conv2d_api(Conv2dApi api);
+/// The API conv2d calls use now; raises for a FLAME_CUDNN_CONV value other than "graph" or "legacy"
+/// (any case) unless set_conv2d_api was called first.
 Conv2dApi conv2d_api();
 /// How many conv2d passes each API has run in this process. Under Conv2dApi::Graph a pass still
 /// runs through the legacy API where the graph API offers no allowed engine for its geometry, dtype

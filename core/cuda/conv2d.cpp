@@ -5,40 +5,43 @@
 // Note [cudnn conv plans]
 // - One cuDNN handle per device, created on first use and bound to the device's compute stream.
 //   Handles live for the process (never destroyed: at exit the CUDA runtime may already be gone).
-// - A plan is built once per (device, dtype, geometry, pointer alignment) and kept for the process,
-//   so steady-state training makes no heuristic query. Plans are small host objects; a new batch
-//   size adds one. A plan holds, for each of the three passes (forward, backward-data,
+// - A plan is kept per (device, dtype, geometry, pointer alignment) for the process, so
+//   steady-state training makes no heuristic query. Plans are small host objects; a new batch size
+//   adds one. A plan has two halves, each built the first time a call needs it (a process on one API
+//   never plans the other), each covering the three passes (forward, backward-data,
 //   backward-filter):
-//   - an execution plan of cuDNN's graph API: the pass as a one-operation graph, the first engine
-//     configuration of heuristics mode A that is allowed (below), finalizes, and fits the workspace
-//     limit. A call then only builds a variant pack (the three data pointers and the workspace) and
-//     runs cudnnBackendExecute. This is the default (Conv2dApi::Graph, core/cuda_device.h): its host
-//     cost per call is below the legacy calls', whose every call goes through cuDNN's own plan
-//     lookup, and the cnn's training step is bound by the host (docs/PERFORMANCE.md, sixteenth run);
-//   - the legacy descriptors and algorithm (cudnnGet*Algorithm_v7, no benchmarking), used under
+//   - execution plans of cuDNN's graph API: the pass as a one-operation graph, and the first engine
+//     configuration, from heuristics mode A's list and then the fallback list, that is allowed
+//     (below), finalizes, and fits the workspace limit. A call then only builds a variant pack (the
+//     three data pointers and the workspace) and runs cudnnBackendExecute. This is the default
+//     (Conv2dApi::Graph, core/cuda_device.h): its host cost per call is a fraction of the legacy
+//     calls', whose every call goes through cuDNN's own plan lookup, and the cnn's training step was
+//     bound by the host (docs/PERFORMANCE.md, sixteenth run);
+//   - the legacy descriptors and algorithms (cudnnGet*Algorithm_v7, no benchmarking), used under
 //     Conv2dApi::Legacy (set_conv2d_api, or FLAME_CUDNN_CONV=legacy) and for a pass for which the
 //     graph API offers no allowed engine (logged once per plan). conv2d_api_calls() counts both.
-// - The tensors' byte alignment is part of the plan: 16 when the three operands and the workspace
-//   start on 16-byte boundaries (every fresh tensor from the caching allocator), else the largest
-//   power of two they share, down to the element size (a view at an odd element offset).
+// - The operands' byte alignment is part of the plan: 16 when the three operands start on 16-byte
+//   boundaries (every fresh tensor from the caching allocator), else the largest power of two they
+//   share, down to the element size (a view at an odd element offset). The workspace always comes
+//   from the caching allocator, whose blocks are 512-byte aligned.
 // - Math: FLAME's f32 never uses TF32 (as matmul). The legacy path asks with CUDNN_FMA_MATH, because
 //   CUDNN_DEFAULT_MATH lets cuDNN run f32 convolutions as TF32 on Ampere and later, and skips results
 //   whose math type is a tensor-op mode; the graph path skips f32 engines whose numerical notes
-//   name tensor cores or down-converted inputs. f64 uses the default math (full f64 precision
-//   either way). f16 and bf16 use tensor cores and compute (accumulate) in f32; the graph path
-//   skips engines with a reduced-precision reduction for every dtype.
+//   name tensor cores. f64 uses the default math (full f64 precision either way). f16 and bf16 use
+//   tensor cores and compute (accumulate) in f32; the graph path skips engines with a
+//   reduced-precision reduction or down-converted inputs for every dtype.
 // - Workspace comes from the caching allocator as a u8 Tensor on the device, freed stream-ordered
 //   right after the call is enqueued (Note [caching allocator streams]); engines and algorithms
 //   needing more than kMaxWorkspaceBytes are passed over.
 #include <cudnn.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <strings.h>
 
 #include <array>
 #include <atomic>
 #include <climits>
 #include <cstdlib>
-#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -54,17 +57,27 @@ namespace {
 
 constexpr size_t kMaxWorkspaceBytes = size_t{1} << 30;
 
-/// The API conv2d starts with: FLAME_CUDNN_CONV ("graph" or "legacy"), else the graph API.
+/// The API conv2d starts with: FLAME_CUDNN_CONV ("graph" or "legacy", any case), else the graph API.
 Conv2dApi api_from_environment() {
   const char* value = std::getenv("FLAME_CUDNN_CONV");
-  if (value == nullptr || *value == '\0' || std::strcmp(value, "graph") == 0) return Conv2dApi::Graph;
-  if (std::strcmp(value, "legacy") == 0) return Conv2dApi::Legacy;
-  FLAME_FAIL("FLAME_CUDNN_CONV must be \"graph\" or \"legacy\", got \"{}\"", value);
+  if (value == nullptr || *value == '\0' || strcasecmp(value, "graph") == 0) return Conv2dApi::Graph;
+  if (strcasecmp(value, "legacy") == 0) return Conv2dApi::Legacy;
+  FLAME_FAIL("FLAME_CUDNN_CONV must be \"graph\" or \"legacy\", got \"{}\" (set_conv2d_api overrides it)", value);
 }
 
-std::atomic<Conv2dApi>& selected_api() {
-  static std::atomic<Conv2dApi> api{api_from_environment()};
-  return api;
+// The selected Conv2dApi, or kApiUnread until the environment is read (on the first call that needs
+// it, unless set_conv2d_api came first: a bad FLAME_CUDNN_CONV then never raises).
+constexpr int kApiUnread = -1;
+std::atomic<int> selected_api{kApiUnread};
+
+Conv2dApi current_api() {
+  int api = selected_api.load(std::memory_order_relaxed);
+  if (api == kApiUnread) {
+    int unread = kApiUnread;
+    selected_api.compare_exchange_strong(unread, static_cast<int>(api_from_environment()));
+    api = selected_api.load();
+  }
+  return static_cast<Conv2dApi>(api);
 }
 
 std::atomic<uint64_t> graph_calls{0};
@@ -121,6 +134,7 @@ cudnnHandle_t handle_for(DeviceContext& ctx) {
   return handle;
 }
 
+// Unscoped: a pass indexes the per-pass arrays below.
 enum Pass { kForward = 0, kBackwardData = 1, kBackwardFilter = 2, kPasses = 3 };
 const char* const kPassNames[kPasses] = {"forward", "backward-data", "backward-filter"};
 
@@ -132,35 +146,44 @@ constexpr int64_t kUidX = 1, kUidW = 2, kUidY = 3;
 /// plan, the descriptors it was built from (kept for its lifetime) and its workspace size.
 struct GraphPass {
   std::vector<BackendDescriptor> parts;
-  std::vector<BackendDescriptor> configs;
   std::unique_ptr<BackendDescriptor> plan;
   size_t workspace_bytes = 0;
 };
 
-/// Descriptors and chosen algorithms of one (device, dtype, geometry, alignment). Each pass has its own
-/// convolution descriptor, whose math type is the one its chosen algorithm was offered with (cuDNN
-/// picks kernels by algorithm and math type together).
-struct ConvPlan {
+/// The legacy API's half of a plan: descriptors and the chosen algorithm of each pass. Each pass has
+/// its own convolution descriptor, whose math type is the one its chosen algorithm was offered with
+/// (cuDNN picks kernels by algorithm and math type together).
+struct LegacyPlan {
   cudnnTensorDescriptor_t x = nullptr, y = nullptr;
   cudnnFilterDescriptor_t w = nullptr;
   cudnnConvolutionDescriptor_t forward_conv = nullptr, data_conv = nullptr, filter_conv = nullptr;
   cudnnConvolutionFwdAlgo_t forward_algo{};
   cudnnConvolutionBwdDataAlgo_t data_algo{};
   cudnnConvolutionBwdFilterAlgo_t filter_algo{};
-  size_t forward_bytes = 0, data_bytes = 0, filter_bytes = 0;
+  std::array<size_t, kPasses> workspace_bytes{};  // per Pass
 
-  std::array<std::unique_ptr<GraphPass>, kPasses> graph;  // per Pass; null where the graph API offers no plan
-
-  ConvPlan() = default;
-  ConvPlan(const ConvPlan&) = delete;
-  ConvPlan& operator=(const ConvPlan&) = delete;
-  ~ConvPlan() {
+  LegacyPlan() = default;
+  LegacyPlan(const LegacyPlan&) = delete;
+  LegacyPlan& operator=(const LegacyPlan&) = delete;
+  ~LegacyPlan() {
     for (cudnnConvolutionDescriptor_t conv : {forward_conv, data_conv, filter_conv})
       if (conv) cudnnDestroyConvolutionDescriptor(conv);
     if (w) cudnnDestroyFilterDescriptor(w);
     if (y) cudnnDestroyTensorDescriptor(y);
     if (x) cudnnDestroyTensorDescriptor(x);
   }
+};
+
+/// The plan of one (device, dtype, geometry, alignment) (Note [cudnn conv plans]). Each API's half is
+/// built the first time a call needs it, under `mutex`, so a process on one API never plans the other.
+struct ConvPlan {
+  Conv2dGeometry geometry;
+  DType dtype = DType::F32;
+  int64_t alignment = 0;
+  std::mutex mutex;
+  std::unique_ptr<LegacyPlan> legacy;  // null until the legacy API first runs a pass
+  bool graph_planned = false;
+  std::array<std::unique_ptr<GraphPass>, kPasses> graph;  // per Pass; null where the graph API offers no plan
 };
 
 /// True when a heuristic result may be used: it succeeded and, for f32, is not a tensor-op (TF32) kernel.
@@ -213,9 +236,9 @@ void make_conv_descriptor(const Conv2dGeometry& g, const CudnnTypes& types, cudn
 /// True when an engine with these numerical notes may run a pass in `dtype` (Note [cudnn conv plans]).
 bool engine_allowed(const std::vector<cudnnBackendNumericalNote_t>& notes, DType dtype) {
   for (const cudnnBackendNumericalNote_t note : notes) {
-    if (note == CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION) return false;
-    if (dtype == DType::F32 && (note == CUDNN_NUMERICAL_NOTE_TENSOR_CORE || note == CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS))
+    if (note == CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION || note == CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS)
       return false;
+    if (dtype == DType::F32 && note == CUDNN_NUMERICAL_NOTE_TENSOR_CORE) return false;  // TF32
   }
   return true;
 }
@@ -303,69 +326,79 @@ std::unique_ptr<GraphPass> make_graph_pass(cudnnHandle_t handle, const Conv2dGeo
   set(operation, attributes.beta, scale_type, 1, zero);
   finalize(operation);
 
+// The *_HANDLE attributes are deprecated from cuDNN 9.19 in favour of *_DEVICEPROP; the GPU machines
+// run cuDNN 9.14, which needs them.
 #pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wdeprecated-declarations"  // the handle attributes: cuDNN 9.14 on the GPU machines
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
   const cudnnBackendDescriptor_t graph = make(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
   set(graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &operation);
   set(graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle);
   finalize(graph);
+  if (!ok) return nullptr;
 
-  const cudnnBackendDescriptor_t heuristics = make(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
-  const cudnnBackendHeurMode_t heuristics_mode = CUDNN_HEUR_MODE_A;
-  set(heuristics, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &graph);
-  set(heuristics, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &heuristics_mode);
-  finalize(heuristics);
-  int64_t count = 0;
-  if (!ok || cudnnBackendGetAttribute(heuristics, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0,
-                                      &count, nullptr) != CUDNN_STATUS_SUCCESS)
-    return nullptr;
-  std::vector<cudnnBackendDescriptor_t> configs;
-  for (int64_t i = 0; i < count; ++i) {
-    result->configs.emplace_back(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR);
-    configs.push_back(result->configs.back().get());
-  }
-  int64_t returned = 0;
-  if (count == 0 || cudnnBackendGetAttribute(heuristics, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                                             count, &returned, configs.data()) != CUDNN_STATUS_SUCCESS)
-    return nullptr;
-  for (int64_t i = 0; i < returned; ++i) {
-    BackendDescriptor engine(CUDNN_BACKEND_ENGINE_DESCRIPTOR);
-    cudnnBackendDescriptor_t engine_descriptor = engine.get();
-    int64_t got = 0;
-    if (cudnnBackendGetAttribute(configs[i], CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &got,
-                                 &engine_descriptor) != CUDNN_STATUS_SUCCESS)
-      continue;
-    std::vector<cudnnBackendNumericalNote_t> notes(CUDNN_NUMERICAL_NOTE_TYPE_COUNT);
-    if (cudnnBackendGetAttribute(engine_descriptor, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
-                                 static_cast<int64_t>(notes.size()), &got, notes.data()) != CUDNN_STATUS_SUCCESS)
-      continue;
-    notes.resize(static_cast<size_t>(got));
-    if (!engine_allowed(notes, dtype)) continue;
-    auto plan = std::make_unique<BackendDescriptor>(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
-    int64_t workspace = 0;
-    if (plan->set(CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle) != CUDNN_STATUS_SUCCESS ||
-        plan->set(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &configs[i]) !=
+  // The first allowed engine that finalizes within the workspace limit: heuristics mode A's list,
+  // then the fallback list.
+  for (const cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
+    BackendDescriptor heuristics(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
+    int64_t count = 0;
+    if (heuristics.set(CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &graph) !=
             CUDNN_STATUS_SUCCESS ||
-        plan->finalize() != CUDNN_STATUS_SUCCESS ||
-        cudnnBackendGetAttribute(plan->get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &got,
-                                 &workspace) != CUDNN_STATUS_SUCCESS ||
-        workspace < 0 || static_cast<size_t>(workspace) > kMaxWorkspaceBytes)
+        heuristics.set(CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode) != CUDNN_STATUS_SUCCESS ||
+        heuristics.finalize() != CUDNN_STATUS_SUCCESS ||
+        cudnnBackendGetAttribute(heuristics.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0,
+                                 &count, nullptr) != CUDNN_STATUS_SUCCESS ||
+        count <= 0)
       continue;
-    result->plan = std::move(plan);
-    result->workspace_bytes = static_cast<size_t>(workspace);
-    return result;
+    std::vector<BackendDescriptor> owned;
+    std::vector<cudnnBackendDescriptor_t> configs;
+    for (int64_t i = 0; i < count; ++i) {
+      owned.emplace_back(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR);
+      configs.push_back(owned.back().get());
+    }
+    int64_t returned = 0;
+    if (cudnnBackendGetAttribute(heuristics.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, count,
+                                 &returned, configs.data()) != CUDNN_STATUS_SUCCESS)
+      continue;
+    for (int64_t i = 0; i < returned; ++i) {
+      BackendDescriptor engine(CUDNN_BACKEND_ENGINE_DESCRIPTOR);
+      cudnnBackendDescriptor_t engine_descriptor = engine.get();
+      int64_t got = 0;
+      if (cudnnBackendGetAttribute(configs[i], CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &got,
+                                   &engine_descriptor) != CUDNN_STATUS_SUCCESS)
+        continue;
+      std::vector<cudnnBackendNumericalNote_t> notes(CUDNN_NUMERICAL_NOTE_TYPE_COUNT);
+      if (cudnnBackendGetAttribute(engine_descriptor, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
+                                   static_cast<int64_t>(notes.size()), &got, notes.data()) != CUDNN_STATUS_SUCCESS)
+        continue;
+      notes.resize(static_cast<size_t>(got));
+      if (!engine_allowed(notes, dtype)) continue;
+      auto plan = std::make_unique<BackendDescriptor>(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
+      int64_t workspace = 0;
+      if (plan->set(CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &handle) != CUDNN_STATUS_SUCCESS ||
+          plan->set(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &configs[i]) !=
+              CUDNN_STATUS_SUCCESS ||
+          plan->finalize() != CUDNN_STATUS_SUCCESS ||
+          cudnnBackendGetAttribute(plan->get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &got,
+                                   &workspace) != CUDNN_STATUS_SUCCESS ||
+          workspace < 0 || static_cast<size_t>(workspace) > kMaxWorkspaceBytes)
+        continue;
+      result->parts.push_back(std::move(heuristics));
+      for (BackendDescriptor& config : owned) result->parts.push_back(std::move(config));
+      result->plan = std::move(plan);
+      result->workspace_bytes = static_cast<size_t>(workspace);
+      return result;
+    }
   }
 #pragma GCC diagnostic pop
   return nullptr;
 }
 
-std::unique_ptr<ConvPlan> make_plan(cudnnHandle_t handle, const Conv2dGeometry& g, DType dtype, int64_t alignment) {
+/// The legacy API's half of the plan for (g, dtype): its descriptors, and each pass's algorithm
+/// from cuDNN's heuristics; raises naming the pass that has no algorithm.
+std::unique_ptr<LegacyPlan> make_legacy_plan(cudnnHandle_t handle, const Conv2dGeometry& g, DType dtype) {
   const CudnnTypes types = cudnn_types(dtype);
-  for (int64_t v : {g.batch, g.in_channels, g.out_channels, g.in_h, g.in_w, g.kernel_h, g.kernel_w, g.stride_h,
-                    g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w, g.groups})
-    FLAME_CHECK(v <= INT_MAX, "conv2d: {} has a size above cuDNN's 32-bit limit {}", geometry_str(g), INT_MAX);
   const auto i = [](int64_t v) { return static_cast<int>(v); };
-  auto plan = std::make_unique<ConvPlan>();
+  auto plan = std::make_unique<LegacyPlan>();
   FLAME_CUDNN_CHECK(cudnnCreateTensorDescriptor(&plan->x));
   FLAME_CUDNN_CHECK(cudnnCreateTensorDescriptor(&plan->y));
   FLAME_CUDNN_CHECK(cudnnCreateFilterDescriptor(&plan->w));
@@ -387,26 +420,45 @@ std::unique_ptr<ConvPlan> make_plan(cudnnHandle_t handle, const Conv2dGeometry& 
 
   plan_pass("forward", handle, plan->x, plan->w, plan->forward_conv, plan->y, cudnnGetConvolutionForwardAlgorithm_v7,
             cudnnGetConvolutionForwardWorkspaceSize, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, dtype, g, plan->forward_algo,
-            plan->forward_bytes);
+            plan->workspace_bytes[kForward]);
   plan_pass("backward-data", handle, plan->w, plan->y, plan->data_conv, plan->x,
             cudnnGetConvolutionBackwardDataAlgorithm_v7, cudnnGetConvolutionBackwardDataWorkspaceSize,
-            CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, dtype, g, plan->data_algo, plan->data_bytes);
+            CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, dtype, g, plan->data_algo, plan->workspace_bytes[kBackwardData]);
   plan_pass("backward-filter", handle, plan->x, plan->y, plan->filter_conv, plan->w,
             cudnnGetConvolutionBackwardFilterAlgorithm_v7, cudnnGetConvolutionBackwardFilterWorkspaceSize,
-            CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, dtype, g, plan->filter_algo, plan->filter_bytes);
-  for (const Pass pass : {kForward, kBackwardData, kBackwardFilter}) {
-    plan->graph[pass] = make_graph_pass(handle, g, dtype, pass, alignment);
-    if (plan->graph[pass] == nullptr)
-      spdlog::info("conv2d: cuDNN's graph API offers no {} plan for {} in {} ({}-byte alignment); that pass runs "
-                   "through the legacy API",
-                   kPassNames[pass], geometry_str(g), dtype_name(dtype), alignment);
-  }
+            CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, dtype, g, plan->filter_algo,
+            plan->workspace_bytes[kBackwardFilter]);
   return plan;
 }
 
-/// The cached plan of (ctx's device, dtype, g) (Note [cudnn conv plans]).
-const ConvPlan& plan_for(DeviceContext& ctx, cudnnHandle_t handle, const Conv2dGeometry& g, DType dtype,
-                         int64_t alignment) {
+/// `pass` of `plan` through the graph API, planning the graph half first if no call has yet (Note
+/// [cudnn conv plans]); null where the graph API offers no allowed engine.
+const GraphPass* graph_pass(cudnnHandle_t handle, ConvPlan& plan, Pass pass) {
+  std::lock_guard<std::mutex> lock(plan.mutex);
+  if (!plan.graph_planned) {
+    for (const Pass each : {kForward, kBackwardData, kBackwardFilter}) {
+      plan.graph[each] = make_graph_pass(handle, plan.geometry, plan.dtype, each, plan.alignment);
+      if (plan.graph[each] == nullptr)
+        spdlog::info(
+            "conv2d: cuDNN's graph API offers no {} plan for {} in {} ({}-byte alignment); that pass runs "
+            "through the legacy API",
+            kPassNames[each], geometry_str(plan.geometry), dtype_name(plan.dtype), plan.alignment);
+    }
+    plan.graph_planned = true;
+  }
+  return plan.graph[pass].get();
+}
+
+/// The legacy half of `plan`, planned first if no call has needed it yet.
+const LegacyPlan& legacy_plan(cudnnHandle_t handle, ConvPlan& plan) {
+  std::lock_guard<std::mutex> lock(plan.mutex);
+  if (plan.legacy == nullptr) plan.legacy = make_legacy_plan(handle, plan.geometry, plan.dtype);
+  return *plan.legacy;
+}
+
+/// The cached plan of (ctx's device, dtype, g, alignment) (Note [cudnn conv plans]), each API's half
+/// still to be built on first use.
+ConvPlan& plan_for(DeviceContext& ctx, const Conv2dGeometry& g, DType dtype, int64_t alignment) {
   using Key = std::array<int64_t, 19>;
   static std::mutex mutex;
   static std::map<Key, std::unique_ptr<ConvPlan>> plans;
@@ -422,8 +474,17 @@ const ConvPlan& plan_for(DeviceContext& ctx, cudnnHandle_t handle, const Conv2dG
                 alignment};
   std::lock_guard<std::mutex> lock(mutex);
   auto it = plans.find(key);
-  if (it == plans.end()) it = plans.emplace(key, make_plan(handle, g, dtype, alignment)).first;
-  return *it->second;
+  if (it == plans.end()) {
+    for (int64_t v : {g.batch, g.in_channels, g.out_channels, g.in_h, g.in_w, g.kernel_h, g.kernel_w, g.stride_h,
+                      g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w, g.groups})
+      FLAME_CHECK(v <= INT_MAX, "conv2d: {} has a size above cuDNN's 32-bit limit {}", geometry_str(g), INT_MAX);
+    auto plan = std::make_unique<ConvPlan>();
+    plan->geometry = g;
+    plan->dtype = dtype;
+    plan->alignment = alignment;
+    it = plans.emplace(key, std::move(plan)).first;
+  }
+  return *it->second;  // plans are never erased
 }
 
 /// Scratch memory for one cuDNN call (Note [cudnn conv plans]); empty for 0 bytes.
@@ -445,16 +506,16 @@ int64_t operand_alignment(DType dtype, std::initializer_list<const Tensor*> oper
 }
 
 /// Runs `pass` on x, w and y (input, weight and output, or their gradients): through the plan's
-/// graph execution plan under Conv2dApi::Graph where it has one, else through `legacy(workspace)`,
-/// the pass's legacy call given a workspace of `legacy_bytes` (Note [cudnn conv plans]).
+/// graph execution plan under Conv2dApi::Graph where it has one, else through
+/// `legacy(legacy_plan, workspace)`, the pass's legacy call (Note [cudnn conv plans]).
 template <class LegacyCall>
-void run_pass(DeviceContext& ctx, cudnnHandle_t handle, const ConvPlan& plan, Pass pass, const Tensor& x,
-              const Tensor& w, const Tensor& y, size_t legacy_bytes, LegacyCall legacy) {
-  const GraphPass* graph = selected_api().load(std::memory_order_relaxed) == Conv2dApi::Graph ? plan.graph[pass].get()
-                                                                                                 : nullptr;
+void run_pass(DeviceContext& ctx, cudnnHandle_t handle, ConvPlan& plan, Pass pass, const Tensor& x, const Tensor& w,
+              const Tensor& y, LegacyCall legacy) {
+  const GraphPass* graph = current_api() == Conv2dApi::Graph ? graph_pass(handle, plan, pass) : nullptr;
   if (graph == nullptr) {
-    const Tensor scratch = workspace(ctx, legacy_bytes);
-    legacy(scratch.defined() ? scratch.data_ptr() : nullptr);
+    const LegacyPlan& legacy_half = legacy_plan(handle, plan);
+    const Tensor scratch = workspace(ctx, legacy_half.workspace_bytes[pass]);
+    legacy(legacy_half, scratch.defined() ? scratch.data_ptr() : nullptr);
     legacy_calls.fetch_add(1, std::memory_order_relaxed);
     return;
   }
@@ -501,12 +562,12 @@ void launch_conv2d_forward(DeviceContext& ctx, const Conv2dGeometry& g, const Te
   check_operand(op, "out", out, dtype, output_shape(g));
   if (out.numel() == 0) return;
   const cudnnHandle_t handle = handle_for(ctx);
-  const ConvPlan& plan = plan_for(ctx, handle, g, dtype, operand_alignment(dtype, {&input, &weight, &out}));
-  run_pass(ctx, handle, plan, kForward, input, weight, out, plan.forward_bytes, [&](void* scratch) {
+  ConvPlan& plan = plan_for(ctx, g, dtype, operand_alignment(dtype, {&input, &weight, &out}));
+  run_pass(ctx, handle, plan, kForward, input, weight, out, [&](const LegacyPlan& legacy, void* scratch) {
     const Scaling s(dtype);
-    FLAME_CUDNN_CHECK(cudnnConvolutionForward(handle, s.one(), plan.x, input.data_ptr(), plan.w, weight.data_ptr(),
-                                              plan.forward_conv, plan.forward_algo, scratch, plan.forward_bytes,
-                                              s.zero(), plan.y, out.data_ptr()));
+    FLAME_CUDNN_CHECK(cudnnConvolutionForward(handle, s.one(), legacy.x, input.data_ptr(), legacy.w, weight.data_ptr(),
+                                              legacy.forward_conv, legacy.forward_algo, scratch,
+                                              legacy.workspace_bytes[kForward], s.zero(), legacy.y, out.data_ptr()));
   });
   FLAME_CUDA_LAUNCH_CHECK();
 }
@@ -525,13 +586,15 @@ void launch_conv2d_backward_input(DeviceContext& ctx, const Conv2dGeometry& g, c
     return;
   }
   const cudnnHandle_t handle = handle_for(ctx);
-  const ConvPlan& plan = plan_for(ctx, handle, g, dtype, operand_alignment(dtype, {&grad_input, &weight, &grad_out}));
-  run_pass(ctx, handle, plan, kBackwardData, grad_input, weight, grad_out, plan.data_bytes, [&](void* scratch) {
-    const Scaling s(dtype);
-    FLAME_CUDNN_CHECK(cudnnConvolutionBackwardData(handle, s.one(), plan.w, weight.data_ptr(), plan.y,
-                                                   grad_out.data_ptr(), plan.data_conv, plan.data_algo, scratch,
-                                                   plan.data_bytes, s.zero(), plan.x, grad_input.data_ptr()));
-  });
+  ConvPlan& plan = plan_for(ctx, g, dtype, operand_alignment(dtype, {&grad_input, &weight, &grad_out}));
+  run_pass(ctx, handle, plan, kBackwardData, grad_input, weight, grad_out,
+           [&](const LegacyPlan& legacy, void* scratch) {
+             const Scaling s(dtype);
+             FLAME_CUDNN_CHECK(cudnnConvolutionBackwardData(handle, s.one(), legacy.w, weight.data_ptr(), legacy.y,
+                                                            grad_out.data_ptr(), legacy.data_conv, legacy.data_algo,
+                                                            scratch, legacy.workspace_bytes[kBackwardData], s.zero(),
+                                                            legacy.x, grad_input.data_ptr()));
+           });
   FLAME_CUDA_LAUNCH_CHECK();
 }
 
@@ -549,18 +612,20 @@ void launch_conv2d_backward_weight(DeviceContext& ctx, const Conv2dGeometry& g, 
     return;
   }
   const cudnnHandle_t handle = handle_for(ctx);
-  const ConvPlan& plan = plan_for(ctx, handle, g, dtype, operand_alignment(dtype, {&input, &grad_weight, &grad_out}));
-  run_pass(ctx, handle, plan, kBackwardFilter, input, grad_weight, grad_out, plan.filter_bytes, [&](void* scratch) {
-    const Scaling s(dtype);
-    FLAME_CUDNN_CHECK(cudnnConvolutionBackwardFilter(handle, s.one(), plan.x, input.data_ptr(), plan.y,
-                                                     grad_out.data_ptr(), plan.filter_conv, plan.filter_algo, scratch,
-                                                     plan.filter_bytes, s.zero(), plan.w, grad_weight.data_ptr()));
-  });
+  ConvPlan& plan = plan_for(ctx, g, dtype, operand_alignment(dtype, {&input, &grad_weight, &grad_out}));
+  run_pass(
+      ctx, handle, plan, kBackwardFilter, input, grad_weight, grad_out, [&](const LegacyPlan& legacy, void* scratch) {
+        const Scaling s(dtype);
+        FLAME_CUDNN_CHECK(cudnnConvolutionBackwardFilter(handle, s.one(), legacy.x, input.data_ptr(), legacy.y,
+                                                         grad_out.data_ptr(), legacy.filter_conv, legacy.filter_algo,
+                                                         scratch, legacy.workspace_bytes[kBackwardFilter], s.zero(),
+                                                         legacy.w, grad_weight.data_ptr()));
+      });
   FLAME_CUDA_LAUNCH_CHECK();
 }
 
-void set_conv2d_api(Conv2dApi api) { selected_api().store(api); }
-Conv2dApi conv2d_api() { return selected_api().load(); }
+void set_conv2d_api(Conv2dApi api) { selected_api.store(static_cast<int>(api)); }
+Conv2dApi conv2d_api() { return current_api(); }
 Conv2dApiCalls conv2d_api_calls() { return {graph_calls.load(), legacy_calls.load()}; }
 
 }  // namespace flame::cuda
