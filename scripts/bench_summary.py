@@ -34,6 +34,8 @@ ROWS = [
 # Targets on FLAME's own figure (issue 3: a CNN training step in at most 1.0 ms on the H100):
 # bench -> (unit, most allowed).
 TIME_TARGETS = {"cnn_step": ("ms/step", 1.0)}
+# Rows PyTorch has no counterpart for (FLAME's two cuDNN APIs): their torch cell is "-".
+FLAME_ONLY = {"conv2d_overhead"}
 TIME_UNITS = {"us/op", "ms", "ms/step"}
 # Loader targets per rank, delivered on the GPU (issue 4): dataset name prefix -> (JSON key, least
 # allowed, what it counts).
@@ -135,8 +137,9 @@ def print_operators(records):
             if value is not None and torch:
                 speed = torch["value"] / value if unit in TIME_UNITS else value / torch["value"]
                 speed_cell = f"{speed:.2f}x"
-            rows.append((label, f"{fmt_value(value)} {unit}", base_cell, ratio_cell, target_cell,
-                         f"{fmt_value(torch['value'] if torch else None)} {unit}", speed_cell))
+            torch_cell = "-" if bench in FLAME_ONLY else f"{fmt_value(torch['value'] if torch else None)} {unit}"
+            rows.append((label, f"{fmt_value(value)} {unit}", base_cell, ratio_cell, target_cell, torch_cell,
+                         speed_cell))
     print_table(rows)
 
     errors = [r for r in records if r["bench"] == "matmul_rel_err"]
