@@ -142,7 +142,7 @@ void Reducer::on_grad_ready(size_t param) {
   if (param_ready_[param]) {
     // Autograd has already added this gradient into the bucket view, possibly while the bucket is
     // reduced: this round's gradients are wrong from here on (Note [ddp buckets]).
-    gradients_invalid_ = true;
+    invalid_reason_ = "a parameter got a gradient twice in one reduction";
     FLAME_FAIL(
         "DistributedDataParallel: parameter '{}' got a gradient twice without synchronize_gradients() in between "
         "(two backwards, or one through two forwards, per reduction). This step's gradients are now invalid: call "
@@ -182,14 +182,32 @@ void Reducer::launch_ready_buckets() {
   // Note [ddp buckets]: strictly in index order on every rank.
   autograd::NoGradGuard no_grad;
   while (next_launch_ < buckets_.size() && buckets_[next_launch_].ready) {
-    Bucket& bucket = buckets_[next_launch_];
+    try {
+      launch(next_launch_);
+    } catch (const std::exception& e) {
+      // The bucket stays ready and unlaunched: finish_round() issues it (Note [ddp buckets]). Raised in
+      // a hook, the error also ends backward, so later gradients may be missing: the round is invalid.
+      if (invalid_reason_.empty())
+        invalid_reason_ = fmt::format("the all-reduce of '{}' could not be issued during backward ({})",
+                                      buckets_[next_launch_].label, e.what());
+      throw;
+    }
+    if (next_launch_ == 0) last_round_launches_.clear();
+    last_round_launches_.push_back(next_launch_);
+    ++launches_;
+    ++next_launch_;
+  }
+}
+
+void Reducer::launch(size_t index) {
+  Bucket& bucket = buckets_[index];
+  {
     const OverlapPriority priority =  // Note [last bucket priority]
-        last_bucket_high_priority_ && next_launch_ + 1 == buckets_.size() ? OverlapPriority::High
-                                                                          : OverlapPriority::Normal;
+        last_bucket_high_priority_ && index + 1 == buckets_.size() ? OverlapPriority::High : OverlapPriority::Normal;
     if (bucket.mean_deferred) {
-      bucket.deferred = communicator_.all_reduce_overlapped_deferred(bucket.flat, *bucket.converted_by_communicator,
-                                                                     ReduceOp::Avg, deferred_key_base_ + next_launch_,
-                                                                     bucket.label, priority);
+      bucket.deferred =
+          communicator_.all_reduce_overlapped_deferred(bucket.flat, *bucket.converted_by_communicator, ReduceOp::Avg,
+                                                       deferred_key_base_ + index, bucket.label, priority);
       bucket.collective = bucket.deferred.collective;
       bucket.mean_written = false;
     } else if (bucket.converted_by_communicator) {
@@ -200,10 +218,6 @@ void Reducer::launch_ready_buckets() {
       const Tensor& wire = bucket.reduced.defined() ? bucket.reduced : bucket.flat;
       bucket.collective = communicator_.all_reduce_overlapped(wire, ReduceOp::Avg, bucket.label, priority);
     }
-    if (next_launch_ == 0) last_round_launches_.clear();
-    last_round_launches_.push_back(next_launch_);
-    ++launches_;
-    ++next_launch_;
   }
 }
 
@@ -226,8 +240,8 @@ std::vector<GradientSlots> Reducer::wait_for_bucket_slots(size_t index) {
   std::vector<GradientSlots> slots;
   int64_t offset = 0;
   for (const Tensor& view : bucket.views) {
-    slots.push_back(
-        {bucket.deferred.slots.narrow(1, offset, view.numel()), bucket.deferred.scale, step_mean_ == StepMean::InUpdate});
+    slots.push_back({bucket.deferred.slots.narrow(1, offset, view.numel()), bucket.deferred.scale,
+                     step_mean_ == StepMean::InUpdate});
     offset += view.numel();
   }
   // mean_written stays false: under InUpdate the caller writes the mean into the .grad of every
@@ -255,10 +269,11 @@ void Reducer::write_back(Bucket& bucket) {
 void Reducer::finish(ComputeWaits waits) {
   // Invalid gradients: finish the round like any other (the collectives stay matched across ranks)
   // and wait for every bucket, since no optimizer step follows; then raise.
-  finish_round(gradients_invalid_ ? ComputeWaits::All : waits);
-  FLAME_CHECK(!gradients_invalid_,
-              "DistributedDataParallel: the gradients are invalid since a parameter got a gradient twice in one "
-              "reduction; call ddp.zero_grad() before the next backward (the optimizer must not step on them)");
+  finish_round(invalid_reason_.empty() ? waits : ComputeWaits::All);
+  FLAME_CHECK(invalid_reason_.empty(),
+              "DistributedDataParallel: the gradients are invalid since {}; call ddp.zero_grad() before the next "
+              "backward (the optimizer must not step on them)",
+              invalid_reason_);
 }
 
 void Reducer::finish_round(ComputeWaits waits) {
@@ -271,12 +286,17 @@ void Reducer::finish_round(ComputeWaits waits) {
     adopt_grad(k);
     mark_ready(k);
     if (unused_ == UnusedParameters::Error) {
-      unused_since_check_[k] = 1;
+      // An invalid round is discarded (finish() raises until zero_grads()): what it missed is not
+      // the module's doing, e.g. a backward that a failed all-reduce ended.
+      if (invalid_reason_.empty()) unused_since_check_[k] = 1;
       // Every rank ends with the same .grad (the mean), so the replicas stay identical until the
       // check raises.
       params_[k].second.set_grad(buckets_[bucket_of_[k]].views[slot_of_[k]]);
     }
   }
+  // Every bucket is ready now. One whose all-reduce could not be issued in a hook is still waiting
+  // to be: issue it, in order, so that this rank's collectives match the others'.
+  launch_ready_buckets();
   // The first round under Error checks for unused parameters, which may raise: wait for every
   // bucket then too, so that whoever catches the error finds the means in every .grad.
   const bool first_check = unused_ == UnusedParameters::Error && rounds_ == 0;
@@ -342,7 +362,7 @@ void Reducer::zero_grads() {
               "DistributedDataParallel: zero_grad() while a backward's reduction is unfinished; call "
               "synchronize_gradients() first");
   autograd::NoGradGuard no_grad;
-  gradients_invalid_ = false;
+  invalid_reason_.clear();
   for (Bucket& bucket : buckets_) {
     bucket.flat.zero_();
     for (size_t k = 0; k < bucket.params.size(); ++k) params_[bucket.params[k]].second.set_grad(bucket.views[k]);

@@ -14,12 +14,11 @@
 // Gradient as bucket view. A parameter's gradient-ready hook (Note [autograd engine]) first makes
 // sure the parameter's .grad is its bucket view: when .grad is some other tensor (the first
 // backward, or any backward after zero_grad(set_to_none), where AccumulateGrad's .grad is the
-// gradient itself or a fresh copy of it), the hook copies it into the view and calls set_grad(view). From then on autograd adds
-// later gradients into the view in place, so accumulation under no_sync() happens in the bucket
-// and the reduced result is already in .grad: there is no copy back after the all-reduce.
-// DDP's zero_grad() zeroes the buckets and keeps the views as gradients (PyTorch's
-// zero_grad(set_to_none=False) with gradient_as_bucket_view), so then even the first copy is
-// skipped; the optimizer's zero_grad() (set_to_none) costs one copy per parameter per step.
+// gradient itself or a fresh copy of it), the hook copies it into the view and calls set_grad(view). From then on
+// autograd adds later gradients into the view in place, so accumulation under no_sync() happens in the bucket and the
+// reduced result is already in .grad: there is no copy back after the all-reduce. DDP's zero_grad() zeroes the buckets
+// and keeps the views as gradients (PyTorch's zero_grad(set_to_none=False) with gradient_as_bucket_view), so then even
+// the first copy is skipped; the optimizer's zero_grad() (set_to_none) costs one copy per parameter per step.
 //
 // Reduction. Outside no_sync(), the hook then counts the parameter ready in its bucket. When a
 // bucket's pending count reaches 0 it is marked ready, and every ready bucket from the lowest
@@ -53,9 +52,12 @@
 //
 // Errors. A parameter that gets a gradient twice in one round (two backwards per reduction) has
 // had it added into its bucket view, possibly while the bucket is reduced, before its hook can
-// raise: the round's gradients are invalid. finish() then still completes the round (the ranks'
-// collectives stay matched), waits for every bucket and raises, and keeps raising until
-// zero_grads(). Destroying the reducer orders the compute stream after every launched all-reduce.
+// raise: the round's gradients are invalid. So are they when a bucket's all-reduce cannot be issued
+// in a hook (the communicator raises): the bucket stays ready and unlaunched, and the error ends
+// backward, so later gradients may be missing. finish() then still completes the round, issuing
+// every bucket not yet issued in order (the ranks' collectives stay matched), waits for every bucket
+// and raises, and keeps raising until zero_grads(). Destroying the reducer orders the compute
+// stream after every launched all-reduce.
 //
 // Reduced precision (BucketOptions::reduce_dtype, e.g. bf16 for f32 gradients, as PyTorch DDP's
 // bf16_compress_hook): each bucket then also has `reduced`, a flat buffer of that dtype. At launch
@@ -149,9 +151,9 @@ struct BucketOptions {
 
 /// One flat bucket: its tensor and the parameters it holds (indices into the reducer's list).
 struct Bucket {
-  Tensor flat;                 // [sum of numel], the parameters' dtype and device
-  Tensor reduced;              // [sum of numel] in BucketOptions::reduce_dtype, when the reducer converts;
-                               // undefined when flat is all-reduced as is, or converted by the communicator
+  Tensor flat;     // [sum of numel], the parameters' dtype and device
+  Tensor reduced;  // [sum of numel] in BucketOptions::reduce_dtype, when the reducer converts;
+                   // undefined when flat is all-reduced as is, or converted by the communicator
   /// Set when the communicator sends flat as this dtype itself (Communicator::reduces_as(): the
   /// copy-engine all-reduce with reduce_dtype bf16): no conversion on the compute stream.
   std::optional<DType> converted_by_communicator;
@@ -243,7 +245,10 @@ class Reducer : public std::enable_shared_from_this<Reducer> {
   /// view when there is none).
   void adopt_grad(size_t param);
   void mark_ready(size_t param);
+  /// Launches every ready bucket from next_launch_ on, in index order (Note [ddp buckets]).
   void launch_ready_buckets();
+  /// Issues bucket `index`'s all-reduce (or its deferred part) on the communicator.
+  void launch(size_t index);
   /// With a reduce_dtype: converts the bucket's reduced mean back into its gradients (flat), or has
   /// the communicator write a deferred mean there.
   void write_back(Bucket& bucket);
@@ -266,7 +271,8 @@ class Reducer : public std::enable_shared_from_this<Reducer> {
   bool empty_round_since_check_ = false;     // a finish() since the last check found no hook fired
   size_t ready_params_ = 0;
   size_t next_launch_ = 0;
-  bool gradients_invalid_ = false;           // a parameter got a gradient twice; cleared by zero_grads()
+  std::string invalid_reason_;               // why this round's gradients are invalid; "" when they are not;
+                                             // cleared by zero_grads()
   uint64_t launches_ = 0;                    // all-reduces launched since construction
   std::vector<size_t> last_round_launches_;  // bucket indices, in launch order, of the latest round
 };

@@ -115,7 +115,8 @@ void check_ddp_step_matches_separate_step(uint64_t seed, bool extra, std::option
   options.step_mean = step_mean;
   DistributedDataParallel separate(separate_model, comm(), options);
   DistributedDataParallel fused(fused_model, comm(), options);
-  for (const Bucket& bucket : fused.reducer().buckets()) EXPECT_EQ(bucket.mean_deferred, step_mean != StepMean::Reduced) << bucket.label;
+  for (const Bucket& bucket : fused.reducer().buckets())
+    EXPECT_EQ(bucket.mean_deferred, step_mean != StepMean::Reduced) << bucket.label;
   ASSERT_GE(fused.reducer().buckets().size(), 3u) << "the test wants several buckets";
   expect_same_parameters(*fused_model, *separate_model, 0.0, "after construction");
 
@@ -877,7 +878,8 @@ TEST(Ddp, CheckMidRoundRaisesUnderIgnorePolicy) {
   EXPECT_NO_THROW(ddp.check_parameters_in_sync("after the round"));
 }
 
-/// Forwards every collective to `inner` and notes each overlapped all-reduce's label and priority.
+/// Forwards every collective to `inner` and notes each overlapped all-reduce's label and priority;
+/// raises, once and without issuing it, for the overlapped all-reduce labelled `fail_once`.
 class PriorityRecorder final : public Communicator {
  public:
   explicit PriorityRecorder(Communicator& inner) : Communicator(inner.group()), inner_(inner) {}
@@ -893,6 +895,10 @@ class PriorityRecorder final : public Communicator {
   void synchronize() override { inner_.synchronize(); }
   uint64_t all_reduce_overlapped(const Tensor& t, ReduceOp op, const std::string& what,
                                  OverlapPriority priority) override {
+    if (!fail_once.empty() && what == fail_once) {
+      fail_once.clear();
+      FLAME_FAIL("injected: cannot issue '{}'", what);
+    }
     issued.emplace_back(what, priority);
     return inner_.all_reduce_overlapped(t, op, what, priority);
   }
@@ -901,6 +907,7 @@ class PriorityRecorder final : public Communicator {
   Device device() const override { return inner_.device(); }
 
   std::vector<std::pair<std::string, OverlapPriority>> issued;
+  std::string fail_once;
 
  private:
   Communicator& inner_;
@@ -933,6 +940,52 @@ TEST(Ddp, OnlyTheLastBucketIsIssuedAtHighPriorityUnlessTurnedOff) {
         EXPECT_EQ(high, asked && b + 1 == n_buckets) << "bucket " << b << " of " << n_buckets << ", step " << step;
       }
     }
+  }
+}
+
+// A bucket whose all-reduce cannot be issued in backward's hook (rank 0's communicator raises once,
+// for the first or the last bucket): the error ends backward on that rank; synchronize_gradients()
+// then issues the bucket, in order, so every rank's collectives match, and raises on that rank
+// naming it, since the round's gradients may be incomplete. After zero_grad() training goes on with
+// every replica identical.
+TEST(Ddp, ABucketThatCouldNotBeIssuedInBackwardIsIssuedBySynchronizeWhichRaises) {
+  for (const bool last : {false, true}) {
+    SCOPED_TRACE(last ? "last bucket" : "first bucket");
+    PriorityRecorder recorder(comm());
+    auto model = make_mlp(840);
+    DistributedDataParallel ddp(model, recorder, small_buckets());
+    optim::AdamW opt(ddp.parameters(), {.lr = 1e-2});
+    const size_t n_buckets = ddp.reducer().buckets().size();
+    ASSERT_GE(n_buckets, 3u);
+    const std::string failing = "DDP bucket " + std::to_string(last ? n_buckets - 1 : 0);
+    const Batch batch = global_batch(4, 86);
+    // A first step as usual (the first round's unused-parameter check would name the parameters a
+    // backward that raised left without gradient, on every rank).
+    nn::mse_loss(ddp.forward(batch.x), batch.y).backward();
+    ddp.step(opt);
+    ddp.zero_grad();
+    recorder.issued.clear();
+    if (rank() == 0) recorder.fail_once = failing;
+    const Tensor loss = nn::mse_loss(ddp.forward(batch.x), batch.y);
+    if (rank() == 0) {
+      const std::string message = error_of([&] { loss.backward(); });
+      EXPECT_NE(message.find("injected: cannot issue '" + failing + "'"), std::string::npos) << message;
+      const std::string sync_message = error_of([&] { ddp.synchronize_gradients(); });
+      EXPECT_NE(sync_message.find("the all-reduce of '" + failing + "' could not be issued during backward"),
+                std::string::npos)
+          << sync_message;
+    } else {
+      loss.backward();
+      ddp.synchronize_gradients();
+    }
+    ASSERT_EQ(recorder.issued.size(), n_buckets);  // every bucket once, in order, on every rank
+    for (size_t b = 0; b < n_buckets; ++b) EXPECT_EQ(recorder.issued[b].first, "DDP bucket " + std::to_string(b));
+    // The ranks skip this step's update; after zero_grad() the next step trains as usual.
+    ddp.zero_grad();
+    nn::mse_loss(ddp.forward(batch.x), batch.y).backward();
+    ddp.step(opt);
+    ddp.after_step();
+    EXPECT_NO_THROW(ddp.check_parameters_in_sync("after the failed round"));
   }
 }
 
