@@ -3,6 +3,9 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <array>
+#include <bit>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -26,9 +29,10 @@ std::string local_problem(const nn::NamedTensors& params, const nn::NamedTensors
   for (const nn::NamedTensors* list : {&params, &buffers}) {
     for (const auto& [name, t] : *list) {
       if (t.device() != device)
-        return fmt::format("DistributedDataParallel: {} '{}' is on {} but the communicator works on {}; move the module "
-                           "there first (module->to(device))",
-                           list == &params ? "parameter" : "buffer", name, t.device().str(), device.str());
+        return fmt::format(
+            "DistributedDataParallel: {} '{}' is on {} but the communicator works on {}; move the module "
+            "there first (module->to(device))",
+            list == &params ? "parameter" : "buffer", name, t.device().str(), device.str());
     }
   }
   return "";
@@ -56,6 +60,65 @@ void agree_on_local_problems(const std::string& problem, Communicator& communica
               fmt::join(ranks, ", "));
 }
 
+/// One DdpOptions field as agree_on_options() compares it: its name, its value as an int64 (a double's
+/// bits, -1 for an unset dtype) and how to print that value.
+struct OptionField {
+  const char* name;
+  int64_t value;
+  std::string (*describe)(int64_t);
+};
+
+std::string describe_number(int64_t value) { return std::to_string(value); }
+std::string describe_double(int64_t bits) { return fmt::format("{}", std::bit_cast<double>(bits)); }
+std::string describe_bool(int64_t value) { return value != 0 ? "true" : "false"; }
+std::string describe_dtype(int64_t value) {
+  return value < 0 ? "unset" : std::string(dtype_name(static_cast<DType>(value)));
+}
+std::string describe_unused(int64_t value) {
+  return static_cast<UnusedParameters>(value) == UnusedParameters::Error ? "Error" : "Ignore";
+}
+std::string describe_step_mean(int64_t value) {
+  constexpr std::array<const char*, 3> kNames{"Reduced", "InUpdate", "InUpdateLocalGrad"};
+  return value >= 0 && value < 3 ? kNames[static_cast<size_t>(value)] : std::to_string(value);
+}
+
+/// Collective: raises on every rank when the ranks' options differ in a field that decides which
+/// collectives DDP issues, and in which order, or when it raises (the bucket caps, the reduce dtype,
+/// the step mean, the unused-parameter policy, the checksum's cadence and tolerance), or in the last
+/// bucket's priority; names the first such field and the ranks' values. Different options would
+/// otherwise mismatch collectives: a truncation error, a false unused-parameter error, or a hang.
+void agree_on_options(const DdpOptions& o, Communicator& communicator) {
+  const std::vector<OptionField> fields{
+      {"first_bucket_bytes", static_cast<int64_t>(o.first_bucket_bytes), describe_number},
+      {"bucket_cap_bytes", static_cast<int64_t>(o.bucket_cap_bytes), describe_number},
+      {"reduce_dtype", o.reduce_dtype ? static_cast<int64_t>(*o.reduce_dtype) : -1, describe_dtype},
+      {"step_mean", static_cast<int64_t>(o.step_mean), describe_step_mean},
+      {"unused_parameters", static_cast<int64_t>(o.unused_parameters), describe_unused},
+      {"check_every_n_steps", o.check_every_n_steps, describe_number},
+      {"checksum_rtol", std::bit_cast<int64_t>(o.checksum_rtol), describe_double},
+      {"last_bucket_high_priority", o.last_bucket_high_priority ? 1 : 0, describe_bool},
+  };
+  const Device device = communicator.device();
+  const int world = communicator.group().world_size;
+  const auto n = static_cast<int64_t>(fields.size());
+  std::vector<int64_t> values;
+  for (const OptionField& field : fields) values.push_back(field.value);
+  const Tensor mine = from_vector(values, {n}, TensorOptions(DType::I64, device));
+  Tensor all = zeros({world * n}, TensorOptions(DType::I64, device));
+  communicator.all_gather(mine, all, "DDP options check");
+  communicator.synchronize();
+  const std::vector<int64_t> gathered = all.to_vector<int64_t>();  // [W * n]: rank r's fields at r * n
+  for (size_t f = 0; f < fields.size(); ++f) {
+    for (int r = 1; r < world; ++r) {
+      const int64_t theirs = gathered[static_cast<size_t>(r) * fields.size() + f];
+      FLAME_CHECK(theirs == gathered[f],
+                  "DistributedDataParallel: DdpOptions::{} is {} on rank 0 but {} on rank {}; every rank must wrap "
+                  "its module with the same options (every rank raises)",
+                  fields[f].name, fields[f].describe(gathered[f]), fields[f].describe(theirs), r);
+    }
+  }
+}
+
 }  // namespace
 
 DistributedDataParallel::DistributedDataParallel(std::shared_ptr<nn::Module> module, Communicator& communicator,
@@ -71,6 +134,7 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<nn::Module> mod
   const nn::NamedTensors params = module_->named_parameters();
   const nn::NamedTensors buffers = module_->named_buffers();
   agree_on_local_problems(local_problem(params, buffers, communicator_.device()), communicator_);
+  agree_on_options(options_, communicator_);
   // The checks' own tensors go to the communicator's device; a rank without buffers still takes
   // part in the buffer check, so that the ranks' collectives stay matched.
   const Device device = communicator_.device();

@@ -76,7 +76,8 @@ struct DdpOptions {
 
 class DistributedDataParallel {
  public:
-  /// Collective: checks that every rank holds the same parameter and buffer names, shapes, dtypes
+  /// Collective: checks that every rank has the same options (those that decide which collectives
+  /// DDP issues, or when it raises) and holds the same parameter and buffer names, shapes, dtypes
   /// and frozen flags (raising on every rank, naming the first mismatch), broadcasts rank 0's
   /// parameters and buffers, builds the buckets of the parameters that require grad (frozen ones
   /// get none) and registers their gradient-ready hooks. Every parameter must be on the

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -987,6 +988,36 @@ TEST(Ddp, ABucketThatCouldNotBeIssuedInBackwardIsIssuedBySynchronizeWhichRaises)
     ddp.after_step();
     EXPECT_NO_THROW(ddp.check_parameters_in_sync("after the failed round"));
   }
+}
+
+// Options that decide which collectives DDP issues (or when it raises) must agree: one rank with
+// another bucket cap, reduce dtype, step mean or checksum tolerance makes every rank raise at
+// construction, naming the option and the ranks' values.
+TEST(Ddp, OptionsThatDifferBetweenRanksRaiseOnEveryRank) {
+  struct Case {
+    std::string field, rank0, rank1;
+    std::function<void(DdpOptions&)> change;  // applied on rank 1 only
+  };
+  const DdpOptions base = small_buckets();
+  const std::vector<Case> cases{
+      {"bucket_cap_bytes", std::to_string(base.bucket_cap_bytes), std::to_string(2 * base.bucket_cap_bytes),
+       [](DdpOptions& o) { o.bucket_cap_bytes *= 2; }},
+      {"reduce_dtype", "unset", "bf16", [](DdpOptions& o) { o.reduce_dtype = kBF16; }},
+      {"step_mean", "Reduced", "InUpdate", [](DdpOptions& o) { o.step_mean = StepMean::InUpdate; }},
+      {"unused_parameters", "Error", "Ignore", [](DdpOptions& o) { o.unused_parameters = UnusedParameters::Ignore; }},
+      {"checksum_rtol", "0", "1e-06", [](DdpOptions& o) { o.checksum_rtol = 1e-6; }},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.field);
+    DdpOptions options = base;
+    if (rank() == 1) c.change(options);
+    auto model = make_mlp(850);
+    const std::string message = error_of([&] { DistributedDataParallel ddp(model, comm(), options); });
+    EXPECT_NE(message.find("DdpOptions::" + c.field + " is " + c.rank0 + " on rank 0 but " + c.rank1 + " on rank 1"),
+              std::string::npos)
+        << message;
+  }
+  EXPECT_NO_THROW(DistributedDataParallel(make_mlp(851), comm(), base));
 }
 
 TEST(Ddp, ForwardBeforeSynchronizeRaises) {
