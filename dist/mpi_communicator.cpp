@@ -42,7 +42,10 @@ class MpiCommunicator final : public Communicator {
     FLAME_CHECK(options_.timeout.count() > 0, "make_mpi_communicator: timeout must be positive, got {} ms",
                 options_.timeout.count());
     if (detail::mpi_active()) {
-      FLAME_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &comm_));
+      // Every rank must join the duplication: bounded by the timeout like every collective.
+      MPI_Request request = MPI_REQUEST_NULL;
+      FLAME_MPI_CHECK(MPI_Comm_idup(MPI_COMM_WORLD, &comm_, &request));
+      detail::wait_request(request, options_.timeout, "make_mpi_communicator", "MPI_Comm_idup", group.rank);
       FLAME_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
       int size = 0;
       FLAME_MPI_CHECK(MPI_Comm_size(comm_, &size));

@@ -5,6 +5,9 @@
 //   failure_test collective_timeout  rank 1 skips an all_reduce (and sleeps); the other ranks must
 //                                    raise flame::Error naming the collective, `what` and their rank
 //                                    after the 2 s timeout, then abort the job.
+//   failure_test communicator_timeout rank 1 sleeps before creating its MPI communicator; the others
+//                                    must raise naming make_mpi_communicator and their rank after the
+//                                    2 s timeout, then abort the job.
 //   failure_test mismatched_shapes   rank 1 all-reduces 5 elements where the others give 3: MPI
 //                                    reports an error, raised as flame::Error naming the collective,
 //                                    `what` and the rank, then the job is aborted.
@@ -50,6 +53,15 @@ void collective_timeout(const dist::ProcessGroup& group) {
     return;
   }
   comm->all_reduce(t, dist::ReduceOp::Sum, "grad bucket 0");
+}
+
+void communicator_timeout(const dist::ProcessGroup& group) {
+  if (group.rank == 1) {
+    std::this_thread::sleep_for(std::chrono::seconds(60));
+    return;
+  }
+  auto comm = dist::make_mpi_communicator(group, {std::chrono::seconds(2)});
+  std::fprintf(stderr, "rank %d: created a communicator without rank 1\n", group.rank);
 }
 
 void mismatched_shapes(const dist::ProcessGroup& group) {
@@ -115,6 +127,8 @@ int main(int argc, char** argv) {
       rank_throws(group);
     } else if (scenario == "collective_timeout") {
       collective_timeout(group);
+    } else if (scenario == "communicator_timeout") {
+      communicator_timeout(group);
     } else if (scenario == "mismatched_shapes") {
       mismatched_shapes(group);
     } else if (scenario == "nccl_timeout") {
@@ -122,7 +136,10 @@ int main(int argc, char** argv) {
     } else if (scenario == "nccl_watchdog") {
       nccl_watchdog(group);
     } else {
-      std::fprintf(stderr, "usage: failure_test rank_throws|collective_timeout|mismatched_shapes|nccl_timeout|nccl_watchdog\n");
+      std::fprintf(
+          stderr,
+          "usage: failure_test rank_throws|collective_timeout|communicator_timeout|mismatched_shapes|nccl_timeout|"
+          "nccl_watchdog\n");
       return 2;
     }
   } catch (const std::exception& e) {
