@@ -29,7 +29,9 @@ struct ProcessGroup {
   bool is_distributed() const { return world_size > 1; }
 };
 
-/// Finalises MPI if init() started it (call once at the end of main; safe to call when not).
+/// Finalises MPI if init() started it (call once at the end of main; safe to call when not). After
+/// an MPI collective timed out or failed on this rank, it brings the job down with abort_job (exit
+/// code 1) instead: MPI_Finalize could wait forever for a rank that never joined that collective.
 void finalize();
 
 /// Brings the whole job down (MPI_Abort) after logging `reason`; used when a rank fails so that

@@ -11,6 +11,7 @@
 #endif
 #include <mpi.h>
 
+#include <atomic>
 #include <chrono>
 #include <string>
 
@@ -24,6 +25,10 @@ namespace flame::dist::detail {
 
 /// True between MPI_Init and MPI_Finalize.
 bool mpi_active();
+
+/// Set once a collective waited for by wait_request() timed out or failed on this rank; finalize()
+/// then brings the job down instead of calling MPI_Finalize.
+std::atomic<bool>& collective_failed();
 
 /// Polls MPI_Test on `request` until it completes or `timeout` has passed. On timeout raises
 /// flame::Error naming `collective`, `what`, the rank and the timeout; the request stays pending

@@ -1,5 +1,6 @@
 #include <spdlog/spdlog.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -20,6 +21,11 @@ void throw_mpi_error(int code, const char* expr, const char* file, int line) {
   throw Error(fmt::format("MPI call failed: {} [{} at {}:{}]", text, expr, base ? base + 1 : file, line));
 }
 
+std::atomic<bool>& collective_failed() {
+  static std::atomic<bool> failed{false};
+  return failed;
+}
+
 bool mpi_active() {
   int initialized = 0, finalized = 0;
   MPI_Initialized(&initialized);
@@ -35,6 +41,7 @@ void wait_request(MPI_Request& request, std::chrono::milliseconds timeout, const
     int done = 0;
     const int status = MPI_Test(&request, &done, MPI_STATUS_IGNORE);
     if (status != MPI_SUCCESS) {
+      collective_failed().store(true);
       char text[MPI_MAX_ERROR_STRING] = {};
       int length = 0;
       MPI_Error_string(status, text, &length);
@@ -45,6 +52,7 @@ void wait_request(MPI_Request& request, std::chrono::milliseconds timeout, const
     }
     if (done) return;
     if (Clock::now() > deadline) {
+      collective_failed().store(true);
       FLAME_FAIL(
           "dist::{} (MPI){} timed out on rank {} after {} ms: another rank did not join it (it failed, is "
           "stuck, or issues collectives in a different order or with different shapes). The communicator "
@@ -147,7 +155,14 @@ Device ProcessGroup::cuda_device() const {
 }
 
 void finalize() {
-  if (g_started_mpi && detail::mpi_active()) MPI_Finalize();
+  if (!g_started_mpi || !detail::mpi_active()) return;
+  // A rank that never joined the failed collective may never reach MPI_Finalize either.
+  if (detail::collective_failed().load())
+    abort_job(
+        "dist::finalize after a collective failed on this rank (see the error above): the other ranks may "
+        "never reach MPI_Finalize, so the job is brought down instead",
+        1);
+  MPI_Finalize();
 }
 
 void abort_job(const std::string& reason, int exit_code) {

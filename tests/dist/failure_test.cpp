@@ -8,6 +8,9 @@
 //   failure_test communicator_timeout rank 1 sleeps before creating its MPI communicator; the others
 //                                    must raise naming make_mpi_communicator and their rank after the
 //                                    2 s timeout, then abort the job.
+//   failure_test finalize_after_timeout rank 1 skips an all_reduce (and sleeps); the others catch the
+//                                    timeout and call dist::finalize(), which must bring the job down
+//                                    instead of waiting in MPI_Finalize for rank 1.
 //   failure_test mismatched_shapes   rank 1 all-reduces 5 elements where the others give 3: MPI
 //                                    reports an error, raised as flame::Error naming the collective,
 //                                    `what` and the rank, then the job is aborted.
@@ -62,6 +65,23 @@ void communicator_timeout(const dist::ProcessGroup& group) {
   }
   auto comm = dist::make_mpi_communicator(group, {std::chrono::seconds(2)});
   std::fprintf(stderr, "rank %d: created a communicator without rank 1\n", group.rank);
+}
+
+void finalize_after_timeout(const dist::ProcessGroup& group) {
+  auto comm = dist::make_mpi_communicator(group, {std::chrono::seconds(2)});
+  Tensor t = ones({4});
+  comm->all_reduce(t, dist::ReduceOp::Sum, "warm-up");
+  if (group.rank == 1) {
+    std::this_thread::sleep_for(std::chrono::seconds(60));
+    return;
+  }
+  try {
+    comm->all_reduce(t, dist::ReduceOp::Sum, "grad bucket 0");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "rank %d caught: %s\n", group.rank, e.what());
+  }
+  dist::finalize();
+  std::fprintf(stderr, "rank %d: finalize returned\n", group.rank);
 }
 
 void mismatched_shapes(const dist::ProcessGroup& group) {
@@ -129,6 +149,8 @@ int main(int argc, char** argv) {
       collective_timeout(group);
     } else if (scenario == "communicator_timeout") {
       communicator_timeout(group);
+    } else if (scenario == "finalize_after_timeout") {
+      finalize_after_timeout(group);
     } else if (scenario == "mismatched_shapes") {
       mismatched_shapes(group);
     } else if (scenario == "nccl_timeout") {
@@ -136,10 +158,9 @@ int main(int argc, char** argv) {
     } else if (scenario == "nccl_watchdog") {
       nccl_watchdog(group);
     } else {
-      std::fprintf(
-          stderr,
-          "usage: failure_test rank_throws|collective_timeout|communicator_timeout|mismatched_shapes|nccl_timeout|"
-          "nccl_watchdog\n");
+      std::fprintf(stderr,
+                   "usage: failure_test rank_throws|collective_timeout|communicator_timeout|finalize_after_timeout|"
+                   "mismatched_shapes|nccl_timeout|nccl_watchdog\n");
       return 2;
     }
   } catch (const std::exception& e) {
