@@ -31,6 +31,6 @@ namespace detail {
     }                                                                                     \
   } while (0)
 
-/// FLAME_FAIL(fmt, args...): throws flame::Error unconditionally (unsupported cases).
-#define FLAME_FAIL(...) \
-  ::flame::detail::throw_error("unsupported", __FILE__, __LINE__, ::fmt::format(__VA_ARGS__))
+/// FLAME_FAIL(fmt, args...): throws flame::Error unconditionally (an unsupported case, a timeout, a
+/// failed call); the message ends "[raised at file:line]".
+#define FLAME_FAIL(...) ::flame::detail::throw_error("raised", __FILE__, __LINE__, ::fmt::format(__VA_ARGS__))
