@@ -201,23 +201,21 @@ void Reducer::launch_ready_buckets() {
 
 void Reducer::launch(size_t index) {
   Bucket& bucket = buckets_[index];
-  {
-    const OverlapPriority priority =  // Note [last bucket priority]
-        last_bucket_high_priority_ && index + 1 == buckets_.size() ? OverlapPriority::High : OverlapPriority::Normal;
-    if (bucket.mean_deferred) {
-      bucket.deferred =
-          communicator_.all_reduce_overlapped_deferred(bucket.flat, *bucket.converted_by_communicator, ReduceOp::Avg,
-                                                       deferred_key_base_ + index, bucket.label, priority);
-      bucket.collective = bucket.deferred.collective;
-      bucket.mean_written = false;
-    } else if (bucket.converted_by_communicator) {
-      bucket.collective = communicator_.all_reduce_overlapped_as(bucket.flat, *bucket.converted_by_communicator,
-                                                                 ReduceOp::Avg, bucket.label, priority);
-    } else {
-      if (bucket.reduced.defined()) bucket.reduced.copy_(bucket.flat);
-      const Tensor& wire = bucket.reduced.defined() ? bucket.reduced : bucket.flat;
-      bucket.collective = communicator_.all_reduce_overlapped(wire, ReduceOp::Avg, bucket.label, priority);
-    }
+  const OverlapPriority priority =  // Note [last bucket priority]
+      last_bucket_high_priority_ && index + 1 == buckets_.size() ? OverlapPriority::High : OverlapPriority::Normal;
+  if (bucket.mean_deferred) {
+    bucket.deferred =
+        communicator_.all_reduce_overlapped_deferred(bucket.flat, *bucket.converted_by_communicator, ReduceOp::Avg,
+                                                     deferred_key_base_ + index, bucket.label, priority);
+    bucket.collective = bucket.deferred.collective;
+    bucket.mean_written = false;
+  } else if (bucket.converted_by_communicator) {
+    bucket.collective = communicator_.all_reduce_overlapped_as(bucket.flat, *bucket.converted_by_communicator,
+                                                               ReduceOp::Avg, bucket.label, priority);
+  } else {
+    if (bucket.reduced.defined()) bucket.reduced.copy_(bucket.flat);
+    const Tensor& wire = bucket.reduced.defined() ? bucket.reduced : bucket.flat;
+    bucket.collective = communicator_.all_reduce_overlapped(wire, ReduceOp::Avg, bucket.label, priority);
   }
 }
 
