@@ -182,6 +182,10 @@ std::string checkpoint_dir_name(int64_t step) {
   return fmt::format("step-{:08d}", step);
 }
 
+bool is_checkpoint_entry(const std::string& name) {
+  return parse_dir_name(name).has_value() || name.rfind(kTempPrefix, 0) == 0;
+}
+
 CheckpointStore::CheckpointStore(std::string root, int64_t keep_last) : root_(std::move(root)), keep_last_(keep_last) {
   FLAME_CHECK(!root_.empty(), "CheckpointStore: the checkpoint root must be a non-empty directory path");
   FLAME_CHECK(keep_last_ >= 1, "CheckpointStore('{}'): keep_last must be at least 1, got {}", root_, keep_last_);

@@ -98,4 +98,8 @@ CheckpointData load_checkpoint(const std::string& dir);
 /// The directory name of `step`'s checkpoint: "step-" and the step, zero-padded to 8 digits.
 std::string checkpoint_dir_name(int64_t step);
 
+/// True for a name a CheckpointStore writes under its root: a checkpoint directory
+/// (checkpoint_dir_name) or a temporary one (".tmp-...").
+bool is_checkpoint_entry(const std::string& name);
+
 }  // namespace flame::train

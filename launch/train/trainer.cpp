@@ -386,10 +386,11 @@ void Trainer::set_up() {
     const bool deferrable = config_.ddp.reduce_dtype == ReduceDtype::BF16 &&
                             (!device_.is_cuda() || config_.ddp.all_reduce == AllReduceChoice::CopyEngine);
     if (!deferrable || config_.train.clip_grad_norm > 0)
-      log_->warn("ddp.step_mean = \"{}\" acts only with ddp.reduce_dtype = \"bf16\", on GPUs with ddp.all_reduce = "
-                 "\"copy_engine\", and without train.clip_grad_norm; here {}",
-                 to_string(config_.ddp.step_mean),
-                 deferrable ? "clipping has every mean written first" : "it changes nothing");
+      log_->warn(
+          "ddp.step_mean = \"{}\" acts only with ddp.reduce_dtype = \"bf16\", on GPUs with ddp.all_reduce = "
+          "\"copy_engine\", and without train.clip_grad_norm; here {}",
+          to_string(config_.ddp.step_mean),
+          deferrable ? "clipping has every mean written first" : "it changes nothing");
   }
   if (device_.is_cuda()) {
     dist::CommunicatorOptions gradient_options = comm_options;
@@ -418,6 +419,9 @@ void Trainer::set_up() {
   FLAME_CHECK(batches > 0,
               "train.batch_size {} is larger than this rank's share of '{}' ({} samples over {} ranks); lower it",
               config_.train.batch_size, config_.data.train_dir, train_set_->size(), group_.world_size);
+  FLAME_CHECK(config_.train.steps > 0 || config_.train.epochs <= std::numeric_limits<int64_t>::max() / batches,
+              "train.epochs = {} is too large: with {} batches per epoch the step count overflows",
+              config_.train.epochs, batches);
   total_steps_ =
       config_.train.steps > 0 ? config_.train.steps : config_.train.epochs * batches / config_.train.grad_accum;
   FLAME_CHECK(total_steps_ > 0, "train.epochs = {} gives no optimizer step ({} batches per epoch, grad_accum {})",
@@ -488,6 +492,20 @@ void Trainer::resume_if_asked() {
 
 void Trainer::set_aside_earlier_run() {
   const fs::path checkpoints = without_trailing_separator(store_->root());  // "ckpt/": move "ckpt"
+  // Only a store of checkpoints moves: a checkpoint.dir that names a folder holding anything else (a
+  // project, a dataset, a scratch space) is refused, and nothing is moved.
+  std::error_code error;
+  if (fs::exists(checkpoints, error)) {
+    FLAME_CHECK(fs::is_directory(checkpoints, error), "checkpoint.dir '{}' is not a directory", config_.checkpoint.dir);
+    for (const fs::directory_entry& entry : fs::directory_iterator(checkpoints)) {
+      const std::string name = entry.path().filename().string();
+      FLAME_CHECK(is_checkpoint_entry(name),
+                  "checkpoint.dir '{}' holds '{}', which is not a checkpoint: a run from scratch moves checkpoint.dir "
+                  "aside (to {}.earlier-<time>), so it must hold checkpoints only. Point checkpoint.dir at a "
+                  "directory of its own, or continue the run there with --resume auto",
+                  config_.checkpoint.dir, name, checkpoints.string());
+    }
+  }
   const fs::path metrics = log_dir_ / "metrics.jsonl";
   const auto moves_for = [&](const std::string& stamp) {
     return std::array<std::pair<fs::path, fs::path>, 2>{{
@@ -502,7 +520,6 @@ void Trainer::set_aside_earlier_run() {
   for (int n = 2; fs::exists(moves_for(stamp)[0].second) || fs::exists(moves_for(stamp)[1].second); ++n)
     stamp = fmt::format("{}-{}", second, n);
   for (const auto& [from, to] : moves_for(stamp)) {
-    std::error_code error;
     const bool present = fs::is_directory(from, error) ? !fs::is_empty(from, error) : fs::exists(from, error);
     if (!present) continue;
     fs::rename(from, to, error);

@@ -616,6 +616,39 @@ TEST(Trainer, AFreshRunMovesTheEarlierRunAside) {
   expect_each_step_logged_once(dir.file("run/metrics.jsonl"), 12);
 }
 
+// A run from scratch whose checkpoint.dir holds anything but checkpoints (here a project with its
+// data) refuses to start, naming the entry, and moves nothing.
+TEST(Trainer, AFreshRunRefusesACheckpointDirHoldingOtherFiles) {
+  TempDir dir;
+  write_quadrant_images(dir.file("train"), 64, 10);
+  fs::create_directories(dir.file("project/src"));
+  { std::ofstream(dir.file("project/notes.txt")) << "keep me\n"; }
+  Config config = make_config(dir, {"train.steps=2"});
+  config.checkpoint.dir = dir.file("project");
+  EXPECT_TRUE(raises_error([&] { train(config); },
+                           {"checkpoint.dir", dir.file("project"), "which is not a checkpoint", "--resume auto"}));
+  EXPECT_TRUE(fs::exists(dir.file("project/notes.txt")));
+  EXPECT_TRUE(fs::exists(dir.file("project/src")));
+  EXPECT_TRUE(files_containing(dir.path(), ".earlier-").empty());
+  // A checkpoint.dir holding checkpoints only is still set aside.
+  fs::remove_all(dir.file("project"));
+  config.checkpoint.dir = dir.file("checkpoints");
+  train(config);
+  train(config);
+  EXPECT_EQ(files_containing(dir.path(), "checkpoints.earlier-").size(), 1u);
+}
+
+// An epoch count whose step count overflows int64 is refused, naming the key.
+TEST(Trainer, AnEpochCountThatOverflowsTheStepCountIsRefused) {
+  TempDir dir;
+  write_quadrant_images(dir.file("train"), 64, 10);
+  // 8 batches per epoch (64 samples, batch 8): 2^61 epochs overflow the step count.
+  const Config config = make_config(dir, {"train.steps=0", "train.epochs=2305843009213693952"});
+  RunOptions bounded;  // without the check this run would not end: stop it after two steps then
+  bounded.stop_after_steps = 2;
+  EXPECT_TRUE(raises_error([&] { train(config, bounded); }, {"train.epochs = 2305843009213693952", "overflows"}));
+}
+
 // Runs from scratch in quick succession (within one second): each earlier run is set aside under its
 // own name, none overwritten.
 TEST(Trainer, FreshRunsInOneSecondKeepEveryEarlierRun) {
@@ -735,11 +768,11 @@ TEST(Trainer, StepMeanInTheUpdateTrainsAsTheReducedMean) {
   write_quadrant_images(dir.file("train"), 64, 5);
   std::map<std::string, std::map<int64_t, double>> losses;
   for (const std::string mean : {"reduced", "in_update", "in_update_local_grad"}) {
-    const Config config = make_config(dir, {"train.batch_size=8", "train.steps=6", "log.tensorboard=false",
-                                            "optimizer.name=\"adamw\"", "ddp.reduce_dtype=\"bf16\"",
-                                            fmt::format("ddp.step_mean=\"{}\"", mean),
-                                            fmt::format("log.dir=\"{}\"", dir.file("run-" + mean)),
-                                            fmt::format("checkpoint.dir=\"{}\"", dir.file("ckpt-" + mean))});
+    const Config config =
+        make_config(dir, {"train.batch_size=8", "train.steps=6", "log.tensorboard=false", "optimizer.name=\"adamw\"",
+                          "ddp.reduce_dtype=\"bf16\"", fmt::format("ddp.step_mean=\"{}\"", mean),
+                          fmt::format("log.dir=\"{}\"", dir.file("run-" + mean)),
+                          fmt::format("checkpoint.dir=\"{}\"", dir.file("ckpt-" + mean))});
     EXPECT_EQ(config.ddp.step_mean == StepMeanChoice::Reduced, mean == "reduced");
     train(config);
     losses[mean] = series(read_jsonl(dir.file("run-" + mean + "/metrics.jsonl")), "loss");
