@@ -348,6 +348,21 @@ class Trainer {
   double trained_before_ = 0.0;   // training seconds of the earlier calls (resumed runs)
 };
 
+/// A fingerprint of a dataset's content, which a resume compares: FNV-1a (64 bits) over its
+/// manifest's shard files and their SHA-256s, in hex. Rebuilding the dataset changes it.
+std::string data_fingerprint(const data::Manifest& manifest) {
+  uint64_t hash = 14695981039346656037ull;
+  for (const data::ShardInfo& shard : manifest.shards) {
+    for (const std::string& part : {shard.file, std::string(":"), shard.sha256, std::string(";")}) {
+      for (const char c : part) {
+        hash ^= static_cast<uint8_t>(c);
+        hash *= 1099511628211ull;
+      }
+    }
+  }
+  return fmt::format("{:016x}", hash);
+}
+
 void Trainer::set_up() {
   // A run from scratch moves checkpoint.dir aside, so it must not hold the run's own logs.
   FLAME_CHECK(!is_within(log_dir_, config_.checkpoint.dir),
@@ -465,6 +480,14 @@ void Trainer::resume_if_asked() {
                 "and so the resumed run, would differ. Resume with the same dataset, or start a new run with "
                 "--resume none",
                 dir, saved_samples, config_.data.train_dir, train_set_->size());
+  }
+  if (state.contains("train_data")) {  // absent from checkpoints written before it was recorded
+    const auto saved = state_field<std::string>(state, "train_data", dir, "a string");
+    FLAME_CHECK(saved == data_fingerprint(train_set_->manifest()),
+                "checkpoint '{}' was written for other contents of data.train '{}' (its shards' SHA-256s in "
+                "manifest.json differ): the resumed run would train on other data. Resume with the same dataset, "
+                "or start a new run with --resume none",
+                dir, config_.data.train_dir);
   }
   const auto epoch = state_field<int64_t>(state, "epoch", dir, "an integer");
   const auto next_batch = state_field<int64_t>(state, "next_batch", dir, "an integer");
@@ -665,10 +688,16 @@ std::string Trainer::save_checkpoint(const RunResult& result, double trained_s) 
     data.step = step_;
     data.model = model_->state_dict();
     data.optimizer = optimizer_->state_dict();
-    data.state = {
-        {"epoch", position.epoch}, {"next_batch", position.next_batch}, {"world_size", group_.world_size},
-        {"rng", rng_json},         {"total_steps", total_steps_},       {"config", to_toml(config_)},
-        {"trained_s", trained_s},  {"results", results_json(result)},   {"train_samples", train_set_->size()}};
+    data.state = {{"epoch", position.epoch},
+                  {"next_batch", position.next_batch},
+                  {"world_size", group_.world_size},
+                  {"rng", rng_json},
+                  {"total_steps", total_steps_},
+                  {"config", to_toml(config_)},
+                  {"trained_s", trained_s},
+                  {"results", results_json(result)},
+                  {"train_samples", train_set_->size()},
+                  {"train_data", data_fingerprint(train_set_->manifest())}};
     dir = store_->save(data);
     log_->info("checkpoint {} written", dir);
   }

@@ -587,6 +587,23 @@ TEST(Trainer, ResumeWithATrainingSetOfAnotherSizeIsRefused) {
   EXPECT_TRUE(test::raises_error([&] { train(config, resume); }, {"64 samples", "now holds 80", "--resume none"}));
 }
 
+// The training set regenerated with other contents of the same size: the resume is refused, naming
+// data.train.
+TEST(Trainer, ResumeWithOtherTrainingDataOfTheSameSizeIsRefused) {
+  TempDir dir;
+  write_quadrant_images(dir.file("train"), 64, 15);
+  const Config config = make_config(dir, {"train.steps=12", "checkpoint.every_steps=5"});
+  RunOptions stop;
+  stop.stop_after_steps = 5;
+  ASSERT_TRUE(train(config, stop).stopped);
+  fs::remove_all(dir.file("train"));
+  write_quadrant_images(dir.file("train"), 64, 16);
+  RunOptions resume;
+  resume.resume = ResumeMode::Auto;
+  EXPECT_TRUE(test::raises_error([&] { train(config, resume); },
+                                 {"other contents of data.train", dir.file("train"), "--resume none"}));
+}
+
 // A run started from scratch (--resume none) where an earlier run left checkpoints: they are moved
 // aside, so a later --resume auto continues this run, not the earlier one's newer step.
 TEST(Trainer, AFreshRunMovesTheEarlierRunAside) {
