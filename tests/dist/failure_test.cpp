@@ -47,36 +47,30 @@ void rank_throws(const dist::ProcessGroup& group) {
   std::fprintf(stderr, "rank %d: the second all_reduce completed without rank 1\n", group.rank);
 }
 
+/// Rank 1 sleeps for a minute (it never joins what the others do next) and true comes back there.
+bool rank_1_sleeps(const dist::ProcessGroup& group) {
+  if (group.rank != 1) return false;
+  std::this_thread::sleep_for(std::chrono::seconds(60));
+  return true;
+}
+
 void collective_timeout(const dist::ProcessGroup& group) {
   auto comm = dist::make_mpi_communicator(group, {std::chrono::seconds(2)});
   Tensor t = ones({4});
   comm->all_reduce(t, dist::ReduceOp::Sum, "warm-up");
-  if (group.rank == 1) {
-    std::this_thread::sleep_for(std::chrono::seconds(60));
-    return;
-  }
+  if (rank_1_sleeps(group)) return;
   comm->all_reduce(t, dist::ReduceOp::Sum, "grad bucket 0");
 }
 
 void communicator_timeout(const dist::ProcessGroup& group) {
-  if (group.rank == 1) {
-    std::this_thread::sleep_for(std::chrono::seconds(60));
-    return;
-  }
+  if (rank_1_sleeps(group)) return;
   auto comm = dist::make_mpi_communicator(group, {std::chrono::seconds(2)});
   std::fprintf(stderr, "rank %d: created a communicator without rank 1\n", group.rank);
 }
 
 void finalize_after_timeout(const dist::ProcessGroup& group) {
-  auto comm = dist::make_mpi_communicator(group, {std::chrono::seconds(2)});
-  Tensor t = ones({4});
-  comm->all_reduce(t, dist::ReduceOp::Sum, "warm-up");
-  if (group.rank == 1) {
-    std::this_thread::sleep_for(std::chrono::seconds(60));
-    return;
-  }
   try {
-    comm->all_reduce(t, dist::ReduceOp::Sum, "grad bucket 0");
+    collective_timeout(group);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "rank %d caught: %s\n", group.rank, e.what());
   }
@@ -104,10 +98,7 @@ void nccl_timeout(const dist::ProcessGroup& group) {
   Tensor t = ones({4}, TensorOptions(kF32, group.cuda_device()));
   comm->all_reduce(t, dist::ReduceOp::Sum, "warm-up");
   comm->synchronize();
-  if (group.rank == 1) {
-    std::this_thread::sleep_for(std::chrono::seconds(60));
-    return;
-  }
+  if (rank_1_sleeps(group)) return;
   comm->all_reduce(t, dist::ReduceOp::Sum, "grad bucket 0");
   comm->synchronize();
 }
@@ -118,10 +109,7 @@ void nccl_watchdog(const dist::ProcessGroup& group) {
   Tensor t = ones({4}, TensorOptions(kF32, group.cuda_device()));
   comm->all_reduce(t, dist::ReduceOp::Sum, "warm-up");
   comm->synchronize();
-  if (group.rank == 1) {
-    std::this_thread::sleep_for(std::chrono::seconds(60));
-    return;
-  }
+  if (rank_1_sleeps(group)) return;
   comm->all_reduce(t, dist::ReduceOp::Sum, "grad bucket 0");
   std::fprintf(stderr, "rank %d: read %g without rank 1\n", group.rank, sum(t).item());  // waits on the device
 }

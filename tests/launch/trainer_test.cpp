@@ -572,15 +572,22 @@ TEST(Trainer, ResumeAfterACrashLogsEachStepOnce) {
   EXPECT_NE(log.find("dropped 3 records of steps after 5"), std::string::npos) << log;
 }
 
-// The training set regenerated with another size between the stop and the resume: the data order
-// would differ, so the resume is refused, naming both sizes.
-TEST(Trainer, ResumeWithATrainingSetOfAnotherSizeIsRefused) {
-  TempDir dir;
+/// A 12-step run on 64 samples (seed 15) in `dir`, stopped after its checkpoint at step 5; returns
+/// its config, to resume with.
+Config run_stopped_at_step_5(const TempDir& dir) {
   write_quadrant_images(dir.file("train"), 64, 15);
   const Config config = make_config(dir, {"train.steps=12", "checkpoint.every_steps=5"});
   RunOptions stop;
   stop.stop_after_steps = 5;
-  ASSERT_TRUE(train(config, stop).stopped);
+  EXPECT_TRUE(train(config, stop).stopped);
+  return config;
+}
+
+// The training set regenerated with another size between the stop and the resume: the data order
+// would differ, so the resume is refused, naming both sizes.
+TEST(Trainer, ResumeWithATrainingSetOfAnotherSizeIsRefused) {
+  TempDir dir;
+  const Config config = run_stopped_at_step_5(dir);
   write_quadrant_images(dir.file("train"), 80, 15);
   RunOptions resume;
   resume.resume = ResumeMode::Auto;
@@ -591,11 +598,7 @@ TEST(Trainer, ResumeWithATrainingSetOfAnotherSizeIsRefused) {
 // data.train.
 TEST(Trainer, ResumeWithOtherTrainingDataOfTheSameSizeIsRefused) {
   TempDir dir;
-  write_quadrant_images(dir.file("train"), 64, 15);
-  const Config config = make_config(dir, {"train.steps=12", "checkpoint.every_steps=5"});
-  RunOptions stop;
-  stop.stop_after_steps = 5;
-  ASSERT_TRUE(train(config, stop).stopped);
+  const Config config = run_stopped_at_step_5(dir);
   fs::remove_all(dir.file("train"));
   write_quadrant_images(dir.file("train"), 64, 16);
   RunOptions resume;
