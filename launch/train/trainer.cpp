@@ -220,9 +220,15 @@ std::vector<int64_t> gather_rng_states(dist::Communicator& control, Device devic
   return all.to_vector<int64_t>();
 }
 
-void restore_rng_states(const nlohmann::json& rng, int rank, Device device) {
-  const std::vector<int64_t> s = rng.at(rank).get<std::vector<int64_t>>();
-  FLAME_CHECK(s.size() == 4, "checkpoint state.json: rng entry of rank {} must hold 4 integers", rank);
+void restore_rng_states(const nlohmann::json& rng, int rank, Device device, const std::string& dir) {
+  std::vector<int64_t> s;
+  try {
+    s = rng.at(rank).get<std::vector<int64_t>>();
+  } catch (const nlohmann::json::exception&) {
+    s.clear();  // raised below, naming the entry
+  }
+  FLAME_CHECK(s.size() == 4, "checkpoint '{}/state.json': \"rng\" entry of rank {} must hold 4 integers, got {}", dir,
+              rank, rng.at(rank).dump());
   Generator& cpu = default_generator(kCPU);
   cpu.manual_seed(static_cast<uint64_t>(s[0]));
   cpu.set_offset(static_cast<uint64_t>(s[1]));
@@ -498,7 +504,7 @@ void Trainer::resume_if_asked() {
   model_->load_state_dict(data.model);
   optimizer_->load_state_dict(data.optimizer);
   loader_->restore(data::LoaderState{epoch, next_batch});
-  restore_rng_states(rng, group_.rank, device_);
+  restore_rng_states(rng, group_.rank, device_, dir);
   step_ = resumed_from_ = step;
   resumed_state_ = state;
   resumed_state_["checkpoint"] = dir;

@@ -933,6 +933,14 @@ TEST(TrainerErrors, StateJsonWithoutTheTrainersKeys) {
   state["rng"] = json::array();
   write_file(state_path, state.dump(2));
   EXPECT_TRUE(raises_error([&] { train(longer, resume); }, {state_path, "one entry per rank"}));
+  for (const json& entry : {json("seed"), json::array({1, 2, 3}), json::array({1, 2, "three", 4})}) {
+    SCOPED_TRACE(entry.dump());
+    state = good;
+    state["rng"][0] = entry;
+    write_file(state_path, state.dump(2));
+    EXPECT_TRUE(raises_error([&] { train(longer, resume); },
+                             {state_path, "\"rng\" entry of rank 0 must hold 4 integers", entry.dump()}));
+  }
 }
 
 TEST(TrainerErrors, CheckpointDirUnderRegularFile) {
