@@ -510,6 +510,11 @@ void Trainer::resume_if_asked() {
   resumed_state_["checkpoint"] = dir;
   trained_before_ = state.value("trained_s", 0.0);
   log_->info("resumed from {} (step {} of {})", dir, step, total_steps_);
+  if (step >= total_steps_)
+    log_->warn(
+        "the checkpoint's step {} is at or past this run's {} steps: there is nothing left to train (raise "
+        "train.steps or train.epochs to train on)",
+        step, total_steps_);
   if (group_.rank == 0) {
     // Records of steps after the checkpoint came from the run that stopped without saving them;
     // this run logs those steps again.

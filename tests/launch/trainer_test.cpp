@@ -594,6 +594,19 @@ TEST(Trainer, ResumeWithATrainingSetOfAnotherSizeIsRefused) {
   EXPECT_TRUE(test::raises_error([&] { train(config, resume); }, {"64 samples", "now holds 80", "--resume none"}));
 }
 
+// A resume whose checkpoint is at or past a lowered step count trains nothing and says so.
+TEST(Trainer, ResumePastTheLastStepWarnsThatNothingIsLeft) {
+  TempDir dir;
+  Config config = run_stopped_at_step_5(dir);
+  config.train.steps = 4;
+  RunOptions resume;
+  resume.resume = ResumeMode::Auto;
+  const RunResult result = train(config, resume);
+  EXPECT_EQ(result.resumed_from_step, 5);
+  const std::string log = read_file(dir.file("run/logs/rank-0.log"));
+  EXPECT_NE(log.find("the checkpoint's step 5 is at or past this run's 4 steps"), std::string::npos) << log;
+}
+
 // The training set regenerated with other contents of the same size: the resume is refused, naming
 // data.train.
 TEST(Trainer, ResumeWithOtherTrainingDataOfTheSameSizeIsRefused) {
