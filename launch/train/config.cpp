@@ -154,6 +154,7 @@ void visit_keys(Visitor& v, C& c) {
   v.key("workers", c.data.workers, IntRange{1, 64});
   v.key("in_memory", c.data.in_memory);
   v.key("shuffle", c.data.shuffle);
+  v.key("verify_checksums", c.data.verify_checksums);
   v.section("train");
   v.key("batch_size", c.train.batch_size, IntRange{1, kMaxBatch});
   v.key("grad_accum", c.train.grad_accum, IntRange{1, 4096});

@@ -66,6 +66,7 @@ struct DataConfig {
   int workers = 2;         // data.workers: loader threads per rank, 1..64
   bool in_memory = false;  // data.in_memory: load the whole training set into memory first
   bool shuffle = true;     // data.shuffle: a fresh permutation of the training set each epoch
+  bool verify_checksums = false;  // data.verify_checksums: check every shard's SHA-256 on opening
   bool operator==(const DataConfig&) const = default;
 };
 

@@ -420,10 +420,12 @@ void Trainer::set_up() {
     gradients_ = dist::make_nccl_communicator(group_, gradient_options);
   }
 
-  train_set_ = std::make_shared<data::ShardedDataset>(config_.data.train_dir);
+  const data::Verification verification =
+      config_.data.verify_checksums ? data::Verification::Checksums : data::Verification::Structure;
+  train_set_ = std::make_shared<data::ShardedDataset>(config_.data.train_dir, verification);
   fields_ = image_label_fields(*train_set_);
   if (!config_.data.test_dir.empty()) {
-    test_set_ = std::make_shared<data::ShardedDataset>(config_.data.test_dir);
+    test_set_ = std::make_shared<data::ShardedDataset>(config_.data.test_dir, verification);
     image_label_fields(*test_set_);
   }
   data::DistributedSampler sampler(train_set_->size(), group_.rank, group_.world_size, config_.train.seed,

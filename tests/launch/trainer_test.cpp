@@ -594,6 +594,20 @@ TEST(Trainer, ResumeWithATrainingSetOfAnotherSizeIsRefused) {
   EXPECT_TRUE(test::raises_error([&] { train(config, resume); }, {"64 samples", "now holds 80", "--resume none"}));
 }
 
+// data.verify_checksums: a shard whose SHA-256 disagrees with manifest.json (here the manifest's
+// record is changed) is an error naming the shard; by default only the structure is checked.
+TEST(Trainer, VerifyChecksumsRefusesAShardThatFailsItsChecksum) {
+  TempDir dir;
+  write_quadrant_images(dir.file("train"), 64, 17);
+  const std::string manifest_path = dir.file("train/manifest.json");
+  json manifest = json::parse(read_file(manifest_path));
+  manifest["shards"][0]["sha256"] = std::string(64, '0');
+  write_file(manifest_path, manifest.dump(2));
+  const Config checked = make_config(dir, {"train.steps=2", "data.verify_checksums=true"});
+  EXPECT_TRUE(raises_error([&] { train(checked); }, {"shard", "fails its checksum", std::string(64, '0')}));
+  EXPECT_EQ(train(make_config(dir, {"train.steps=2"})).steps, 2);
+}
+
 // A resume whose checkpoint is at or past a lowered step count trains nothing and says so.
 TEST(Trainer, ResumePastTheLastStepWarnsThatNothingIsLeft) {
   TempDir dir;
