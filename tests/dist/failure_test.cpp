@@ -22,10 +22,14 @@
 //                                    communicator's watchdog can end the job, after the 3 s timeout.
 // The NCCL scenarios print "skipped: ..." and exit 0 without one GPU per rank (CTest's
 // SKIP_REGULAR_EXPRESSION).
+// Checks: expect_failure.cmake requires the job to exit non-zero in time with the failing rank's
+// message; each scenario also asserts, with must_not_reach(), that no rank gets past the point where
+// it must fail, and expect_failure.cmake fails on that assertion's "failure_test: FAILED" line.
 #include <spdlog/spdlog.h>
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -38,13 +42,20 @@ using namespace flame;
 
 namespace {
 
+/// The assertion at a point a rank must not reach: reports which and ends the rank with status 99.
+[[noreturn]] void must_not_reach(const dist::ProcessGroup& group, const char* what) {
+  std::fprintf(stderr, "failure_test: FAILED on rank %d: %s\n", group.rank, what);
+  std::fflush(stderr);
+  std::_Exit(99);
+}
+
 void rank_throws(const dist::ProcessGroup& group) {
   auto comm = dist::make_mpi_communicator(group, {std::chrono::seconds(30)});
   Tensor t = ones({4});
   comm->all_reduce(t, dist::ReduceOp::Sum, "warm-up");
   if (group.rank == 1) throw std::runtime_error("injected failure on rank 1");
   comm->all_reduce(t, dist::ReduceOp::Sum, "never completes");
-  std::fprintf(stderr, "rank %d: the second all_reduce completed without rank 1\n", group.rank);
+  must_not_reach(group, "the second all_reduce completed without rank 1");
 }
 
 /// Rank 1 sleeps for a minute (it never joins what the others do next) and true comes back there.
@@ -60,12 +71,13 @@ void collective_timeout(const dist::ProcessGroup& group) {
   comm->all_reduce(t, dist::ReduceOp::Sum, "warm-up");
   if (rank_1_sleeps(group)) return;
   comm->all_reduce(t, dist::ReduceOp::Sum, "grad bucket 0");
+  must_not_reach(group, "the all_reduce 'grad bucket 0' completed without rank 1");
 }
 
 void communicator_timeout(const dist::ProcessGroup& group) {
   if (rank_1_sleeps(group)) return;
   auto comm = dist::make_mpi_communicator(group, {std::chrono::seconds(2)});
-  std::fprintf(stderr, "rank %d: created a communicator without rank 1\n", group.rank);
+  must_not_reach(group, "created a communicator without rank 1");
 }
 
 void finalize_after_timeout(const dist::ProcessGroup& group) {
@@ -75,7 +87,7 @@ void finalize_after_timeout(const dist::ProcessGroup& group) {
     std::fprintf(stderr, "rank %d caught: %s\n", group.rank, e.what());
   }
   dist::finalize();
-  std::fprintf(stderr, "rank %d: finalize returned\n", group.rank);
+  must_not_reach(group, "dist::finalize returned after a collective timed out");
 }
 
 void mismatched_shapes(const dist::ProcessGroup& group) {
@@ -101,6 +113,7 @@ void nccl_timeout(const dist::ProcessGroup& group) {
   if (rank_1_sleeps(group)) return;
   comm->all_reduce(t, dist::ReduceOp::Sum, "grad bucket 0");
   comm->synchronize();
+  must_not_reach(group, "synchronize() returned without rank 1");
 }
 
 void nccl_watchdog(const dist::ProcessGroup& group) {
@@ -111,7 +124,8 @@ void nccl_watchdog(const dist::ProcessGroup& group) {
   comm->synchronize();
   if (rank_1_sleeps(group)) return;
   comm->all_reduce(t, dist::ReduceOp::Sum, "grad bucket 0");
-  std::fprintf(stderr, "rank %d: read %g without rank 1\n", group.rank, sum(t).item());  // waits on the device
+  std::fprintf(stderr, "rank %d: read %g\n", group.rank, sum(t).item());  // waits on the device for rank 1
+  must_not_reach(group, "the device-to-host copy completed without rank 1");
 }
 
 }  // namespace
