@@ -233,6 +233,16 @@ void make_conv_descriptor(const Conv2dGeometry& g, const CudnnTypes& types, cudn
   FLAME_CUDNN_CHECK(cudnnSetConvolutionMathType(conv, types.math));
 }
 
+/// alpha = 1 and beta = 0 in the type cuDNN reads them as (double for f64 data, float otherwise).
+struct Scaling {
+  float one_f = 1.0f, zero_f = 0.0f;
+  double one_d = 1.0, zero_d = 0.0;
+  bool f64;
+  explicit Scaling(DType dtype) : f64(dtype == DType::F64) {}
+  const void* one() const { return f64 ? static_cast<const void*>(&one_d) : static_cast<const void*>(&one_f); }
+  const void* zero() const { return f64 ? static_cast<const void*>(&zero_d) : static_cast<const void*>(&zero_f); }
+};
+
 /// True when an engine with these numerical notes may run a pass in `dtype` (Note [cudnn conv plans]).
 bool engine_allowed(const std::vector<cudnnBackendNumericalNote_t>& notes, DType dtype) {
   for (const cudnnBackendNumericalNote_t note : notes) {
@@ -291,13 +301,8 @@ std::unique_ptr<GraphPass> make_graph_pass(cudnnHandle_t handle, const Conv2dGeo
   set(conv, CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES, CUDNN_TYPE_INT64, 2, stride.data());
   finalize(conv);
 
-  // alpha = 1, beta = 0, as double for f64 data and float otherwise.
-  const bool f64 = dtype == DType::F64;
-  const cudnnBackendAttributeType_t scale_type = f64 ? CUDNN_TYPE_DOUBLE : CUDNN_TYPE_FLOAT;
-  const double one_d = 1.0, zero_d = 0.0;
-  const float one_f = 1.0f, zero_f = 0.0f;
-  const void* one = f64 ? static_cast<const void*>(&one_d) : static_cast<const void*>(&one_f);
-  const void* zero = f64 ? static_cast<const void*>(&zero_d) : static_cast<const void*>(&zero_f);
+  const Scaling scaling(dtype);  // alpha = 1, beta = 0
+  const cudnnBackendAttributeType_t scale_type = scaling.f64 ? CUDNN_TYPE_DOUBLE : CUDNN_TYPE_FLOAT;
   struct OperationAttributes {
     cudnnBackendDescriptorType_t type;
     cudnnBackendAttributeName_t x, w, y, conv, alpha, beta;
@@ -322,8 +327,8 @@ std::unique_ptr<GraphPass> make_graph_pass(cudnnHandle_t handle, const Conv2dGeo
   set(operation, attributes.w, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &w);
   set(operation, attributes.y, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y);
   set(operation, attributes.conv, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &conv);
-  set(operation, attributes.alpha, scale_type, 1, one);
-  set(operation, attributes.beta, scale_type, 1, zero);
+  set(operation, attributes.alpha, scale_type, 1, scaling.one());
+  set(operation, attributes.beta, scale_type, 1, scaling.zero());
   finalize(operation);
 
 // The *_HANDLE attributes are deprecated from cuDNN 9.19 in favour of *_DEVICEPROP; the GPU machines
@@ -531,16 +536,6 @@ void run_pass(DeviceContext& ctx, cudnnHandle_t handle, ConvPlan& plan, Pass pas
   FLAME_CUDNN_CHECK(cudnnBackendExecute(handle, graph->plan->get(), pack.get()));
   graph_calls.fetch_add(1, std::memory_order_relaxed);
 }
-
-/// alpha = 1 and beta = 0 in the type cuDNN reads them as (double for f64 data, float otherwise).
-struct Scaling {
-  float one_f = 1.0f, zero_f = 0.0f;
-  double one_d = 1.0, zero_d = 0.0;
-  bool f64;
-  explicit Scaling(DType dtype) : f64(dtype == DType::F64) {}
-  const void* one() const { return f64 ? static_cast<const void*>(&one_d) : static_cast<const void*>(&one_f); }
-  const void* zero() const { return f64 ? static_cast<const void*>(&zero_d) : static_cast<const void*>(&zero_f); }
-};
 
 void check_operand(const char* op, const char* what, const Tensor& t, DType dtype, const Shape& shape) {
   FLAME_CHECK(t.dtype() == dtype, "{}: {} {} must be {} like the other operands", op, what, t.describe(),
