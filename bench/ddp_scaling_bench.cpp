@@ -49,7 +49,7 @@
 //                          [--carveout-min-kib N] [--between-cases keep|release]
 //                          [--communicator per-case|shared] [--all-reduce ring|copy-engine]
 //                          [--last-bucket-priority high|default]
-//                          [--step-mean reduced|in-update|in-update-local-grad]
+//                          [--step-mean reduced|in-update|in-update-no-grad]
 // (defaults: every model, blocking calls, both steps, batch 256, gradients reduced in f32, the
 // last bucket at high priority).
 // --reduce bf16 sets DdpOptions::reduce_dtype (gradients all-reduced in bf16, as PyTorch's
@@ -67,7 +67,7 @@
 //   {"bench": "ddp_step", "impl": "flame", "model": "cnn"|"mlp", "world": W,
 //    "nccl_calls": "nonblocking"|"blocking", "step": "bucket"|"after-sync", "dtype": "f32",
 //    "reduce": "f32"|"bf16", "size": "b<batch>", "high_priority": true|false,
-//    "last_bucket_high_priority": true|false, "step_mean": "reduced"|"in_update"|"in_update_local_grad",
+//    "last_bucket_high_priority": true|false, "step_mean": "reduced"|"in_update"|"in_update_no_grad",
 //    ["all_reduce": "copy_engine" (W=2),] "value": <ms>,
 //    "unit": "ms/step", "device": ...}
 //   {"bench": "ddp_overlap", "impl": "flame", "model": "mlp", "world": W, "nccl_calls": ...,
@@ -122,8 +122,8 @@ const char* step_mean_name(dist::StepMean mean) {
       return "reduced";
     case dist::StepMean::InUpdate:
       return "in_update";
-    case dist::StepMean::InUpdateLocalGrad:
-      return "in_update_local_grad";
+    case dist::StepMean::InUpdateNoGrad:
+      return "in_update_no_grad";
   }
   return "?";
 }
@@ -410,7 +410,7 @@ Selection parse_arguments(int argc, char** argv) {
                 "[--calls blocking|nonblocking|all] [--max-ctas N] [--carveout N] [--priority high|default] "
                 "[--step bucket|after-sync|all] [--batch N] [--reduce f32|bf16] [--carveout-min-kib N] "
                 "[--between-cases keep|release] [--communicator per-case|shared] [--all-reduce ring|copy-engine] "
-                "[--last-bucket-priority high|default] [--step-mean reduced|in-update|in-update-local-grad]",
+                "[--last-bucket-priority high|default] [--step-mean reduced|in-update|in-update-no-grad]",
                 flag);
     const std::string value = argv[++i];
     if (flag == "--all-reduce") {
@@ -439,11 +439,11 @@ Selection parse_arguments(int argc, char** argv) {
       FLAME_CHECK(kib >= 0, "ddp_scaling_bench: --carveout-min-kib must be >= 0, got {}", value);
       selection.common.options.overlap_carveout_min_bytes = static_cast<size_t>(kib) << 10;
     } else if (flag == "--step-mean") {
-      FLAME_CHECK(value == "reduced" || value == "in-update" || value == "in-update-local-grad",
-                  "ddp_scaling_bench: --step-mean must be reduced, in-update or in-update-local-grad, got '{}'", value);
+      FLAME_CHECK(value == "reduced" || value == "in-update" || value == "in-update-no-grad",
+                  "ddp_scaling_bench: --step-mean must be reduced, in-update or in-update-no-grad, got '{}'", value);
       selection.common.step_mean = value == "reduced"     ? dist::StepMean::Reduced
                                    : value == "in-update" ? dist::StepMean::InUpdate
-                                                          : dist::StepMean::InUpdateLocalGrad;
+                                                          : dist::StepMean::InUpdateNoGrad;
     } else if (flag == "--last-bucket-priority") {
       FLAME_CHECK(value == "high" || value == "default",
                   "ddp_scaling_bench: --last-bucket-priority must be high or default, got '{}'", value);

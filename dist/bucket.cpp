@@ -243,7 +243,7 @@ std::vector<GradientSlots> Reducer::wait_for_bucket_slots(size_t index) {
     offset += view.numel();
   }
   // mean_written stays false: under InUpdate the caller writes the mean into the .grad of every
-  // parameter it updates (under InUpdateLocalGrad into none), and should it raise instead, DDP's
+  // parameter it updates (under InUpdateNoGrad into none), and should it raise instead, DDP's
   // step() has write_back() write them all.
   return slots;
 }

@@ -95,12 +95,12 @@
 // rank's bf16 values, and flat keeps this rank's gradient until the mean is written. DDP's step()
 // hands each parameter's slots to the optimizer (wait_for_bucket_slots()), whose update computes
 // the mean and applies it, writing it into .grad (the bucket view) under StepMean::InUpdate and
-// not under InUpdateLocalGrad; everything else (synchronize_gradients(), an optimizer that cannot
+// not under InUpdateNoGrad; everything else (synchronize_gradients(), an optimizer that cannot
 // take slots, a round that raises) has the communicator write the mean into flat when it waits
 // for the bucket (write_back()). So .grad ends as the same bits as under StepMean::Reduced (on the
-// copy engines; MPI's own sum order can change the last bf16 bit with more than 2 ranks), except
-// after step() under InUpdateLocalGrad, where it still holds this rank's own gradient (but for the
-// first round under UnusedParameters::Error, which waits for, and so writes, every mean).
+// copy engines; MPI's own sum order can change the last bf16 bit with more than 2 ranks). Under
+// InUpdateNoGrad a deferred bucket's .grad would still hold this rank's own gradient after the
+// update, so DDP's step() then leaves every parameter's .grad none (none can be read as a mean).
 #pragma once
 
 #include <cstdint>
@@ -128,8 +128,8 @@ enum class StepMean {
   Reduced,            // the all-reduce writes the mean into the bucket (.grad); the update reads it
   InUpdate,           // the all-reduce stops after the all-gather; Adam's update computes the mean,
                       // writes it into .grad and applies it: the same bits, one memory pass less
-  InUpdateLocalGrad,  // as InUpdate, but the mean is not written: after step() each such .grad
-                      // still holds this rank's own gradient (one more memory pass less)
+  InUpdateNoGrad,     // as InUpdate, but the mean is not written (one more memory pass less), and
+                      // DDP's step() leaves every parameter's .grad none, as optimizer-in-backward
 };
 
 /// Whether gradient-ready hooks reduce (the default) or only accumulate locally (no_sync()).

@@ -78,7 +78,7 @@ std::string describe_unused(int64_t value) {
   return static_cast<UnusedParameters>(value) == UnusedParameters::Error ? "Error" : "Ignore";
 }
 std::string describe_step_mean(int64_t value) {
-  constexpr std::array<const char*, 3> kNames{"Reduced", "InUpdate", "InUpdateLocalGrad"};
+  constexpr std::array<const char*, 3> kNames{"Reduced", "InUpdate", "InUpdateNoGrad"};
   return value >= 0 && value < 3 ? kNames[static_cast<size_t>(value)] : std::to_string(value);
 }
 
@@ -204,27 +204,32 @@ void DistributedDataParallel::step(optim::Optimizer& optimizer) {
           communicator_.compute_wait();  // parameters outside the module: after every bucket
         }
       });
-      return;
+    } else {
+      // Deferred means (DdpOptions::step_mean) go to the update as slots.
+      std::vector<GradientSlots> slots;  // of the group being updated
+      optimizer.step_in_groups(
+          bucket_params_,
+          [&](size_t g) {
+            if (g < bucket_params_.size()) {
+              slots = reducer_->wait_for_bucket_slots(g);
+            } else {
+              slots.clear();
+              communicator_.compute_wait();
+            }
+          },
+          [&](size_t) { return std::move(slots); });
     }
-    // Deferred means (DdpOptions::step_mean) go to the update as slots.
-    std::vector<GradientSlots> slots;  // of the group being updated
-    optimizer.step_in_groups(
-        bucket_params_,
-        [&](size_t g) {
-          if (g < bucket_params_.size()) {
-            slots = reducer_->wait_for_bucket_slots(g);
-          } else {
-            slots.clear();
-            communicator_.compute_wait();
-          }
-        },
-        [&](size_t) { return std::move(slots); });
   } catch (...) {
     // e.g. the optimizer does not hold the module's parameters: the buckets are still waited for,
     // so the next backward does not write them while they are reduced, and .grad holds the means.
     reducer_->wait_for_all_buckets();
     throw;
   }
+  // StepMean::InUpdateNoGrad: a deferred bucket's .grad still holds this rank's own gradient, which
+  // must not be read as the mean; every gradient goes, as after optimizer-in-backward.
+  if (options_.step_mean == StepMean::InUpdateNoGrad)
+    for (const std::vector<Tensor>& group : bucket_params_)
+      for (const Tensor& p : group) p.set_grad(Tensor());
 }
 
 DistributedDataParallel::NoSyncGuard::NoSyncGuard(Reducer& reducer) : reducer_(reducer) {

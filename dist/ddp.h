@@ -57,20 +57,23 @@ struct DdpOptions {
   /// nothing.
   bool last_bucket_high_priority = true;
   /// With reduce_dtype bf16 for f32 parameters, on the NCCL copy-engine all-reduce (or MPI),
-  /// InUpdate and InUpdateLocalGrad stop each bucket's all-reduce once every rank's bf16 values are
+  /// InUpdate and InUpdateNoGrad stop each bucket's all-reduce once every rank's bf16 values are
   /// gathered, and step() has Adam or AdamW compute the mean inside its update (Note [deferred
   /// mean] in dist/communicator.cpp). That takes the sum kernel's memory pass over each bucket off
   /// the path between the last all-gather and the update. Under InUpdate the update writes the
   /// mean into .grad as it goes, and .grad and the parameters end as the same bits as under
   /// Reduced (on the copy engines; on MPI with more than 2 ranks the means can differ in the last
-  /// bf16 bit, as MPI sums in its own order). Under InUpdateLocalGrad it does not: the parameters
-  /// are the same bits as under InUpdate, but after step() each such .grad holds this rank's own
-  /// gradient, not the mean (except after the first step under UnusedParameters::Error, whose
-  /// unused-parameter check waits for every bucket and so writes the means), so read gradients
-  /// after step() (e.g. to log their norm) only under the other two. Each deferred bucket keeps
-  /// slots of its own in the communicator (its f32 size again) until the communicator goes. synchronize_gradients(), and step()
-  /// with an optimizer that cannot take the slots (SGD), have the communicator write the means when
-  /// they wait, on the compute stream. Elsewhere it changes nothing. Measured: docs/PERFORMANCE.md.
+  /// bf16 bit, as MPI sums in its own order). Under InUpdateNoGrad it does not (the parameters
+  /// are the same bits as under InUpdate), and since a deferred bucket's .grad would then still
+  /// hold this rank's own gradient, step() leaves every parameter's .grad none, whatever the
+  /// communicator, as PyTorch's optimizer-in-backward does: a gradient read after step() raises
+  /// instead of giving a value that is not the mean. Read gradients between backward and the
+  /// update (synchronize_gradients(), then the optimizer's step(), as clipping does; the means are
+  /// written there), or choose one of the other two. Each deferred bucket keeps slots of its own in
+  /// the communicator (its f32 size again) until the communicator goes. synchronize_gradients(),
+  /// and step() with an optimizer that cannot take the slots (SGD), have the communicator write the
+  /// means when they wait, on the compute stream. Elsewhere the mean's placement changes nothing.
+  /// Measured: docs/PERFORMANCE.md.
   StepMean step_mean = StepMean::Reduced;
 };
 

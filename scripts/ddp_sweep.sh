@@ -215,8 +215,8 @@ case $variants in
           variant "flame-$model-b$batch-f32-w1-$repeat" 1 "" "" "$common"
           variant "flame-$model-b$batch-bf16-copy-engine-w2-$repeat" 2 "" "" "$engines"
           variant "flame-$model-b$batch-bf16-copy-engine-in-update-w2-$repeat" 2 "" "" "$engines --step-mean in-update"
-          variant "flame-$model-b$batch-bf16-copy-engine-local-grad-w2-$repeat" 2 "" "" \
-            "$engines --step-mean in-update-local-grad"
+          variant "flame-$model-b$batch-bf16-copy-engine-no-grad-w2-$repeat" 2 "" "" \
+            "$engines --step-mean in-update-no-grad"
         done
       done
     done

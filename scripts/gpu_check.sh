@@ -284,14 +284,15 @@ if [ $built -eq 1 ] && [ "${FLAME_GPU_CHECK_SKIP_BENCH:-0}" != 1 ]; then
         -x NCCL_NVLS_ENABLE=0 "$build/bench/ddp_scaling_bench" --model "$model" --step bucket --reduce bf16 \
         --all-reduce copy-engine
       # The same with each bucket's mean computed inside AdamW's update (DdpOptions::step_mean), written
-      # into .grad and not.
-      if [ "$model" = mlp ]; then
-        for mean in in-update in-update-local-grad; do
-          run_bench "ddp_scaling_${model}_bf16_copy_engine_${mean//-/_}_w2" mpirun --allow-run-as-root -np 2 \
-            -x NCCL_NVLS_ENABLE=0 "$build/bench/ddp_scaling_bench" --model "$model" --step bucket --reduce bf16 \
-            --all-reduce copy-engine --step-mean "$mean"
-        done
-      fi
+      # into .grad (mlp) and not, the gradients then cleared after the step: the fastest choice for 2
+      # GPUs, run for the cnn too (whose buckets take the ring in bf16; docs/dist.md).
+      means="in-update-no-grad"
+      [ "$model" = mlp ] && means="in-update $means"
+      for mean in $means; do
+        run_bench "ddp_scaling_${model}_bf16_copy_engine_${mean//-/_}_w2" mpirun --allow-run-as-root -np 2 \
+          -x NCCL_NVLS_ENABLE=0 "$build/bench/ddp_scaling_bench" --model "$model" --step bucket --reduce bf16 \
+          --all-reduce copy-engine --step-mean "$mean"
+      done
     done
     # Where that step's communication sits against backward (Note [collective timeline]): a run of
     # its own, as the timing events cost the host time, so its figures stay out of bench.jsonl.

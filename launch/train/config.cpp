@@ -43,8 +43,8 @@ constexpr std::array<EnumName<AllReduceChoice>, 2> kAllReduceNames{
     {{AllReduceChoice::Ring, "ring"}, {AllReduceChoice::CopyEngine, "copy_engine"}}};
 constexpr std::array<EnumName<StepMeanChoice>, 3> kStepMeanNames{{{StepMeanChoice::Reduced, "reduced"},
                                                                   {StepMeanChoice::InUpdate, "in_update"},
-                                                                  {StepMeanChoice::InUpdateLocalGrad,
-                                                                   "in_update_local_grad"}}};
+                                                                  {StepMeanChoice::InUpdateNoGrad,
+                                                                   "in_update_no_grad"}}};
 
 constexpr const auto& names_of(DeviceChoice) { return kDeviceNames; }
 constexpr const auto& names_of(OptimizerKind) { return kOptimizerNames; }

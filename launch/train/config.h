@@ -48,7 +48,8 @@ enum class AllReduceChoice {
 enum class StepMeanChoice {
   Reduced,            // "reduced": the all-reduce writes it into .grad
   InUpdate,           // "in_update": Adam/AdamW computes it in its update and writes it into .grad
-  InUpdateLocalGrad,  // "in_update_local_grad": the same without writing it into .grad
+  InUpdateNoGrad,     // "in_update_no_grad": the same without writing it; the gradients are
+                      // cleared after each step
 };
 
 /// [model]
@@ -181,7 +182,7 @@ std::string to_toml(const Config& config);
 
 /// The names used in the config and in logs: "auto" / "cpu" / "cuda", "sgd" / "adam" / "adamw",
 /// "constant" / "step" / "warmup_cosine", "param" / "bf16", "ring" / "copy_engine", "reduced" /
-/// "in_update" / "in_update_local_grad".
+/// "in_update" / "in_update_no_grad".
 std::string_view to_string(DeviceChoice device);
 std::string_view to_string(OptimizerKind kind);
 std::string_view to_string(ScheduleChoice kind);

@@ -130,8 +130,8 @@ dist::StepMean ddp_step_mean(StepMeanChoice choice) {
       return dist::StepMean::Reduced;
     case StepMeanChoice::InUpdate:
       return dist::StepMean::InUpdate;
-    case StepMeanChoice::InUpdateLocalGrad:
-      return dist::StepMean::InUpdateLocalGrad;
+    case StepMeanChoice::InUpdateNoGrad:
+      return dist::StepMean::InUpdateNoGrad;
   }
   FLAME_FAIL("ddp.step_mean: unknown choice {}", static_cast<int>(choice));
 }
@@ -411,7 +411,7 @@ void Trainer::set_up() {
           "ddp.step_mean = \"{}\" acts only with ddp.reduce_dtype = \"bf16\", on GPUs with ddp.all_reduce = "
           "\"copy_engine\", and without train.clip_grad_norm; here {}",
           to_string(config_.ddp.step_mean),
-          deferrable ? "clipping has every mean written first" : "it changes nothing");
+          deferrable ? "clipping has every mean written first" : "the means are written as under \"reduced\"");
   }
   if (device_.is_cuda()) {
     dist::CommunicatorOptions gradient_options = comm_options;

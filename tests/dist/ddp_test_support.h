@@ -24,6 +24,7 @@
 #include "nn/loss.h"
 #include "nn/module.h"
 #include "nn/optim/adam.h"
+#include "nn/optim/sgd.h"
 
 namespace flame::dist::ddp_testing {
 
@@ -141,49 +142,62 @@ inline DdpOptions small_buckets(std::optional<DType> reduce_dtype = std::nullopt
   return options;
 }
 
-/// DdpOptions::step_mean InUpdateLocalGrad against InUpdate (Note [deferred mean]) on
+/// DdpOptions::step_mean InUpdateNoGrad against InUpdate (Note [deferred mean]) on
 /// `communicator`, bf16 reduction, 3 AdamW steps through ddp.step: the same parameters bit for bit,
-/// each bucket's mean deferred where `deferred` says, and after each step but the first every .grad
-/// of the local-grad replica still holds what backward left there (this rank's own gradient) where
-/// the other holds the mean. After the first step (whose unused-parameter check waits for every
-/// bucket, writing the means), or where nothing was deferred, it holds the mean too.
-inline void expect_local_grad_step_matches_in_update(Communicator& communicator, bool deferred) {
+/// each bucket's mean deferred where `deferred` says, and after every step (the first too, whose
+/// unused-parameter check writes the means) no parameter of the no-grad replica has a .grad, where
+/// the other holds the mean. Then one SGD step (it takes no slots: the means are written) leaves no
+/// .grad either, and a gradient read between backward and synchronize_gradients()' end is the mean.
+inline void expect_no_grad_step_matches_in_update(Communicator& communicator, bool deferred) {
   const int rank = ProcessGroup::init().rank, world = ProcessGroup::init().world_size;
   const Device device = communicator.device();
   constexpr int64_t kLocal = 4;
   auto written_model = make_mlp(1280 + rank, kHidden, device);  // each rank different: DDP broadcasts
-  auto local_model = make_mlp(1280 + rank, kHidden, device);
-  DdpOptions written_options = small_buckets(DType::BF16), local_options = small_buckets(DType::BF16);
+  auto no_grad_model = make_mlp(1280 + rank, kHidden, device);
+  DdpOptions written_options = small_buckets(DType::BF16), no_grad_options = small_buckets(DType::BF16);
   written_options.step_mean = StepMean::InUpdate;
-  local_options.step_mean = StepMean::InUpdateLocalGrad;
+  no_grad_options.step_mean = StepMean::InUpdateNoGrad;
   DistributedDataParallel written(written_model, communicator, written_options);
-  DistributedDataParallel local(local_model, communicator, local_options);
-  for (const Bucket& bucket : local.reducer().buckets()) EXPECT_EQ(bucket.mean_deferred, deferred) << bucket.label;
+  DistributedDataParallel no_grad(no_grad_model, communicator, no_grad_options);
+  for (const Bucket& bucket : no_grad.reducer().buckets()) EXPECT_EQ(bucket.mean_deferred, deferred) << bucket.label;
   optim::AdamW written_opt(written.parameters(), {.lr = 1e-2});
-  optim::AdamW local_opt(local.parameters(), {.lr = 1e-2});
-  bool some_mean_differs = false;  // from this rank's own gradient: the check below can tell them apart
+  optim::AdamW no_grad_opt(no_grad.parameters(), {.lr = 1e-2});
+  auto backward = [&](DistributedDataParallel& ddp, int step) {
+    const Batch mine = global_batch(kLocal * world, 128 + step, device).slice(rank * kLocal, kLocal);
+    ddp.zero_grad();
+    nn::mse_loss(ddp.forward(mine.x), mine.y).backward();
+  };
   for (int step = 0; step < 3; ++step) {
     const std::string at = "step " + std::to_string(step);
-    const Batch mine = global_batch(kLocal * world, 128 + step, device).slice(rank * kLocal, kLocal);
-    written.zero_grad();
-    nn::mse_loss(written.forward(mine.x), mine.y).backward();
+    backward(written, step);
     written.step(written_opt);
-    local.zero_grad();
-    nn::mse_loss(local.forward(mine.x), mine.y).backward();
-    std::vector<std::vector<float>> own;  // what backward left in each .grad
-    for (const auto& entry : local_model->named_parameters()) own.push_back(entry.second.grad().to_vector<float>());
-    local.step(local_opt);
-    expect_same_parameters(*local_model, *written_model, 0.0, at);
-    const nn::NamedTensors l = local_model->named_parameters(), w = written_model->named_parameters();
-    for (size_t i = 0; i < l.size(); ++i) {
-      const std::vector<float> mean = w[i].second.grad().to_vector<float>();
-      EXPECT_EQ(l[i].second.grad().to_vector<float>(), deferred && step > 0 ? own[i] : mean)
-          << "grad of " << l[i].first << " " << at << " rank " << rank;
-      some_mean_differs = some_mean_differs || mean != own[i];
-    }
+    backward(no_grad, step);
+    no_grad.step(no_grad_opt);
+    expect_same_parameters(*no_grad_model, *written_model, 0.0, at);
+    for (const auto& [name, p] : no_grad_model->named_parameters())
+      EXPECT_FALSE(p.grad().defined()) << "grad of " << name << " after " << at << " rank " << rank;
+    for (const auto& [name, p] : written_model->named_parameters())
+      EXPECT_TRUE(p.grad().defined()) << "grad of " << name << " after " << at << " rank " << rank;
   }
-  if (deferred && world > 1) EXPECT_TRUE(some_mean_differs) << "every mean equals this rank's own gradient";
-  local.check_parameters_in_sync("after the local-grad steps");
+  no_grad.check_parameters_in_sync("after the no-grad steps");
+  // Gradients read before the update are the means, as under InUpdate.
+  backward(written, 3);
+  written.synchronize_gradients();
+  backward(no_grad, 3);
+  no_grad.synchronize_gradients();
+  const nn::NamedTensors n = no_grad_model->named_parameters(), w = written_model->named_parameters();
+  for (size_t i = 0; i < n.size(); ++i)
+    EXPECT_EQ(n[i].second.grad().to_vector<float>(), w[i].second.grad().to_vector<float>())
+        << "grad of " << n[i].first << " after synchronize_gradients() rank " << rank;
+  written_opt.step();
+  no_grad_opt.step();
+  // An optimizer that takes no slots: the means are written first, and the gradients still go.
+  optim::SGD sgd(no_grad.parameters(), {.lr = 1e-2});
+  backward(no_grad, 4);
+  no_grad.step(sgd);
+  for (const auto& [name, p] : no_grad_model->named_parameters())
+    EXPECT_FALSE(p.grad().defined()) << "grad of " << name << " after an SGD step, rank " << rank;
+  no_grad.check_parameters_in_sync("after the SGD step");
 }
 
 }  // namespace flame::dist::ddp_testing

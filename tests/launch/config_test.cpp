@@ -102,7 +102,7 @@ check_every = 0
 timeout_s = 60
 reduce_dtype = "bf16"
 all_reduce = "copy_engine"
-step_mean = "in_update_local_grad"
+step_mean = "in_update_no_grad"
 )";
 
 Config everything() {
@@ -115,7 +115,7 @@ Config everything() {
   c.eval = {200, 512};
   c.checkpoint = {"/scratch/ckpt", 500, 2};
   c.log = {"runs/everything", 25, false, false};
-  c.ddp = {2.0, 50.5, 0, 60.0, ReduceDtype::BF16, AllReduceChoice::CopyEngine, StepMeanChoice::InUpdateLocalGrad};
+  c.ddp = {2.0, 50.5, 0, 60.0, ReduceDtype::BF16, AllReduceChoice::CopyEngine, StepMeanChoice::InUpdateNoGrad};
   return c;
 }
 
@@ -208,7 +208,7 @@ TEST(Config, EnumNames) {
     EXPECT_EQ(parse({}, {fmt::format("ddp.all_reduce={}", to_string(a))}).ddp.all_reduce, a);
   }
   EXPECT_EQ(parse({}).ddp.all_reduce, AllReduceChoice::Ring);
-  for (StepMeanChoice m : {StepMeanChoice::Reduced, StepMeanChoice::InUpdate, StepMeanChoice::InUpdateLocalGrad}) {
+  for (StepMeanChoice m : {StepMeanChoice::Reduced, StepMeanChoice::InUpdate, StepMeanChoice::InUpdateNoGrad}) {
     EXPECT_EQ(parse({}, {fmt::format("ddp.step_mean={}", to_string(m))}).ddp.step_mean, m);
   }
   EXPECT_EQ(parse({}).ddp.step_mean, StepMeanChoice::Reduced);
@@ -334,7 +334,7 @@ TEST(ConfigErrors, WrongTypes) {
       {"ddp.reduce_dtype", "16", "ddp.reduce_dtype must be one of \"param\", \"bf16\", got an integer 16"},
       {"ddp.all_reduce", "\"nvls\"", "ddp.all_reduce must be one of \"ring\", \"copy_engine\", got a string \"nvls\""},
       {"ddp.step_mean", "\"fused\"",
-       "ddp.step_mean must be one of \"reduced\", \"in_update\", \"in_update_local_grad\", got a string \"fused\""},
+       "ddp.step_mean must be one of \"reduced\", \"in_update\", \"in_update_no_grad\", got a string \"fused\""},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.key + " = " + c.value);

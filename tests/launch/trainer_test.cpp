@@ -814,7 +814,7 @@ TEST(Trainer, StepMeanInTheUpdateTrainsAsTheReducedMean) {
   TempDir dir;
   write_quadrant_images(dir.file("train"), 64, 5);
   std::map<std::string, std::map<int64_t, double>> losses;
-  for (const std::string mean : {"reduced", "in_update", "in_update_local_grad"}) {
+  for (const std::string mean : {"reduced", "in_update", "in_update_no_grad"}) {
     const Config config =
         make_config(dir, {"train.batch_size=8", "train.steps=6", "log.tensorboard=false", "optimizer.name=\"adamw\"",
                           "ddp.reduce_dtype=\"bf16\"", fmt::format("ddp.step_mean=\"{}\"", mean),
@@ -826,7 +826,7 @@ TEST(Trainer, StepMeanInTheUpdateTrainsAsTheReducedMean) {
     ASSERT_EQ(losses[mean].size(), 6u) << mean;
   }
   EXPECT_EQ(losses["in_update"], losses["reduced"]);
-  EXPECT_EQ(losses["in_update_local_grad"], losses["reduced"]);
+  EXPECT_EQ(losses["in_update_no_grad"], losses["reduced"]);
   EXPECT_NE(losses["reduced"].at(1), losses["reduced"].at(6)) << "the run did not train";
 }
 

@@ -239,7 +239,7 @@ TEST_F(DdpNccl, CopyEngineMeanFusedIntoAdamWGivesTheSameBits) {
   // StepMean::InUpdate (Note [deferred mean]): the buckets stop after the all-gather and AdamW's
   // kernel computes each mean. Against a twin that reduces as before, then against a twin that
   // defers too and has the communicator write its means at synchronize_gradients(); then
-  // InUpdateLocalGrad against InUpdate.
+  // InUpdateNoGrad against InUpdate.
   auto gather = copy_engine_communicator();
   for (const StepMean twin_mean : {StepMean::Reduced, StepMean::InUpdate}) {
     SCOPED_TRACE(twin_mean == StepMean::InUpdate ? "twin defers and writes its means" : "twin reduces as before");
@@ -250,7 +250,7 @@ TEST_F(DdpNccl, CopyEngineMeanFusedIntoAdamWGivesTheSameBits) {
         },
         StepMean::InUpdate, twin_mean);
   }
-  expect_local_grad_step_matches_in_update(*gather, /*deferred=*/world() == 2);
+  expect_no_grad_step_matches_in_update(*gather, /*deferred=*/world() == 2);
 }
 
 TEST_F(DdpNccl, DeferredMeansOfTwoInterleavedDdpsStayApart) {
