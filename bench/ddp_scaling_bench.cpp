@@ -49,7 +49,7 @@
 //                          [--carveout-min-kib N] [--between-cases keep|release]
 //                          [--communicator per-case|shared] [--all-reduce ring|copy-engine]
 //                          [--last-bucket-priority high|default]
-//                          [--step-mean reduced|in-update|in-update-no-grad]
+//                          [--step-mean reduced|in-update|in-update-no-grad] [--bucket-cap-kib N]
 // (defaults: every model, blocking calls, both steps, batch 256, gradients reduced in f32, the
 // last bucket at high priority).
 // --reduce bf16 sets DdpOptions::reduce_dtype (gradients all-reduced in bf16, as PyTorch's
@@ -58,6 +58,7 @@
 // --last-bucket-priority sets DdpOptions::last_bucket_high_priority (Note [last bucket priority],
 // dist/bucket.h; high, the default, or default, i.e. the stream's priority). --step-mean sets
 // DdpOptions::step_mean (Note [deferred mean], dist/communicator.cpp; reduced by default).
+// --bucket-cap-kib sets DdpOptions::bucket_cap_bytes (the cap of every bucket after the first).
 // (--max-ctas, --carveout, --carveout-min-kib and --priority set CommunicatorOptions::nccl_max_ctas,
 // overlap_sm_carveout, overlap_carveout_min_bytes and high_priority_stream, dist/communicator.h; --step bucket replaces
 // synchronize_gradients() + AdamW step() with ddp.step(optimizer), whose wait_ms is then 0 and
@@ -68,7 +69,7 @@
 //    "nccl_calls": "nonblocking"|"blocking", "step": "bucket"|"after-sync", "dtype": "f32",
 //    "reduce": "f32"|"bf16", "size": "b<batch>", "high_priority": true|false,
 //    "last_bucket_high_priority": true|false, "step_mean": "reduced"|"in_update"|"in_update_no_grad",
-//    ["all_reduce": "copy_engine" (W=2),] "value": <ms>,
+//    "bucket_cap_bytes": N, ["all_reduce": "copy_engine" (W=2),] "value": <ms>,
 //    "unit": "ms/step", "device": ...}
 //   {"bench": "ddp_overlap", "impl": "flame", "model": "mlp", "world": W, "nccl_calls": ...,
 //    "dtype": "f32", "size": "b256", "step_ms": ..., "step_no_comm_ms": ..., "comm_ms": ...,
@@ -217,6 +218,7 @@ struct Case {
   // DdpOptions::last_bucket_high_priority (--last-bucket-priority)
   bool last_bucket_high_priority = dist::DdpOptions{}.last_bucket_high_priority;
   dist::StepMean step_mean = dist::StepMean::Reduced;  // DdpOptions::step_mean (--step-mean)
+  size_t bucket_cap_bytes = dist::DdpOptions{}.bucket_cap_bytes;  // DdpOptions::bucket_cap_bytes (--bucket-cap-kib)
 };
 
 /// Prints one JSON line (rank 0 only): the common keys, `extra` (already formatted "key": value
@@ -226,7 +228,7 @@ void emit_line(const std::string& bench_name, const Case& c, int world, const st
   fmt::print(
       "{{\"bench\": \"{}\", \"impl\": \"flame\", \"model\": \"{}\", \"world\": {}, \"nccl_calls\": \"{}\", "
       "\"step\": \"{}\", \"dtype\": \"f32\", \"reduce\": \"{}\", \"size\": \"b{}\", \"high_priority\": {}, "
-      "\"last_bucket_high_priority\": {}, \"step_mean\": \"{}\", {}{}"
+      "\"last_bucket_high_priority\": {}, \"step_mean\": \"{}\", \"bucket_cap_bytes\": {}, {}{}"
       "\"value\": {:.6g}, "
       "\"unit\": \"{}\", \"device\": \"{}\"}}\n",
       bench_name, model_name(c.model), world, calls_name(c.calls), c.bucket_step ? "bucket" : "after-sync",
@@ -237,6 +239,7 @@ void emit_line(const std::string& bench_name, const Case& c, int world, const st
                              c.reduce_dtype == DType::BF16
                          ? c.step_mean
                          : dist::StepMean::Reduced),
+      c.bucket_cap_bytes,
       c.options.overlap_all_reduce == dist::OverlapAllReduce::CopyEngineGather && world == 2  // W=1: nothing to move
           ? "\"all_reduce\": \"copy_engine\", "
           : "",
@@ -268,6 +271,7 @@ bool run_case(const dist::ProcessGroup& group, Device device, const Case& c, dis
   ddp_options.reduce_dtype = c.reduce_dtype;
   ddp_options.last_bucket_high_priority = c.last_bucket_high_priority;
   ddp_options.step_mean = c.step_mean;
+  ddp_options.bucket_cap_bytes = c.bucket_cap_bytes;
   dist::DistributedDataParallel ddp(model, *comm, ddp_options);
   optim::AdamW optimizer(ddp.parameters(), optim::AdamWOptions{.lr = 1e-3});
 
@@ -405,12 +409,14 @@ Selection parse_arguments(int argc, char** argv) {
                                  flag == "--carveout" || flag == "--priority" || flag == "--step" ||
                                  flag == "--batch" || flag == "--reduce" || flag == "--carveout-min-kib" ||
                                  flag == "--between-cases" || flag == "--communicator" || flag == "--all-reduce" ||
-                                 flag == "--last-bucket-priority" || flag == "--step-mean"),
+                                 flag == "--last-bucket-priority" || flag == "--step-mean" ||
+                                 flag == "--bucket-cap-kib"),
                 "ddp_scaling_bench: unknown argument '{}'; usage: ddp_scaling_bench [--model cnn|mlp|all] "
                 "[--calls blocking|nonblocking|all] [--max-ctas N] [--carveout N] [--priority high|default] "
                 "[--step bucket|after-sync|all] [--batch N] [--reduce f32|bf16] [--carveout-min-kib N] "
                 "[--between-cases keep|release] [--communicator per-case|shared] [--all-reduce ring|copy-engine] "
-                "[--last-bucket-priority high|default] [--step-mean reduced|in-update|in-update-no-grad]",
+                "[--last-bucket-priority high|default] [--step-mean reduced|in-update|in-update-no-grad] "
+                "[--bucket-cap-kib N]",
                 flag);
     const std::string value = argv[++i];
     if (flag == "--all-reduce") {
@@ -438,6 +444,10 @@ Selection parse_arguments(int argc, char** argv) {
       const long long kib = std::stoll(value);
       FLAME_CHECK(kib >= 0, "ddp_scaling_bench: --carveout-min-kib must be >= 0, got {}", value);
       selection.common.options.overlap_carveout_min_bytes = static_cast<size_t>(kib) << 10;
+    } else if (flag == "--bucket-cap-kib") {
+      const long long kib = std::stoll(value);
+      FLAME_CHECK(kib >= 1, "ddp_scaling_bench: --bucket-cap-kib must be >= 1, got {}", value);
+      selection.common.bucket_cap_bytes = static_cast<size_t>(kib) << 10;
     } else if (flag == "--step-mean") {
       FLAME_CHECK(value == "reduced" || value == "in-update" || value == "in-update-no-grad",
                   "ddp_scaling_bench: --step-mean must be reduced, in-update or in-update-no-grad, got '{}'", value);

@@ -125,11 +125,11 @@ enum class UnusedParameters {
 /// defer (Communicator::defers_mean(): f32 gradients with reduce_dtype bf16 on the NCCL copy
 /// engines, or on MPI); other buckets are all-reduced as under Reduced whatever is chosen.
 enum class StepMean {
-  Reduced,            // the all-reduce writes the mean into the bucket (.grad); the update reads it
-  InUpdate,           // the all-reduce stops after the all-gather; Adam's update computes the mean,
-                      // writes it into .grad and applies it: the same bits, one memory pass less
-  InUpdateNoGrad,     // as InUpdate, but the mean is not written (one more memory pass less), and
-                      // DDP's step() leaves every parameter's .grad none, as optimizer-in-backward
+  Reduced,         // the all-reduce writes the mean into the bucket (.grad); the update reads it
+  InUpdate,        // the all-reduce stops after the all-gather; Adam's update computes the mean,
+                   // writes it into .grad and applies it: the same bits, one memory pass less
+  InUpdateNoGrad,  // as InUpdate, but the mean is not written (one more memory pass less), and
+                   // DDP's step() leaves every parameter's .grad none, as optimizer-in-backward
 };
 
 /// Whether gradient-ready hooks reduce (the default) or only accumulate locally (no_sync()).

@@ -3,9 +3,9 @@
 // into slots [W, n]; the mean, bf16_round(((s_0 + s_1) + ... + s_{W-1}) * scale) in f32 (Note
 // [gradient slots] in core/fused.h), is left to whoever reads it. DDP's step() with
 // DdpOptions::step_mean InUpdate has AdamW compute it inside its update, which writes it into
-// .grad as it goes (InUpdateNoGrad: which does not write it, and DDP then leaves .grad none). On the NCCL copy engines (Note
-// [copy-engine all-reduce]) the sum kernel's own memory pass over each bucket then leaves the path
-// between the all-gather and the update. The expression is the copy-engine sum kernel's (Note
+// .grad as it goes (InUpdateNoGrad: which does not write it, and DDP then leaves .grad none). On
+// the NCCL copy engines (Note [copy-engine all-reduce]) the sum kernel's own memory pass over each
+// bucket then leaves the path between the all-gather and the update. The expression is the copy-engine sum kernel's (Note
 // [bf16 on the wire]), so on the copy engines (2 ranks) the result is the same bits either way. On
 // MPI, StepMean::Reduced sums in MPI's order and then divides, so with more than 2 ranks its mean
 // can differ from this one in the last bf16 bit.

@@ -66,8 +66,9 @@ struct DdpOptions {
   /// bf16 bit, as MPI sums in its own order). Under InUpdateNoGrad it does not (the parameters
   /// are the same bits as under InUpdate), and since a deferred bucket's .grad would then still
   /// hold this rank's own gradient, step() leaves every parameter's .grad none, whatever the
-  /// communicator, as PyTorch's optimizer-in-backward does: a gradient read after step() raises
-  /// instead of giving a value that is not the mean. Read gradients between backward and the
+  /// communicator, as PyTorch's optimizer-in-backward does: after step() no parameter has a gradient
+  /// (reading its values raises; nn::clip_grad_norm_ and optimizer steps skip it), rather than one
+  /// that is not the mean. Read gradients between backward and the
   /// update (synchronize_gradients(), then the optimizer's step(), as clipping does; the means are
   /// written there), or choose one of the other two. Each deferred bucket keeps slots of its own in
   /// the communicator (its f32 size again) until the communicator goes. synchronize_gradients(),
@@ -106,8 +107,9 @@ class DistributedDataParallel {
   /// updated as soon as that bucket's all-reduce has finished, while later buckets are still
   /// being reduced (Note [ddp buckets]). `optimizer` must hold this module's parameters (others
   /// it holds are updated last). Use synchronize_gradients() and step() separately when something
-  /// must see every mean gradient first, as gradient clipping by global norm does. Raises inside
-  /// no_sync(), where the gradients are not reduced.
+  /// must see every mean gradient first, as gradient clipping by global norm does. Under
+  /// StepMean::InUpdateNoGrad it leaves every parameter's .grad none. Raises inside no_sync(),
+  /// where the gradients are not reduced.
   void step(optim::Optimizer& optimizer);
 
   /// Sets every parameter's gradient to zero in place: each .grad becomes its zeroed bucket view,

@@ -180,9 +180,9 @@ def print_allreduce(records):
 
 
 def ddp_variant(record):
-    """' bf16' / ' b1024' / ' copy_engine' / ' copy_engine in_update' when a DDP record reduced in another
-    dtype, used another batch than the default, all-reduced on the copy engines, or left the mean to
-    AdamW (DdpOptions::step_mean)."""
+    """' bf16' / ' b1024' / ' copy_engine' / ' copy_engine in_update' / ' cap1024k' when a DDP record
+    reduced in another dtype, used another batch than the default, all-reduced on the copy engines,
+    left the mean to AdamW (DdpOptions::step_mean), or had another bucket cap."""
     tags = ""
     if record.get("all_reduce", "ring") != "ring":
         tags += f" {record['all_reduce']}"
@@ -192,6 +192,8 @@ def ddp_variant(record):
         tags += f" {record['reduce']}"
     if record.get("size", "b256") != "b256":
         tags += f" {record['size']}"
+    if record.get("bucket_cap_bytes", 25 << 20) != 25 << 20:  # DdpOptions::bucket_cap_bytes
+        tags += f" cap{record['bucket_cap_bytes'] >> 10}k"
     return tags
 
 

@@ -20,7 +20,9 @@
 # bucket at high priority, DdpOptions::last_bucket_high_priority, and with the whole communication
 # stream at high priority; per-rank batch 256, 512 and 1024; all of it twice) or step-mean (W=1
 # f32; W=2 bf16 gradients through the copy engines with each DdpOptions::step_mean; per-rank batch
-# 256, 512 and 1024; all of it twice).
+# 256, 512 and 1024; all of it twice) or rounds (batch 256, FLAME_SWEEP_ROUNDS rounds, 3 by default,
+# each W=1 f32, W=2 f32 and W=2 with the fastest choice for 2 GPUs, in that order; with
+# FLAME_SWEEP_BUCKET_CAP_KIB=N the same three again with DdpOptions::bucket_cap_bytes = N KiB).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$root/build-gpu}
@@ -89,14 +91,14 @@ torch_variant() {
 
 variants=${FLAME_SWEEP_VARIANTS:-default}
 case $variants in
-  default | nccl | placement | scaling | copy-engine | copy-engine-bf16 | priority | last-bucket | step-mean) ;;
+  default | nccl | placement | scaling | copy-engine | copy-engine-bf16 | priority | last-bucket | step-mean | rounds) ;;
   *)
     echo "ddp_sweep: FLAME_SWEEP_VARIANTS must be default, nccl, placement, scaling, copy-engine," \
-      "copy-engine-bf16, priority, last-bucket or step-mean, got '$variants'" >&2
+      "copy-engine-bf16, priority, last-bucket, step-mean or rounds, got '$variants'" >&2
     exit 2
     ;;
 esac
-case $variants in scaling | copy-engine* | priority | last-bucket | step-mean) ;; *) variant w1 1 ;; esac
+case $variants in scaling | copy-engine* | priority | last-bucket | step-mean | rounds) ;; *) variant w1 1 ;; esac
 case $variants in
   default)
     variant w1-bucket 1 "" "" "--step bucket"
@@ -221,12 +223,35 @@ case $variants in
       done
     done
     ;;
+  rounds)
+    # FLAME_SWEEP_ROUNDS rounds (3 by default) at batch 256 per rank, W=1 and W=2 alternating, as one
+    # pair of processes can move by 3% (docs/PERFORMANCE.md, sixteenth run): W=1 f32, W=2 f32 through
+    # the ring (the defaults), W=2 with the fastest choice for 2 GPUs (bf16 gradients through the
+    # copy engines, each mean computed in AdamW's update, gradients cleared after the step).
+    models=$model
+    [ "$model" = all ] && models="cnn mlp"
+    for ((round = 1; round <= ${FLAME_SWEEP_ROUNDS:-3}; round++)); do
+      for model in $models; do
+        variant "flame-$model-b256-f32-w1-r$round" 1 "" "" "--step bucket"
+        variant "flame-$model-b256-f32-w2-r$round" 2 "" "" "--step bucket"
+        variant "flame-$model-b256-bf16-copy-engine-no-grad-w2-r$round" 2 "" "" \
+          "--step bucket --reduce bf16 --all-reduce copy-engine --step-mean in-update-no-grad"
+        if [ -n "${FLAME_SWEEP_BUCKET_CAP_KIB:-}" ]; then  # the same three with this bucket cap
+          cap="--bucket-cap-kib $FLAME_SWEEP_BUCKET_CAP_KIB"
+          variant "flame-$model-b256-f32-cap-w1-r$round" 1 "" "" "--step bucket $cap"
+          variant "flame-$model-b256-f32-cap-w2-r$round" 2 "" "" "--step bucket $cap"
+          variant "flame-$model-b256-bf16-copy-engine-no-grad-cap-w2-r$round" 2 "" "" \
+            "--step bucket --reduce bf16 --all-reduce copy-engine --step-mean in-update-no-grad $cap"
+        fi
+      done
+    done
+    ;;
 esac
 
 python3 - "$jsonl" <<'PY'
 import json, re, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print(f"{'variant':24} {'model':5} {'W':>2} {'step ms':>8} {'fwd':>7} {'bwd':>7} {'wait':>7} {'optim':>7} {'host':>7} {'hidden':>7}")
+print(f"{'variant':45} {'model':5} {'W':>2} {'step ms':>8} {'fwd':>7} {'bwd':>7} {'wait':>7} {'optim':>7} {'host':>7} {'hidden':>7}")
 step = {(r["variant"], r["model"]): r["value"] for r in rows if r["bench"] == "ddp_step"}
 hidden = {(r["variant"], r["model"]): r["value"] for r in rows if r["bench"] == "ddp_overlap"}
 for r in rows:
@@ -234,7 +259,7 @@ for r in rows:
         continue
     key = (r["variant"], r["model"])
     h = hidden.get(key)
-    print(f"{r['variant']:24} {r['model']:5} {r['world']:>2} {step.get(key, float('nan')):8.3f} {r['forward_ms']:7.3f} "
+    print(f"{r['variant']:45} {r['model']:5} {r['world']:>2} {step.get(key, float('nan')):8.3f} {r['forward_ms']:7.3f} "
           f"{r['backward_ms']:7.3f} {r['wait_ms']:7.3f} {r['optimizer_ms']:7.3f} {r.get('host_ms', float('nan')):7.3f} "
           f"{'' if h is None else f'{h:7.2f}'}")
 
@@ -250,17 +275,21 @@ for r in rows:
             algorithm += "-last-high"
         if r.get("step_mean", "reduced") != "reduced" and r.get("all_reduce") == "copy_engine":  # DdpOptions::step_mean
             algorithm += "-" + r["step_mean"].replace("_", "-")
+        if r.get("bucket_cap_bytes", 25 << 20) != 25 << 20:  # DdpOptions::bucket_cap_bytes
+            algorithm += f"-cap{r['bucket_cap_bytes'] >> 10}k"
         repeat = r["variant"].rsplit("-", 1)[1] if re.search(r"-r[0-9]+$", r["variant"]) else ""
         key = (r["impl"], r["model"], r["size"], r.get("reduce", "f32"), algorithm, repeat)
         steps.setdefault(key, {})[int(r["world"])] = r["value"]
-def f32_ring(key):  # the same case's f32 ring run, at W=1
-    return steps.get(key[:3] + ("f32", "ring", key[5]), {}).get(1)
+def f32_ring(key):  # the same case's f32 ring run, at W=1 (with the same bucket cap when it has one)
+    cap = re.search(r"-cap[0-9]+k$", key[4])
+    capped = steps.get(key[:3] + ("f32", "ring" + cap.group(0), key[5]), {}).get(1) if cap else None
+    return capped or steps.get(key[:3] + ("f32", "ring", key[5]), {}).get(1)
 for key, by_world in steps.items():  # W=1 has nothing to all-reduce: every algorithm shares the ring's run
     if 1 not in by_world:
         by_world[1] = steps.get(key[:4] + ("ring", key[5]), {}).get(1) or f32_ring(key)
 if steps:
     # Against the f32 W=1 step too: at W=1 a bf16 reduction still converts every bucket twice.
-    print(f"\n{'impl':6} {'model':5} {'batch':6} {'reduce':6} {'all-reduce':36} {'rep':3} {'W=1 ms':>8} "
+    print(f"\n{'impl':6} {'model':5} {'batch':6} {'reduce':6} {'all-reduce':48} {'rep':3} {'W=1 ms':>8} "
           f"{'W=2 ms':>8} {'efficiency':>10} {'vs f32 W=1':>10}")
     for key, by_world in sorted(steps.items()):
         impl, model, size, reduce, algorithm, repeat = key
@@ -268,7 +297,7 @@ if steps:
         f32_one = f32_ring(key)
         efficiency = f"{one / two:10.3f}" if one and two else f"{'missing':>10}"
         against_f32 = f"{f32_one / two:10.3f}" if f32_one and two else f"{'missing':>10}"
-        print(f"{impl:6} {model:5} {size:6} {reduce:6} {algorithm:36} {repeat:3} {one or float('nan'):8.3f} "
+        print(f"{impl:6} {model:5} {size:6} {reduce:6} {algorithm:48} {repeat:3} {one or float('nan'):8.3f} "
               f"{two or float('nan'):8.3f} {efficiency} {against_f32}")
 PY
 exit $failed

@@ -46,10 +46,10 @@ enum class AllReduceChoice {
 /// ddp.step_mean: where the optimizer step takes each bf16 bucket's mean from
 /// (dist::DdpOptions::step_mean).
 enum class StepMeanChoice {
-  Reduced,            // "reduced": the all-reduce writes it into .grad
-  InUpdate,           // "in_update": Adam/AdamW computes it in its update and writes it into .grad
-  InUpdateNoGrad,     // "in_update_no_grad": the same without writing it; the gradients are
-                      // cleared after each step
+  Reduced,         // "reduced": the all-reduce writes it into .grad
+  InUpdate,        // "in_update": Adam/AdamW computes it in its update and writes it into .grad
+  InUpdateNoGrad,  // "in_update_no_grad": the same without writing it; the gradients are
+                   // cleared after each step
 };
 
 /// [model]

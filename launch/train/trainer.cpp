@@ -411,7 +411,10 @@ void Trainer::set_up() {
           "ddp.step_mean = \"{}\" acts only with ddp.reduce_dtype = \"bf16\", on GPUs with ddp.all_reduce = "
           "\"copy_engine\", and without train.clip_grad_norm; here {}",
           to_string(config_.ddp.step_mean),
-          deferrable ? "clipping has every mean written first" : "the means are written as under \"reduced\"");
+          deferrable ? "clipping has every mean written first"
+          : config_.ddp.step_mean == StepMeanChoice::InUpdateNoGrad && config_.train.clip_grad_norm <= 0
+              ? "the means are written as under \"reduced\", and the gradients are still cleared after each step"
+              : "the means are written as under \"reduced\"");
   }
   if (device_.is_cuda()) {
     dist::CommunicatorOptions gradient_options = comm_options;

@@ -146,8 +146,10 @@ inline DdpOptions small_buckets(std::optional<DType> reduce_dtype = std::nullopt
 /// `communicator`, bf16 reduction, 3 AdamW steps through ddp.step: the same parameters bit for bit,
 /// each bucket's mean deferred where `deferred` says, and after every step (the first too, whose
 /// unused-parameter check writes the means) no parameter of the no-grad replica has a .grad, where
-/// the other holds the mean. Then one SGD step (it takes no slots: the means are written) leaves no
-/// .grad either, and a gradient read between backward and synchronize_gradients()' end is the mean.
+/// the other holds the mean; a step accumulated over two micro-steps (the first in no_sync()) right
+/// after such a step, without zero_grad(), matches the twin's after zero_grad(). Then one SGD step
+/// (it takes no slots: the means are written) leaves no .grad either, and a gradient read between
+/// backward and synchronize_gradients()' end is the mean.
 inline void expect_no_grad_step_matches_in_update(Communicator& communicator, bool deferred) {
   const int rank = ProcessGroup::init().rank, world = ProcessGroup::init().world_size;
   const Device device = communicator.device();
@@ -180,6 +182,25 @@ inline void expect_no_grad_step_matches_in_update(Communicator& communicator, bo
       EXPECT_TRUE(p.grad().defined()) << "grad of " << name << " after " << at << " rank " << rank;
   }
   no_grad.check_parameters_in_sync("after the no-grad steps");
+  // Straight after a step that cleared the gradients, without zero_grad(): two micro-steps, the first
+  // inside no_sync(), accumulate from nothing, as the twin's after its zero_grad().
+  auto micro_steps = [&](DistributedDataParallel& ddp) {
+    auto micro = [&](int index) {
+      const Batch mine = global_batch(kLocal * world, 140 + index, device).slice(rank * kLocal, kLocal);
+      nn::mse_loss(ddp.forward(mine.x), mine.y).backward();
+    };
+    {
+      auto guard = ddp.no_sync();
+      micro(0);
+    }
+    micro(1);
+  };
+  written.zero_grad();
+  micro_steps(written);
+  written.step(written_opt);
+  micro_steps(no_grad);
+  no_grad.step(no_grad_opt);
+  expect_same_parameters(*no_grad_model, *written_model, 0.0, "accumulating after a cleared step");
   // Gradients read before the update are the means, as under InUpdate.
   backward(written, 3);
   written.synchronize_gradients();
