@@ -50,6 +50,7 @@
 //                          [--communicator per-case|shared] [--all-reduce ring|copy-engine]
 //                          [--last-bucket-priority high|default]
 //                          [--step-mean reduced|in-update|in-update-no-grad] [--bucket-cap-kib N]
+//                          [--one-shot-max-kib N]
 // (defaults: every model, blocking calls, both steps, batch 256, gradients reduced in f32, the
 // last bucket at high priority).
 // --reduce bf16 sets DdpOptions::reduce_dtype (gradients all-reduced in bf16, as PyTorch's
@@ -59,6 +60,8 @@
 // dist/bucket.h; high, the default, or default, i.e. the stream's priority). --step-mean sets
 // DdpOptions::step_mean (Note [deferred mean], dist/communicator.cpp; reduced by default).
 // --bucket-cap-kib sets DdpOptions::bucket_cap_bytes (the cap of every bucket after the first).
+// --one-shot-max-kib sets CommunicatorOptions::one_shot_max_bytes (Note [one-shot all-reduce],
+// dist/peer_all_reduce.h; 0 turns it off).
 // (--max-ctas, --carveout, --carveout-min-kib and --priority set CommunicatorOptions::nccl_max_ctas,
 // overlap_sm_carveout, overlap_carveout_min_bytes and high_priority_stream, dist/communicator.h; --step bucket replaces
 // synchronize_gradients() + AdamW step() with ddp.step(optimizer), whose wait_ms is then 0 and
@@ -69,7 +72,7 @@
 //    "nccl_calls": "nonblocking"|"blocking", "step": "bucket"|"after-sync", "dtype": "f32",
 //    "reduce": "f32"|"bf16", "size": "b<batch>", "high_priority": true|false,
 //    "last_bucket_high_priority": true|false, "step_mean": "reduced"|"in_update"|"in_update_no_grad",
-//    "bucket_cap_bytes": N, ["all_reduce": "copy_engine" (W=2),] "value": <ms>,
+//    "bucket_cap_bytes": N, "one_shot_max_bytes": N, ["all_reduce": "copy_engine" (W=2),] "value": <ms>,
 //    "unit": "ms/step", "device": ...}
 //   {"bench": "ddp_overlap", "impl": "flame", "model": "mlp", "world": W, "nccl_calls": ...,
 //    "dtype": "f32", "size": "b256", "step_ms": ..., "step_no_comm_ms": ..., "comm_ms": ...,
@@ -228,7 +231,8 @@ void emit_line(const std::string& bench_name, const Case& c, int world, const st
   fmt::print(
       "{{\"bench\": \"{}\", \"impl\": \"flame\", \"model\": \"{}\", \"world\": {}, \"nccl_calls\": \"{}\", "
       "\"step\": \"{}\", \"dtype\": \"f32\", \"reduce\": \"{}\", \"size\": \"b{}\", \"high_priority\": {}, "
-      "\"last_bucket_high_priority\": {}, \"step_mean\": \"{}\", \"bucket_cap_bytes\": {}, {}{}"
+      "\"last_bucket_high_priority\": {}, \"step_mean\": \"{}\", \"bucket_cap_bytes\": {}, "
+      "\"one_shot_max_bytes\": {}, {}{}"
       "\"value\": {:.6g}, "
       "\"unit\": \"{}\", \"device\": \"{}\"}}\n",
       bench_name, model_name(c.model), world, calls_name(c.calls), c.bucket_step ? "bucket" : "after-sync",
@@ -239,7 +243,7 @@ void emit_line(const std::string& bench_name, const Case& c, int world, const st
                              c.reduce_dtype == DType::BF16
                          ? c.step_mean
                          : dist::StepMean::Reduced),
-      c.bucket_cap_bytes,
+      c.bucket_cap_bytes, c.options.one_shot_max_bytes,
       c.options.overlap_all_reduce == dist::OverlapAllReduce::CopyEngineGather && world == 2  // W=1: nothing to move
           ? "\"all_reduce\": \"copy_engine\", "
           : "",
@@ -410,13 +414,13 @@ Selection parse_arguments(int argc, char** argv) {
                                  flag == "--batch" || flag == "--reduce" || flag == "--carveout-min-kib" ||
                                  flag == "--between-cases" || flag == "--communicator" || flag == "--all-reduce" ||
                                  flag == "--last-bucket-priority" || flag == "--step-mean" ||
-                                 flag == "--bucket-cap-kib"),
+                                 flag == "--bucket-cap-kib" || flag == "--one-shot-max-kib"),
                 "ddp_scaling_bench: unknown argument '{}'; usage: ddp_scaling_bench [--model cnn|mlp|all] "
                 "[--calls blocking|nonblocking|all] [--max-ctas N] [--carveout N] [--priority high|default] "
                 "[--step bucket|after-sync|all] [--batch N] [--reduce f32|bf16] [--carveout-min-kib N] "
                 "[--between-cases keep|release] [--communicator per-case|shared] [--all-reduce ring|copy-engine] "
                 "[--last-bucket-priority high|default] [--step-mean reduced|in-update|in-update-no-grad] "
-                "[--bucket-cap-kib N]",
+                "[--bucket-cap-kib N] [--one-shot-max-kib N]",
                 flag);
     const std::string value = argv[++i];
     if (flag == "--all-reduce") {
@@ -444,6 +448,10 @@ Selection parse_arguments(int argc, char** argv) {
       const long long kib = std::stoll(value);
       FLAME_CHECK(kib >= 0, "ddp_scaling_bench: --carveout-min-kib must be >= 0, got {}", value);
       selection.common.options.overlap_carveout_min_bytes = static_cast<size_t>(kib) << 10;
+    } else if (flag == "--one-shot-max-kib") {
+      const long long kib = std::stoll(value);
+      FLAME_CHECK(kib >= 0, "ddp_scaling_bench: --one-shot-max-kib must be >= 0, got {}", value);
+      selection.common.options.one_shot_max_bytes = static_cast<size_t>(kib) << 10;
     } else if (flag == "--bucket-cap-kib") {
       const long long kib = std::stoll(value);
       FLAME_CHECK(kib >= 1, "ddp_scaling_bench: --bucket-cap-kib must be >= 1, got {}", value);

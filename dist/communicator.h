@@ -134,6 +134,9 @@ class Communicator {
   /// that needs only that result can start while later ones are still reduced.
   virtual void compute_wait(uint64_t collective) { (void)collective; }
 
+  /// How many all-reduces took the NCCL communicator's one-shot kernel (Note [one-shot
+  /// all-reduce]); 0 for other communicators.
+  virtual uint64_t one_shot_all_reduces() const { return 0; }
   const ProcessGroup& group() const { return group_; }
   /// Where this communicator's tensors live: the CPU (MPI) or group().cuda_device() (NCCL).
   virtual Device device() const = 0;
@@ -200,6 +203,13 @@ struct CommunicatorOptions {
   /// Smaller tensors, other dtypes and every other collective still use the ring. The MPI backend
   /// ignores it.
   OverlapAllReduce overlap_all_reduce = OverlapAllReduce::Ring;
+  /// On 2 ranks of one node whose GPUs map each other's memory, f32 all-reduces (all_reduce() and
+  /// all_reduce_overlapped()) of at most this many bytes run as one kernel of FLAME's own, which
+  /// reads the other rank's values over NVLink, instead of ncclAllReduce: lower latency for DDP's
+  /// small buckets (Note [one-shot all-reduce] in dist/peer_all_reduce.h). Each rank holds twice
+  /// this in device memory for it. 0 turns it off; at most 16 MiB. The ranks must agree (checked at
+  /// construction); where either cannot map the other's memory, both log why and use NCCL.
+  size_t one_shot_max_bytes = size_t{2} << 20;
 };
 
 /// MPI collectives on CPU tensors (the backend the whole distributed path is tested with on CI).

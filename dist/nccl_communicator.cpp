@@ -99,6 +99,7 @@
 #include "core/storage.h"
 #include "dist/collective_timeline.h"
 #include "dist/mpi_check.h"
+#include "dist/peer_all_reduce.h"
 
 namespace flame::dist {
 namespace {
@@ -248,6 +249,9 @@ class NcclCommunicator final : public Communicator {
                 "make_nccl_communicator: a group of {} ranks needs MPI to share the NCCL id; call "
                 "ProcessGroup::init() under mpirun/srun",
                 group.world_size);
+    FLAME_CHECK(options_.one_shot_max_bytes <= (size_t{16} << 20),
+                "make_nccl_communicator: one_shot_max_bytes must be at most 16 MiB (0 turns it off), got {}",
+                options_.one_shot_max_bytes);
     cuda::context(device_.index);  // makes device_ current
     const int sms = cuda::multiprocessor_count(device_.index);
     FLAME_CHECK(
@@ -295,7 +299,11 @@ class NcclCommunicator final : public Communicator {
       comm_ready_.store(true);
       wait_async("ncclCommInitRankConfig", "");
       barrier_buffer_ = zeros({1}, {kI32, device_});
+      if (group.world_size == 2 && options_.one_shot_max_bytes > 0)  // Note [one-shot all-reduce]
+        peer_ = detail::PeerAllReduce::create(group.rank, device_.index, options_.one_shot_max_bytes,
+                                              options_.timeout);
     } catch (...) {
+      peer_.reset();
       stop_watchdog();  // a joinable std::thread must not outlive a failed constructor
       if (comm_ != nullptr) ncclCommAbort(comm_);
       cudaEventDestroy(drained_);
@@ -315,6 +323,14 @@ class NcclCommunicator final : public Communicator {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       unfinished = recycle_finished() != cudaSuccess || !issued_.empty();
+    }
+    if (peer_ != nullptr) {  // Note [one-shot all-reduce]: before its buffers go
+      if (unfinished || broken_.load() || std::uncaught_exceptions() > 0) {
+        peer_->abandon();
+      } else {
+        peer_->close(stream_);
+      }
+      peer_.reset();
     }
     if (timeline_ != nullptr && (unfinished || broken_.load() || std::uncaught_exceptions() > 0))
       timeline_->discard();
@@ -357,11 +373,14 @@ class NcclCommunicator final : public Communicator {
     check_reducible("NCCL", "all_reduce", tensor.dtype(), op);
     Tensor work = tensor.contiguous();
     enqueue("all_reduce", what, [&] {
+      if (peer_ != nullptr && peer_->takes(work)) return one_shot(work, op, what, OverlapPriority::Normal);
       return ncclAllReduce(work.data_ptr(), work.data_ptr(), work.numel(), nccl_type(work.dtype()), nccl_op(op), comm_,
                            stream_);
     });
     if (!work.is_same(tensor)) Tensor(tensor).copy_(work);
   }
+
+  uint64_t one_shot_all_reduces() const override { return peer_ != nullptr ? peer_->calls() : 0; }
 
   uint64_t all_reduce_overlapped(const Tensor& tensor, ReduceOp op, const std::string& what,
                                  OverlapPriority priority) override {
@@ -372,6 +391,10 @@ class NcclCommunicator final : public Communicator {
                 tensor.describe());
     if (copy_engines_ && tensor.dtype() == kF32 && tensor.nbytes() >= options_.overlap_carveout_min_bytes)
       return copy_engine_all_reduce(tensor, kF32, op, what, priority);
+    if (peer_ != nullptr && peer_->takes(tensor)) {
+      enqueue("all_reduce", what, [&] { return one_shot(tensor, op, what, priority); }, ComputeWaits::Later);
+      return issued_count_;
+    }
     enqueue(
         "all_reduce", what,
         [&] {
@@ -554,6 +577,15 @@ class NcclCommunicator final : public Communicator {
   }
 
  private:
+  /// Note [one-shot all-reduce]: launches the kernel on stream_ inside enqueue(); ncclSuccess or
+  /// fail().
+  ncclResult_t one_shot(const Tensor& tensor, ReduceOp op, const std::string& what, OverlapPriority priority) {
+    const cudaError_t launched = peer_->launch(tensor, op, stream_, priority == OverlapPriority::High);
+    if (launched != cudaSuccess)
+      fail("all_reduce", what, fmt::format("the one-shot all-reduce kernel: {}", cudaGetErrorString(launched)));
+    return ncclSuccess;
+  }
+
   /// Gives GEMMs every SM again (Note [SM carve-out]).
   void end_carveout() {
     if (!carved_out_) return;
@@ -567,12 +599,13 @@ class NcclCommunicator final : public Communicator {
   /// overlap_carveout_min_bytes): they decide which NCCL calls each all-reduce makes, and a mismatch
   /// would otherwise hang until the watchdog ends the job. One MPI reduction at construction.
   void check_ranks_agree() {
-    const int64_t mine[2] = {static_cast<int64_t>(options_.overlap_all_reduce),
-                             static_cast<int64_t>(options_.overlap_carveout_min_bytes)};
-    int64_t low[2] = {0, 0}, high[2] = {0, 0};
+    const int64_t mine[3] = {static_cast<int64_t>(options_.overlap_all_reduce),
+                             static_cast<int64_t>(options_.overlap_carveout_min_bytes),
+                             static_cast<int64_t>(options_.one_shot_max_bytes)};
+    int64_t low[3] = {0, 0, 0}, high[3] = {0, 0, 0};
     MPI_Request requests[2];
-    FLAME_MPI_CHECK(MPI_Iallreduce(mine, low, 2, MPI_INT64_T, MPI_MIN, MPI_COMM_WORLD, &requests[0]));
-    FLAME_MPI_CHECK(MPI_Iallreduce(mine, high, 2, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD, &requests[1]));
+    FLAME_MPI_CHECK(MPI_Iallreduce(mine, low, 3, MPI_INT64_T, MPI_MIN, MPI_COMM_WORLD, &requests[0]));
+    FLAME_MPI_CHECK(MPI_Iallreduce(mine, high, 3, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD, &requests[1]));
     for (MPI_Request& request : requests)
       detail::wait_request(request, options_.timeout, "make_nccl_communicator (options agreement)", "", group_.rank);
     const auto name = [](int64_t mode) { return mode == 0 ? "Ring" : "CopyEngineGather"; };
@@ -581,6 +614,10 @@ class NcclCommunicator final : public Communicator {
                 "make_nccl_communicator: the ranks disagree on overlap_all_reduce ({} on some, {} on others) or, "
                 "with CopyEngineGather, on overlap_carveout_min_bytes ({} to {}); every rank must pass the same",
                 name(low[0]), name(high[0]), low[1], high[1]);
+    FLAME_CHECK(low[2] == high[2],
+                "make_nccl_communicator: the ranks disagree on one_shot_max_bytes ({} to {}); every rank must pass the "
+                "same (it decides which all-reduces take the one-shot kernel)",
+                low[2], high[2]);
   }
 
   /// Note [copy-engine all-reduce]: `tensor` (f32) travels as `wire` (f32 or bf16); its kernels
@@ -931,6 +968,7 @@ class NcclCommunicator final : public Communicator {
 
   [[noreturn]] void fail(const char* op, const std::string& what, const std::string& reason) {
     broken_.store(true);
+    if (peer_ != nullptr) peer_->abandon();  // its kernels waiting for the peer give up
     stop_watchdog();
     end_carveout();
     if (comm_ != nullptr) ncclCommAbort(comm_);
@@ -964,6 +1002,7 @@ class NcclCommunicator final : public Communicator {
   bool copy_engines_ = false;
   SymmetricBuffer staging_;
   std::map<size_t, SymmetricBuffer> deferred_slots_;
+  std::unique_ptr<detail::PeerAllReduce> peer_;  // Note [one-shot all-reduce]; null when off
   CopyEngineKernels copy_engine_kernels_[2][2];  // [bf16][vector], filled on first use
   cudaStream_t stream_ = nullptr;       // communication stream (non-blocking) on device_
   int highest_priority_ = 0;            // the device's highest stream priority (OverlapPriority::High)

@@ -194,6 +194,8 @@ def ddp_variant(record):
         tags += f" {record['size']}"
     if record.get("bucket_cap_bytes", 25 << 20) != 25 << 20:  # DdpOptions::bucket_cap_bytes
         tags += f" cap{record['bucket_cap_bytes'] >> 10}k"
+    if record.get("one_shot_max_bytes", 2 << 20) != 2 << 20 and record.get("world") == 2:
+        tags += f" one_shot{record['one_shot_max_bytes'] >> 10}k"  # CommunicatorOptions::one_shot_max_bytes
     return tags
 
 

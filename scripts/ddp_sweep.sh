@@ -22,7 +22,9 @@
 # f32; W=2 bf16 gradients through the copy engines with each DdpOptions::step_mean; per-rank batch
 # 256, 512 and 1024; all of it twice) or rounds (batch 256, FLAME_SWEEP_ROUNDS rounds, 3 by default,
 # each W=1 f32, W=2 f32 and W=2 with the fastest choice for 2 GPUs, in that order; with
-# FLAME_SWEEP_BUCKET_CAP_KIB=N the same three again with DdpOptions::bucket_cap_bytes = N KiB).
+# FLAME_SWEEP_BUCKET_CAP_KIB=N the same three again with DdpOptions::bucket_cap_bytes = N KiB; with
+# FLAME_SWEEP_ONE_SHOT_KIB=N one more W=2 f32 run with CommunicatorOptions::one_shot_max_bytes = N
+# KiB, 0 for off).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$root/build-gpu}
@@ -236,6 +238,10 @@ case $variants in
         variant "flame-$model-b256-f32-w2-r$round" 2 "" "" "--step bucket"
         variant "flame-$model-b256-bf16-copy-engine-no-grad-w2-r$round" 2 "" "" \
           "--step bucket --reduce bf16 --all-reduce copy-engine --step-mean in-update-no-grad"
+        if [ -n "${FLAME_SWEEP_ONE_SHOT_KIB:-}" ]; then  # W=2 f32 with this one-shot limit (0: off)
+          variant "flame-$model-b256-f32-one-shot-w2-r$round" 2 "" "" \
+            "--step bucket --one-shot-max-kib $FLAME_SWEEP_ONE_SHOT_KIB"
+        fi
         if [ -n "${FLAME_SWEEP_BUCKET_CAP_KIB:-}" ]; then  # the same three with this bucket cap
           cap="--bucket-cap-kib $FLAME_SWEEP_BUCKET_CAP_KIB"
           variant "flame-$model-b256-f32-cap-w1-r$round" 1 "" "" "--step bucket $cap"
@@ -277,6 +283,8 @@ for r in rows:
             algorithm += "-" + r["step_mean"].replace("_", "-")
         if r.get("bucket_cap_bytes", 25 << 20) != 25 << 20:  # DdpOptions::bucket_cap_bytes
             algorithm += f"-cap{r['bucket_cap_bytes'] >> 10}k"
+        if r.get("one_shot_max_bytes", 2 << 20) != 2 << 20 and int(r["world"]) == 2:  # CommunicatorOptions
+            algorithm += f"-one-shot{r['one_shot_max_bytes'] >> 10}k"
         repeat = r["variant"].rsplit("-", 1)[1] if re.search(r"-r[0-9]+$", r["variant"]) else ""
         key = (r["impl"], r["model"], r["size"], r.get("reduce", "f32"), algorithm, repeat)
         steps.setdefault(key, {})[int(r["world"])] = r["value"]

@@ -415,6 +415,98 @@ TEST_F(Nccl, NonBlockingCallsGiveTheSameResults) {
   nonblocking->barrier();
 }
 
+// Note [one-shot all-reduce]: on the 2-GPU machine, f32 all-reduces of at most one_shot_max_bytes
+// (2 MiB by default, as comm_ has) take FLAME's own kernel; a communicator with it off takes NCCL.
+// Both give the same bits (one sum of two values, commutative; Avg halves it exactly), and every
+// rank holds the same bits.
+TEST_F(Nccl, OneShotAllReduceGivesNcclsBitsOnEveryRank) {
+  if (world() != 2) GTEST_SKIP() << "the one-shot all-reduce is for 2 ranks";
+  dist::CommunicatorOptions off;
+  off.timeout = std::chrono::seconds(30);
+  off.one_shot_max_bytes = 0;
+  auto nccl = dist::make_nccl_communicator(group(), off);
+  manual_seed(60 + rank());  // every rank its own values
+  struct Case {
+    int64_t numel;
+    ReduceOp op;
+    bool overlapped;
+    bool misaligned;  // on rank 0 only: that rank takes the scalar form, the other the vector one
+  };
+  const int64_t max_numel = (int64_t{2} << 20) / 4;
+  const std::vector<Case> cases = {
+      {1, ReduceOp::Sum, false, false},          {3, ReduceOp::Avg, true, false},
+      {4, ReduceOp::Sum, true, true},            {1000, ReduceOp::Avg, false, false},
+      {8192, ReduceOp::Sum, true, false},        {8193, ReduceOp::Avg, true, false},
+      {65541, ReduceOp::Sum, false, true},       {max_numel, ReduceOp::Avg, true, false},
+      {max_numel + 1, ReduceOp::Sum, true, false},  // one value over: NCCL
+      {420224, ReduceOp::Avg, true, true},       // the cnn's last bucket, misaligned on rank 0
+  };
+  const uint64_t before = comm_->one_shot_all_reduces();
+  std::vector<Tensor> inputs, results;
+  uint64_t expected_one_shots = 0;
+  for (const Case& c : cases) {
+    inputs.push_back(randn({c.numel}, {kF32, device()}));
+    const bool offset = c.misaligned && rank() == 0;
+    results.push_back(offset ? empty({c.numel + 1}, {kF32, device()}).narrow(0, 1, c.numel).copy_(inputs.back())
+                             : inputs.back().clone());
+    if (c.overlapped) {
+      comm_->all_reduce_overlapped(results.back(), c.op, "bucket",
+                                   c.numel == 1000 ? dist::OverlapPriority::High : dist::OverlapPriority::Normal);
+    } else {
+      comm_->all_reduce(results.back(), c.op, "tensor");
+    }
+    expected_one_shots += c.numel <= max_numel ? 1 : 0;
+  }
+  comm_->compute_wait();
+  EXPECT_EQ(comm_->one_shot_all_reduces() - before, expected_one_shots);
+  EXPECT_EQ(nccl->one_shot_all_reduces(), 0u);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE(i);
+    Tensor reference = inputs[i].clone();
+    nccl->all_reduce(reference, cases[i].op, "reference");
+    EXPECT_EQ(results[i].to_vector<float>(), reference.to_vector<float>());
+    Tensor all = empty({2 * cases[i].numel}, {kF32, device()});
+    nccl->all_gather(results[i], all, "results");
+    const std::vector<float> values = all.to_vector<float>();
+    EXPECT_TRUE(std::equal(values.begin(), values.begin() + cases[i].numel, values.begin() + cases[i].numel))
+        << "rank 1 differs from rank 0";
+  }
+}
+
+// Many one-shot all-reduces in flight at once, of changing sizes (each kernel reuses the slot of
+// the one two before it, and flags of blocks that the previous one did not have).
+TEST_F(Nccl, OneShotAllReducesQueuedBackToBackKeepTheirOwnValues) {
+  if (world() != 2) GTEST_SKIP() << "the one-shot all-reduce is for 2 ranks";
+  const std::vector<int64_t> sizes = {100000, 7, 16384, 300000, 1, 8192 * 3 + 5};
+  std::vector<Tensor> tensors;
+  std::vector<uint64_t> numbers;
+  for (int k = 0; k < 120; ++k) {
+    const int64_t n = sizes[k % sizes.size()];
+    tensors.push_back(full({n}, (rank() + 1) * (k + 1), {kF32, device()}));
+    numbers.push_back(comm_->all_reduce_overlapped(tensors.back(), ReduceOp::Sum, "bucket"));
+  }
+  comm_->compute_wait(numbers.back());
+  for (int k = 0; k < 120; ++k) {
+    const std::vector<float> values = tensors[k].to_vector<float>();
+    const float expected = 3.0f * static_cast<float>(k + 1);
+    EXPECT_TRUE(std::all_of(values.begin(), values.end(), [&](float v) { return v == expected; }))
+        << "all-reduce " << k << " (" << values.size() << " values): first value " << values.front() << ", expected "
+        << expected;
+  }
+}
+
+TEST_F(Nccl, OneShotLimitIsCheckedAndAgreedOn) {
+  dist::CommunicatorOptions options;
+  options.timeout = std::chrono::seconds(30);
+  options.one_shot_max_bytes = (size_t{16} << 20) + 1;
+  EXPECT_TRUE(raises_error([&] { dist::make_nccl_communicator(group(), options); },
+                           {"one_shot_max_bytes", "16 MiB"}));
+  if (world() == 1) return;
+  options.one_shot_max_bytes = rank() == 0 ? 1024 : 2048;
+  EXPECT_TRUE(raises_error([&] { dist::make_nccl_communicator(group(), options); },
+                           {"ranks disagree", "one_shot_max_bytes", "1024", "2048"}));
+}
+
 TEST_F(Nccl, WrongDeviceRaises) {
   Tensor cpu = ones({4});
   EXPECT_TRUE(raises_error([&] { comm_->all_reduce(cpu, ReduceOp::Sum, "bucket 1"); },
