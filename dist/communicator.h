@@ -207,7 +207,7 @@ struct CommunicatorOptions {
   /// all_reduce_overlapped()) of at most this many bytes run as one kernel of FLAME's own, which
   /// reads the other rank's values over NVLink, instead of ncclAllReduce: lower latency for DDP's
   /// small buckets (Note [one-shot all-reduce] in dist/peer_all_reduce.h). Each rank holds twice
-  /// this in device memory for it. 0 turns it off; at most 16 MiB. The ranks must agree (checked at
+  /// this in device memory for it. 0 turns it off; at most 4 MiB. The ranks must agree (checked at
   /// construction); where either cannot map the other's memory, both log why and use NCCL.
   size_t one_shot_max_bytes = size_t{2} << 20;
 };

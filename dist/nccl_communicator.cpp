@@ -249,8 +249,8 @@ class NcclCommunicator final : public Communicator {
                 "make_nccl_communicator: a group of {} ranks needs MPI to share the NCCL id; call "
                 "ProcessGroup::init() under mpirun/srun",
                 group.world_size);
-    FLAME_CHECK(options_.one_shot_max_bytes <= (size_t{16} << 20),
-                "make_nccl_communicator: one_shot_max_bytes must be at most 16 MiB (0 turns it off), got {}",
+    FLAME_CHECK(options_.one_shot_max_bytes <= (size_t{4} << 20),
+                "make_nccl_communicator: one_shot_max_bytes must be at most 4 MiB (0 turns it off), got {}",
                 options_.one_shot_max_bytes);
     cuda::context(device_.index);  // makes device_ current
     const int sms = cuda::multiprocessor_count(device_.index);
@@ -299,10 +299,13 @@ class NcclCommunicator final : public Communicator {
       comm_ready_.store(true);
       wait_async("ncclCommInitRankConfig", "");
       barrier_buffer_ = zeros({1}, {kI32, device_});
-      if (group.world_size == 2 && options_.one_shot_max_bytes > 0)  // Note [one-shot all-reduce]
+      if (group.world_size == 2 && options_.one_shot_max_bytes > 0) {  // Note [one-shot all-reduce]
         peer_ = detail::PeerAllReduce::create(group.rank, device_.index, options_.one_shot_max_bytes,
                                               options_.timeout);
+        peer_watch_.store(peer_.get());
+      }
     } catch (...) {
+      peer_watch_.store(nullptr);
       peer_.reset();
       stop_watchdog();  // a joinable std::thread must not outlive a failed constructor
       if (comm_ != nullptr) ncclCommAbort(comm_);
@@ -324,13 +327,12 @@ class NcclCommunicator final : public Communicator {
       std::lock_guard<std::mutex> lock(mutex_);
       unfinished = recycle_finished() != cudaSuccess || !issued_.empty();
     }
-    if (peer_ != nullptr) {  // Note [one-shot all-reduce]: before its buffers go
+    if (peer_ != nullptr) {  // Note [one-shot all-reduce]; its buffers go last, after NCCL's abort below
       if (unfinished || broken_.load() || std::uncaught_exceptions() > 0) {
         peer_->abandon();
       } else {
         peer_->close(stream_);
       }
-      peer_.reset();
     }
     if (timeline_ != nullptr && (unfinished || broken_.load() || std::uncaught_exceptions() > 0))
       timeline_->discard();
@@ -360,6 +362,8 @@ class NcclCommunicator final : public Communicator {
         ncclCommAbort(comm_);
       }
     }
+    peer_watch_.store(nullptr);
+    peer_.reset();  // cudaFree waits for the device: every kernel has finished, given up or been aborted
     if (drained_) cudaEventDestroy(drained_);
     for (const Issued& issued : issued_) cudaEventDestroy(issued.done);
     for (cudaEvent_t event : free_events_) cudaEventDestroy(event);
@@ -573,6 +577,10 @@ class NcclCommunicator final : public Communicator {
       }
       if (polls > 1000) std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
+    if (peer_ != nullptr) {  // a one-shot all-reduce that gave up finished without its result
+      const std::string problem = peer_->failure();
+      if (!problem.empty()) fail("synchronize", "", problem);
+    }
     end_carveout();
   }
 
@@ -596,8 +604,9 @@ class NcclCommunicator final : public Communicator {
   static ncclRedOp_t nccl_op(ReduceOp op) { return op == ReduceOp::Avg ? ncclAvg : ncclSum; }
 
   /// The ranks must pass the same overlap_all_reduce (and, for CopyEngineGather, the same
-  /// overlap_carveout_min_bytes): they decide which NCCL calls each all-reduce makes, and a mismatch
-  /// would otherwise hang until the watchdog ends the job. One MPI reduction at construction.
+  /// overlap_carveout_min_bytes) and one_shot_max_bytes: they decide which calls each all-reduce
+  /// makes, and a mismatch would otherwise hang until the watchdog ends the job. One MPI reduction
+  /// at construction.
   void check_ranks_agree() {
     const int64_t mine[3] = {static_cast<int64_t>(options_.overlap_all_reduce),
                              static_cast<int64_t>(options_.overlap_carveout_min_bytes),
@@ -915,6 +924,10 @@ class NcclCommunicator final : public Communicator {
       if (!late.empty())
         watchdog_abort(fmt::format("{} has not finished after {} ms: another rank did not join it", late,
                                    options_.timeout.count()));
+      if (const detail::PeerAllReduce* peer = peer_watch_.load(); peer != nullptr) {
+        const std::string problem = peer->failure();
+        if (!problem.empty()) watchdog_abort(problem);
+      }
       if (comm_ready_.load() && !host_waiting_.load() && since == 0) {
         ncclResult_t state = ncclSuccess;
         if (ncclCommGetAsyncError(comm_, &state) == ncclSuccess && state != ncclSuccess && state != ncclInProgress)
@@ -1003,6 +1016,7 @@ class NcclCommunicator final : public Communicator {
   SymmetricBuffer staging_;
   std::map<size_t, SymmetricBuffer> deferred_slots_;
   std::unique_ptr<detail::PeerAllReduce> peer_;  // Note [one-shot all-reduce]; null when off
+  std::atomic<const detail::PeerAllReduce*> peer_watch_{nullptr};  // peer_, as the watchdog reads it
   CopyEngineKernels copy_engine_kernels_[2][2];  // [bf16][vector], filled on first use
   cudaStream_t stream_ = nullptr;       // communication stream (non-blocking) on device_
   int highest_priority_ = 0;            // the device's highest stream priority (OverlapPriority::High)

@@ -20,6 +20,10 @@
 //   failure_test nccl_watchdog       rank 1 skips an all_reduce; the others block the host in a
 //                                    device-to-host copy that waits for it, so only the NCCL
 //                                    communicator's watchdog can end the job, after the 3 s timeout.
+//   failure_test nccl_one_shot_closed rank 1 destroys its NCCL communicator while rank 0 issues one
+//                                    more small all_reduce (Note [one-shot all-reduce]): rank 0's
+//                                    synchronize() must raise saying that the other rank closed,
+//                                    instead of returning an all-reduce that was never done.
 // The NCCL scenarios print "skipped: ..." and exit 0 without one GPU per rank (CTest's
 // SKIP_REGULAR_EXPRESSION).
 // Checks: expect_failure.cmake requires the job to exit non-zero in time with the failing rank's
@@ -128,6 +132,23 @@ void nccl_watchdog(const dist::ProcessGroup& group) {
   must_not_reach(group, "the device-to-host copy completed without rank 1");
 }
 
+void nccl_one_shot_closed(const dist::ProcessGroup& group) {
+  if (!have_gpu_per_rank(group)) return;
+  auto comm = dist::make_nccl_communicator(group, {std::chrono::seconds(3)});
+  Tensor t = ones({4}, TensorOptions(kF32, group.cuda_device()));
+  comm->all_reduce(t, dist::ReduceOp::Sum, "warm-up");
+  comm->synchronize();
+  if (comm->one_shot_all_reduces() == 0) must_not_reach(group, "the warm-up did not take the one-shot all-reduce");
+  if (group.rank == 1) {
+    comm.reset();  // waits up to the 3 s timeout for rank 0's closing flag, which never comes
+    rank_1_sleeps(group);
+    return;
+  }
+  comm->all_reduce(t, dist::ReduceOp::Sum, "grad bucket 0");
+  comm->synchronize();
+  must_not_reach(group, "synchronize() returned an all-reduce that rank 1 never joined");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -159,10 +180,12 @@ int main(int argc, char** argv) {
       nccl_timeout(group);
     } else if (scenario == "nccl_watchdog") {
       nccl_watchdog(group);
+    } else if (scenario == "nccl_one_shot_closed") {
+      nccl_one_shot_closed(group);
     } else {
       std::fprintf(stderr,
                    "usage: failure_test rank_throws|collective_timeout|communicator_timeout|finalize_after_timeout|"
-                   "mismatched_shapes|nccl_timeout|nccl_watchdog\n");
+                   "mismatched_shapes|nccl_timeout|nccl_watchdog|nccl_one_shot_closed\n");
       return 2;
     }
   } catch (const std::exception& e) {
