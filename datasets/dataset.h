@@ -98,6 +98,11 @@ class ShardedDataset {
   /// Same, into caller-provided contiguous CPU tensors of that shape (e.g. pinned buffers).
   void read_into(const std::vector<int64_t>& indices, const std::vector<Tensor>& out) const;
 
+  /// Samples kind: every value of field `field` (an index into fields()) in shard `shard` (an
+  /// index into manifest().shards), one CPU tensor [that shard's samples, ...sample_shape], without
+  /// reading the other fields: for checks over a small field, such as every label.
+  Tensor read_shard_field(size_t shard, size_t field) const;
+
   /// Reads every shard into host memory; later reads make no HDF5 calls.
   void load_into_memory();
   bool in_memory() const;

@@ -430,6 +430,22 @@ void ShardedDataset::read_into(const std::vector<int64_t>& indices, const std::v
   }
 }
 
+Tensor ShardedDataset::read_shard_field(size_t shard, size_t field) const {
+  const State& s = *state_;
+  FLAME_CHECK(s.manifest.kind == DatasetKind::Samples,
+              "ShardedDataset '{}': read_shard_field reads a samples dataset, this one is a token stream", s.dir);
+  FLAME_CHECK(shard < s.shards.size() && field < s.manifest.fields.size(),
+              "ShardedDataset '{}': read_shard_field({}, {}) is out of range ({} shards, {} fields)", s.dir, shard,
+              field, s.shards.size(), s.manifest.fields.size());
+  const FieldSpec& spec = s.manifest.fields[field];
+  Shape shape = spec.sample_shape;
+  const int64_t samples = s.manifest.shards[shard].samples;
+  shape.insert(shape.begin(), samples);
+  Tensor out = Tensor::empty(shape, spec.dtype);
+  s.read_raw(s.shards[shard], field, 0, samples, static_cast<uint8_t*>(out.data_ptr()));
+  return out;
+}
+
 void ShardedDataset::load_into_memory() {
   State& s = *state_;
   std::lock_guard<std::mutex> load(s.load_mutex);

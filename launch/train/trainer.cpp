@@ -302,6 +302,9 @@ class Trainer {
 
  private:
   void set_up();
+  /// Raises naming the dataset (and the shard) when its images cannot go through the model, or a
+  /// label is outside the model's classes; every rank checks the same, so all raise at once.
+  void check_data_fits_model() const;
   void resume_if_asked();
   /// Rank 0, a run starting from scratch: moves an earlier run's checkpoints and metrics.jsonl aside.
   void set_aside_earlier_run();
@@ -456,9 +459,57 @@ void Trainer::set_up() {
 
   manual_seed(config_.train.seed);
   model_ = make_model(config_.model.name);
+  check_data_fits_model();  // where make_model built it (the CPU for the built-in models)
   model_->to(device_);
   optimizer_ = make_optimizer(config_.optimizer, model_->parameters());
   store_ = std::make_unique<CheckpointStore>(config_.checkpoint.dir, config_.checkpoint.keep_last);
+}
+
+void Trainer::check_data_fits_model() const {
+  const data::FieldSpec& image = train_set_->fields()[fields_.first];
+  int64_t classes = 0;
+  {
+    // One blank image through the model where it was built (the CPU for the built-in models), in
+    // eval mode (no batch statistics move) and without a graph.
+    autograd::NoGradGuard no_grad;
+    const bool training = model_->is_training();
+    model_->eval();
+    Shape shape = image.sample_shape;
+    shape.insert(shape.begin(), 1);
+    Tensor logits;
+    try {
+      const std::vector<Tensor> parameters = model_->parameters();
+      const Device built_on = parameters.empty() ? kCPU : parameters.front().device();
+      logits = model_->forward(preprocess(zeros(shape, TensorOptions(kU8, built_on))));
+    } catch (const Error& e) {
+      model_->train(training);
+      FLAME_FAIL("dataset '{}': its images are {} per sample, which model '{}' cannot take: {}", train_set_->dir(),
+                 shape_str(image.sample_shape), config_.model.name, e.what());
+    }
+    model_->train(training);
+    FLAME_CHECK(logits.dim() == 2 && logits.size(0) == 1 && logits.size(1) >= 1,
+                "model '{}' returned {} for one image; flame-train's models return logits [batch, classes]",
+                config_.model.name, logits.describe());
+    classes = logits.size(1);
+  }
+  for (const auto& dataset : {train_set_, test_set_}) {
+    if (dataset == nullptr) continue;
+    const auto [image_field, label_field] = image_label_fields(*dataset);
+    FLAME_CHECK(dataset->fields()[image_field].sample_shape == image.sample_shape,
+                "dataset '{}': its images are {} per sample, those of the training set '{}' {}", dataset->dir(),
+                shape_str(dataset->fields()[image_field].sample_shape), train_set_->dir(),
+                shape_str(image.sample_shape));
+    const std::vector<data::ShardInfo>& shards = dataset->manifest().shards;
+    for (size_t k = 0; k < shards.size(); ++k) {
+      const Tensor labels = dataset->read_shard_field(k, label_field);
+      const int64_t* values = labels.data<int64_t>();
+      for (int64_t i = 0; i < labels.numel(); ++i)
+        FLAME_CHECK(values[i] >= 0 && values[i] < classes,
+                    "dataset '{}': shard '{}' holds label {} (its sample {}), outside the classes [0, {}) of model "
+                    "'{}'",
+                    dataset->dir(), shards[k].file, values[i], i, classes, config_.model.name);
+    }
+  }
 }
 
 void Trainer::resume_if_asked() {

@@ -71,6 +71,32 @@ TEST(ShardedDataset, RandomAccessAcrossShardBoundaries) {
   EXPECT_EQ(dataset.read({})[0].shape(), (Shape{0, 1, 28, 28}));
 }
 
+// One field of one shard, on disk (plain and compressed) and in memory; the last shard is short.
+TEST(ShardedDataset, ReadShardFieldGivesThatShardsValuesOfThatFieldOnly) {
+  for (int compression : {0, 3}) {
+    SCOPED_TRACE(compression);
+    TempDir dir;
+    write_images(dir.path(), 300, 128, compression);
+    ShardedDataset dataset(dir.path());
+    for (bool memory : {false, true}) {
+      if (memory) dataset.load_into_memory();
+      const int64_t firsts[] = {0, 128, 256};
+      for (size_t shard = 0; shard < 3; ++shard) {
+        const Tensor labels = dataset.read_shard_field(shard, 1);
+        const int64_t samples = shard == 2 ? 44 : 128;
+        ASSERT_EQ(labels.shape(), (Shape{samples}));
+        for (int64_t i = 0; i < samples; ++i)
+          ASSERT_EQ(labels.data<int64_t>()[i], image_label(firsts[shard] + i)) << "shard " << shard << " row " << i;
+        const Tensor images = dataset.read_shard_field(shard, 0);
+        ASSERT_EQ(images.shape(), (Shape{samples, 1, 28, 28}));
+        EXPECT_EQ(images.data<uint8_t>()[(samples - 1) * 784 + 5], image_pixel(firsts[shard] + samples - 1, 5));
+      }
+    }
+    expect_mentions(error_of([&] { dataset.read_shard_field(3, 0); }), {dir.path(), "out of range", "3 shards"});
+    expect_mentions(error_of([&] { dataset.read_shard_field(0, 2); }), {"2 fields"});
+  }
+}
+
 TEST(ShardedDataset, InMemoryReadsMatchHdf5Reads) {
   TempDir dir;
   write_images(dir.path(), 300, 100, 3);

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -857,6 +858,50 @@ TEST(TrainerErrors, BatchLargerThanDataset) {
   write_quadrant_images(dir.file("train"), 20, 1);
   const Config config = make_config(dir, {"train.batch_size=21"});
   EXPECT_TRUE(raises_error([&] { train(config); }, {"train.batch_size 21", "20 samples", "lower it"}));
+}
+
+/// `n` blank images [1, side, side] with label_of(i), in shards of 64.
+void write_labelled_images(const std::string& dir, int64_t n, int64_t side,
+                           const std::function<int64_t(int64_t)>& label_of) {
+  data::ShardWriter writer(dir, {{"image", kU8, {1, side, side}}, {"label", kI64, {}}}, 64);
+  Tensor images = zeros({n, 1, side, side}, TensorOptions(kU8));
+  Tensor labels = Tensor::empty({n}, kI64);
+  for (int64_t i = 0; i < n; ++i) labels.data<int64_t>()[i] = label_of(i);
+  writer.append({images, labels});
+  writer.finish();
+}
+
+TEST(TrainerErrors, LabelOutsideTheModelsClassesNamesItsShard) {
+  // The mlp has 10 classes: labels 10 and -1 are out, in the second shard of the training set and
+  // in the test set.
+  for (const int64_t bad : {int64_t{10}, int64_t{-1}}) {
+    SCOPED_TRACE(bad);
+    TempDir dir;
+    write_labelled_images(dir.file("train"), 96, kSide, [&](int64_t i) { return i == 70 ? bad : i % 10; });
+    const std::string shard = data::Manifest::read(dir.file("train")).shards.at(1).file;
+    EXPECT_TRUE(raises_error(
+        [&] { train(make_config(dir)); },
+        {dir.file("train"), "'" + shard + "'", fmt::format("label {}", bad), "its sample 6", "[0, 10)", "'mlp'"}));
+    write_labelled_images(dir.file("good"), 96, kSide, [](int64_t i) { return i % 10; });
+    write_labelled_images(dir.file("test"), 10, kSide, [&](int64_t i) { return i == 9 ? bad : 0; });
+    const Config config = make_config(
+        dir, {fmt::format("data.train=\"{}\"", dir.file("good")), fmt::format("data.test=\"{}\"", dir.file("test"))});
+    EXPECT_TRUE(raises_error([&] { train(config); }, {dir.file("test"), fmt::format("label {}", bad), "its sample 9"}));
+  }
+}
+
+TEST(TrainerErrors, ImagesTheModelCannotTakeAreNamedBeforeTraining) {
+  TempDir dir;
+  write_labelled_images(dir.file("train"), 64, 20, [](int64_t i) { return i % 10; });
+  EXPECT_TRUE(raises_error([&] { train(make_config(dir)); }, {dir.file("train"), "[1, 20, 20]", "model 'mlp'"}));
+  EXPECT_TRUE(raises_error([&] { train(make_config(dir, {"model.name=\"cnn\""})); },
+                           {dir.file("train"), "[1, 20, 20]", "model 'cnn'"}));
+  // A test set whose images differ from the training set's.
+  write_labelled_images(dir.file("good"), 64, kSide, [](int64_t i) { return i % 10; });
+  const Config config = make_config(
+      dir, {fmt::format("data.train=\"{}\"", dir.file("good")), fmt::format("data.test=\"{}\"", dir.file("train"))});
+  EXPECT_TRUE(
+      raises_error([&] { train(config); }, {dir.file("train"), "[1, 20, 20]", dir.file("good"), "[1, 28, 28]"}));
 }
 
 TEST(TrainerErrors, UnknownModel) {
