@@ -95,8 +95,10 @@ struct GradientSlots {
 /// params[i], exp_avg[i] and exp_avg_sq[i] are contiguous, and the four tensors of entry i share
 /// one shape and one floating dtype (entries may differ in dtype). grads may have any layout.
 /// Like every in-place op it refuses tensors that require grad while grad mode is on (run it
-/// under autograd::NoGradGuard, as optimizers do) and bumps their version. Raises flame::Error
-/// naming adam_step_ and the entry otherwise; nothing is written unless every entry fits.
+/// under autograd::NoGradGuard, as optimizers do) and bumps their version. No byte that one tensor
+/// of the call writes may be read or written through another (entries are updated in parallel);
+/// disjoint views of one buffer are fine. Raises flame::Error naming adam_step_ and the entry
+/// otherwise; nothing is written unless every entry fits.
 void adam_step_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads, const std::vector<Tensor>& exp_avg,
                 const std::vector<Tensor>& exp_avg_sq, const AdamStepArgs& args);
 /// The same, where grad_slots is empty or holds one entry per parameter: an entry with defined

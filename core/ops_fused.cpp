@@ -2,8 +2,12 @@
 // dispatch and the cross-entropy backward.
 #include "core/fused.h"
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
+#include <unordered_set>
 #include <utility>
+#include <vector>
 
 #include "core/autograd.h"
 #include "core/backend.h"
@@ -90,6 +94,51 @@ bool slot_rows_overlap(const Tensor& slots, const Tensor& t) {
   return false;
 }
 
+/// One entry's bytes in a storage, as adam_step_'s backends touch them.
+struct EntrySpan {
+  const Storage* storage;
+  int64_t begin, end;
+  size_t entry;
+  const char* role;  // "param", "grad", ...
+  bool written;
+};
+
+/// Raises when a byte that one tensor of the update writes (a param, exp_avg, exp_avg_sq, or a grad
+/// that receives the slots' mean) is read or written through another tensor of the same call, in
+/// the same entry or another: the backends update entries in parallel. The common case, every
+/// written tensor in a storage of its own that nothing else uses, costs one hash-set pass.
+void check_entries_apart(const char* op, const std::vector<EntrySpan>& spans) {
+  std::unordered_set<const Storage*> written;
+  bool shared = false;
+  for (const EntrySpan& s : spans)
+    if (s.written && s.end > s.begin) shared = !written.insert(s.storage).second || shared;
+  for (const EntrySpan& s : spans)
+    if (!s.written && s.end > s.begin && written.count(s.storage) != 0) shared = true;
+  if (!shared) return;
+  std::vector<const EntrySpan*> sorted;
+  for (const EntrySpan& s : spans)
+    if (s.end > s.begin) sorted.push_back(&s);
+  std::sort(sorted.begin(), sorted.end(), [](const EntrySpan* a, const EntrySpan* b) {
+    return a->storage != b->storage ? std::less<const Storage*>()(a->storage, b->storage) : a->begin < b->begin;
+  });
+  // Sweep each storage: a span overlaps an earlier one that is written when it starts before the
+  // furthest written end so far, and (being written) any earlier one when it starts before the
+  // furthest end so far.
+  const EntrySpan *furthest = nullptr, *furthest_written = nullptr;
+  for (const EntrySpan* s : sorted) {
+    if (furthest != nullptr && furthest->storage != s->storage) furthest = furthest_written = nullptr;
+    const EntrySpan* other = furthest_written != nullptr && s->begin < furthest_written->end ? furthest_written
+                             : s->written && furthest != nullptr && s->begin < furthest->end ? furthest
+                                                                                               : nullptr;
+    FLAME_CHECK(other == nullptr,
+                "{}: the {} of entry {} and the {} of entry {} share memory, and one of them is written (entries are "
+                "updated in parallel); give every entry tensors of its own",
+                op, other != nullptr ? other->role : "", other != nullptr ? other->entry : 0, s->role, s->entry);
+    if (furthest == nullptr || s->end > furthest->end) furthest = s;
+    if (s->written && (furthest_written == nullptr || s->end > furthest_written->end)) furthest_written = s;
+  }
+}
+
 }  // namespace
 
 void adam_step_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads, const std::vector<Tensor>& exp_avg,
@@ -157,6 +206,30 @@ void adam_step_(const std::vector<Tensor>& params, const std::vector<Tensor>& gr
                   g.describe(), t->describe());
     backend_grads.push_back(g);  // written by the backend: the caller's tensor itself
   }
+  std::vector<EntrySpan> spans;
+  spans.reserve(4 * params.size());
+  const auto add = [&](const Tensor& t, size_t entry, const char* role, bool written) {
+    const auto [begin, end] = byte_range(t);
+    spans.push_back({t.storage().get(), begin, end, entry, role, written});
+  };
+  for (size_t i = 0; i < params.size(); ++i) {
+    add(params[i], i, "param", true);
+    add(exp_avg[i], i, "exp_avg", true);
+    add(exp_avg_sq[i], i, "exp_avg_sq", true);
+    const GradientSlots& slots = slots_per_entry[i];
+    if (!slots.slots.defined()) {
+      add(backend_grads[i], i, "grad", false);
+      continue;
+    }
+    if (slots.write_mean) add(grads[i], i, "grad", true);
+    const int64_t element = static_cast<int64_t>(slots.slots.element_size());
+    for (int64_t w = 0; w < slots.slots.size(0); ++w) {  // row by row (stride(1) == 1, checked above)
+      const int64_t row = (slots.slots.offset() + w * slots.slots.stride(0)) * element;
+      spans.push_back({slots.slots.storage().get(), row, row + slots.slots.size(1) * element, i, "gradient slots",
+                       false});
+    }
+  }
+  check_entries_apart(op, spans);
   for (size_t i = 0; i < params.size(); ++i) {
     const Tensor& s = slots_per_entry[i].slots;
     detail::check_inplace_allowed(op, params[i], {&grads[i], &s});

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <memory>
 
@@ -334,6 +335,61 @@ TEST(AdamStep, BadArgumentsRaiseAndWriteNothing) {
     EXPECT_NO_THROW(adam_step_({leaf}, {g}, {m}, {v}, args));
   }
   EXPECT_LT(leaf.to_vector<double>()[0], 1.0);
+}
+
+// Entries are updated in parallel, so no byte one of them writes may be read or written through
+// another tensor of the call: views of one buffer that do not overlap are fine.
+TEST(AdamStep, EntriesThatShareWrittenMemoryAreRefusedAndNothingIsWritten) {
+  const AdamStepArgs args = adam_args(AdamWeightDecay::Decoupled, 0.1, 1);
+  const Tensor flat = ones({12});  // params of two entries as disjoint views of one buffer: fine
+  const Tensor p0 = flat.narrow(0, 0, 6), p1 = flat.narrow(0, 6, 6);
+  const Tensor grads = full({12}, 0.5);  // every grad a view of one buffer, as DDP's buckets: fine
+  const Tensor g0 = grads.narrow(0, 0, 6), g1 = grads.narrow(0, 6, 6);
+  EXPECT_NO_THROW(adam_step_({p0, p1}, {g0, g1}, {zeros({6}), zeros({6})}, {zeros({6}), zeros({6})}, args));
+  EXPECT_NO_THROW(adam_step_({p0, p1}, {g0, g0}, {zeros({6}), zeros({6})}, {zeros({6}), zeros({6})}, args));
+
+  const Tensor before = flat.clone();
+  const Tensor m = zeros({6}), v = zeros({6});
+  struct Case {
+    const char* what;
+    std::function<void()> call;
+    std::vector<std::string> fragments;
+  };
+  const Tensor overlapping = flat.narrow(0, 3, 6);  // bytes of p0 and p1
+  const std::vector<Case> cases = {
+      {"one param twice",
+       [&] {
+         adam_step_({p0, p0}, {g0, g1}, {zeros({6}), zeros({6})}, {zeros({6}), zeros({6})}, args);
+       },
+       {"param of entry 0", "param of entry 1"}},
+      {"params that overlap",
+       [&] {
+         adam_step_({p0, overlapping}, {g0, g1}, {zeros({6}), zeros({6})}, {zeros({6}), zeros({6})}, args);
+       },
+       {"entry 0", "entry 1", "share memory"}},
+      {"one exp_avg for two entries",
+       [&] {
+         adam_step_({p0, p1}, {g0, g1}, {m, m}, {zeros({6}), v}, args);
+       },
+       {"exp_avg of entry 0", "exp_avg of entry 1"}},
+      {"a grad that is another entry's param",
+       [&] {
+         adam_step_({p0, p1}, {g0, p0}, {zeros({6}), m}, {zeros({6}), v}, args);
+       },
+       {"param of entry 0", "grad of entry 1"}},
+      {"exp_avg and exp_avg_sq of one entry alike",
+       [&] { adam_step_({p0}, {g0}, {m}, {m}, args); },
+       {"exp_avg", "exp_avg_sq", "entry 0"}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    std::vector<std::string> fragments = c.fragments;
+    fragments.push_back("adam_step_");
+    EXPECT_TRUE(raises_error(c.call, fragments));
+  }
+  EXPECT_EQ(m.to_vector<float>(), std::vector<float>(6, 0.0f));
+  EXPECT_EQ(v.to_vector<float>(), std::vector<float>(6, 0.0f));
+  EXPECT_EQ(flat.to_vector<float>(), before.to_vector<float>());
 }
 
 // --- adam_step_ with gradient slots --------------------------------------------------------------
