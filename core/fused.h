@@ -97,7 +97,8 @@ struct GradientSlots {
 /// Like every in-place op it refuses tensors that require grad while grad mode is on (run it
 /// under autograd::NoGradGuard, as optimizers do) and bumps their version. No byte that one tensor
 /// of the call writes may be read or written through another (entries are updated in parallel);
-/// disjoint views of one buffer are fine. Raises flame::Error naming adam_step_ and the entry
+/// disjoint views of one buffer are fine, and a non-contiguous grad is read from a copy taken
+/// first. Raises flame::Error naming adam_step_ and the entry
 /// otherwise; nothing is written unless every entry fits.
 void adam_step_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads, const std::vector<Tensor>& exp_avg,
                 const std::vector<Tensor>& exp_avg_sq, const AdamStepArgs& args);

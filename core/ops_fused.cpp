@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
-#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -99,21 +98,25 @@ struct EntrySpan {
   const Storage* storage;
   int64_t begin, end;
   size_t entry;
-  const char* role;  // "param", "grad", ...
+  const char* role;        // "param", "grad", ...
+  const Tensor* tensor;    // for messages (gradient slots: the whole slots tensor)
   bool written;
 };
 
 /// Raises when a byte that one tensor of the update writes (a param, exp_avg, exp_avg_sq, or a grad
 /// that receives the slots' mean) is read or written through another tensor of the same call, in
 /// the same entry or another: the backends update entries in parallel. The common case, every
-/// written tensor in a storage of its own that nothing else uses, costs one hash-set pass.
+/// written tensor in a storage of its own that nothing else uses, costs one sort of the written
+/// storages.
 void check_entries_apart(const char* op, const std::vector<EntrySpan>& spans) {
-  std::unordered_set<const Storage*> written;
-  bool shared = false;
+  std::vector<const Storage*> written;
   for (const EntrySpan& s : spans)
-    if (s.written && s.end > s.begin) shared = !written.insert(s.storage).second || shared;
-  for (const EntrySpan& s : spans)
-    if (!s.written && s.end > s.begin && written.count(s.storage) != 0) shared = true;
+    if (s.written && s.end > s.begin) written.push_back(s.storage);
+  std::sort(written.begin(), written.end(), std::less<const Storage*>());
+  bool shared = std::adjacent_find(written.begin(), written.end()) != written.end();
+  for (size_t k = 0; k < spans.size() && !shared; ++k)
+    shared = !spans[k].written && spans[k].end > spans[k].begin &&
+             std::binary_search(written.begin(), written.end(), spans[k].storage, std::less<const Storage*>());
   if (!shared) return;
   std::vector<const EntrySpan*> sorted;
   for (const EntrySpan& s : spans)
@@ -130,10 +133,11 @@ void check_entries_apart(const char* op, const std::vector<EntrySpan>& spans) {
     const EntrySpan* other = furthest_written != nullptr && s->begin < furthest_written->end ? furthest_written
                              : s->written && furthest != nullptr && s->begin < furthest->end ? furthest
                                                                                                : nullptr;
-    FLAME_CHECK(other == nullptr,
-                "{}: the {} of entry {} and the {} of entry {} share memory, and one of them is written (entries are "
-                "updated in parallel); give every entry tensors of its own",
-                op, other != nullptr ? other->role : "", other != nullptr ? other->entry : 0, s->role, s->entry);
+    if (other != nullptr)
+      FLAME_FAIL(
+          "{}: the {} of entry {} ({}) and the {} of entry {} ({}) share memory, and one of them is written (entries "
+          "are updated in parallel); give every entry tensors of its own",
+          op, other->role, other->entry, other->tensor->describe(), s->role, s->entry, s->tensor->describe());
     if (furthest == nullptr || s->end > furthest->end) furthest = s;
     if (s->written && (furthest_written == nullptr || s->end > furthest_written->end)) furthest_written = s;
   }
@@ -210,7 +214,7 @@ void adam_step_(const std::vector<Tensor>& params, const std::vector<Tensor>& gr
   spans.reserve(4 * params.size());
   const auto add = [&](const Tensor& t, size_t entry, const char* role, bool written) {
     const auto [begin, end] = byte_range(t);
-    spans.push_back({t.storage().get(), begin, end, entry, role, written});
+    spans.push_back({t.storage().get(), begin, end, entry, role, &t, written});
   };
   for (size_t i = 0; i < params.size(); ++i) {
     add(params[i], i, "param", true);
@@ -226,7 +230,7 @@ void adam_step_(const std::vector<Tensor>& params, const std::vector<Tensor>& gr
     for (int64_t w = 0; w < slots.slots.size(0); ++w) {  // row by row (stride(1) == 1, checked above)
       const int64_t row = (slots.slots.offset() + w * slots.slots.stride(0)) * element;
       spans.push_back({slots.slots.storage().get(), row, row + slots.slots.size(1) * element, i, "gradient slots",
-                       false});
+                       &slots.slots, false});
     }
   }
   check_entries_apart(op, spans);

@@ -188,6 +188,24 @@ std::pair<size_t, size_t> image_label_fields(const data::ShardedDataset& dataset
   return {*image, *label};
 }
 
+/// Puts every module of a model back in the training mode it had at construction, on every path.
+class ModesRestored {
+ public:
+  explicit ModesRestored(nn::Module& model) { collect(model); }
+  ~ModesRestored() {
+    for (const auto& [module, training] : modes_) module->train(training);  // parents first: children last
+  }
+  ModesRestored(const ModesRestored&) = delete;
+  ModesRestored& operator=(const ModesRestored&) = delete;
+
+ private:
+  void collect(nn::Module& module) {
+    modes_.emplace_back(&module, module.is_training());
+    for (const auto& [name, child] : module.named_children()) collect(*child);
+  }
+  std::vector<std::pair<nn::Module*, bool>> modes_;
+};
+
 /// u8 images -> normalised f32 (Note [training loop]).
 Tensor preprocess(const Tensor& image) {
   constexpr double kMean = 0.2860, kStd = 0.3530;
@@ -434,6 +452,11 @@ void Trainer::set_up() {
     test_set_ = std::make_shared<data::ShardedDataset>(config_.data.test_dir, verification);
     image_label_fields(*test_set_);
   }
+  // The model first: the data checks need it, and they are cheaper than building the loader (which
+  // may load the whole training set into memory). The datasets draw nothing from the generator.
+  manual_seed(config_.train.seed);
+  model_ = make_model(config_.model.name);
+  check_data_fits_model();  // where make_model built it (the CPU for the built-in models)
   data::DistributedSampler sampler(train_set_->size(), group_.rank, group_.world_size, config_.train.seed,
                                    config_.data.shuffle ? data::Shuffle::On : data::Shuffle::Off,
                                    data::Remainder::Drop);
@@ -457,9 +480,6 @@ void Trainer::set_up() {
               config_.train.epochs, batches, config_.train.grad_accum);
   schedule_ = make_schedule(config_, total_steps_);
 
-  manual_seed(config_.train.seed);
-  model_ = make_model(config_.model.name);
-  check_data_fits_model();  // where make_model built it (the CPU for the built-in models)
   model_->to(device_);
   optimizer_ = make_optimizer(config_.optimizer, model_->parameters());
   store_ = std::make_unique<CheckpointStore>(config_.checkpoint.dir, config_.checkpoint.keep_last);
@@ -470,9 +490,10 @@ void Trainer::check_data_fits_model() const {
   int64_t classes = 0;
   {
     // One blank image through the model where it was built (the CPU for the built-in models), in
-    // eval mode (no batch statistics move) and without a graph.
+    // eval mode (no batch statistics move, no dropout) and without a graph; every module's mode is
+    // restored afterwards.
     autograd::NoGradGuard no_grad;
-    const bool training = model_->is_training();
+    const ModesRestored restored(*model_);
     model_->eval();
     Shape shape = image.sample_shape;
     shape.insert(shape.begin(), 1);
@@ -481,12 +502,10 @@ void Trainer::check_data_fits_model() const {
       const std::vector<Tensor> parameters = model_->parameters();
       const Device built_on = parameters.empty() ? kCPU : parameters.front().device();
       logits = model_->forward(preprocess(zeros(shape, TensorOptions(kU8, built_on))));
-    } catch (const Error& e) {
-      model_->train(training);
+    } catch (const std::exception& e) {
       FLAME_FAIL("dataset '{}': its images are {} per sample, which model '{}' cannot take: {}", train_set_->dir(),
                  shape_str(image.sample_shape), config_.model.name, e.what());
     }
-    model_->train(training);
     FLAME_CHECK(logits.dim() == 2 && logits.size(0) == 1 && logits.size(1) >= 1,
                 "model '{}' returned {} for one image; flame-train's models return logits [batch, classes]",
                 config_.model.name, logits.describe());

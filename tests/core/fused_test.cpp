@@ -617,6 +617,39 @@ TEST(AdamStepSlots, BadArgumentsRaiseAndWriteNothing) {
   EXPECT_TRUE(all_close(g2, {6}, std::vector<double>(6, 1.0), {}));
 }
 
+// Across entries: DDP's layout (each entry's grad a view of one bucket, receiving its mean, and
+// its slots columns of one [W, n] buffer) is accepted; a grad written over another entry's slot
+// row is refused, naming both, and nothing is written.
+TEST(AdamStepSlots, EntriesMayShareBucketsButNotWrittenBytes) {
+  const AdamStepArgs args = adam_args(AdamWeightDecay::L2, 0.0, 1);
+  const Tensor bucket = zeros({10});  // the grads of entries 0 (4 values) and 1 (6 values)
+  const Tensor slots = full({2, 10}, 1.0, kBF16);
+  const std::vector<Tensor> params{zeros({4}), zeros({6})};
+  const std::vector<Tensor> grads{bucket.narrow(0, 0, 4), bucket.narrow(0, 4, 6)};
+  adam_step_(params, grads, {zeros({4}), zeros({6})}, {zeros({4}), zeros({6})}, args,
+             {{slots.narrow(1, 0, 4), 0.5f}, {slots.narrow(1, 4, 6), 0.5f}});
+  EXPECT_EQ(bucket.to_vector<float>(), std::vector<float>(10, 1.0f));
+
+  // Entry 0's grad (written) lies over row 0 of entry 1's slots: one f32 buffer seen as bf16.
+  const auto storage = std::make_shared<Storage>(kCPU, 64);
+  const Tensor shared_slots = Tensor::from_storage(storage, {2, 6}, {16, 1}, 0, kBF16);  // rows at bytes 0 and 32
+  Tensor::from_storage(storage, {32}, {1}, 0, kBF16).fill_(1.0);
+  const Tensor grad0 = Tensor::from_storage(storage, {2}, {1}, 1, kF32);  // bytes [4, 12): inside row 0
+  const Tensor other_slots = full({2, 2}, 3.0, kBF16);
+  const Tensor p0 = zeros({2}), p1 = zeros({6});
+  EXPECT_TRUE(raises_error(
+      [&] {
+        adam_step_({p0, p1}, {grad0, zeros({6})}, {zeros({2}), zeros({6})}, {zeros({2}), zeros({6})}, args,
+                   {{other_slots, 0.5f}, {shared_slots, 0.5f}});
+      },
+      {"adam_step_", "grad of entry 0", "gradient slots of entry 1", "share memory"}));
+  EXPECT_EQ(Tensor::from_storage(storage, {32}, {1}, 0, kBF16).to_vector<float>(), std::vector<float>(32, 1.0f));
+  EXPECT_EQ(p0.to_vector<float>(), std::vector<float>(2, 0.0f));
+  // The same grad without its mean written is only read there: accepted.
+  EXPECT_NO_THROW(adam_step_({p0, p1}, {grad0, zeros({6})}, {zeros({2}), zeros({6})}, {zeros({2}), zeros({6})}, args,
+                             {{other_slots, 0.5f, /*write_mean=*/false}, {shared_slots, 0.5f}}));
+}
+
 TEST(AdamStepSlots, SlotsAndGradMayShareAStorageWithoutOverlapping) {
   // One 48-byte buffer: slot rows [2, 6] bf16 at bytes [0, 12) and [36, 48) (stride(0) 18), the
   // f32 grad [6] between them at [12, 36). A grad over a slot row is refused.

@@ -26,6 +26,7 @@
 
 #include "datasets/dataset.h"
 #include "launch/train/checkpoint.h"
+#include "launch/train/models.h"
 #include "launch/train/tensorboard.h"
 #include "support/test_support.h"
 
@@ -869,6 +870,42 @@ void write_labelled_images(const std::string& dir, int64_t n, int64_t side,
   for (int64_t i = 0; i < n; ++i) labels.data<int64_t>()[i] = label_of(i);
   writer.append({images, labels});
   writer.finish();
+}
+
+/// The built-in mlp behind a layer that records, at each forward, whether it and the mlp are in
+/// training mode; its builder leaves it in training mode and the mlp in eval mode.
+class ModeRecorder : public nn::Module {
+ public:
+  ModeRecorder() : inner_(register_module("inner", make_model("mlp"))) { inner_->eval(); }
+  Tensor forward(const Tensor& input) override {
+    seen().emplace_back(is_training(), inner_->is_training());
+    return inner_->forward(input);
+  }
+  std::string type_name() const override { return "ModeRecorder"; }
+  static std::vector<std::pair<bool, bool>>& seen() {
+    static std::vector<std::pair<bool, bool>> modes;
+    return modes;
+  }
+
+ private:
+  std::shared_ptr<nn::Module> inner_;
+};
+
+// The data check's forward runs in eval mode, and every module gets its own mode back for training.
+TEST(Trainer, TheDataCheckLeavesEveryModuleInTheModeItsBuilderGaveIt) {
+  static const bool registered = [] {
+    register_model("mode_recorder", [] { return std::make_shared<ModeRecorder>(); });
+    return true;
+  }();
+  ASSERT_TRUE(registered);
+  TempDir dir;
+  write_quadrant_images(dir.file("train"), 32, 1);
+  ModeRecorder::seen().clear();
+  train(make_config(dir, {"model.name=\"mode_recorder\"", "train.steps=2"}));
+  const std::vector<std::pair<bool, bool>> seen = ModeRecorder::seen();
+  ASSERT_GE(seen.size(), 3u);
+  EXPECT_EQ(seen.front(), std::make_pair(false, false)) << "the check's forward";
+  for (size_t i = 1; i < seen.size(); ++i) EXPECT_EQ(seen[i], std::make_pair(true, false)) << "forward " << i;
 }
 
 TEST(TrainerErrors, LabelOutsideTheModelsClassesNamesItsShard) {
