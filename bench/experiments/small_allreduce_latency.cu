@@ -10,7 +10,10 @@
 // Two timings per case, medians: "single" (one call after an MPI barrier and a short spin kernel
 // that lets both ranks queue the call before the GPU reaches it) and "pipelined" (100 calls back
 // to back, total / 100). Each case checks its result (rank + 1 from each rank: 3 everywhere).
-// Not part of FLAME. Usage: mpirun -np 2 small_allreduce_latency (one JSON line per case)
+// The communicator's own version of the one-shot kernel is dist/peer_all_reduce.cpp (Note [one-shot
+// all-reduce]); docs/PERFORMANCE.md, seventeenth run, has the figures.
+// Not part of FLAME. Usage: mpirun -np 2 small_allreduce_latency [plain|sym|symcopy|oneshot]...
+// (every mode by default; one JSON line per mode and size)
 #include <cstdint>
 #include <string>
 
@@ -87,11 +90,6 @@ __global__ void __launch_bounds__(kThreads) oneshot(float* data, size_t n, float
   }
 }
 
-struct Case {
-  const char* mode;
-  size_t bytes;
-};
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -127,14 +125,21 @@ int main(int argc, char** argv) {
   unsigned long long seq = 0;
 
   const size_t sizes[] = {1024, 8192, 75264, 262144, 1048576, 1680896, 2097152, 4194304};
-  const char* modes[] = {"plain", "oneshot"};
+  std::vector<std::string> modes = {"plain", "sym", "symcopy", "oneshot"};
+  if (argc > 1) modes.assign(argv + 1, argv + argc);
+  for (const std::string& mode : modes) {
+    if (mode != "plain" && mode != "sym" && mode != "symcopy" && mode != "oneshot") {
+      if (rank == 0) fprintf(stderr, "unknown mode '%s': plain, sym, symcopy or oneshot\n", mode.c_str());
+      MPI_Abort(MPI_COMM_WORLD, 2);
+    }
+  }
   cudaEvent_t start, stop;
   CK(cudaEventCreate(&start));
   CK(cudaEventCreate(&stop));
-  for (const char* mode : modes) {
+  for (const std::string& mode : modes) {
     for (size_t bytes : sizes) {
       const size_t n = bytes / 4;
-      const std::string m = mode;
+      const std::string& m = mode;
       auto call = [&] {
         if (m == "plain") {
           NK(ncclAllReduce(plain, plain, n, ncclFloat32, ncclSum, comm, stream));
@@ -191,7 +196,7 @@ int main(int argc, char** argv) {
       if (rank == 0)
         printf("{\"exp\": \"small_allreduce\", \"mode\": \"%s\", \"bytes\": %zu, \"single_us\": %.2f, "
                "\"pipelined_us\": %.2f, \"wrong\": %zu}\n",
-               mode, bytes, median(single), median(piped), wrong);
+               mode.c_str(), bytes, median(single), median(piped), wrong);
       fflush(stdout);
     }
   }
