@@ -9,6 +9,9 @@
 //          synchronize();
 //   nccl:  events on its own stream around ncclAllReduce on its own communicator, then
 //          cudaStreamSynchronize.
+// On 2 ranks FLAME's communicator all-reduces tensors of at most CommunicatorOptions::
+// one_shot_max_bytes (2 MiB) with its own one-shot kernel (Note [one-shot all-reduce]), so its 1 MiB
+// figure is that kernel's, not NCCL's.
 // Bus bandwidth of the median time: 2 (W - 1) / W * bytes / time (NCCL's busbw convention).
 // Rank 0 prints the JSON lines (bench_util.h), one per (impl, size), and the flame/nccl ratio.
 #include <cuda_runtime.h>
