@@ -34,6 +34,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -108,12 +109,18 @@ bool have_gpu_per_rank(const dist::ProcessGroup& group) {
   return false;
 }
 
-void nccl_timeout(const dist::ProcessGroup& group) {
-  if (!have_gpu_per_rank(group)) return;
+/// An NCCL communicator with a 3 s timeout, after one all-reduce of `t` that every rank joins.
+std::unique_ptr<dist::Communicator> warmed_up_nccl(const dist::ProcessGroup& group, const Tensor& t) {
   auto comm = dist::make_nccl_communicator(group, {std::chrono::seconds(3)});
-  Tensor t = ones({4}, TensorOptions(kF32, group.cuda_device()));
   comm->all_reduce(t, dist::ReduceOp::Sum, "warm-up");
   comm->synchronize();
+  return comm;
+}
+
+void nccl_timeout(const dist::ProcessGroup& group) {
+  if (!have_gpu_per_rank(group)) return;
+  Tensor t = ones({4}, TensorOptions(kF32, group.cuda_device()));
+  auto comm = warmed_up_nccl(group, t);
   if (rank_1_sleeps(group)) return;
   comm->all_reduce(t, dist::ReduceOp::Sum, "grad bucket 0");
   comm->synchronize();
@@ -122,10 +129,8 @@ void nccl_timeout(const dist::ProcessGroup& group) {
 
 void nccl_watchdog(const dist::ProcessGroup& group) {
   if (!have_gpu_per_rank(group)) return;
-  auto comm = dist::make_nccl_communicator(group, {std::chrono::seconds(3)});
   Tensor t = ones({4}, TensorOptions(kF32, group.cuda_device()));
-  comm->all_reduce(t, dist::ReduceOp::Sum, "warm-up");
-  comm->synchronize();
+  auto comm = warmed_up_nccl(group, t);
   if (rank_1_sleeps(group)) return;
   comm->all_reduce(t, dist::ReduceOp::Sum, "grad bucket 0");
   std::fprintf(stderr, "rank %d: read %g\n", group.rank, sum(t).item());  // waits on the device for rank 1
@@ -134,10 +139,8 @@ void nccl_watchdog(const dist::ProcessGroup& group) {
 
 void nccl_one_shot_closed(const dist::ProcessGroup& group) {
   if (!have_gpu_per_rank(group)) return;
-  auto comm = dist::make_nccl_communicator(group, {std::chrono::seconds(3)});
   Tensor t = ones({4}, TensorOptions(kF32, group.cuda_device()));
-  comm->all_reduce(t, dist::ReduceOp::Sum, "warm-up");
-  comm->synchronize();
+  auto comm = warmed_up_nccl(group, t);
   if (comm->one_shot_all_reduces() == 0) must_not_reach(group, "the warm-up did not take the one-shot all-reduce");
   if (group.rank == 1) {
     comm.reset();  // waits up to the 3 s timeout for rank 0's closing flag, which never comes

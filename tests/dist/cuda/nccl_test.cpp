@@ -49,6 +49,13 @@ class Nccl : public ::testing::Test {
 };
 dist::Communicator* Nccl::comm_ = nullptr;
 
+/// A copy of 1-D `input`; with `offset`, a view one element into a buffer of its own (off the
+/// 16-byte grid, so the kernels that need it take their scalar form).
+Tensor copy_of(const Tensor& input, bool offset) {
+  if (!offset) return input.clone();
+  return empty({input.numel() + 1}, {input.dtype(), input.device()}).narrow(0, 1, input.numel()).copy_(input);
+}
+
 std::vector<double> iota(int64_t n, double start = 0.0) {
   std::vector<double> v(n);
   for (int64_t i = 0; i < n; ++i) v[i] = start + static_cast<double>(i);
@@ -227,8 +234,7 @@ TEST_F(Nccl, CopyEngineGatherMatchesTheRingAndLeavesEveryRankTheSameBits) {
   for (const Case& c : cases) {
     inputs.push_back(randn({c.numel}, {c.dtype, device()}));
     const bool offset = &c == &cases.back();
-    results.push_back(offset ? empty({c.numel + 1}, {c.dtype, device()}).narrow(0, 1, c.numel).copy_(inputs.back())
-                             : inputs.back().clone());
+    results.push_back(copy_of(inputs.back(), offset));
     numbers.push_back(gather->all_reduce_overlapped(results.back(), c.op, "bucket", c.priority));
     // The copy engines need no carve-out; the 8 MiB f64 one, through the ring, starts it, and it
     // lasts until the compute_wait() that covers the last collective.
@@ -295,8 +301,7 @@ TEST_F(Nccl, CopyEngineGatherSendsF32AsBf16AndWritesTheRoundedMean) {
   for (const Case& c : cases) {
     SCOPED_TRACE(c.numel);
     Tensor input = randn({c.numel}, {kF32, device()}).mul_(100.0);
-    Tensor result = c.offset ? empty({c.numel + 1}, {kF32, device()}).narrow(0, 1, c.numel).copy_(input)
-                             : input.clone();
+    Tensor result = copy_of(input, c.offset);
     ASSERT_TRUE(gather->reduces_as(result, kBF16));
     gather->all_reduce_overlapped_as(result, kBF16, c.op, "bucket", c.priority);
     gather->compute_wait();
@@ -448,8 +453,7 @@ TEST_F(Nccl, OneShotAllReduceGivesNcclsBitsOnEveryRank) {
   for (const Case& c : cases) {
     inputs.push_back(randn({c.numel}, {kF32, device()}));
     const bool offset = c.misaligned_rank == rank();
-    results.push_back(offset ? empty({c.numel + 1}, {kF32, device()}).narrow(0, 1, c.numel).copy_(inputs.back())
-                             : inputs.back().clone());
+    results.push_back(copy_of(inputs.back(), offset));
     if (c.overlapped) {
       comm_->all_reduce_overlapped(results.back(), c.op, "bucket",
                                    c.numel == 1000 ? dist::OverlapPriority::High : dist::OverlapPriority::Normal);
